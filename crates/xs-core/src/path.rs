@@ -1,0 +1,245 @@
+//! Paths: validation, the canonical absolute form, and segment helpers.
+//!
+//! Rules from `docs/misc/xenstore.txt`: the characters are ASCII alphanumerics and `-/_@`;
+//! doubled and trailing slashes are forbidden (except the root `/`); the empty path is
+//! forbidden; absolute paths are at most [`ABS_PATH_MAX`] bytes and relative ones at most
+//! [`REL_PATH_MAX`]. A relative path is taken relative to `/local/domain/<domid>` of the caller.
+//! Paths starting with `@` name special watches (`@introduceDomain`, `@releaseDomain`).
+//!
+//! One deliberate difference from C xenstored: `@` is accepted only as the first byte of a
+//! special watch path. C xenstored accepts it anywhere in a node path, although the
+//! specification says it "should be avoided except to specify special watches"; refusing it
+//! keeps node paths and special paths from ever being confused.
+
+use alloc::vec::Vec;
+
+use crate::domid::{DomId, push_decimal};
+use crate::error::{XsError, XsResult};
+
+/// Longest absolute path (`XENSTORE_ABS_PATH_MAX`).
+pub const ABS_PATH_MAX: usize = 3072;
+/// Longest relative path as sent by a client (`XENSTORE_REL_PATH_MAX`).
+pub const REL_PATH_MAX: usize = 2048;
+/// Where a domain's relative paths are rooted.
+pub const LOCAL_DOMAIN: &[u8] = b"/local/domain/";
+
+/// What a validated path names.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum PathKind {
+    /// A node of the tree (absolute, starts with `/`).
+    Node,
+    /// A special watch path (starts with `@`).
+    Special,
+}
+
+/// A validated path: its kind and, for paths sent relative, the length of the prefix that was
+/// prepended (`/local/domain/<domid>/`), so that events can be reported relative again.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Canonical {
+    /// Node or special path.
+    pub kind: PathKind,
+    /// Length of the implicit prefix, 0 for a path sent absolute.
+    pub relative_prefix: usize,
+}
+
+const fn valid_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'/' | b'_' | b'@')
+}
+
+/// Validates `raw` as sent by `caller` and writes its canonical absolute form to `out`
+/// (which is cleared first). Special paths are accepted only if `allow_special`.
+///
+/// Every violation is `EINVAL`. The per-domain `path-max` quota is checked by the store, which
+/// knows the caller's quotas (see [`local_suffix_len`]).
+pub fn canonicalize(
+    raw: &[u8],
+    caller: DomId,
+    allow_special: bool,
+    out: &mut Vec<u8>,
+) -> XsResult<Canonical> {
+    out.clear();
+    let first = *raw.first().ok_or(XsError::Inval)?;
+    if !raw.iter().all(|&b| valid_char(b)) {
+        return Err(XsError::Inval);
+    }
+    let (kind, relative_prefix) = match first {
+        b'@' if allow_special => (PathKind::Special, 0),
+        b'@' => return Err(XsError::Inval),
+        b'/' => (PathKind::Node, 0),
+        _ => {
+            if raw.len() > REL_PATH_MAX {
+                return Err(XsError::Inval);
+            }
+            push_home(out, caller);
+            out.push(b'/');
+            (PathKind::Node, out.len())
+        }
+    };
+    out.extend_from_slice(raw);
+    if out.len() > ABS_PATH_MAX {
+        return Err(XsError::Inval);
+    }
+    if kind == PathKind::Node && raw.contains(&b'@') {
+        return Err(XsError::Inval);
+    }
+    let trailing_slash = out.len() > 1 && out.last() == Some(&b'/');
+    let double_slash = out.windows(2).any(|w| w == b"//");
+    if trailing_slash || double_slash {
+        return Err(XsError::Inval);
+    }
+    Ok(Canonical {
+        kind,
+        relative_prefix,
+    })
+}
+
+/// Writes `/local/domain/<domid>` (a domain's home) to `out`.
+pub fn push_home(out: &mut Vec<u8>, domid: DomId) {
+    out.extend_from_slice(LOCAL_DOMAIN);
+    push_decimal(out, u64::from(domid.0));
+}
+
+/// The length that counts against the `path-max` quota: the part of the path after
+/// `/local/domain/<domid>/` when it has that prefix (as C xenstored counts), else all of it.
+pub fn local_suffix_len(path: &[u8]) -> usize {
+    let Some(rest) = path.strip_prefix(LOCAL_DOMAIN) else {
+        return path.len();
+    };
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    match rest.get(digits..) {
+        Some([b'/', tail @ ..]) if (1..=5).contains(&digits) => tail.len(),
+        _ => path.len(),
+    }
+}
+
+/// The segments of a canonical node path: `/` has none, `/a/b` has `a` and `b`.
+pub fn segments(path: &[u8]) -> impl Iterator<Item = &[u8]> {
+    path.split(|&b| b == b'/').filter(|s| !s.is_empty())
+}
+
+/// The parent of a canonical node path, `None` for the root.
+pub fn parent(path: &[u8]) -> Option<&[u8]> {
+    if path.len() <= 1 {
+        return None;
+    }
+    let slash = path.iter().rposition(|&b| b == b'/')?;
+    Some(if slash == 0 { b"/" } else { path.get(..slash)? })
+}
+
+/// The last segment of a canonical node path (empty for the root).
+pub fn basename(path: &[u8]) -> &[u8] {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(slash) => path.get(slash.saturating_add(1)..).unwrap_or_default(),
+        None => path,
+    }
+}
+
+/// Whether `path` is `ancestor` or below it (`docs/misc/xenstore.txt`: "<child> and <parent>").
+pub fn is_at_or_below(path: &[u8], ancestor: &[u8]) -> bool {
+    if ancestor == b"/" {
+        return path.first() == Some(&b'/');
+    }
+    match path.strip_prefix(ancestor) {
+        Some(rest) => rest.is_empty() || rest.first() == Some(&b'/'),
+        None => false,
+    }
+}
+
+/// Appends `/segment` to a canonical path (or `segment` after the root's `/`).
+pub fn push_segment(path: &mut Vec<u8>, segment: &[u8]) {
+    if path.as_slice() != b"/" {
+        path.push(b'/');
+    }
+    path.extend_from_slice(segment);
+}
+
+/// Truncates a canonical path back to its parent (the root stays the root).
+pub fn pop_segment(path: &mut Vec<u8>) {
+    let keep = match path.iter().rposition(|&b| b == b'/') {
+        Some(0) | None => 1,
+        Some(slash) => slash,
+    };
+    path.truncate(keep);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn canon(raw: &str, dom: u16) -> Result<(alloc::string::String, Canonical), XsError> {
+        let mut out = Vec::new();
+        let c = canonicalize(raw.as_bytes(), DomId(dom), true, &mut out)?;
+        Ok((alloc::string::String::from_utf8(out).unwrap(), c))
+    }
+
+    #[test]
+    fn absolute_and_relative() {
+        assert_eq!(canon("/", 3).unwrap().0, "/");
+        assert_eq!(canon("/a/b-c_D9", 3).unwrap().0, "/a/b-c_D9");
+        let (p, c) = canon("x/y", 3).unwrap();
+        assert_eq!(p, "/local/domain/3/x/y");
+        assert_eq!(c.relative_prefix, "/local/domain/3/".len());
+        assert_eq!(c.kind, PathKind::Node);
+        let (p, c) = canon("@releaseDomain", 3).unwrap();
+        assert_eq!((p.as_str(), c.kind), ("@releaseDomain", PathKind::Special));
+    }
+
+    #[test]
+    fn rejects_malformed() {
+        for bad in [
+            "", "/a/", "//", "/a//b", "a/", "/a b", "/a\0b", "/é", "/a@b", "x@", "/a/.", "/a:b",
+        ] {
+            assert_eq!(canon(bad, 1).map(|_| ()), Err(XsError::Inval), "{bad:?}");
+        }
+        let mut out = Vec::new();
+        assert_eq!(
+            canonicalize(b"@releaseDomain", DomId(1), false, &mut out),
+            Err(XsError::Inval)
+        );
+    }
+
+    #[test]
+    fn length_limits() {
+        let abs_ok = alloc::format!("/{}", "a".repeat(ABS_PATH_MAX - 1));
+        assert!(canon(&abs_ok, 0).is_ok());
+        let abs_long = alloc::format!("/{}", "a".repeat(ABS_PATH_MAX));
+        assert_eq!(canon(&abs_long, 0).map(|_| ()), Err(XsError::Inval));
+        let rel_ok = "a".repeat(REL_PATH_MAX);
+        assert!(canon(&rel_ok, 7).is_ok());
+        let rel_long = "a".repeat(REL_PATH_MAX + 1);
+        assert_eq!(canon(&rel_long, 7).map(|_| ()), Err(XsError::Inval));
+    }
+
+    #[test]
+    fn local_suffix() {
+        assert_eq!(local_suffix_len(b"/local/domain/12/ab"), 2);
+        assert_eq!(local_suffix_len(b"/local/domain/12"), 16);
+        assert_eq!(local_suffix_len(b"/local/domain/123456/ab"), 23);
+        assert_eq!(local_suffix_len(b"/tool/x"), 7);
+    }
+
+    #[test]
+    fn segment_helpers() {
+        assert_eq!(segments(b"/").count(), 0);
+        assert_eq!(segments(b"/a/bc").collect::<Vec<_>>(), [&b"a"[..], b"bc"]);
+        assert_eq!(parent(b"/"), None);
+        assert_eq!(parent(b"/a"), Some(&b"/"[..]));
+        assert_eq!(parent(b"/a/b"), Some(&b"/a"[..]));
+        assert_eq!(basename(b"/a/b"), b"b");
+        assert_eq!(basename(b"/"), b"");
+        assert!(is_at_or_below(b"/a/b", b"/a"));
+        assert!(is_at_or_below(b"/a", b"/a"));
+        assert!(is_at_or_below(b"/a", b"/"));
+        assert!(!is_at_or_below(b"/ab", b"/a"));
+        let mut p = b"/".to_vec();
+        push_segment(&mut p, b"a");
+        push_segment(&mut p, b"b");
+        assert_eq!(p, b"/a/b");
+        pop_segment(&mut p);
+        assert_eq!(p, b"/a");
+        pop_segment(&mut p);
+        assert_eq!(p, b"/");
+        pop_segment(&mut p);
+        assert_eq!(p, b"/");
+    }
+}

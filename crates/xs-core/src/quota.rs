@@ -1,0 +1,193 @@
+//! Per-domain quotas, with C xenstored's names and defaults.
+//!
+//! A value of 0 disables the check. Privileged domains are never limited. A domain's effective
+//! quota is its own override if one was set (`SET_QUOTA <domid>`), else the global value, so a
+//! later change of the global value reaches every domain that has no override.
+
+use core::fmt;
+
+/// What a quota limits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum QuotaKind {
+    /// Nodes owned by the domain.
+    Nodes,
+    /// Watches registered by the domain.
+    Watches,
+    /// Requests being answered plus replies and events queued for the domain.
+    Outstanding,
+    /// Bytes of store memory charged to the domain (nodes, watches, queued events,
+    /// transaction data).
+    Memory,
+    /// Open transactions of the domain.
+    Transactions,
+    /// Distinct nodes one transaction may read or write.
+    TransactionNodes,
+    /// Entries in one node's permission list.
+    NodePermissions,
+    /// Path length, counted after `/local/domain/<domid>/`.
+    PathMax,
+    /// Size of a node: its value plus the names of its children (one NUL each).
+    NodeSize,
+}
+
+impl QuotaKind {
+    /// Every quota, in the order `GET_QUOTA` lists them.
+    pub const ALL: [QuotaKind; 9] = [
+        QuotaKind::Nodes,
+        QuotaKind::Watches,
+        QuotaKind::Outstanding,
+        QuotaKind::Memory,
+        QuotaKind::Transactions,
+        QuotaKind::TransactionNodes,
+        QuotaKind::NodePermissions,
+        QuotaKind::PathMax,
+        QuotaKind::NodeSize,
+    ];
+
+    /// The name used by `GET_QUOTA`/`SET_QUOTA` and `xenstore-control quota`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            QuotaKind::Nodes => "nodes",
+            QuotaKind::Watches => "watches",
+            QuotaKind::Outstanding => "outstanding",
+            QuotaKind::Memory => "memory",
+            QuotaKind::Transactions => "transactions",
+            QuotaKind::TransactionNodes => "transaction-nodes",
+            QuotaKind::NodePermissions => "node-permissions",
+            QuotaKind::PathMax => "path-max",
+            QuotaKind::NodeSize => "node-size",
+        }
+    }
+
+    /// A one-line description (as `xenstore-control quota` prints).
+    pub const fn description(self) -> &'static str {
+        match self {
+            QuotaKind::Nodes => "Nodes per domain",
+            QuotaKind::Watches => "Watches per domain",
+            QuotaKind::Outstanding => "Outstanding requests per domain",
+            QuotaKind::Memory => "Total Xenstore memory per domain",
+            QuotaKind::Transactions => "Active transactions per domain",
+            QuotaKind::TransactionNodes => "Max. number of accessed nodes per transaction",
+            QuotaKind::NodePermissions => "Max. number of permissions per node",
+            QuotaKind::PathMax => "Max. length of a node path",
+            QuotaKind::NodeSize => "Max. size of a node",
+        }
+    }
+
+    /// Looks a quota up by name.
+    pub fn from_name(name: &[u8]) -> Option<QuotaKind> {
+        QuotaKind::ALL
+            .into_iter()
+            .find(|q| q.name().as_bytes() == name)
+    }
+
+    const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for QuotaKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A full set of quota values (0 = unlimited).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Quotas([u32; 9]);
+
+impl Quotas {
+    /// C xenstored's defaults: nodes 1000, watches 128, outstanding 20, memory 2.5 MiB,
+    /// transactions 10, transaction nodes 1024, permissions 5, path 2048, node size 2048.
+    pub const XEN_DEFAULTS: Quotas = Quotas([1000, 128, 20, 2_621_440, 10, 1024, 5, 2048, 2048]);
+
+    /// No limits at all.
+    pub const UNLIMITED: Quotas = Quotas([0; 9]);
+
+    /// The value of one quota (0 = unlimited).
+    pub fn get(&self, kind: QuotaKind) -> u32 {
+        self.0.get(kind.index()).copied().unwrap_or(0)
+    }
+
+    /// Sets one quota (0 = unlimited).
+    pub fn set(&mut self, kind: QuotaKind, value: u32) {
+        if let Some(slot) = self.0.get_mut(kind.index()) {
+            *slot = value;
+        }
+    }
+
+    /// The limit as an `Option`, `None` when unlimited.
+    pub fn limit(&self, kind: QuotaKind) -> Option<u64> {
+        match self.get(kind) {
+            0 => None,
+            v => Some(u64::from(v)),
+        }
+    }
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Quotas::XEN_DEFAULTS
+    }
+}
+
+/// Per-domain overrides of the global quotas.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct QuotaOverrides([Option<u32>; 9]);
+
+impl QuotaOverrides {
+    /// The override for one quota, if set.
+    pub fn get(&self, kind: QuotaKind) -> Option<u32> {
+        self.0.get(kind.index()).copied().flatten()
+    }
+
+    /// Sets (or, with `None`, removes) the override for one quota.
+    pub fn set(&mut self, kind: QuotaKind, value: Option<u32>) {
+        if let Some(slot) = self.0.get_mut(kind.index()) {
+            *slot = value;
+        }
+    }
+
+    /// The effective quotas: these overrides on top of `global`.
+    pub fn apply(&self, global: &Quotas) -> Quotas {
+        let mut q = *global;
+        for kind in QuotaKind::ALL {
+            if let Some(v) = self.get(kind) {
+                q.set(kind, v);
+            }
+        }
+        q
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_defaults() {
+        for k in QuotaKind::ALL {
+            assert_eq!(QuotaKind::from_name(k.name().as_bytes()), Some(k));
+        }
+        let q = Quotas::default();
+        assert_eq!(q.get(QuotaKind::Nodes), 1000);
+        assert_eq!(q.get(QuotaKind::NodeSize), 2048);
+        assert_eq!(q.get(QuotaKind::Watches), 128);
+        assert_eq!(q.get(QuotaKind::Transactions), 10);
+        assert_eq!(q.get(QuotaKind::TransactionNodes), 1024);
+        assert_eq!(q.get(QuotaKind::Outstanding), 20);
+        assert_eq!(q.get(QuotaKind::NodePermissions), 5);
+        assert_eq!(q.get(QuotaKind::PathMax), 2048);
+        assert_eq!(q.get(QuotaKind::Memory), 2560 * 1024);
+        assert_eq!(Quotas::UNLIMITED.limit(QuotaKind::Nodes), None);
+    }
+
+    #[test]
+    fn overrides_apply_on_top() {
+        let mut o = QuotaOverrides::default();
+        o.set(QuotaKind::Nodes, Some(5));
+        let q = o.apply(&Quotas::default());
+        assert_eq!(q.get(QuotaKind::Nodes), 5);
+        assert_eq!(q.get(QuotaKind::Watches), 128);
+    }
+}

@@ -1,0 +1,51 @@
+//! The store's view of a connection: who it acts for, its watches, transactions and queued
+//! events. (The byte-level protocol state of a connection lives elsewhere; the store only
+//! needs identity and per-connection state.)
+
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::vec::Vec;
+
+use super::txn::Transaction;
+use super::watch::WatchEvent;
+use crate::domid::DomId;
+
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) domid: DomId,
+    /// The domain was released: the connection is no longer served.
+    pub(crate) dead: bool,
+    pub(crate) watches: Vec<u32>,
+    pub(crate) transactions: BTreeMap<u32, Transaction>,
+    pub(crate) next_tx_id: u32,
+    pub(crate) events: VecDeque<WatchEvent>,
+    /// Watches that owe a catch-up event (see the queue policy in `watch.rs`).
+    pub(crate) missed: VecDeque<u32>,
+    /// Listed in the store's pending notifications.
+    pub(crate) notify: bool,
+}
+
+impl Conn {
+    pub(crate) fn new(domid: DomId) -> Conn {
+        Conn {
+            domid,
+            dead: false,
+            watches: Vec::new(),
+            transactions: BTreeMap::new(),
+            next_tx_id: 1,
+            events: VecDeque::new(),
+            missed: VecDeque::new(),
+            notify: false,
+        }
+    }
+
+    /// A transaction id not in use on this connection (never 0).
+    pub(crate) fn allocate_tx_id(&mut self) -> u32 {
+        loop {
+            let id = self.next_tx_id;
+            self.next_tx_id = self.next_tx_id.wrapping_add(1);
+            if id != 0 && !self.transactions.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+}

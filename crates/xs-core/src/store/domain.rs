@@ -1,0 +1,67 @@
+//! Domain records: introduction state, target, quota overrides and resource usage.
+//!
+//! A record exists for every domain the store knows of: introduced domains, domains with a
+//! connection, and domains named in a permission entry (so that the entry can take effect
+//! once the domain is introduced, as toolstacks create a domain's nodes before introducing
+//! it). Records are removed when the domain is released; with them go the domain's nodes and
+//! every permission entry naming it (see `Store::entry_is_live`), so a later domain with the
+//! same domid starts from nothing (Xen XSA-322).
+
+use super::arena::NIL;
+use crate::domid::DomId;
+use crate::quota::QuotaOverrides;
+
+/// Where an introduced domain's ring is, as given by `INTRODUCE`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Introduction {
+    /// Guest frame of the ring page (`<gfn>` of `INTRODUCE`).
+    pub gfn: u64,
+    /// The guest's unbound event channel for the store (`<evtchn>`).
+    pub evtchn: u32,
+}
+
+/// Resources a domain currently uses.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Usage {
+    /// Nodes it owns.
+    pub nodes: u64,
+    /// Watches its connections registered.
+    pub watches: u64,
+    /// Transactions its connections have open.
+    pub transactions: u64,
+    /// Bytes charged to it: owned nodes, watches, queued events, transaction data.
+    pub memory: u64,
+}
+
+/// The record.
+#[derive(Debug)]
+pub(crate) struct Domain {
+    /// Generation at which the record was created: permission entries written before it
+    /// refer to an earlier domain with this domid and are ignored.
+    pub(crate) created_gen: u64,
+    pub(crate) introduced: Option<Introduction>,
+    pub(crate) target: Option<DomId>,
+    /// `@releaseDomain` was already fired for a shutdown (re-armed by `RESUME`).
+    pub(crate) shutdown_reported: bool,
+    pub(crate) overrides: QuotaOverrides,
+    pub(crate) usage: Usage,
+    /// Head of the list of nodes this domain owns.
+    pub(crate) owned_head: u32,
+    /// `XENSTORE_SERVER_FEATURE_*` bits enabled for this domain.
+    pub(crate) features: u32,
+}
+
+impl Domain {
+    pub(crate) fn new(created_gen: u64, features: u32) -> Domain {
+        Domain {
+            created_gen,
+            introduced: None,
+            target: None,
+            shutdown_reported: false,
+            overrides: QuotaOverrides::default(),
+            usage: Usage::default(),
+            owned_head: NIL,
+            features,
+        }
+    }
+}

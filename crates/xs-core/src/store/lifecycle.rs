@@ -1,0 +1,333 @@
+//! Domains coming and going: `INTRODUCE`, `RELEASE`, shutdown, `RESUME`, `SET_TARGET`,
+//! features.
+
+use alloc::vec::Vec;
+
+use super::arena::NIL;
+use super::domain::Introduction;
+use super::{ConnId, Match, Store, features};
+use crate::domid::{DomId, push_decimal};
+use crate::error::{XsError, XsResult};
+use crate::path;
+use crate::perms::{Access, Perm};
+
+/// Which special node an event is about (index into `Store::specials`).
+const INTRODUCE: usize = 0;
+const RELEASE: usize = 1;
+
+/// What `INTRODUCE` did.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Introduced {
+    /// The domain is new to the store: map its ring and bind its event channel.
+    New,
+    /// The domain was already introduced: only its event channel is (re)bound, as Xen's
+    /// toolstack does after a resume.
+    Rebind,
+}
+
+/// Who owns a default node of a new domain.
+#[derive(Clone, Copy)]
+enum Owner {
+    /// Owned by dom0, readable by the guest.
+    Toolstack,
+    /// Owned by (writable by) the guest.
+    Guest,
+}
+
+/// The nodes `INTRODUCE` creates under `/local/domain/<domid>`, as libxl lays out a new
+/// domain (`libxl__domain_make`) and `docs/misc/xenstore-paths.pandoc` documents them.
+///
+/// `device` itself is the toolstack's and only readable by the guest, as libxl makes it and
+/// as `xenstore-paths.pandoc` marks `~/device/*` (not `[w]`): the guest owns the frontend
+/// directories the toolstack creates for it, but cannot create new ones, which is what makes
+/// the XSA-175 protection hold (a guest may remove its frontend directory, and cannot
+/// re-create it). Only `device/suspend/event-channel` is the guest's.
+const DEFAULT_NODES: &[(&str, &str, Owner)] = &[
+    ("control", "", Owner::Toolstack),
+    ("control/shutdown", "", Owner::Guest),
+    ("control/feature-poweroff", "", Owner::Guest),
+    ("control/feature-reboot", "", Owner::Guest),
+    ("control/feature-suspend", "", Owner::Guest),
+    ("control/feature-s3", "", Owner::Guest),
+    ("control/feature-s4", "", Owner::Guest),
+    ("control/sysrq", "", Owner::Guest),
+    (
+        "control/platform-feature-multiprocessor-suspend",
+        "1",
+        Owner::Toolstack,
+    ),
+    (
+        "control/platform-feature-xs_reset_watches",
+        "1",
+        Owner::Toolstack,
+    ),
+    ("platform", "", Owner::Toolstack),
+    ("platform/acpi", "1", Owner::Toolstack),
+    ("platform/acpi_s3", "1", Owner::Toolstack),
+    ("platform/acpi_s4", "1", Owner::Toolstack),
+    ("platform/acpi_laptop_slate", "0", Owner::Toolstack),
+    ("device", "", Owner::Toolstack),
+    ("device/suspend", "", Owner::Toolstack),
+    ("device/suspend/event-channel", "", Owner::Guest),
+    ("attr", "", Owner::Guest),
+    ("data", "", Owner::Guest),
+    ("drivers", "", Owner::Guest),
+    ("error", "", Owner::Guest),
+    ("feature", "", Owner::Guest),
+];
+
+impl Store {
+    fn require_privileged(&self, conn: ConnId) -> XsResult<()> {
+        if self.caller(conn)?.privileged {
+            Ok(())
+        } else {
+            Err(XsError::Acces)
+        }
+    }
+
+    /// A domain that `RELEASE`/`RESUME`/`INTRODUCE` may name: real and not privileged.
+    fn guest_domid(&self, domid: DomId) -> XsResult<()> {
+        if domid.is_real() && !self.is_privileged(domid) {
+            Ok(())
+        } else {
+            Err(XsError::Inval)
+        }
+    }
+
+    /// `INTRODUCE`: the store starts serving `domid`, whose ring and event channel are in
+    /// `intro`. Creates the domain's default nodes (if configured) and fires
+    /// `@introduceDomain`. The caller (the program owning the I/O) maps the ring and binds
+    /// the channel as the result says.
+    pub fn introduce(
+        &mut self,
+        conn: ConnId,
+        domid: DomId,
+        intro: Introduction,
+    ) -> XsResult<Introduced> {
+        self.require_privileged(conn)?;
+        self.guest_domid(domid)?;
+        if intro.evtchn == 0 {
+            return Err(XsError::Inval);
+        }
+        let record = self.ensure_domain(domid);
+        if record.introduced.is_some() {
+            record.introduced = Some(intro);
+            return Ok(Introduced::Rebind);
+        }
+        record.introduced = Some(intro);
+        record.shutdown_reported = false;
+        if self.config.domain_nodes {
+            self.create_domain_nodes(domid)?;
+        }
+        self.fire_special(INTRODUCE, domid);
+        Ok(Introduced::New)
+    }
+
+    fn create_domain_nodes(&mut self, domid: DomId) -> XsResult<()> {
+        let toolstack = [Perm::owner(DomId::DOM0), Perm::new(domid, Access::READ)];
+        let guest = [Perm::owner(domid)];
+        let mut home = Store::domain_path(domid);
+        let mut id = Vec::new();
+        push_decimal(&mut id, u64::from(domid.0));
+        let now = self.next_gen();
+        let created = self.ensure_node(&home, b"", &toolstack, now)?;
+        let mut p = home.clone();
+        path::push_segment(&mut p, b"domid");
+        self.ensure_node(&p, &id, &toolstack, now)?;
+        for (rel, value, owner) in DEFAULT_NODES {
+            let perms: &[Perm] = match owner {
+                Owner::Toolstack => &toolstack,
+                Owner::Guest => &guest,
+            };
+            p.clear();
+            p.extend_from_slice(&home);
+            path::push_segment(&mut p, rel.as_bytes());
+            self.ensure_node(&p, value.as_bytes(), perms, now)?;
+        }
+        if created {
+            let index = self.tree.lookup(&home);
+            self.fire(&home, Match::Subtree, index, None);
+        }
+        home.clear();
+        Ok(())
+    }
+
+    /// Creates `path` with `value` and `perms` unless it exists (missing parents inherit
+    /// their parent's permissions). Returns whether it was created.
+    fn ensure_node(
+        &mut self,
+        path: &[u8],
+        value: &[u8],
+        perms: &[Perm],
+        now: u64,
+    ) -> XsResult<bool> {
+        let (mut parent, covered) = self.tree.lookup_nearest(path);
+        if covered == path.len() {
+            return Ok(false);
+        }
+        let rest = path.get(covered..).unwrap_or_default();
+        let names: Vec<&[u8]> = path::segments(rest).collect();
+        let last = names.len().saturating_sub(1);
+        for (i, name) in names.iter().enumerate() {
+            let inherited;
+            let (v, p): (&[u8], &[Perm]) = if i == last {
+                (value, perms)
+            } else {
+                let node = self.tree.node(parent).ok_or(XsError::Io)?;
+                inherited = self.sanitize_perms(node.perms(), node.data_gen);
+                (b"", &inherited)
+            };
+            parent = self.create_node(parent, name, v, p, now)?;
+        }
+        Ok(true)
+    }
+
+    /// `RELEASE`: the store stops serving `domid` (see [`Store::domain_gone`]).
+    pub fn release(&mut self, conn: ConnId, domid: DomId) -> XsResult<()> {
+        self.require_privileged(conn)?;
+        self.guest_domid(domid)?;
+        if !self.is_introduced(domid) {
+            return Err(XsError::NoEnt);
+        }
+        self.domain_gone(domid);
+        Ok(())
+    }
+
+    /// The domain is gone (released, or reported dead by the platform): its connections'
+    /// watches and transactions are dropped and the connections marked dead, every node it
+    /// owns is removed with everything below it (watches fire for other domains), its home
+    /// directory is removed (if configured), its record and every permission entry naming
+    /// it stop counting, and `@releaseDomain` fires. A later domain with the same domid
+    /// starts with no nodes, permissions or quota usage. Does nothing for privileged or
+    /// unknown domains.
+    pub fn domain_gone(&mut self, domid: DomId) {
+        if self.is_privileged(domid) || !self.domains.contains_key(&domid) {
+            return;
+        }
+        let was_introduced = self.is_introduced(domid);
+        // Its connections first, so that no events are queued for them below.
+        let conns: Vec<ConnId> = self
+            .conns_iter()
+            .filter(|(_, c)| c.domid == domid)
+            .filter_map(|(i, _)| self.conns.id_at(i).map(ConnId))
+            .collect();
+        for conn in conns {
+            self.reset_connection(conn);
+            if let Some(c) = self.conns.get_id_mut(conn.0) {
+                c.dead = true;
+            }
+        }
+        let now = self.next_gen();
+        let mut node_path = Vec::new();
+        loop {
+            let head = self.domains.get(&domid).map_or(NIL, |d| d.owned_head);
+            if head == NIL {
+                break;
+            }
+            if head == self.tree.root {
+                // Nobody but dom0 may own the root: hand it back rather than remove it.
+                let _ = self.set_node_perms(head, b"/", &[Perm::owner(DomId::DOM0)], now);
+                continue;
+            }
+            self.tree.path_of(head, &mut node_path);
+            self.delete_subtree(head, &node_path, now, true);
+        }
+        if self.config.remove_home_on_release {
+            let home = Store::domain_path(domid);
+            if let Some(index) = self.tree.lookup(&home) {
+                self.delete_subtree(index, &home, now, true);
+            }
+        }
+        self.domains.remove(&domid);
+        for d in self.domains.values_mut() {
+            if d.target == Some(domid) {
+                d.target = None;
+            }
+        }
+        if was_introduced {
+            self.fire_special(RELEASE, domid);
+        }
+    }
+
+    /// The platform saw `domid` shut down (or crash): fires `@releaseDomain` once, until
+    /// `RESUME` re-arms it.
+    pub fn domain_shutdown(&mut self, domid: DomId) {
+        let Some(d) = self.domains.get_mut(&domid) else {
+            return;
+        };
+        if d.introduced.is_none() || d.shutdown_reported {
+            return;
+        }
+        d.shutdown_reported = true;
+        self.fire_special(RELEASE, domid);
+    }
+
+    /// `RESUME`: re-arms `@releaseDomain` for the domain's next shutdown.
+    pub fn resume(&mut self, conn: ConnId, domid: DomId) -> XsResult<()> {
+        self.require_privileged(conn)?;
+        self.guest_domid(domid)?;
+        let d = self
+            .domains
+            .get_mut(&domid)
+            .filter(|d| d.introduced.is_some())
+            .ok_or(XsError::NoEnt)?;
+        d.shutdown_reported = false;
+        Ok(())
+    }
+
+    /// `IS_DOMAIN_INTRODUCED`. Privileged domains always are.
+    pub fn is_introduced(&self, domid: DomId) -> bool {
+        self.is_privileged(domid)
+            || self
+                .domains
+                .get(&domid)
+                .is_some_and(|d| d.introduced.is_some())
+    }
+
+    /// Where an introduced domain's ring is.
+    pub fn introduction(&self, domid: DomId) -> Option<Introduction> {
+        self.domains.get(&domid).and_then(|d| d.introduced)
+    }
+
+    /// `SET_TARGET`: `domid` (a device model, say) acts with `target`'s rights on every node.
+    pub fn set_target(&mut self, conn: ConnId, domid: DomId, target: DomId) -> XsResult<()> {
+        self.require_privileged(conn)?;
+        if !domid.is_real() || !target.is_real() {
+            return Err(XsError::Inval);
+        }
+        if !self.is_introduced(domid) || !self.is_introduced(target) {
+            return Err(XsError::NoEnt);
+        }
+        let d = self.domains.get_mut(&domid).ok_or(XsError::NoEnt)?;
+        d.target = Some(target);
+        Ok(())
+    }
+
+    /// `GET_FEATURE`: the feature bits of `domid`, or with `None`, those of the caller.
+    pub fn get_features(&self, conn: ConnId, domid: Option<DomId>) -> XsResult<u32> {
+        let caller = self.caller(conn)?;
+        let domid = match domid {
+            None => caller.domid,
+            Some(d) if caller.privileged => d,
+            Some(_) => return Err(XsError::Acces),
+        };
+        Ok(self
+            .domains
+            .get(&domid)
+            .map_or(features::ALL, |d| d.features))
+    }
+
+    /// `SET_FEATURE`: limits the features offered to `domid`, before it is introduced.
+    pub fn set_features(&mut self, conn: ConnId, domid: DomId, bits: u32) -> XsResult<()> {
+        self.require_privileged(conn)?;
+        self.guest_domid(domid)?;
+        if bits & !features::ALL != 0 {
+            return Err(XsError::Inval);
+        }
+        if self.is_introduced(domid) {
+            return Err(XsError::IsConn);
+        }
+        self.ensure_domain(domid).features = bits;
+        Ok(())
+    }
+}

@@ -1,0 +1,1019 @@
+//! The store: node tree, permissions, transactions, watches, quotas and domains.
+//!
+//! Sans-I/O: every input is a call with bytes and values, every output a return value or an
+//! event queued for a connection; the embedding program moves bytes and learns which
+//! connections have new events from [`Store::take_notifications`].
+//!
+//! Semantics are Xen's (`docs/misc/xenstore.txt`), following C xenstored where it and
+//! oxenstored differ; each deliberate difference is stated where it is made.
+//!
+//! ## Generations
+//!
+//! A global counter stamps every change. Each node records the stamp of its last value or
+//! permission change (`data_gen`) and its child set the stamp of its last change. A
+//! transaction's snapshot is the counter value at its start; the stamps decide what it can see
+//! (with [`history`] supplying versions changed since) and, at commit, whether anything it
+//! relied on changed. Domain records carry the stamp of their creation, which decides whether
+//! a permission entry naming that domid was written for this domain or an earlier one.
+
+mod access;
+mod arena;
+mod conn;
+mod domain;
+mod history;
+mod lifecycle;
+mod node;
+mod ops;
+mod session;
+mod tree;
+mod txn;
+mod watch;
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+use core::mem;
+
+pub use domain::{Introduction, Usage};
+pub use lifecycle::Introduced;
+pub use session::{Session, split_names};
+pub use watch::WatchEvent;
+
+use access::{Caller, Rights};
+use arena::{Arena, Id};
+use conn::Conn;
+use domain::Domain;
+use history::History;
+use tree::Tree;
+use watch::WatchTable;
+
+use crate::domid::DomId;
+use crate::error::{XsError, XsResult};
+use crate::path::{self, Canonical, PathKind};
+use crate::perms::{Access, Perm};
+use crate::quota::{QuotaKind, Quotas};
+
+/// Largest payload of a message in either direction (`XENSTORE_PAYLOAD_MAX`).
+pub const PAYLOAD_MAX: usize = 4096;
+
+/// `XENSTORE_SERVER_FEATURE_*` bits the store implements for every domain.
+pub mod features {
+    /// The ring can be reconnected.
+    pub const RECONNECTION: u32 = 1;
+    /// The ring page's `error` field is used.
+    pub const ERROR: u32 = 2;
+    /// `WATCH` takes a depth argument.
+    pub const WATCH_DEPTH: u32 = 4;
+    /// Permission entries may name `DOMID_ANY`.
+    pub const DOMID_ANY: u32 = 8;
+    /// All of the above.
+    pub const ALL: u32 = RECONNECTION | ERROR | WATCH_DEPTH | DOMID_ANY;
+}
+
+/// Transaction id as on the wire; 0 means "not in a transaction".
+pub type TxId = u32;
+
+/// A connection to the store: a ring, a socket, or an in-process client.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct ConnId(Id);
+
+/// How the store is set up.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Global quotas: the defaults for every unprivileged domain.
+    pub quotas: Quotas,
+    /// Domains besides dom0 that bypass permission checks and quotas (for example the
+    /// hypervisor's own domid when it embeds the store).
+    pub privileged: Vec<DomId>,
+    /// Create a domain's default nodes under `/local/domain/<domid>` on `INTRODUCE`
+    /// (turn off when the toolstack creates its own).
+    pub domain_nodes: bool,
+    /// Remove `/local/domain/<domid>` on release, so a later domain with the same id finds
+    /// nothing left behind even if the toolstack does not clean up.
+    pub remove_home_on_release: bool,
+    /// Most events queued per connection (see the policy in `watch.rs`).
+    pub event_queue_len: usize,
+    /// Most bytes of old versions kept for open transactions' snapshots; past it the oldest
+    /// transactions are doomed to `EAGAIN`.
+    pub history_limit: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            quotas: Quotas::XEN_DEFAULTS,
+            privileged: Vec::new(),
+            domain_nodes: true,
+            remove_home_on_release: true,
+            event_queue_len: 1024,
+            history_limit: 16 << 20,
+        }
+    }
+}
+
+/// Memory charged to a node's owner: a fixed part for the slot, the child link and the
+/// allocation, plus its payload.
+fn node_charge(name_len: usize, value_len: usize, n_perms: usize) -> u64 {
+    const OVERHEAD: u64 = 80;
+    OVERHEAD
+        .saturating_add(name_len as u64)
+        .saturating_add(value_len as u64)
+        .saturating_add((n_perms as u64).saturating_mul(3))
+}
+
+/// A special node (`@introduceDomain`, `@releaseDomain`): not part of the tree, but with
+/// permissions that decide who may watch it.
+#[derive(Debug)]
+struct SpecialNode {
+    name: &'static [u8],
+    perms: Vec<Perm>,
+    stamp: u64,
+}
+
+const INTRODUCE_DOMAIN: &[u8] = b"@introduceDomain";
+const RELEASE_DOMAIN: &[u8] = b"@releaseDomain";
+
+/// The store.
+#[derive(Debug)]
+pub struct Store {
+    config: StoreConfig,
+    generation: u64,
+    tree: Tree,
+    domains: BTreeMap<DomId, Domain>,
+    conns: Arena<Conn>,
+    watches: WatchTable,
+    history: History,
+    /// Open, not doomed transactions by snapshot generation (unique: each start takes one).
+    open_txs: BTreeMap<u64, (ConnId, TxId)>,
+    specials: [SpecialNode; 2],
+    notify: Vec<ConnId>,
+    path_buf: Vec<u8>,
+    match_buf: Vec<u32>,
+}
+
+/// What kind of change an event reports (C xenstored's `MATCH_SUBTREE`/`MATCH_EXACT`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Match {
+    /// The node changed: watches on it and its ancestors fire.
+    Subtree,
+    /// The node went away with an ancestor: only watches on exactly it fire.
+    Exact,
+}
+
+impl Store {
+    /// A store holding `/`, `/tool` and `/tool/xenstored` (as C xenstored starts), with
+    /// dom0 and the configured privileged domains known.
+    pub fn new(config: StoreConfig) -> XsResult<Store> {
+        let owner = [Perm::owner(DomId::DOM0)];
+        let mut store = Store {
+            tree: Tree::new(&owner, 1)?,
+            generation: 1,
+            domains: BTreeMap::new(),
+            conns: Arena::default(),
+            watches: WatchTable::new()?,
+            history: History::default(),
+            open_txs: BTreeMap::new(),
+            specials: [
+                SpecialNode {
+                    name: INTRODUCE_DOMAIN,
+                    perms: owner.to_vec(),
+                    stamp: 1,
+                },
+                // Any domain may watch for the release of a domain (Xen >= 4.19), so that
+                // front-ends notice a back-end domain going away.
+                SpecialNode {
+                    name: RELEASE_DOMAIN,
+                    perms: alloc::vec![owner[0], Perm::new(DomId::ANY, Access::READ)],
+                    stamp: 1,
+                },
+            ],
+            notify: Vec::new(),
+            path_buf: Vec::new(),
+            match_buf: Vec::new(),
+            config,
+        };
+        store.ensure_domain(DomId::DOM0);
+        for d in store.config.privileged.clone() {
+            store.ensure_domain(d);
+        }
+        let root = store.tree.root;
+        store.link_owner(root);
+        let now = store.next_gen();
+        let tool = store.create_node(root, b"tool", b"", &owner, now)?;
+        store.create_node(tool, b"xenstored", b"", &owner, now)?;
+        Ok(store)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    fn next_gen(&mut self) -> u64 {
+        // A u64 stamp does not wrap in practice (at 10^9 changes a second: 584 years).
+        self.generation = self.generation.saturating_add(1);
+        self.generation
+    }
+
+    // ----- identity, rights and quotas -----------------------------------------------------
+
+    /// Whether `domid` bypasses permission checks and quotas.
+    pub fn is_privileged(&self, domid: DomId) -> bool {
+        domid == DomId::DOM0 || self.config.privileged.contains(&domid)
+    }
+
+    fn caller_for(&self, domid: DomId) -> Caller {
+        Caller {
+            domid,
+            privileged: self.is_privileged(domid),
+            target: self.domains.get(&domid).and_then(|d| d.target),
+        }
+    }
+
+    fn caller(&self, conn: ConnId) -> XsResult<Caller> {
+        let c = self.conns.get_id(conn.0).ok_or(XsError::Inval)?;
+        if c.dead {
+            return Err(XsError::Io);
+        }
+        Ok(self.caller_for(c.domid))
+    }
+
+    /// Whether a non-owner permission entry naming `domid`, written at generation `stamp`,
+    /// still refers to the domain it was written for: the domain must still exist and must
+    /// not be younger than the entry (a domain created later reuses the id).
+    fn entry_is_live(&self, domid: DomId, stamp: u64) -> bool {
+        domid == DomId::ANY
+            || self
+                .domains
+                .get(&domid)
+                .is_some_and(|d| d.created_gen <= stamp)
+    }
+
+    fn rights_for(&self, caller: &Caller, perms: impl Iterator<Item = Perm>, stamp: u64) -> Rights {
+        access::rights(caller, perms, |d| self.entry_is_live(d, stamp))
+    }
+
+    fn node_rights(&self, caller: &Caller, index: u32) -> Rights {
+        self.tree.node(index).map_or(Rights::empty(), |n| {
+            self.rights_for(caller, n.perms(), n.data_gen)
+        })
+    }
+
+    /// `perms` without the non-owner entries that are no longer live at `stamp`.
+    fn sanitize_perms(&self, perms: impl Iterator<Item = Perm>, stamp: u64) -> Vec<Perm> {
+        perms
+            .enumerate()
+            .filter(|(i, p)| *i == 0 || self.entry_is_live(p.domid, stamp))
+            .map(|(_, p)| p)
+            .collect()
+    }
+
+    /// The error for a request on a missing node, decided by the nearest existing ancestor
+    /// as C xenstored does (`errno_from_parents`): `ENOENT` if the ancestor grants any of
+    /// `need`, else `EACCES`, so that a caller cannot learn what exists where it cannot look.
+    fn missing_error(ancestor_rights: Rights, need: Rights) -> XsError {
+        if ancestor_rights.intersects(need) {
+            XsError::NoEnt
+        } else {
+            XsError::Acces
+        }
+    }
+
+    /// The quotas in force for `domid`.
+    pub fn effective_quotas(&self, domid: DomId) -> Quotas {
+        self.domains.get(&domid).map_or(self.config.quotas, |d| {
+            d.overrides.apply(&self.config.quotas)
+        })
+    }
+
+    /// `Ok` if an unprivileged `caller` stays within `kind` when its usage becomes `value`.
+    fn check_quota(&self, caller: &Caller, kind: QuotaKind, value: u64) -> XsResult<()> {
+        if caller.privileged {
+            return Ok(());
+        }
+        match self.effective_quotas(caller.domid).limit(kind) {
+            Some(limit) if value > limit => Err(if kind == QuotaKind::Memory {
+                XsError::NoMem
+            } else {
+                XsError::NoSpc
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn usage_of(&self, domid: DomId) -> Usage {
+        self.domains
+            .get(&domid)
+            .map(|d| d.usage)
+            .unwrap_or_default()
+    }
+
+    /// Checks that an unprivileged caller's memory stays within quota after adding `more`.
+    fn check_memory(&self, caller: &Caller, more: u64) -> XsResult<()> {
+        let now = self.usage_of(caller.domid).memory;
+        self.check_quota(caller, QuotaKind::Memory, now.saturating_add(more))
+    }
+
+    /// Adds (or with a negative delta, removes) memory charged to `domid`.
+    fn charge(&mut self, domid: DomId, delta: i64) {
+        if let Some(d) = self.domains.get_mut(&domid) {
+            d.usage.memory = d.usage.memory.saturating_add_signed(delta);
+        }
+    }
+
+    /// The record of `domid`, created if the store did not know the domain yet.
+    fn ensure_domain(&mut self, domid: DomId) -> &mut Domain {
+        let now = self.generation;
+        self.domains
+            .entry(domid)
+            .or_insert_with(|| Domain::new(now, features::ALL))
+    }
+
+    // ----- paths ---------------------------------------------------------------------------
+
+    /// Canonicalizes `raw` for `caller` into `out` and applies the `path-max` quota.
+    fn canonical(
+        &self,
+        caller: &Caller,
+        raw: &[u8],
+        allow_special: bool,
+        out: &mut Vec<u8>,
+    ) -> XsResult<Canonical> {
+        let canon = path::canonicalize(raw, caller.domid, allow_special, out)?;
+        if canon.kind == PathKind::Node {
+            let len = path::local_suffix_len(out) as u64;
+            self.check_quota(caller, QuotaKind::PathMax, len)
+                .map_err(|_| XsError::Inval)?;
+        }
+        Ok(canon)
+    }
+
+    /// Runs `f` with the canonical form of `raw`, reusing the store's path buffer.
+    fn with_path<R>(
+        &mut self,
+        caller: &Caller,
+        raw: &[u8],
+        allow_special: bool,
+        f: impl FnOnce(&mut Self, &[u8], Canonical) -> XsResult<R>,
+    ) -> XsResult<R> {
+        let mut buf = mem::take(&mut self.path_buf);
+        let result = match self.canonical(caller, raw, allow_special, &mut buf) {
+            Ok(canon) => f(self, &buf, canon),
+            Err(e) => Err(e),
+        };
+        self.path_buf = buf;
+        result
+    }
+
+    // ----- node creation and removal with accounting ---------------------------------------
+
+    fn link_owner(&mut self, index: u32) {
+        let Some(node) = self.tree.node(index) else {
+            return;
+        };
+        let owner = node.owner();
+        let charge = node_charge(node.name().len(), node.value().len(), node.perm_count());
+        let domain = self.ensure_domain(owner);
+        let mut head = domain.owned_head;
+        domain.usage.nodes = domain.usage.nodes.saturating_add(1);
+        domain.usage.memory = domain.usage.memory.saturating_add(charge);
+        self.tree.owner_link(&mut head, index);
+        if let Some(d) = self.domains.get_mut(&owner) {
+            d.owned_head = head;
+        }
+    }
+
+    fn unlink_owner(&mut self, index: u32) {
+        let Some(node) = self.tree.node(index) else {
+            return;
+        };
+        let owner = node.owner();
+        let charge = node_charge(node.name().len(), node.value().len(), node.perm_count());
+        let Some(domain) = self.domains.get_mut(&owner) else {
+            return;
+        };
+        let mut head = domain.owned_head;
+        domain.usage.nodes = domain.usage.nodes.saturating_sub(1);
+        domain.usage.memory = domain.usage.memory.saturating_sub(charge);
+        self.tree.owner_unlink(&mut head, index);
+        if let Some(d) = self.domains.get_mut(&owner) {
+            d.owned_head = head;
+        }
+    }
+
+    /// Creates a child node, accounted to its owner.
+    fn create_node(
+        &mut self,
+        parent: u32,
+        name: &[u8],
+        value: &[u8],
+        perms: &[Perm],
+        now: u64,
+    ) -> XsResult<u32> {
+        let node = node::Node::new(name, value, perms, parent, now)?;
+        let index = self.tree.add_child(parent, node, now)?;
+        self.link_owner(index);
+        Ok(index)
+    }
+
+    /// Whether an open transaction may still need the current version of a node last
+    /// changed at `data_gen` (then it must be recorded before changing it).
+    fn history_needed(&self, data_gen: u64) -> bool {
+        self.open_txs
+            .last_key_value()
+            .is_some_and(|(snapshot, _)| *snapshot >= data_gen)
+    }
+
+    /// Records the current version of the node at `index` (path `path`) if an open
+    /// transaction may need it, before it is changed at generation `now`.
+    fn preserve(&mut self, index: u32, path: &[u8], now: u64) {
+        let Some(node) = self.tree.node(index) else {
+            return;
+        };
+        if !self.history_needed(node.data_gen) {
+            return;
+        }
+        let perms = node.perm_vec();
+        self.history
+            .record(path, node.data_gen, now, node.value(), &perms);
+        self.enforce_history_limit();
+    }
+
+    /// Dooms the oldest transactions while the history is over its limit.
+    fn enforce_history_limit(&mut self) {
+        while self.history.bytes() > self.config.history_limit {
+            let Some((_, (conn, tx))) = self.open_txs.pop_first() else {
+                break;
+            };
+            if let Some(t) = self
+                .conns
+                .get_id_mut(conn.0)
+                .and_then(|c| c.transactions.get_mut(&tx))
+            {
+                t.doomed = true;
+            }
+            let oldest = self.open_txs.first_key_value().map(|(s, _)| *s);
+            self.history.prune(oldest);
+        }
+    }
+
+    /// Sets the value of an existing node.
+    fn set_node_value(&mut self, index: u32, path: &[u8], value: &[u8], now: u64) -> XsResult<()> {
+        self.preserve(index, path, now);
+        self.unlink_owner(index);
+        let sanitized = self
+            .tree
+            .node(index)
+            .map(|n| self.sanitize_perms(n.perms(), n.data_gen));
+        let result = match (self.tree.node_mut(index), sanitized) {
+            (Some(node), Some(perms)) => {
+                let r = if perms.len() != node.perm_count() {
+                    node.set_perms(&perms)
+                } else {
+                    Ok(())
+                };
+                node.data_gen = now;
+                r.and_then(|()| node.set_value(value))
+            }
+            _ => Err(XsError::Io),
+        };
+        self.link_owner(index);
+        result
+    }
+
+    /// Replaces the permissions of an existing node (moving it to its new owner's account).
+    fn set_node_perms(
+        &mut self,
+        index: u32,
+        path: &[u8],
+        perms: &[Perm],
+        now: u64,
+    ) -> XsResult<()> {
+        self.preserve(index, path, now);
+        self.unlink_owner(index);
+        let result = match self.tree.node_mut(index) {
+            Some(node) => {
+                node.data_gen = now;
+                node.set_perms(perms)
+            }
+            None => Err(XsError::Io),
+        };
+        self.link_owner(index);
+        result
+    }
+
+    /// Removes the subtree at `index` (path `path`), firing watches as C xenstored does:
+    /// every removed node fires watches on exactly it, children before parents, and the
+    /// subtree's root fires watches on it and its ancestors if `fire_root`.
+    fn delete_subtree(&mut self, index: u32, path: &[u8], now: u64, fire_root: bool) {
+        let order = self.tree.postorder(index);
+        let watched_below = self.watches.any_below(path);
+        let mut node_path = Vec::new();
+        for i in order {
+            let is_root = i == index;
+            let needs_path = is_root
+                || watched_below
+                || self
+                    .tree
+                    .node(i)
+                    .is_some_and(|n| self.history_needed(n.data_gen));
+            if needs_path {
+                if is_root {
+                    node_path.clear();
+                    node_path.extend_from_slice(path);
+                } else {
+                    self.tree.path_of(i, &mut node_path);
+                }
+                self.preserve(i, &node_path, now);
+                if is_root {
+                    if fire_root {
+                        self.fire(&node_path, Match::Subtree, Some(i), None);
+                    }
+                } else if watched_below {
+                    self.fire(&node_path, Match::Exact, Some(i), None);
+                }
+            }
+            self.unlink_owner(i);
+            self.tree.remove_leaf(i, now);
+        }
+    }
+
+    // ----- watches and events --------------------------------------------------------------
+
+    /// Whether `watcher` may see an event about the node at `index`: it can read the node or
+    /// its parent, or could read the node under `old_perms` (so that a watcher losing access
+    /// still learns of the change), as C xenstored's `watch_permitted`.
+    fn watch_permitted(
+        &self,
+        watcher: &Caller,
+        index: Option<u32>,
+        old_perms: Option<(&[Perm], u64)>,
+    ) -> bool {
+        if watcher.privileged {
+            return true;
+        }
+        if let Some((perms, stamp)) = old_perms
+            && self
+                .rights_for(watcher, perms.iter().copied(), stamp)
+                .contains(Rights::READ)
+        {
+            return true;
+        }
+        let Some(node) = index.and_then(|i| self.tree.node(i)) else {
+            return false;
+        };
+        if self
+            .rights_for(watcher, node.perms(), node.data_gen)
+            .contains(Rights::READ)
+        {
+            return true;
+        }
+        self.tree.node(node.parent).is_some_and(|p| {
+            self.rights_for(watcher, p.perms(), p.data_gen)
+                .contains(Rights::READ)
+        })
+    }
+
+    /// Queues events for the watches matching a change at `path`.
+    fn fire(&mut self, path: &[u8], kind: Match, index: Option<u32>, old: Option<(&[Perm], u64)>) {
+        if self.watches.is_empty() {
+            return;
+        }
+        let mut matched = mem::take(&mut self.match_buf);
+        matched.clear();
+        match kind {
+            Match::Subtree => self.watches.match_subtree(path, &mut matched),
+            Match::Exact => self.watches.match_exact(path, &mut matched),
+        }
+        for &w in &matched {
+            let Some(conn) = self.watches.watches.get(w).map(|w| w.conn) else {
+                continue;
+            };
+            let Some(domid) = self.conns.get_id(conn).map(|c| c.domid) else {
+                continue;
+            };
+            let watcher = self.caller_for(domid);
+            if self.watch_permitted(&watcher, index, old) {
+                self.queue_event(w, path);
+            }
+        }
+        self.match_buf = matched;
+    }
+
+    /// Fires a special event (`@introduceDomain` / `@releaseDomain`) about `domid`.
+    fn fire_special(&mut self, which: usize, domid: DomId) {
+        let Some(special) = self.specials.get(which) else {
+            return;
+        };
+        let name = special.name;
+        let mut with_domid = name.to_vec();
+        with_domid.push(b'/');
+        crate::domid::push_decimal(&mut with_domid, u64::from(domid.0));
+        let mut matched = Vec::new();
+        self.watches.match_special(name, &with_domid, &mut matched);
+        for (w, domid_form) in matched {
+            let Some(conn) = self.watches.watches.get(w).map(|w| w.conn) else {
+                continue;
+            };
+            let Some(watcher_domid) = self.conns.get_id(conn).map(|c| c.domid) else {
+                continue;
+            };
+            let watcher = self.caller_for(watcher_domid);
+            let allowed = self.specials.get(which).is_some_and(|s| {
+                self.rights_for(&watcher, s.perms.iter().copied(), s.stamp)
+                    .contains(Rights::READ)
+            });
+            if allowed {
+                let path = if domid_form {
+                    with_domid.as_slice()
+                } else {
+                    name
+                };
+                self.queue_event(w, path);
+            }
+        }
+    }
+
+    fn mark_notify(&mut self, conn: Id) {
+        if let Some(c) = self.conns.get_id_mut(conn)
+            && !c.notify
+        {
+            c.notify = true;
+            self.notify.push(ConnId(conn));
+        }
+    }
+
+    /// Queues one event for watch `w` about `path`, or marks the watch as having missed one.
+    fn queue_event(&mut self, w: u32, path: &[u8]) {
+        let Some(watch) = self.watches.watches.get(w) else {
+            return;
+        };
+        let conn_id = watch.conn;
+        let event = WatchEvent {
+            path: watch.event_path(path).into(),
+            token: watch.token.clone(),
+        };
+        let Some(conn) = self.conns.get_id(conn_id) else {
+            return;
+        };
+        let watcher = self.caller_for(conn.domid);
+        let charge = watch::charge_event(&event);
+        let fits = conn.events.len() < self.config.event_queue_len
+            && self.check_memory(&watcher, charge).is_ok();
+        if fits {
+            if let Some(c) = self.conns.get_id_mut(conn_id) {
+                c.events.push_back(event);
+            }
+            self.charge(watcher.domid, i64::try_from(charge).unwrap_or(i64::MAX));
+            self.mark_notify(conn_id);
+        } else if let Some(watch) = self.watches.watches.get_mut(w)
+            && !watch.missed
+        {
+            watch.missed = true;
+            if let Some(c) = self.conns.get_id_mut(conn_id) {
+                c.missed.push_back(w);
+            }
+        }
+    }
+
+    /// Moves owed catch-up events into the queue while it has room.
+    fn refill_missed(&mut self, conn: ConnId) {
+        loop {
+            let Some(c) = self.conns.get_id(conn.0) else {
+                return;
+            };
+            if c.events.len() >= self.config.event_queue_len {
+                return;
+            }
+            let Some(&w) = c.missed.front() else {
+                return;
+            };
+            let watcher = self.caller_for(c.domid);
+            let Some(watch) = self.watches.watches.get(w) else {
+                if let Some(c) = self.conns.get_id_mut(conn.0) {
+                    c.missed.pop_front();
+                }
+                continue;
+            };
+            let event = WatchEvent {
+                path: watch.event_path(&watch.path).into(),
+                token: watch.token.clone(),
+            };
+            let charge = watch::charge_event(&event);
+            if self.check_memory(&watcher, charge).is_err() {
+                return;
+            }
+            if let Some(c) = self.conns.get_id_mut(conn.0) {
+                c.missed.pop_front();
+                c.events.push_back(event);
+            }
+            if let Some(watch) = self.watches.watches.get_mut(w) {
+                watch.missed = false;
+            }
+            self.charge(watcher.domid, i64::try_from(charge).unwrap_or(i64::MAX));
+        }
+    }
+
+    // ----- connections ---------------------------------------------------------------------
+
+    /// Opens a connection acting for `domid` (privileged if `domid` is).
+    pub fn connect(&mut self, domid: DomId) -> XsResult<ConnId> {
+        if !domid.is_real() {
+            return Err(XsError::Inval);
+        }
+        self.ensure_domain(domid);
+        Ok(ConnId(self.conns.insert(Conn::new(domid))?))
+    }
+
+    /// Closes a connection: its watches go, its transactions are aborted, its queued events
+    /// are dropped.
+    pub fn disconnect(&mut self, conn: ConnId) {
+        self.reset_connection(conn);
+        self.conns.remove(conn.0.index);
+    }
+
+    /// Drops a connection's watches, transactions and queued events (`RESET_WATCHES` also
+    /// uses this, as does a ring reconnection).
+    pub fn reset_connection(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_id_mut(conn.0) else {
+            return;
+        };
+        let domid = c.domid;
+        let watches = mem::take(&mut c.watches);
+        let txs: Vec<TxId> = c.transactions.keys().copied().collect();
+        let events = mem::take(&mut c.events);
+        c.missed.clear();
+        for w in watches {
+            if let Some(watch) = self.watches.remove(w) {
+                let charge = i64::try_from(watch.charge()).unwrap_or(i64::MAX);
+                self.charge(domid, charge.saturating_neg());
+                if let Some(d) = self.domains.get_mut(&domid) {
+                    d.usage.watches = d.usage.watches.saturating_sub(1);
+                }
+            }
+        }
+        for tx in txs {
+            let _ = self.transaction_end(conn, tx, false);
+        }
+        let freed = events
+            .iter()
+            .map(watch::charge_event)
+            .fold(0u64, u64::saturating_add);
+        self.charge(
+            domid,
+            i64::try_from(freed).unwrap_or(i64::MAX).saturating_neg(),
+        );
+    }
+
+    /// The domain a connection acts for.
+    pub fn conn_domid(&self, conn: ConnId) -> Option<DomId> {
+        self.conns.get_id(conn.0).map(|c| c.domid)
+    }
+
+    /// Whether the connection's domain was released (it should be closed).
+    pub fn is_dead(&self, conn: ConnId) -> bool {
+        self.conns.get_id(conn.0).is_none_or(|c| c.dead)
+    }
+
+    /// Takes the next queued watch event of a connection.
+    pub fn pop_event(&mut self, conn: ConnId) -> Option<WatchEvent> {
+        let c = self.conns.get_id_mut(conn.0)?;
+        let event = c.events.pop_front()?;
+        let domid = c.domid;
+        let charge = i64::try_from(watch::charge_event(&event)).unwrap_or(i64::MAX);
+        self.charge(domid, charge.saturating_neg());
+        self.refill_missed(conn);
+        Some(event)
+    }
+
+    /// Number of events queued for a connection.
+    pub fn queued_events(&self, conn: ConnId) -> usize {
+        self.conns.get_id(conn.0).map_or(0, |c| c.events.len())
+    }
+
+    /// Connections that got events since the last call (each listed once).
+    pub fn take_notifications(&mut self) -> Vec<ConnId> {
+        let list = mem::take(&mut self.notify);
+        for c in &list {
+            if let Some(conn) = self.conns.get_id_mut(c.0) {
+                conn.notify = false;
+            }
+        }
+        list
+    }
+
+    // ----- watches -------------------------------------------------------------------------
+
+    /// `WATCH`: registers a watch on `path` (or a special path) with `token` and queues the
+    /// initial event. `depth` limits how many levels below `path` match.
+    pub fn watch(
+        &mut self,
+        conn: ConnId,
+        path: &[u8],
+        token: &[u8],
+        depth: Option<u32>,
+    ) -> XsResult<()> {
+        let caller = self.caller(conn)?;
+        self.with_path(&caller, path, true, |s, canonical, canon| {
+            if s.watches.find(conn.0, canonical, token).is_some() {
+                return Err(XsError::Exist);
+            }
+            let usage = s.usage_of(caller.domid);
+            s.check_quota(&caller, QuotaKind::Watches, usage.watches.saturating_add(1))?;
+            let charge = watch::charge_watch(canonical.len(), token.len());
+            s.check_memory(&caller, charge)?;
+            let index = s.watches.add(watch::Watch {
+                conn: conn.0,
+                path: canonical.into(),
+                token: token.into(),
+                depth,
+                relative_prefix: canon.relative_prefix,
+                missed: false,
+            })?;
+            if let Some(c) = s.conns.get_id_mut(conn.0) {
+                c.watches.push(index);
+            }
+            if let Some(d) = s.domains.get_mut(&caller.domid) {
+                d.usage.watches = d.usage.watches.saturating_add(1);
+            }
+            s.charge(caller.domid, i64::try_from(charge).unwrap_or(i64::MAX));
+            // "When a watch is first set up it is triggered once straight away."
+            s.queue_event(index, canonical);
+            Ok(())
+        })
+    }
+
+    /// `UNWATCH`.
+    pub fn unwatch(&mut self, conn: ConnId, path: &[u8], token: &[u8]) -> XsResult<()> {
+        let caller = self.caller(conn)?;
+        self.with_path(&caller, path, true, |s, canonical, _| {
+            let index = s
+                .watches
+                .find(conn.0, canonical, token)
+                .ok_or(XsError::NoEnt)?;
+            if let Some(c) = s.conns.get_id_mut(conn.0) {
+                c.watches.retain(|&w| w != index);
+                c.missed.retain(|&w| w != index);
+            }
+            if let Some(watch) = s.watches.remove(index) {
+                let charge = i64::try_from(watch.charge()).unwrap_or(i64::MAX);
+                s.charge(caller.domid, charge.saturating_neg());
+                if let Some(d) = s.domains.get_mut(&caller.domid) {
+                    d.usage.watches = d.usage.watches.saturating_sub(1);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// `RESET_WATCHES`: drops the connection's watches and transactions.
+    pub fn reset_watches(&mut self, conn: ConnId) -> XsResult<()> {
+        self.caller(conn)?;
+        self.reset_connection(conn);
+        Ok(())
+    }
+
+    // ----- quotas --------------------------------------------------------------------------
+
+    /// `GET_QUOTA`: a global quota (`domid` `None`) or one domain's effective quota.
+    pub fn get_quota(&self, conn: ConnId, domid: Option<DomId>, kind: QuotaKind) -> XsResult<u32> {
+        let caller = self.caller(conn)?;
+        if !caller.privileged {
+            return Err(XsError::Acces);
+        }
+        match domid {
+            None => Ok(self.config.quotas.get(kind)),
+            Some(d) if self.domains.contains_key(&d) => Ok(self.effective_quotas(d).get(kind)),
+            Some(_) => Err(XsError::NoEnt),
+        }
+    }
+
+    /// `SET_QUOTA`: sets a global quota or one domain's override (0 = unlimited).
+    pub fn set_quota(
+        &mut self,
+        conn: ConnId,
+        domid: Option<DomId>,
+        kind: QuotaKind,
+        value: u32,
+    ) -> XsResult<()> {
+        let caller = self.caller(conn)?;
+        if !caller.privileged {
+            return Err(XsError::Acces);
+        }
+        match domid {
+            None => {
+                self.config.quotas.set(kind, value);
+                Ok(())
+            }
+            Some(d) => {
+                let record = self.domains.get_mut(&d).ok_or(XsError::NoEnt)?;
+                record.overrides.set(kind, Some(value));
+                Ok(())
+            }
+        }
+    }
+
+    /// What a domain currently uses, if the store knows it.
+    pub fn usage(&self, domid: DomId) -> Option<Usage> {
+        self.domains.get(&domid).map(|d| d.usage)
+    }
+
+    /// Domains the store knows, in domid order.
+    pub fn known_domains(&self) -> impl Iterator<Item = DomId> + '_ {
+        self.domains.keys().copied()
+    }
+
+    // ----- introspection -------------------------------------------------------------------
+
+    /// Number of nodes in the tree, the root included.
+    pub fn node_count(&self) -> usize {
+        self.tree.len()
+    }
+
+    /// Number of registered watches.
+    pub fn watch_count(&self) -> usize {
+        self.watches.len()
+    }
+
+    /// Number of open transactions (doomed ones included).
+    pub fn transaction_count(&self) -> usize {
+        self.conns_iter().map(|(_, c)| c.transactions.len()).sum()
+    }
+
+    fn conns_iter(&self) -> impl Iterator<Item = (u32, &Conn)> {
+        self.conns.iter()
+    }
+
+    /// Heap bytes held by the node tree: arena slots plus each node's own allocations
+    /// (an estimate of what the allocator holds, without its per-allocation overhead).
+    pub fn tree_heap_bytes(&self) -> usize {
+        self.tree
+            .nodes
+            .iter()
+            .map(|(_, n)| n.heap_bytes())
+            .fold(self.tree.nodes.heap_bytes(), usize::saturating_add)
+    }
+
+    /// Bytes of old versions currently kept for transaction snapshots.
+    pub fn history_bytes(&self) -> usize {
+        self.history.bytes()
+    }
+
+    /// Checks the store's invariants (C xenstored's `check` control command): parent links,
+    /// sorted children, owner lists and node counts. Returns a description of the first
+    /// inconsistency found.
+    pub fn check(&self) -> Result<(), &'static str> {
+        let mut counted: BTreeMap<DomId, u64> = BTreeMap::new();
+        let mut stack = alloc::vec![self.tree.root];
+        let mut seen = 0usize;
+        while let Some(i) = stack.pop() {
+            let node = self.tree.node(i).ok_or("dangling child link")?;
+            seen = seen.saturating_add(1);
+            if node.perm_count() == 0 {
+                return Err("node without permissions");
+            }
+            let count = counted.entry(node.owner()).or_default();
+            *count = count.saturating_add(1);
+            let mut prev: Option<&[u8]> = None;
+            let mut bytes = 0usize;
+            for c in node.children() {
+                let child = self.tree.node(c.index).ok_or("dangling child link")?;
+                if child.parent != i {
+                    return Err("child with wrong parent");
+                }
+                if c.key != node::name_key(child.name()) {
+                    return Err("child key does not match name");
+                }
+                if prev.is_some_and(|p| p >= child.name()) {
+                    return Err("children not sorted");
+                }
+                prev = Some(child.name());
+                bytes = bytes.saturating_add(child.name().len().saturating_add(1));
+                stack.push(c.index);
+            }
+            if bytes != node.child_name_bytes() {
+                return Err("children byte count wrong");
+            }
+        }
+        if seen != self.tree.len() {
+            return Err("unreachable nodes");
+        }
+        if counted.keys().any(|d| !self.domains.contains_key(d)) {
+            return Err("node owned by an unknown domain");
+        }
+        for (domid, d) in &self.domains {
+            let mut n = 0u64;
+            let mut cur = d.owned_head;
+            while let Some(node) = self.tree.node(cur) {
+                if node.owner() != *domid {
+                    return Err("node in the wrong owner list");
+                }
+                n = n.saturating_add(1);
+                cur = node.owner_next;
+            }
+            if n != d.usage.nodes || n != counted.get(domid).copied().unwrap_or(0) {
+                return Err("owner list does not match node count");
+            }
+        }
+        Ok(())
+    }
+}

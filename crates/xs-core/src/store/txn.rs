@@ -1,0 +1,1000 @@
+//! Transactions: a snapshot view, a copy-on-write overlay, and validation at commit.
+//!
+//! ## The view
+//!
+//! A transaction sees the store as it was at its start (generation `S`), with its own
+//! changes on top:
+//!
+//! * the **snapshot**: live nodes last changed at or before `S`, and for nodes changed or
+//!   deleted since, the versions the [`super::history`] kept for open transactions;
+//! * the **overlay**: the transaction's own writes, keyed by path. An entry is either
+//!   `Deleted` or a present node with its value and permissions. Entries whose node did not
+//!   exist in the snapshot (or was deleted and created again in the transaction) hide
+//!   whatever the live tree holds below them.
+//!
+//! Starting a transaction allocates one record: it costs the same with a thousand nodes or a
+//! million.
+//!
+//! ## Commit
+//!
+//! Every snapshot fact the transaction relied on is recorded in its read set: values and
+//! permissions it read or checked (`DATA`), child lists it listed (`CHILDREN`), nodes it
+//! needed to exist (`EXISTS`), paths it found missing (`ABSENT`). The commit fails with
+//! `EAGAIN` exactly when one of those changed since `S`; otherwise the overlay is applied in
+//! path order (parents before children) at one new generation, and watches fire then.
+//! Validation and application cost what the transaction touched, not the size of the store.
+//!
+//! Writes the transaction did not read are not conflicts: the commit behaves as if it ran
+//! after the concurrent change (serializable), so transactions creating disjoint subtrees
+//! under a shared parent both commit. Nodes created on the way (missing parents) merge with
+//! the same node created concurrently when both got the same permissions (the boot-storm
+//! case of two toolstack transactions creating `/local/domain/0/backend/vif/<domid>/0` for
+//! different domids). This is stricter than C xenstored in one way: a node the transaction
+//! read and then wrote is still checked (C lets such a write silently overwrite a concurrent
+//! one), and more permissive in another: C treats any change to a parent's child list as a
+//! conflict.
+
+use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::vec::Vec;
+use core::ops::Bound;
+
+use bitflags::bitflags;
+
+use super::access::{Caller, Rights};
+use super::ops::WriteKind;
+use super::{ConnId, Match, Store, TxId, node_charge};
+use crate::error::{XsError, XsResult};
+use crate::path;
+use crate::perms::Perm;
+use crate::quota::QuotaKind;
+
+bitflags! {
+    /// What a transaction relied on about one path of its snapshot.
+    #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+    pub(crate) struct Aspects: u8 {
+        /// The node existed (and is the same node).
+        const EXISTS = 0x01;
+        /// Its value and permissions.
+        const DATA = 0x02;
+        /// Its set of children.
+        const CHILDREN = 0x04;
+        /// The path did not exist.
+        const ABSENT = 0x08;
+    }
+}
+
+/// Where an overlay node came from, which decides how it is applied at commit.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Origin {
+    /// Existed in the snapshot; the transaction changed its value or permissions.
+    Snapshot,
+    /// Did not exist in the snapshot; created by the transaction. Merges with a node created
+    /// concurrently at the same path if their permissions agree.
+    Created,
+    /// Existed in the snapshot, was deleted and created again: replaces the live subtree.
+    Recreated,
+    /// Created below a `Recreated` node: the live counterpart is removed with it.
+    Fresh,
+}
+
+#[derive(Debug)]
+pub(crate) struct TxNode {
+    value: Vec<u8>,
+    perms: Vec<Perm>,
+    /// Generation the permissions were taken at (for the liveness of their entries).
+    stamp: u64,
+    origin: Origin,
+    value_set: bool,
+    perms_set: bool,
+    /// The node was the target of an operation: its change fires watches at commit.
+    event: bool,
+}
+
+#[derive(Debug)]
+pub(crate) enum TxEntry {
+    Deleted { event: bool },
+    Present(TxNode),
+}
+
+impl TxEntry {
+    /// Whether the live tree below this entry is invisible in the transaction's view.
+    fn hides(&self) -> bool {
+        match self {
+            TxEntry::Deleted { .. } => true,
+            TxEntry::Present(n) => n.origin != Origin::Snapshot,
+        }
+    }
+
+    fn charge(&self, path_len: usize) -> u64 {
+        const OVERHEAD: u64 = 64;
+        let payload = match self {
+            TxEntry::Deleted { .. } => 0,
+            TxEntry::Present(n) => {
+                (n.value.len() as u64).saturating_add((n.perms.len() as u64).saturating_mul(4))
+            }
+        };
+        OVERHEAD
+            .saturating_add(path_len as u64)
+            .saturating_add(payload)
+    }
+}
+
+/// Memory charged for a transaction besides its entries.
+const TX_CHARGE: u64 = 256;
+
+/// An open transaction.
+#[derive(Debug)]
+pub(crate) struct Transaction {
+    pub(crate) snapshot: u64,
+    /// Its snapshot could not be kept (history limit): the commit will fail.
+    pub(crate) doomed: bool,
+    overlay: BTreeMap<Box<[u8]>, TxEntry>,
+    reads: BTreeMap<Box<[u8]>, Aspects>,
+    /// Number of overlay entries that hide the live tree below them.
+    hiding: usize,
+    /// Nodes and bytes the commit will create for the caller's own domain (for its quota).
+    created_nodes: u64,
+    created_bytes: u64,
+    /// Memory charged for the overlay.
+    charged: u64,
+    /// Generation of the transaction's last change (its view's `DIRECTORY_PART` gencnt).
+    last_change: u64,
+}
+
+/// Where a node of the view comes from.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Src {
+    Main(u32),
+    History,
+    Overlay,
+}
+
+impl Src {
+    fn is_snapshot(self) -> bool {
+        !matches!(self, Src::Overlay)
+    }
+}
+
+/// A path resolved in a transaction's view.
+#[derive(Clone, Copy, Debug)]
+struct Resolved {
+    /// The whole path exists.
+    exists: bool,
+    /// Length of the deepest existing prefix (the whole path if it exists).
+    nearest_len: usize,
+    nearest: Src,
+    /// Origin of the deepest existing node if it is an overlay node.
+    nearest_origin: Option<Origin>,
+    /// Length of the first missing prefix, if that absence comes from the snapshot.
+    missing_from_snapshot: Option<usize>,
+}
+
+/// What an operation needs to know of a node of the view.
+struct Info<'a> {
+    value: &'a [u8],
+    perms: Vec<Perm>,
+    stamp: u64,
+    child_name_bytes: usize,
+}
+
+impl Transaction {
+    fn new(snapshot: u64) -> Transaction {
+        Transaction {
+            snapshot,
+            doomed: false,
+            overlay: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            hiding: 0,
+            created_nodes: 0,
+            created_bytes: 0,
+            charged: TX_CHARGE,
+            last_change: snapshot,
+        }
+    }
+
+    /// The generation the view reads at: everything live if the snapshot was given up.
+    fn view_at(&self) -> u64 {
+        if self.doomed { u64::MAX } else { self.snapshot }
+    }
+
+    fn accessed(&self) -> u64 {
+        (self.overlay.len() as u64).saturating_add(self.reads.len() as u64)
+    }
+
+    fn present(&self, path: &[u8]) -> Option<&TxNode> {
+        match self.overlay.get(path) {
+            Some(TxEntry::Present(n)) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// Sets an overlay entry; returns the change in charged bytes.
+    fn put(&mut self, path: &[u8], entry: TxEntry) -> i64 {
+        let new_charge = entry.charge(path.len());
+        let new_hides = entry.hides();
+        let old = self.overlay.insert(path.into(), entry);
+        let old_charge = old.as_ref().map_or(0, |e| e.charge(path.len()));
+        if old.as_ref().is_some_and(TxEntry::hides) {
+            self.hiding = self.hiding.saturating_sub(1);
+        }
+        if new_hides {
+            self.hiding = self.hiding.saturating_add(1);
+        }
+        delta(new_charge, old_charge)
+    }
+
+    /// Removes an overlay entry; returns the change in charged bytes.
+    fn take(&mut self, path: &[u8]) -> i64 {
+        match self.overlay.remove(path) {
+            Some(old) => {
+                if old.hides() {
+                    self.hiding = self.hiding.saturating_sub(1);
+                }
+                delta(0, old.charge(path.len()))
+            }
+            None => 0,
+        }
+    }
+}
+
+fn delta(new: u64, old: u64) -> i64 {
+    i64::try_from(new)
+        .unwrap_or(i64::MAX)
+        .saturating_sub(i64::try_from(old).unwrap_or(i64::MAX))
+}
+
+/// The `(start, end)` byte spans of the segments of `path` after its first `from` bytes.
+fn segment_spans(path: &[u8], from: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let mut i = from;
+    core::iter::from_fn(move || {
+        while path.get(i) == Some(&b'/') {
+            i = i.saturating_add(1);
+        }
+        if i >= path.len() {
+            return None;
+        }
+        let start = i;
+        let len = path
+            .get(start..)
+            .and_then(|rest| rest.iter().position(|&b| b == b'/'))
+            .unwrap_or(path.len().saturating_sub(start));
+        i = start.saturating_add(len);
+        Some((start, i))
+    })
+}
+
+/// The overlay keys strictly below `dir`, as a range.
+fn below(dir: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let mut start = dir.to_vec();
+    if dir != b"/" {
+        start.push(b'/');
+    }
+    let mut end = start.clone();
+    if let Some(last) = end.last_mut() {
+        *last = b'/'.saturating_add(1);
+    }
+    (start, end)
+}
+
+impl Store {
+    // ----- lifecycle -----------------------------------------------------------------------
+
+    /// `TRANSACTION_START`: opens a transaction on `conn` and returns its id.
+    pub fn transaction_start(&mut self, conn: ConnId) -> XsResult<TxId> {
+        let caller = self.caller(conn)?;
+        let usage = self.usage_of(caller.domid);
+        self.check_quota(
+            &caller,
+            QuotaKind::Transactions,
+            usage.transactions.saturating_add(1),
+        )?;
+        self.check_memory(&caller, TX_CHARGE)?;
+        let snapshot = self.next_gen();
+        let c = self.conns.get_id_mut(conn.0).ok_or(XsError::Inval)?;
+        let id = c.allocate_tx_id();
+        c.transactions.insert(id, Transaction::new(snapshot));
+        self.open_txs.insert(snapshot, (conn, id));
+        if let Some(d) = self.domains.get_mut(&caller.domid) {
+            d.usage.transactions = d.usage.transactions.saturating_add(1);
+        }
+        self.charge(caller.domid, i64::try_from(TX_CHARGE).unwrap_or(i64::MAX));
+        Ok(id)
+    }
+
+    /// `TRANSACTION_END`: commits (`commit`) or aborts the transaction. The transaction is
+    /// over either way; a failed commit (`EAGAIN`, or a quota error) changed nothing.
+    pub fn transaction_end(&mut self, conn: ConnId, tx: TxId, commit: bool) -> XsResult<()> {
+        let c = self.conns.get_id_mut(conn.0).ok_or(XsError::Inval)?;
+        let t = c.transactions.remove(&tx).ok_or(XsError::NoEnt)?;
+        let domid = c.domid;
+        self.open_txs.remove(&t.snapshot);
+        if let Some(d) = self.domains.get_mut(&domid) {
+            d.usage.transactions = d.usage.transactions.saturating_sub(1);
+        }
+        self.charge(
+            domid,
+            i64::try_from(t.charged)
+                .unwrap_or(i64::MAX)
+                .saturating_neg(),
+        );
+        let result = if commit {
+            self.commit(conn, &t)
+        } else {
+            Ok(())
+        };
+        let oldest = self.open_txs.first_key_value().map(|(s, _)| *s);
+        self.history.prune(oldest);
+        result
+    }
+
+    /// Runs `f` on transaction `tx` of `conn`.
+    pub(crate) fn in_tx<R>(
+        &mut self,
+        conn: ConnId,
+        tx: TxId,
+        f: impl FnOnce(&mut Self, &mut Transaction) -> XsResult<R>,
+    ) -> XsResult<R> {
+        let c = self.conns.get_id_mut(conn.0).ok_or(XsError::Inval)?;
+        let mut t = c.transactions.remove(&tx).ok_or(XsError::NoEnt)?;
+        let result = f(self, &mut t);
+        if let Some(c) = self.conns.get_id_mut(conn.0) {
+            c.transactions.insert(tx, t);
+        }
+        result
+    }
+
+    /// Applies a change of a transaction's overlay charge to it and to `domid`'s usage.
+    fn tx_charge(&mut self, t: &mut Transaction, domid: crate::domid::DomId, change: i64) {
+        t.charged = t.charged.saturating_add_signed(change);
+        self.charge(domid, change);
+    }
+
+    // ----- the view ------------------------------------------------------------------------
+
+    /// Whether a prefix is in the snapshot, given the live node at it (if any).
+    fn snap_visible(&self, live: Option<u32>, prefix: &[u8], at: u64) -> Option<Src> {
+        if let Some(i) = live
+            && self.tree.node(i).is_some_and(|n| n.data_gen <= at)
+        {
+            return Some(Src::Main(i));
+        }
+        if !self.history.is_empty() && self.history.version_at(prefix, at).is_some() {
+            return Some(Src::History);
+        }
+        None
+    }
+
+    fn resolve(&self, t: &Transaction, path: &[u8]) -> Resolved {
+        let at = t.view_at();
+        let root = self.tree.root;
+        let mut r = Resolved {
+            exists: false,
+            nearest_len: 1,
+            nearest: self
+                .snap_visible(Some(root), b"/", at)
+                .unwrap_or(Src::Main(root)),
+            nearest_origin: None,
+            missing_from_snapshot: None,
+        };
+        if let Some(n) = t.present(b"/") {
+            r.nearest = Src::Overlay;
+            r.nearest_origin = Some(n.origin);
+        }
+        let every_prefix = t.hiding > 0;
+        let mut live = Some(root);
+        let mut hidden = false;
+        let mut offset = 1usize;
+        let rest = path.get(1..).unwrap_or_default();
+        for seg in rest.split(|&b| b == b'/').filter(|s| !s.is_empty()) {
+            let end = offset.saturating_add(seg.len());
+            let prefix = path.get(..end).unwrap_or_default();
+            live = live.and_then(|m| self.tree.child(m, seg));
+            let entry = if every_prefix {
+                t.overlay.get(prefix)
+            } else {
+                None
+            };
+            let found = match entry {
+                Some(TxEntry::Deleted { .. }) => None,
+                Some(TxEntry::Present(n)) => Some((Src::Overlay, Some(n.origin))),
+                None if hidden => None,
+                None => self.snap_visible(live, prefix, at).map(|s| (s, None)),
+            };
+            let Some((src, origin)) = found else {
+                if entry.is_none() && !hidden {
+                    r.missing_from_snapshot = Some(end);
+                }
+                break;
+            };
+            if origin.is_some_and(|o| o != Origin::Snapshot) {
+                hidden = true;
+            }
+            r.nearest_len = end;
+            r.nearest = src;
+            r.nearest_origin = origin;
+            offset = end.saturating_add(1);
+        }
+        r.exists = r.nearest_len == path.len();
+        if !every_prefix {
+            let nearest = path.get(..r.nearest_len).unwrap_or_default();
+            if let Some(n) = t.present(nearest) {
+                r.nearest = Src::Overlay;
+                r.nearest_origin = Some(n.origin);
+            }
+        }
+        r
+    }
+
+    fn info<'a>(&'a self, t: &'a Transaction, path: &[u8], src: Src) -> Option<Info<'a>> {
+        match src {
+            Src::Main(i) => self.tree.node(i).map(|n| Info {
+                value: n.value(),
+                perms: n.perm_vec(),
+                stamp: n.data_gen,
+                child_name_bytes: n.child_name_bytes(),
+            }),
+            Src::History => self.history.version_at(path, t.view_at()).map(|v| Info {
+                value: &v.value,
+                perms: v.perms.to_vec(),
+                stamp: v.from,
+                child_name_bytes: 0,
+            }),
+            Src::Overlay => t.present(path).map(|n| Info {
+                value: &n.value,
+                perms: n.perms.clone(),
+                stamp: n.stamp,
+                child_name_bytes: 0,
+            }),
+        }
+    }
+
+    fn info_rights(&self, caller: &Caller, info: &Info<'_>) -> Rights {
+        self.rights_for(caller, info.perms.iter().copied(), info.stamp)
+    }
+
+    /// Records that the transaction relied on `aspect` of `path`, if that came from the
+    /// snapshot. `ENOSPC` past the caller's `transaction-nodes` quota.
+    fn note(
+        &self,
+        t: &mut Transaction,
+        caller: &Caller,
+        path: &[u8],
+        src: Src,
+        aspect: Aspects,
+    ) -> XsResult<()> {
+        if !src.is_snapshot() {
+            return Ok(());
+        }
+        self.note_path(t, caller, path, aspect)
+    }
+
+    fn note_path(
+        &self,
+        t: &mut Transaction,
+        caller: &Caller,
+        path: &[u8],
+        aspect: Aspects,
+    ) -> XsResult<()> {
+        if let Some(a) = t.reads.get_mut(path) {
+            *a |= aspect;
+            return Ok(());
+        }
+        self.check_quota(
+            caller,
+            QuotaKind::TransactionNodes,
+            t.accessed().saturating_add(1),
+        )?;
+        t.reads.insert(path.into(), aspect);
+        Ok(())
+    }
+
+    /// Records what a failed lookup relied on: the first missing prefix was absent, and (for
+    /// unprivileged callers, whose error depends on it) the nearest node's permissions.
+    fn note_missing(
+        &self,
+        t: &mut Transaction,
+        caller: &Caller,
+        path: &[u8],
+        r: &Resolved,
+    ) -> XsResult<()> {
+        if let Some(len) = r.missing_from_snapshot {
+            self.note_path(t, caller, path.get(..len).unwrap_or(path), Aspects::ABSENT)?;
+        }
+        if !caller.privileged {
+            self.note(
+                t,
+                caller,
+                path.get(..r.nearest_len).unwrap_or(path),
+                r.nearest,
+                Aspects::DATA,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Resolves `path` and checks `need` on it, recording what the outcome relied on.
+    fn tx_checked(
+        &self,
+        t: &mut Transaction,
+        caller: &Caller,
+        path: &[u8],
+        need: Rights,
+    ) -> XsResult<Resolved> {
+        let r = self.resolve(t, path);
+        let nearest = path.get(..r.nearest_len).unwrap_or(path);
+        let rights = self
+            .info(t, nearest, r.nearest)
+            .map_or(Rights::empty(), |i| self.info_rights(caller, &i));
+        if !r.exists {
+            self.note_missing(t, caller, path, &r)?;
+            return Err(Store::missing_error(rights, need));
+        }
+        if !caller.privileged || !rights.contains(need) {
+            self.note(t, caller, path, r.nearest, Aspects::DATA)?;
+        }
+        if rights.contains(need) {
+            Ok(r)
+        } else {
+            Err(XsError::Acces)
+        }
+    }
+
+    // ----- operations ----------------------------------------------------------------------
+
+    pub(crate) fn tx_read(
+        &self,
+        t: &mut Transaction,
+        caller: &Caller,
+        path: &[u8],
+        out: &mut Vec<u8>,
+    ) -> XsResult<()> {
+        let r = self.tx_checked(t, caller, path, Rights::READ)?;
+        if let Some(info) = self.info(t, path, r.nearest) {
+            out.extend_from_slice(info.value);
+        }
+        self.note(t, caller, path, r.nearest, Aspects::DATA)
+    }
+
+    pub(crate) fn tx_get_perms(
+        &self,
+        t: &mut Transaction,
+        caller: &Caller,
+        path: &[u8],
+    ) -> XsResult<Vec<Perm>> {
+        let r = self.tx_checked(t, caller, path, Rights::READ)?;
+        let perms = self
+            .info(t, path, r.nearest)
+            .map(|i| self.sanitize_perms(i.perms.into_iter(), i.stamp))
+            .ok_or(XsError::Io)?;
+        self.note(t, caller, path, r.nearest, Aspects::DATA)?;
+        Ok(perms)
+    }
+
+    pub(crate) fn tx_write(
+        &mut self,
+        t: &mut Transaction,
+        caller: &Caller,
+        path: &[u8],
+        kind: WriteKind<'_>,
+    ) -> XsResult<()> {
+        let r = self.resolve(t, path);
+        let nearest_path = path.get(..r.nearest_len).unwrap_or(path);
+        let (rights, perms, stamp, child_bytes) = {
+            let info = self.info(t, nearest_path, r.nearest).ok_or(XsError::Io)?;
+            (
+                self.info_rights(caller, &info),
+                info.perms.clone(),
+                info.stamp,
+                info.child_name_bytes,
+            )
+        };
+        if !rights.contains(Rights::WRITE) {
+            if !r.exists {
+                self.note_missing(t, caller, path, &r)?;
+            } else {
+                self.note(t, caller, path, r.nearest, Aspects::DATA)?;
+            }
+            return Err(XsError::Acces);
+        }
+        // What the outcome relies on: the permissions checked (unprivileged callers) or the
+        // node written to / created under still being there.
+        let aspect = if caller.privileged {
+            Aspects::EXISTS
+        } else {
+            Aspects::DATA
+        };
+        self.note(t, caller, nearest_path, r.nearest, aspect)?;
+        let value = match kind {
+            WriteKind::Value(v) => v,
+            WriteKind::Mkdir if r.exists => return Ok(()),
+            WriteKind::Mkdir => b"",
+        };
+        if r.exists {
+            let size = value.len().saturating_add(child_bytes);
+            self.check_quota(caller, QuotaKind::NodeSize, size as u64)?;
+            let now = self.next_gen();
+            let node = match t.present(path) {
+                Some(n) => TxNode {
+                    value: value.to_vec(),
+                    perms: n.perms.clone(),
+                    stamp: n.stamp,
+                    origin: n.origin,
+                    value_set: true,
+                    perms_set: n.perms_set,
+                    event: true,
+                },
+                None => TxNode {
+                    value: value.to_vec(),
+                    perms,
+                    stamp,
+                    origin: Origin::Snapshot,
+                    value_set: true,
+                    perms_set: false,
+                    event: true,
+                },
+            };
+            self.tx_put(t, caller, path, TxEntry::Present(node))?;
+            t.last_change = now;
+            return Ok(());
+        }
+        // Create the missing nodes below the nearest existing one.
+        let rest = path.get(r.nearest_len..).unwrap_or_default();
+        let count = path::segments(rest).count() as u64;
+        let usage = self.usage_of(caller.domid);
+        self.check_quota(
+            caller,
+            QuotaKind::Nodes,
+            usage
+                .nodes
+                .saturating_add(t.created_nodes)
+                .saturating_add(count),
+        )?;
+        self.check_quota(caller, QuotaKind::NodeSize, value.len() as u64)?;
+        self.check_quota(
+            caller,
+            QuotaKind::TransactionNodes,
+            t.accessed().saturating_add(count),
+        )?;
+        let mut perms = self.sanitize_perms(perms.into_iter(), stamp);
+        if !caller.privileged
+            && let Some(owner) = perms.first_mut()
+        {
+            owner.domid = caller.domid;
+        }
+        let below_fresh = matches!(r.nearest_origin, Some(Origin::Recreated | Origin::Fresh));
+        let now = self.next_gen();
+        let mut bytes = 0u64;
+        let mut chain_origin: Option<Origin> = None;
+        for (seg_start, seg_end) in segment_spans(path, r.nearest_len) {
+            let prefix = path.get(..seg_end).unwrap_or(path);
+            let seg_len = seg_end.saturating_sub(seg_start);
+            let was_deleted = matches!(t.overlay.get(prefix), Some(TxEntry::Deleted { .. }));
+            let origin = match chain_origin {
+                None if was_deleted => Origin::Recreated,
+                None if below_fresh => Origin::Fresh,
+                None => Origin::Created,
+                Some(Origin::Created) => Origin::Created,
+                Some(_) => Origin::Fresh,
+            };
+            chain_origin = Some(origin);
+            let last = seg_end >= path.len();
+            let node = TxNode {
+                value: if last { value.to_vec() } else { Vec::new() },
+                perms: perms.clone(),
+                stamp: now,
+                origin,
+                value_set: last && matches!(kind, WriteKind::Value(_)),
+                perms_set: false,
+                event: last || was_deleted,
+            };
+            bytes = bytes.saturating_add(node_charge(seg_len, node.value.len(), perms.len()));
+            self.tx_put(t, caller, prefix, TxEntry::Present(node))?;
+        }
+        if !caller.privileged {
+            t.created_nodes = t.created_nodes.saturating_add(count);
+            t.created_bytes = t.created_bytes.saturating_add(bytes);
+        }
+        t.last_change = now;
+        Ok(())
+    }
+
+    /// Puts an overlay entry, charging its memory to the caller (within an unprivileged
+    /// caller's quotas).
+    fn tx_put(
+        &mut self,
+        t: &mut Transaction,
+        caller: &Caller,
+        path: &[u8],
+        entry: TxEntry,
+    ) -> XsResult<()> {
+        let old_charge = t.overlay.get(path).map(|e| e.charge(path.len()));
+        if old_charge.is_none() {
+            self.check_quota(
+                caller,
+                QuotaKind::TransactionNodes,
+                t.accessed().saturating_add(1),
+            )?;
+        }
+        let growth = entry
+            .charge(path.len())
+            .saturating_sub(old_charge.unwrap_or(0));
+        self.check_memory(caller, growth)?;
+        let change = t.put(path, entry);
+        self.tx_charge(t, caller.domid, change);
+        Ok(())
+    }
+
+    pub(crate) fn tx_rm(
+        &mut self,
+        t: &mut Transaction,
+        caller: &Caller,
+        path: &[u8],
+    ) -> XsResult<()> {
+        match self.tx_checked(t, caller, path, Rights::WRITE) {
+            Ok(_) => {}
+            Err(XsError::NoEnt) => {
+                let r = self.resolve(t, path);
+                let parent = path::parent(path).ok_or(XsError::NoEnt)?;
+                return if r.nearest_len == parent.len() {
+                    self.note(t, caller, parent, r.nearest, Aspects::EXISTS)
+                } else {
+                    Err(XsError::NoEnt)
+                };
+            }
+            Err(e) => return Err(e),
+        }
+        if path == b"/" {
+            return Err(XsError::Inval);
+        }
+        let (start, end) = below(path);
+        let doomed_keys: Vec<Box<[u8]>> = t
+            .overlay
+            .range::<[u8], _>((
+                Bound::Included(start.as_slice()),
+                Bound::Excluded(end.as_slice()),
+            ))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut change = 0i64;
+        for k in doomed_keys {
+            change = change.saturating_add(t.take(&k));
+        }
+        let replace = match t.overlay.get(path) {
+            Some(TxEntry::Present(n)) => matches!(n.origin, Origin::Snapshot | Origin::Recreated),
+            Some(TxEntry::Deleted { .. }) => false,
+            None => true,
+        };
+        change = change.saturating_add(if replace {
+            t.put(path, TxEntry::Deleted { event: true })
+        } else {
+            t.take(path)
+        });
+        self.tx_charge(t, caller.domid, change);
+        t.last_change = self.next_gen();
+        Ok(())
+    }
+
+    /// Appends the children of `path` in the view to `out`; returns the gencnt to report.
+    pub(crate) fn tx_directory(
+        &self,
+        t: &mut Transaction,
+        caller: &Caller,
+        path: &[u8],
+        out: &mut Vec<u8>,
+    ) -> XsResult<u64> {
+        let r = self.tx_checked(t, caller, path, Rights::READ)?;
+        let at = t.view_at();
+        let hides = r.nearest_origin.is_some_and(|o| o != Origin::Snapshot);
+        let mut gencnt = t.last_change;
+        {
+            let mut names: BTreeSet<&[u8]> = BTreeSet::new();
+            if !hides {
+                if let Some(live) = self.tree.lookup(path)
+                    && let Some(node) = self.tree.node(live)
+                {
+                    gencnt = gencnt.max(node.gencnt());
+                    let mut child_path = path.to_vec();
+                    for c in node.children() {
+                        let Some(child) = self.tree.node(c.index) else {
+                            continue;
+                        };
+                        let visible = child.data_gen <= at || {
+                            path::push_segment(&mut child_path, child.name());
+                            let v = self.history.version_at(&child_path, at).is_some();
+                            path::pop_segment(&mut child_path);
+                            v
+                        };
+                        if visible {
+                            names.insert(child.name());
+                        }
+                    }
+                }
+                if !self.history.is_empty() {
+                    names.extend(self.history.children_at(path, at).map(|(n, _)| n));
+                }
+            }
+            let (start, end) = below(path);
+            let prefix_len = start.len();
+            for (key, entry) in t.overlay.range::<[u8], _>((
+                Bound::Included(start.as_slice()),
+                Bound::Excluded(end.as_slice()),
+            )) {
+                let Some(name) = key.get(prefix_len..) else {
+                    continue;
+                };
+                if name.contains(&b'/') {
+                    continue;
+                }
+                match entry {
+                    TxEntry::Present(_) => {
+                        names.insert(name);
+                    }
+                    TxEntry::Deleted { .. } => {
+                        names.remove(name);
+                    }
+                }
+            }
+            for name in names {
+                out.extend_from_slice(name);
+                out.push(0);
+            }
+        }
+        if !hides {
+            // Its children came (at least partly) from the snapshot.
+            self.note_path(t, caller, path, Aspects::CHILDREN)?;
+        }
+        Ok(gencnt)
+    }
+
+    pub(crate) fn tx_set_perms(
+        &mut self,
+        t: &mut Transaction,
+        caller: &Caller,
+        path: &[u8],
+        perms: &[Perm],
+    ) -> XsResult<()> {
+        let r = self.tx_checked(t, caller, path, Rights::WRITE | Rights::OWNER)?;
+        let (owner, value) = {
+            let info = self.info(t, path, r.nearest).ok_or(XsError::Io)?;
+            (info.perms.first().map(|p| p.domid), info.value.to_vec())
+        };
+        if !caller.privileged && perms.first().map(|p| p.domid) != owner {
+            return Err(XsError::Perm);
+        }
+        self.note(t, caller, path, r.nearest, Aspects::EXISTS)?;
+        let now = self.next_gen();
+        let perms = self.sanitize_perms(perms.iter().copied(), now);
+        let node = match t.present(path) {
+            Some(n) => TxNode {
+                value: n.value.clone(),
+                perms,
+                stamp: now,
+                origin: n.origin,
+                value_set: n.value_set,
+                perms_set: true,
+                event: true,
+            },
+            None => TxNode {
+                value,
+                perms,
+                stamp: now,
+                origin: Origin::Snapshot,
+                value_set: false,
+                perms_set: true,
+                event: true,
+            },
+        };
+        self.tx_put(t, caller, path, TxEntry::Present(node))?;
+        t.last_change = now;
+        Ok(())
+    }
+
+    // ----- commit --------------------------------------------------------------------------
+
+    fn commit(&mut self, conn: ConnId, t: &Transaction) -> XsResult<()> {
+        let caller = self.caller(conn)?;
+        if t.doomed || !self.validate(t) {
+            return Err(XsError::Again);
+        }
+        let usage = self.usage_of(caller.domid);
+        self.check_quota(
+            &caller,
+            QuotaKind::Nodes,
+            usage.nodes.saturating_add(t.created_nodes),
+        )?;
+        self.check_memory(&caller, t.created_bytes)?;
+        let now = self.next_gen();
+        let mut ok = true;
+        for (path, entry) in &t.overlay {
+            ok &= self.apply(path, entry, now).is_ok();
+        }
+        if ok { Ok(()) } else { Err(XsError::Io) }
+    }
+
+    /// Whether everything the transaction relied on is unchanged since its snapshot.
+    fn validate(&self, t: &Transaction) -> bool {
+        let s = t.snapshot;
+        let unchanged = |path: &[u8], aspects: Aspects| -> bool {
+            let live = self.tree.lookup(path).and_then(|i| self.tree.node(i));
+            if aspects.contains(Aspects::ABSENT) {
+                return live.is_none();
+            }
+            live.is_some_and(|n| {
+                n.data_gen <= s && (!aspects.contains(Aspects::CHILDREN) || n.gencnt() <= s)
+            })
+        };
+        if !t.reads.iter().all(|(p, a)| unchanged(p, *a)) {
+            return false;
+        }
+        t.overlay.iter().all(|(path, entry)| match entry {
+            TxEntry::Present(n) if n.origin == Origin::Snapshot => unchanged(path, Aspects::EXISTS),
+            TxEntry::Present(n) if n.origin == Origin::Created && !n.perms_set => {
+                // Created here and, concurrently, there: compatible only with the same
+                // permissions (then it is as if the other creation came first).
+                match self.tree.lookup(path).and_then(|i| self.tree.node(i)) {
+                    None => true,
+                    Some(live) => {
+                        self.sanitize_perms(live.perms(), live.data_gen)
+                            == self.sanitize_perms(n.perms.iter().copied(), n.stamp)
+                    }
+                }
+            }
+            _ => true,
+        })
+    }
+
+    fn apply(&mut self, path: &[u8], entry: &TxEntry, now: u64) -> XsResult<()> {
+        let live = self.tree.lookup(path);
+        match entry {
+            TxEntry::Deleted { event } => {
+                if let Some(i) = live.filter(|&i| i != self.tree.root) {
+                    self.delete_subtree(i, path, now, *event);
+                }
+                Ok(())
+            }
+            TxEntry::Present(n) => match (n.origin, live) {
+                (Origin::Recreated, Some(i)) if i != self.tree.root => {
+                    self.delete_subtree(i, path, now, false);
+                    self.apply_create(path, n, now)
+                }
+                (_, Some(i)) => self.apply_update(i, path, n, now),
+                (_, None) => self.apply_create(path, n, now),
+            },
+        }
+    }
+
+    fn apply_update(&mut self, index: u32, path: &[u8], n: &TxNode, now: u64) -> XsResult<()> {
+        let old = self
+            .tree
+            .node(index)
+            .map(|node| (node.perm_vec(), node.data_gen));
+        if n.value_set {
+            self.set_node_value(index, path, &n.value, now)?;
+        }
+        if n.perms_set {
+            let perms = self.sanitize_perms(n.perms.iter().copied(), n.stamp);
+            self.set_node_perms(index, path, &perms, now)?;
+        }
+        if n.event {
+            let old_perms = old
+                .as_ref()
+                .filter(|_| n.perms_set)
+                .map(|(p, s)| (p.as_slice(), *s));
+            self.fire(path, Match::Subtree, Some(index), old_perms);
+        }
+        Ok(())
+    }
+
+    fn apply_create(&mut self, path: &[u8], n: &TxNode, now: u64) -> XsResult<()> {
+        let parent = path::parent(path)
+            .and_then(|p| self.tree.lookup(p))
+            .ok_or(XsError::Io)?;
+        let perms = self.sanitize_perms(n.perms.iter().copied(), n.stamp);
+        let index = self.create_node(parent, path::basename(path), &n.value, &perms, now)?;
+        if n.event {
+            self.fire(path, Match::Subtree, Some(index), None);
+        }
+        Ok(())
+    }
+}
