@@ -29,6 +29,9 @@ mod tree;
 mod txn;
 mod watch;
 
+#[cfg(test)]
+mod tests;
+
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::mem;

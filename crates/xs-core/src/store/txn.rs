@@ -489,8 +489,10 @@ impl Store {
         Ok(())
     }
 
-    /// Records what a failed lookup relied on: the first missing prefix was absent, and (for
-    /// unprivileged callers, whose error depends on it) the nearest node's permissions.
+    /// Records what a failed lookup relied on. A privileged caller's result only depends on
+    /// `path` being absent; an unprivileged caller's error (`ENOENT` or `EACCES`) also
+    /// depends on which ancestor is the nearest existing one and on its permissions, so for
+    /// it the first missing prefix must stay missing and the nearest node unchanged.
     fn note_missing(
         &self,
         t: &mut Transaction,
@@ -498,19 +500,26 @@ impl Store {
         path: &[u8],
         r: &Resolved,
     ) -> XsResult<()> {
-        if let Some(len) = r.missing_from_snapshot {
-            self.note_path(t, caller, path.get(..len).unwrap_or(path), Aspects::ABSENT)?;
+        let Some(first_missing) = r.missing_from_snapshot else {
+            // Missing because of the transaction's own changes: nothing to record.
+            return Ok(());
+        };
+        if caller.privileged {
+            return self.note_path(t, caller, path, Aspects::ABSENT);
         }
-        if !caller.privileged {
-            self.note(
-                t,
-                caller,
-                path.get(..r.nearest_len).unwrap_or(path),
-                r.nearest,
-                Aspects::DATA,
-            )?;
-        }
-        Ok(())
+        self.note_path(
+            t,
+            caller,
+            path.get(..first_missing).unwrap_or(path),
+            Aspects::ABSENT,
+        )?;
+        self.note(
+            t,
+            caller,
+            path.get(..r.nearest_len).unwrap_or(path),
+            r.nearest,
+            Aspects::DATA,
+        )
     }
 
     /// Resolves `path` and checks `need` on it, recording what the outcome relied on.
@@ -734,13 +743,16 @@ impl Store {
         match self.tx_checked(t, caller, path, Rights::WRITE) {
             Ok(_) => {}
             Err(XsError::NoEnt) => {
+                // Fine if the parent exists (C xenstored), ENOENT if it is missing too.
                 let r = self.resolve(t, path);
                 let parent = path::parent(path).ok_or(XsError::NoEnt)?;
-                return if r.nearest_len == parent.len() {
-                    self.note(t, caller, parent, r.nearest, Aspects::EXISTS)
-                } else {
-                    Err(XsError::NoEnt)
-                };
+                if r.nearest_len == parent.len() {
+                    return self.note(t, caller, parent, r.nearest, Aspects::EXISTS);
+                }
+                if r.missing_from_snapshot.is_some() {
+                    self.note_path(t, caller, parent, Aspects::ABSENT)?;
+                }
+                return Err(XsError::NoEnt);
             }
             Err(e) => return Err(e),
         }
