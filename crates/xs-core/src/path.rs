@@ -134,7 +134,7 @@ pub fn basename(path: &[u8]) -> &[u8] {
     }
 }
 
-/// Whether `path` is `ancestor` or below it (`docs/misc/xenstore.txt`: "<child> and <parent>").
+/// Whether `path` is `ancestor` or below it (`docs/misc/xenstore.txt`: "`<child>` and `<parent>`").
 pub fn is_at_or_below(path: &[u8], ancestor: &[u8]) -> bool {
     if ancestor == b"/" {
         return path.first() == Some(&b'/');

@@ -12,7 +12,7 @@
 //! A global counter stamps every change. Each node records the stamp of its last value or
 //! permission change (`data_gen`) and its child set the stamp of its last change. A
 //! transaction's snapshot is the counter value at its start; the stamps decide what it can see
-//! (with [`history`] supplying versions changed since) and, at commit, whether anything it
+//! (with the version history supplying those changed since) and, at commit, whether anything it
 //! relied on changed. Domain records carry the stamp of their creation, which decides whether
 //! a permission entry naming that domid was written for this domain or an earlier one.
 
@@ -123,6 +123,13 @@ fn node_charge(name_len: usize, value_len: usize, n_perms: usize) -> u64 {
         .saturating_add((n_perms as u64).saturating_mul(3))
 }
 
+/// The signed difference of two lengths, for memory accounting.
+fn delta_len(new: usize, old: usize) -> i64 {
+    i64::try_from(new)
+        .unwrap_or(i64::MAX)
+        .saturating_sub(i64::try_from(old).unwrap_or(i64::MAX))
+}
+
 /// A special node (`@introduceDomain`, `@releaseDomain`): not part of the tree, but with
 /// permissions that decide who may watch it.
 #[derive(Debug)]
@@ -181,8 +188,10 @@ impl Store {
                     perms: owner.to_vec(),
                     stamp: 1,
                 },
-                // Any domain may watch for the release of a domain (Xen >= 4.19), so that
-                // front-ends notice a back-end domain going away.
+                // Any domain may watch for the release of a domain, as C xenstored allows
+                // since 2026 (Xen commit 258263a "allow @releaseDomain watch for all
+                // domains"): a guest granting another domain access needs to learn when
+                // that domain goes away. @introduceDomain stays dom0's.
                 SpecialNode {
                     name: RELEASE_DOMAIN,
                     perms: alloc::vec![owner[0], Perm::new(DomId::ANY, Access::READ)],
@@ -462,25 +471,26 @@ impl Store {
     /// Sets the value of an existing node.
     fn set_node_value(&mut self, index: u32, path: &[u8], value: &[u8], now: u64) -> XsResult<()> {
         self.preserve(index, path, now);
-        self.unlink_owner(index);
-        let sanitized = self
-            .tree
-            .node(index)
-            .map(|n| self.sanitize_perms(n.perms(), n.data_gen));
-        let result = match (self.tree.node_mut(index), sanitized) {
-            (Some(node), Some(perms)) => {
-                let r = if perms.len() != node.perm_count() {
-                    node.set_perms(&perms)
-                } else {
-                    Ok(())
-                };
-                node.data_gen = now;
-                r.and_then(|()| node.set_value(value))
-            }
-            _ => Err(XsError::Io),
-        };
-        self.link_owner(index);
-        result
+        let node = self.tree.node(index).ok_or(XsError::Io)?;
+        // Entries for domains gone since the node was last written must not come back to
+        // life with the new stamp (see `entry_is_live`).
+        let stamp = node.data_gen;
+        let stale = node
+            .perms()
+            .skip(1)
+            .any(|p| !self.entry_is_live(p.domid, stamp));
+        if stale {
+            let perms = self.sanitize_perms(node.perms(), stamp);
+            self.set_node_perms(index, path, &perms, now)?;
+        }
+        let node = self.tree.node(index).ok_or(XsError::Io)?;
+        let owner = node.owner();
+        let change = delta_len(value.len(), node.value().len());
+        let node = self.tree.node_mut(index).ok_or(XsError::Io)?;
+        node.set_value(value)?;
+        node.data_gen = now;
+        self.charge(owner, change);
+        Ok(())
     }
 
     /// Replaces the permissions of an existing node (moving it to its new owner's account).
@@ -536,7 +546,15 @@ impl Store {
                 }
             }
             self.unlink_owner(i);
-            self.tree.remove_leaf(i, now);
+            if is_root {
+                if let Some(node) = self.tree.node_mut(i) {
+                    // Its children are all gone; forget them before unlinking it.
+                    node.clear_children();
+                }
+                self.tree.remove_leaf(i, now);
+            } else {
+                self.tree.free_detached(i);
+            }
         }
     }
 

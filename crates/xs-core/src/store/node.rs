@@ -165,10 +165,21 @@ impl Node {
 
     /// Replaces the value.
     pub(crate) fn set_value(&mut self, value: &[u8]) -> XsResult<()> {
-        let perms = self.perm_vec();
-        let (data, _, _) = pack(&perms, self.name(), value)?;
-        self.data = data;
+        let keep = self.perm_len().saturating_add(usize::from(self.name_len));
+        let head = self.data.get(..keep).ok_or(XsError::Io)?;
+        let mut data = Vec::with_capacity(keep.saturating_add(value.len()));
+        data.extend_from_slice(head);
+        data.extend_from_slice(value);
+        self.data = data.into_boxed_slice();
         Ok(())
+    }
+
+    /// Drops the child list (when the children were freed with their whole subtree).
+    pub(crate) fn clear_children(&mut self) {
+        if let Some(c) = self.children.as_deref_mut() {
+            c.entries = Vec::new();
+            c.name_bytes = 0;
+        }
     }
 
     /// Replaces the permissions. `perms` must not be empty.

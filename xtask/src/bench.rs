@@ -1,0 +1,43 @@
+//! `cargo xtask bench <core|socket|ring> [ARGS...]`: runs one of xs-bench's benchmark binaries
+//! in release. Each prints lines `bench <name> <value> <unit>`.
+
+use std::path::{Path, PathBuf};
+
+use crate::cmd::{self, Workspace};
+
+/// Benchmark names and their binaries in `crates/xs-bench/src/bin/`.
+pub(crate) const BENCHES: &[(&str, &str)] = &[
+    ("core", "bench-core"),
+    ("socket", "bench-socket"),
+    ("ring", "bench-ring"),
+];
+
+/// Where the source of benchmark binary `bin` lives.
+pub(crate) fn source(root: &Path, bin: &str) -> PathBuf {
+    root.join("crates/xs-bench/src/bin")
+        .join(format!("{bin}.rs"))
+}
+
+/// Runs benchmark `args[0]` with the rest of `args`; `Err` says why it did not succeed.
+pub(crate) fn run(ws: &Workspace, args: &[String]) -> Result<(), String> {
+    let names: Vec<&str> = BENCHES.iter().map(|(name, _)| *name).collect();
+    let Some((which, rest)) = args.split_first() else {
+        return Err(format!("which benchmark? one of: {}", names.join(", ")));
+    };
+    let Some(&(_, bin)) = BENCHES.iter().find(|(name, _)| name == which) else {
+        return Err(format!(
+            "no benchmark `{which}`; one of: {}",
+            names.join(", ")
+        ));
+    };
+    let path = source(&ws.root, bin);
+    if !path.exists() {
+        return Err(format!(
+            "benchmark `{which}` does not exist yet: binary {bin} ({}) is absent",
+            path.display()
+        ));
+    }
+    let mut c = ws.cargo(["run", "--release", "-p", "xs-bench", "--bin", bin, "--"]);
+    c.args(rest);
+    cmd::run(&mut c)
+}

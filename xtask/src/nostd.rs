@@ -1,0 +1,272 @@
+//! The no_std proof (step `nostd`): `xs-core` must build and run with nothing but `core`
+//! and `alloc`.
+//!
+//! 1. xs-core's normal dependencies, as `cargo tree --locked` resolves them, are printed,
+//!    checked against what Cargo.lock records for xs-core, and checked for crates that reach
+//!    the operating system.
+//! 2. `crates/nostd-check` is built as a static library in release with `panic = "abort"`, in
+//!    its own target dir. It is `#![no_std]` with its own panic handler: a crate anywhere in
+//!    the graph that linked `std` would bring std's as well, and the build would fail.
+//! 3. The archive is linked into a small C program that calls its entry point, which drives
+//!    the store; the program must exit 0.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::cmd::{self, Workspace};
+use crate::steps::{Ctx, Outcome};
+
+/// Crates that must never be normal dependencies of xs-core: they reach the operating system
+/// (through std or libc) or exist for tests only. The build in (2) is the real proof; this
+/// list names the culprit early and plainly.
+const FORBIDDEN: &[&str] = &[
+    "std",
+    "libc",
+    "getrandom",
+    "rustix",
+    "linux-raw-sys",
+    "errno",
+    "tempfile",
+    "fastrand",
+    "rand",
+    "proptest",
+    "rusty-fork",
+    "wait-timeout",
+    "loom",
+    "parking_lot",
+    "crossbeam-utils",
+    "tokio",
+    "mio",
+];
+
+/// The C program of (3). The precompiled `alloc` refers to `rust_eh_personality` even under
+/// `panic = "abort"`, so the program supplies an empty one, as the bare-metal image will
+/// (design notes §5); nothing calls it.
+const HARNESS: &str = "\
+/* Written by `cargo xtask test` (step nostd). */
+#include <stdint.h>
+uint32_t xs_nostd_check(void);
+void rust_eh_personality(void) {}
+int main(void) { return (int)xs_nostd_check(); }
+";
+
+/// How long the linked program may run; a panic spins forever in the no_std handler.
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub(crate) fn step(ctx: &Ctx<'_>) -> Outcome {
+    let mut failures = Vec::new();
+    if let Err(e) = check_tree(ctx.ws) {
+        failures.push(e);
+    }
+    if let Err(e) = build(ctx.ws).and_then(|lib| link_and_run(ctx.ws, &lib)) {
+        failures.push(e);
+    }
+    if failures.is_empty() {
+        Outcome::Pass
+    } else {
+        Outcome::Fail(failures.join("; "))
+    }
+}
+
+/// (1): xs-core's normal dependency graph.
+fn check_tree(ws: &Workspace) -> Result<(), String> {
+    let args = [
+        "tree", "-p", "xs-core", "-e", "normal", "--prefix", "none", "--locked",
+    ];
+    let tree = cmd::output(&mut ws.cargo(args))?;
+    // Lines read `name vX.Y.Z`, then ` (path)` for local crates and ` (*)` for repeats.
+    let deps: BTreeSet<(String, String)> = tree
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let name = words.next()?;
+            let version = words.next()?.strip_prefix('v')?;
+            Some((name.to_owned(), version.to_owned()))
+        })
+        .collect();
+    println!("xs-core's normal dependency graph ({} crates):", deps.len());
+    for (name, version) in &deps {
+        println!("    {name} {version}");
+    }
+
+    let lock_path = ws.root.join("Cargo.lock");
+    let lock = std::fs::read_to_string(&lock_path)
+        .map_err(|e| format!("cannot read {}: {e}", lock_path.display()))?;
+    // Cargo.lock lists a workspace crate's dev-dependencies among its dependencies, so what it
+    // reaches from xs-core is a superset of the normal graph.
+    let locked = lock_closure(&parse_lock(&lock), "xs-core");
+    let mut problems = Vec::new();
+    for (name, version) in &deps {
+        if !locked.contains(&(name.clone(), version.clone())) {
+            problems.push(format!(
+                "{name} {version} is not in Cargo.lock's graph for xs-core"
+            ));
+        }
+        if FORBIDDEN.contains(&name.as_str()) {
+            problems.push(format!("{name} must not be a normal dependency of xs-core"));
+        }
+    }
+    if deps.is_empty() {
+        problems.push("cargo tree listed nothing".into());
+    }
+    if problems.is_empty() {
+        println!("dependency graph matches Cargo.lock; no OS-bound or test-only crate in it");
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// A `[[package]]` entry of Cargo.lock.
+#[derive(Debug, Default)]
+struct Locked {
+    name: String,
+    version: String,
+    /// Entries read `name`, `name version` or `name version (source)`.
+    dependencies: Vec<String>,
+}
+
+/// Just enough of Cargo.lock's format (TOML written by cargo, one key per line).
+fn parse_lock(text: &str) -> Vec<Locked> {
+    let mut packages: Vec<Locked> = Vec::new();
+    let mut in_deps = false;
+    for line in text.lines().map(str::trim) {
+        if line == "[[package]]" {
+            packages.push(Locked::default());
+            in_deps = false;
+            continue;
+        }
+        let Some(package) = packages.last_mut() else {
+            continue;
+        };
+        if in_deps {
+            if line == "]" {
+                in_deps = false;
+            } else {
+                package
+                    .dependencies
+                    .push(line.trim_end_matches(',').trim_matches('"').to_owned());
+            }
+        } else if let Some(value) = line.strip_prefix("name = ") {
+            package.name = value.trim_matches('"').to_owned();
+        } else if let Some(value) = line.strip_prefix("version = ") {
+            package.version = value.trim_matches('"').to_owned();
+        } else if line == "dependencies = [" {
+            in_deps = true;
+        }
+    }
+    packages
+}
+
+/// Every `(name, version)` Cargo.lock reaches from package `root`.
+fn lock_closure(packages: &[Locked], root: &str) -> BTreeSet<(String, String)> {
+    let mut seen = BTreeSet::new();
+    let mut queue: VecDeque<&Locked> = packages.iter().filter(|p| p.name == root).collect();
+    while let Some(package) = queue.pop_front() {
+        if !seen.insert((package.name.clone(), package.version.clone())) {
+            continue;
+        }
+        for dep in &package.dependencies {
+            let mut words = dep.split_whitespace();
+            let name = words.next().unwrap_or_default();
+            let version = words.next();
+            queue.extend(
+                packages
+                    .iter()
+                    .filter(|p| p.name == name && version.is_none_or(|v| p.version == v)),
+            );
+        }
+    }
+    seen
+}
+
+/// (2): the archive, built apart from the normal build so its flags do not invalidate it.
+fn build(ws: &Workspace) -> Result<PathBuf, String> {
+    let target_dir = ws.target_dir.join("nostd");
+    let mut c = ws.cargo([
+        "rustc",
+        "-p",
+        "nostd-check",
+        "--release",
+        "--crate-type",
+        "staticlib",
+        "--config",
+        r#"profile.release.panic="abort""#,
+    ]);
+    c.env("CARGO_TARGET_DIR", &target_dir);
+    cmd::run(&mut c)?;
+    Ok(target_dir.join("release").join("libnostd_check.a"))
+}
+
+/// (3): link the archive into a C program and run it.
+fn link_and_run(ws: &Workspace, lib: &Path) -> Result<(), String> {
+    let dir = ws.target_dir.join("nostd");
+    let source = dir.join("nostd-main.c");
+    let exe = dir.join("nostd-main");
+    std::fs::write(&source, HARNESS)
+        .map_err(|e| format!("cannot write {}: {e}", source.display()))?;
+    let cc = std::env::var_os("CC").unwrap_or_else(|| "cc".into());
+    let mut link = Command::new(cc);
+    link.arg(&source).arg(lib).arg("-o").arg(&exe);
+    cmd::run(&mut link)?;
+    match cmd::run_with_timeout(&mut Command::new(&exe), RUN_TIMEOUT)? {
+        0 => {
+            println!("xs_nostd_check() returned 0");
+            Ok(())
+        }
+        code => Err(format!("xs_nostd_check() failed at its step {code}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOCK: &str = r#"
+version = 4
+
+[[package]]
+name = "a"
+version = "1.0.0"
+dependencies = [
+ "b 2.0.0",
+ "c",
+]
+
+[[package]]
+name = "b"
+version = "1.0.0"
+
+[[package]]
+name = "b"
+version = "2.0.0"
+
+[[package]]
+name = "c"
+version = "0.1.0"
+dependencies = [
+ "b 1.0.0 (registry+https://github.com/rust-lang/crates.io-index)",
+]
+
+[[package]]
+name = "d"
+version = "0.1.0"
+"#;
+
+    #[test]
+    fn closure_follows_versions() {
+        let got = lock_closure(&parse_lock(LOCK), "a");
+        let want: BTreeSet<(String, String)> = [
+            ("a", "1.0.0"),
+            ("b", "1.0.0"),
+            ("b", "2.0.0"),
+            ("c", "0.1.0"),
+        ]
+        .iter()
+        .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+        .collect();
+        assert_eq!(got, want);
+    }
+}

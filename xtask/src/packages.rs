@@ -1,0 +1,176 @@
+//! System packages the test suites need, and installing the missing ones.
+//!
+//! Each suite declares its Debian packages in [`NEEDS`]; the `packages` step checks the ones
+//! the selected steps need with `dpkg-query`. As root it installs what is missing with
+//! `apt-get`; otherwise it prints the command to run and fails.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use crate::cmd;
+use crate::steps::{Ctx, Outcome};
+
+/// A Debian package, from the default suite or from a named one (`apt-get install -t`).
+#[allow(
+    dead_code,
+    reason = "constructed once a suite declares packages in `NEEDS`"
+)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub(crate) struct Package {
+    pub(crate) name: &'static str,
+    /// `None` for the default release, else e.g. `Some("bookworm-backports")`.
+    pub(crate) release: Option<&'static str>,
+}
+
+/// The packages each step needs, by step name. Today's steps need only the Rust toolchain
+/// (and the C compiler it links with). Suites to come declare theirs here, for example:
+///
+/// ```text
+/// ("e2e", &[
+///     Package { name: "xenstore-utils", release: None },
+///     Package { name: "xen-utils-4.17", release: None },   // test-xenstore
+///     Package { name: "python3-pyxs", release: None },
+/// ]),
+/// ("image", &[Package { name: "qemu-system-x86", release: Some("bookworm-backports") }]),
+/// ```
+pub(crate) const NEEDS: &[(&str, &[Package])] = &[];
+
+/// The `packages` step.
+pub(crate) fn step(ctx: &Ctx<'_>) -> Outcome {
+    let wanted: BTreeSet<Package> = NEEDS
+        .iter()
+        .filter(|(step, _)| ctx.selected(step))
+        .flat_map(|(_, packages)| packages.iter().copied())
+        .collect();
+    if wanted.is_empty() {
+        println!("no system packages needed by the selected steps");
+        return Outcome::Pass;
+    }
+    let missing = missing(&wanted);
+    if missing.is_empty() {
+        println!("all {} needed system packages are installed", wanted.len());
+        return Outcome::Pass;
+    }
+    let names: Vec<&str> = missing.iter().map(|p| p.name).collect();
+    println!("missing system packages: {}", names.join(" "));
+    if !is_root() {
+        println!("not root: install them with");
+        for cmd in install_commands(&missing) {
+            println!("    sudo {}", cmd::display(&cmd));
+        }
+        return Outcome::Fail(format!("missing packages: {}", names.join(" ")));
+    }
+    let mut update = Command::new("apt-get");
+    update.arg("update");
+    if let Err(e) = cmd::run(&mut update) {
+        return Outcome::Fail(e);
+    }
+    for mut install in install_commands(&missing) {
+        if let Err(e) = cmd::run(&mut install) {
+            return Outcome::Fail(e);
+        }
+    }
+    let still = missing_names(&wanted);
+    if still.is_empty() {
+        Outcome::Pass
+    } else {
+        Outcome::Fail(format!("still missing after install: {}", still.join(" ")))
+    }
+}
+
+fn missing(wanted: &BTreeSet<Package>) -> Vec<Package> {
+    wanted
+        .iter()
+        .copied()
+        .filter(|p| !installed(p.name))
+        .collect()
+}
+
+fn missing_names(wanted: &BTreeSet<Package>) -> Vec<&'static str> {
+    missing(wanted).iter().map(|p| p.name).collect()
+}
+
+fn installed(name: &str) -> bool {
+    let mut query = Command::new("dpkg-query");
+    query.args(["-W", "-f=${Status}", name]);
+    // dpkg-query exits non-zero for a package it has never heard of; that is "missing" too.
+    cmd::output(&mut query).is_ok_and(|status| status.trim() == "install ok installed")
+}
+
+/// One `apt-get install` per release the missing packages come from.
+fn install_commands(missing: &[Package]) -> Vec<Command> {
+    let releases: BTreeSet<Option<&str>> = missing.iter().map(|p| p.release).collect();
+    releases
+        .into_iter()
+        .map(|release| {
+            let mut install = Command::new("apt-get");
+            install.env("DEBIAN_FRONTEND", "noninteractive").args([
+                "install",
+                "-y",
+                "--no-install-recommends",
+            ]);
+            if let Some(release) = release {
+                install.args(["-t", release]);
+            }
+            install.args(
+                missing
+                    .iter()
+                    .filter(|p| p.release == release)
+                    .map(|p| p.name),
+            );
+            install
+        })
+        .collect()
+}
+
+/// Whether we run as root: the effective uid in `/proc/self/status`, else `id -u`.
+fn is_root() -> bool {
+    let from_proc = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let uids = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+            uids.split_whitespace().nth(1).map(|euid| euid == "0")
+        });
+    from_proc.unwrap_or_else(|| {
+        Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_install_per_release() {
+        let missing = [
+            Package {
+                name: "xenstore-utils",
+                release: None,
+            },
+            Package {
+                name: "qemu-system-x86",
+                release: Some("bookworm-backports"),
+            },
+            Package {
+                name: "python3-pyxs",
+                release: None,
+            },
+        ];
+        let lines: Vec<String> = install_commands(&missing)
+            .iter()
+            .map(cmd::display)
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+                 xenstore-utils python3-pyxs",
+                "DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+                 -t bookworm-backports qemu-system-x86",
+            ]
+        );
+    }
+}

@@ -1,0 +1,198 @@
+//! `cargo xtask test`: the project's one test command.
+//!
+//! Runs every step in [`STEPS`] (or the `--only` subset) in order, timing each and carrying on
+//! after a failure so the summary shows everything; fails if any step failed.
+
+use std::time::Instant;
+
+use crate::cmd::{self, Workspace};
+use crate::{bench, nostd, packages};
+
+/// What a step is given.
+#[derive(Debug)]
+pub(crate) struct Ctx<'a> {
+    pub(crate) ws: &'a Workspace,
+    /// Names of the steps this run executes.
+    pub(crate) selected: &'a [&'static str],
+}
+
+impl Ctx<'_> {
+    pub(crate) fn selected(&self, step: &str) -> bool {
+        self.selected.contains(&step)
+    }
+}
+
+/// How a step ended; the text says why it failed or was skipped.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    Pass,
+    Fail(String),
+    Skip(String),
+}
+
+impl From<Result<(), String>> for Outcome {
+    fn from(result: Result<(), String>) -> Outcome {
+        result.map_or_else(Outcome::Fail, |()| Outcome::Pass)
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Step {
+    pub(crate) name: &'static str,
+    pub(crate) about: &'static str,
+    run: fn(&Ctx<'_>) -> Outcome,
+}
+
+/// The steps, in the order they run.
+pub(crate) const STEPS: &[Step] = &[
+    Step {
+        name: "packages",
+        about: "system packages the selected suites need (installed when root)",
+        run: packages::step,
+    },
+    Step {
+        name: "fmt",
+        about: "cargo fmt --all -- --check",
+        run: fmt,
+    },
+    Step {
+        name: "clippy",
+        about: "cargo clippy --workspace --all-targets -- -D warnings",
+        run: clippy,
+    },
+    Step {
+        name: "test",
+        about: "cargo test --workspace",
+        run: test,
+    },
+    Step {
+        name: "doc",
+        about: "cargo doc --workspace --no-deps, warnings denied",
+        run: doc,
+    },
+    Step {
+        name: "nostd",
+        about: "xs-core in a no_std, panic=abort staticlib, linked and run; deps checked",
+        run: nostd::step,
+    },
+    Step {
+        name: "bench-smoke",
+        about: "bench-core --quick runs to completion",
+        run: bench_smoke,
+    },
+    // Suites to come. Each builds in its own subdirectory of the target dir, so that its
+    // flags never invalidate the normal build cache, and declares its system packages in
+    // `packages::NEEDS`.
+    //
+    // Step { name: "loom", about: "loom model of the ring protocol", run: loom },
+    //     fn loom(ctx: &Ctx<'_>) -> Outcome {
+    //         let mut c = ctx.ws.cargo(["test", "-p", "xs-ring", "--release"]);
+    //         c.env("RUSTFLAGS", "--cfg loom")
+    //             .env("CARGO_TARGET_DIR", ctx.ws.target_dir.join("loom"));
+    //         cmd::run(&mut c).into()
+    //     }
+    //
+    // Step { name: "e2e", about: "end-to-end tests in tests/ (real Xen clients, QEMU)", run: e2e },
+];
+
+/// Runs the named steps (all when `only` is empty) and prints the summary. True if none
+/// failed.
+pub(crate) fn run(ws: &Workspace, only: &[String], skip_packages: bool) -> bool {
+    let selected: Vec<&'static str> = STEPS
+        .iter()
+        .map(|s| s.name)
+        .filter(|name| only.is_empty() || only.iter().any(|o| o == name))
+        .collect();
+    let ctx = Ctx {
+        ws,
+        selected: &selected,
+    };
+    let mut results = Vec::new();
+    for step in STEPS.iter().filter(|s| ctx.selected(s.name)) {
+        println!("\n==> {}: {}", step.name, step.about);
+        let start = Instant::now();
+        let outcome = if step.name == "packages" && skip_packages {
+            Outcome::Skip("--skip-packages".into())
+        } else {
+            (step.run)(&ctx)
+        };
+        let secs = start.elapsed().as_secs_f64();
+        match &outcome {
+            Outcome::Pass => println!("==> {}: PASS ({secs:.1}s)", step.name),
+            Outcome::Fail(why) => println!("==> {}: FAIL ({secs:.1}s): {why}", step.name),
+            Outcome::Skip(why) => println!("==> {}: SKIP: {why}", step.name),
+        }
+        results.push((step.name, outcome, secs));
+    }
+    summary(&results)
+}
+
+fn summary(results: &[(&str, Outcome, f64)]) -> bool {
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    println!("\n{:<12} {:<6} {:>8}  note", "step", "result", "seconds");
+    for (name, outcome, secs) in results {
+        let (result, note) = match outcome {
+            Outcome::Pass => {
+                passed += 1;
+                ("PASS", "")
+            }
+            Outcome::Fail(why) => {
+                failed += 1;
+                ("FAIL", why.as_str())
+            }
+            Outcome::Skip(why) => {
+                skipped += 1;
+                ("SKIP", why.as_str())
+            }
+        };
+        let line = format!("{name:<12} {result:<6} {secs:>8.1}  {note}");
+        println!("{}", line.trim_end());
+    }
+    println!("\nxtask test: {passed} passed, {failed} failed, {skipped} skipped");
+    failed == 0
+}
+
+fn fmt(ctx: &Ctx<'_>) -> Outcome {
+    cmd::run(&mut ctx.ws.cargo(["fmt", "--all", "--", "--check"])).into()
+}
+
+fn clippy(ctx: &Ctx<'_>) -> Outcome {
+    let args = [
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ];
+    cmd::run(&mut ctx.ws.cargo(args)).into()
+}
+
+fn test(ctx: &Ctx<'_>) -> Outcome {
+    cmd::run(&mut ctx.ws.cargo(["test", "--workspace"])).into()
+}
+
+fn doc(ctx: &Ctx<'_>) -> Outcome {
+    let mut c = ctx.ws.cargo(["doc", "--workspace", "--no-deps"]);
+    c.env("RUSTDOCFLAGS", "-D warnings");
+    cmd::run(&mut c).into()
+}
+
+/// The benchmark must keep building and running, so it cannot rot between measurements.
+fn bench_smoke(ctx: &Ctx<'_>) -> Outcome {
+    let source = bench::source(&ctx.ws.root, "bench-core");
+    if !source.exists() {
+        return Outcome::Skip("bench-core binary not present".into());
+    }
+    let mut c = ctx.ws.cargo([
+        "run",
+        "--release",
+        "-p",
+        "xs-bench",
+        "--bin",
+        "bench-core",
+        "--",
+        "--quick",
+    ]);
+    cmd::run(&mut c).into()
+}
