@@ -42,55 +42,104 @@ pub struct Canonical {
     pub relative_prefix: usize,
 }
 
-const fn valid_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'/' | b'_' | b'@')
+/// Character classes of path bytes.
+const INVALID: u8 = 0;
+const PLAIN: u8 = 1;
+const SLASH: u8 = 2;
+const AT: u8 = 3;
+
+const fn class(b: u8) -> u8 {
+    match b {
+        b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => PLAIN,
+        b'/' => SLASH,
+        b'@' => AT,
+        _ => INVALID,
+    }
 }
 
-/// Validates `raw` as sent by `caller` and writes its canonical absolute form to `out`
-/// (which is cleared first). Special paths are accepted only if `allow_special`.
+/// Class of every byte value.
+static CLASSES: [u8; 256] = {
+    let mut table = [INVALID; 256];
+    let mut b = 0usize;
+    while b < 256 {
+        // Const evaluation: `b < 256` by the loop condition.
+        #[allow(clippy::indexing_slicing)]
+        {
+            table[b] = class(b as u8);
+        }
+        b += 1;
+    }
+    table
+};
+
+/// One pass over a path: only allowed characters (`@` only if `allow_at`), no `//`, and no
+/// trailing `/` unless the path is `/` itself. Branch-free per byte: paths are validated on
+/// every request.
+fn well_formed(raw: &[u8], allow_at: bool) -> bool {
+    let at_ok = u8::from(allow_at);
+    let mut bad = 0u8;
+    let mut prev_slash = 0u8;
+    for &b in raw {
+        let c = CLASSES.get(usize::from(b)).copied().unwrap_or(INVALID);
+        let slash = u8::from(c == SLASH);
+        bad |= u8::from(c == INVALID) | (prev_slash & slash) | (u8::from(c == AT) & !at_ok & 1);
+        prev_slash = slash;
+    }
+    bad == 0 && (prev_slash == 0 || raw == b"/")
+}
+
+/// Validates `raw` as sent by `caller` and returns its canonical absolute form: `raw` itself
+/// when it is absolute (or special), else `/local/domain/<domid>/raw` built in `buf`.
+/// Special paths are accepted only if `allow_special`.
 ///
 /// Every violation is `EINVAL`. The per-domain `path-max` quota is checked by the store, which
 /// knows the caller's quotas (see [`local_suffix_len`]).
-pub fn canonicalize(
-    raw: &[u8],
+pub fn canonicalize<'a>(
+    raw: &'a [u8],
     caller: DomId,
     allow_special: bool,
-    out: &mut Vec<u8>,
-) -> XsResult<Canonical> {
-    out.clear();
+    buf: &'a mut Vec<u8>,
+) -> XsResult<(&'a [u8], Canonical)> {
     let first = *raw.first().ok_or(XsError::Inval)?;
-    if !raw.iter().all(|&b| valid_char(b)) {
+    let special = first == b'@';
+    if (special && !allow_special) || !well_formed(raw, special) {
         return Err(XsError::Inval);
     }
-    let (kind, relative_prefix) = match first {
-        b'@' if allow_special => (PathKind::Special, 0),
-        b'@' => return Err(XsError::Inval),
-        b'/' => (PathKind::Node, 0),
-        _ => {
-            if raw.len() > REL_PATH_MAX {
-                return Err(XsError::Inval);
-            }
-            push_home(out, caller);
-            out.push(b'/');
-            (PathKind::Node, out.len())
+    if special || first == b'/' {
+        if raw.len() > ABS_PATH_MAX {
+            return Err(XsError::Inval);
         }
-    };
-    out.extend_from_slice(raw);
-    if out.len() > ABS_PATH_MAX {
+        let kind = if special {
+            PathKind::Special
+        } else {
+            PathKind::Node
+        };
+        return Ok((
+            raw,
+            Canonical {
+                kind,
+                relative_prefix: 0,
+            },
+        ));
+    }
+    if raw.len() > REL_PATH_MAX {
         return Err(XsError::Inval);
     }
-    if kind == PathKind::Node && raw.contains(&b'@') {
+    buf.clear();
+    push_home(buf, caller);
+    buf.push(b'/');
+    let relative_prefix = buf.len();
+    buf.extend_from_slice(raw);
+    if buf.len() > ABS_PATH_MAX {
         return Err(XsError::Inval);
     }
-    let trailing_slash = out.len() > 1 && out.last() == Some(&b'/');
-    let double_slash = out.windows(2).any(|w| w == b"//");
-    if trailing_slash || double_slash {
-        return Err(XsError::Inval);
-    }
-    Ok(Canonical {
-        kind,
-        relative_prefix,
-    })
+    Ok((
+        buf.as_slice(),
+        Canonical {
+            kind: PathKind::Node,
+            relative_prefix,
+        },
+    ))
 }
 
 /// Writes `/local/domain/<domid>` (a domain's home) to `out`.
@@ -167,9 +216,9 @@ mod tests {
     use super::*;
 
     fn canon(raw: &str, dom: u16) -> Result<(alloc::string::String, Canonical), XsError> {
-        let mut out = Vec::new();
-        let c = canonicalize(raw.as_bytes(), DomId(dom), true, &mut out)?;
-        Ok((alloc::string::String::from_utf8(out).unwrap(), c))
+        let mut buf = Vec::new();
+        let (p, c) = canonicalize(raw.as_bytes(), DomId(dom), true, &mut buf)?;
+        Ok((alloc::string::String::from_utf8(p.to_vec()).unwrap(), c))
     }
 
     #[test]
@@ -191,11 +240,15 @@ mod tests {
         ] {
             assert_eq!(canon(bad, 1).map(|_| ()), Err(XsError::Inval), "{bad:?}");
         }
-        let mut out = Vec::new();
+        let mut buf = Vec::new();
         assert_eq!(
-            canonicalize(b"@releaseDomain", DomId(1), false, &mut out),
+            canonicalize(b"@releaseDomain", DomId(1), false, &mut buf).map(|_| ()),
             Err(XsError::Inval)
         );
+        // Special paths follow the same slash rules.
+        assert!(canon("@releaseDomain/5", 1).is_ok());
+        assert_eq!(canon("@a//b", 1).map(|_| ()), Err(XsError::Inval));
+        assert_eq!(canon("@a/", 1).map(|_| ()), Err(XsError::Inval));
     }
 
     #[test]

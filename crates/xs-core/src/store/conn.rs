@@ -5,13 +5,15 @@
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
 
+use super::access::Caller;
 use super::txn::Transaction;
 use super::watch::WatchEvent;
 use crate::domid::DomId;
 
 #[derive(Debug)]
 pub(crate) struct Conn {
-    pub(crate) domid: DomId,
+    /// Who the connection acts for (kept current when the domain's target changes).
+    pub(crate) caller: Caller,
     /// The domain was released: the connection is no longer served.
     pub(crate) dead: bool,
     pub(crate) watches: Vec<u32>,
@@ -25,9 +27,9 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub(crate) fn new(domid: DomId) -> Conn {
+    pub(crate) fn new(caller: Caller) -> Conn {
         Conn {
-            domid,
+            caller,
             dead: false,
             watches: Vec::new(),
             transactions: BTreeMap::new(),
@@ -36,6 +38,10 @@ impl Conn {
             missed: VecDeque::new(),
             notify: false,
         }
+    }
+
+    pub(crate) fn domid(&self) -> DomId {
+        self.caller.domid
     }
 
     /// A transaction id not in use on this connection (never 0).

@@ -7,7 +7,8 @@
 //! every permission entry naming it (see `Store::entry_is_live`), so a later domain with the
 //! same domid starts from nothing (Xen XSA-322).
 
-use super::arena::NIL;
+use alloc::vec::Vec;
+
 use crate::domid::DomId;
 use crate::quota::QuotaOverrides;
 
@@ -45,8 +46,10 @@ pub(crate) struct Domain {
     pub(crate) shutdown_reported: bool,
     pub(crate) overrides: QuotaOverrides,
     pub(crate) usage: Usage,
-    /// Head of the list of nodes this domain owns.
-    pub(crate) owned_head: u32,
+    /// Arena indices of the nodes this domain owns (each node knows its position), so that
+    /// releasing the domain costs what it owns, not the size of the store. Kept only for
+    /// unprivileged domains: privileged ones are never released.
+    pub(crate) owned: Vec<u32>,
     /// `XENSTORE_SERVER_FEATURE_*` bits enabled for this domain.
     pub(crate) features: u32,
 }
@@ -60,7 +63,7 @@ impl Domain {
             shutdown_reported: false,
             overrides: QuotaOverrides::default(),
             usage: Usage::default(),
-            owned_head: NIL,
+            owned: Vec::new(),
             features,
         }
     }

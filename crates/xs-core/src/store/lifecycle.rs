@@ -3,7 +3,6 @@
 
 use alloc::vec::Vec;
 
-use super::arena::NIL;
 use super::domain::Introduction;
 use super::{ConnId, Match, Store, features};
 use crate::domid::{DomId, push_decimal};
@@ -208,7 +207,7 @@ impl Store {
         // Its connections first, so that no events are queued for them below.
         let conns: Vec<ConnId> = self
             .conns_iter()
-            .filter(|(_, c)| c.domid == domid)
+            .filter(|(_, c)| c.domid() == domid)
             .filter_map(|(i, _)| self.conns.id_at(i).map(ConnId))
             .collect();
         for conn in conns {
@@ -219,11 +218,11 @@ impl Store {
         }
         let now = self.next_gen();
         let mut node_path = Vec::new();
-        loop {
-            let head = self.domains.get(&domid).map_or(NIL, |d| d.owned_head);
-            if head == NIL {
-                break;
-            }
+        while let Some(head) = self
+            .domains
+            .get(&domid)
+            .and_then(|d| d.owned.last().copied())
+        {
             if head == self.tree.root {
                 // Nobody but dom0 may own the root: hand it back rather than remove it.
                 let _ = self.set_node_perms(head, b"/", &[Perm::owner(DomId::DOM0)], now);
@@ -239,10 +238,17 @@ impl Store {
             }
         }
         self.domains.remove(&domid);
-        for d in self.domains.values_mut() {
-            if d.target == Some(domid) {
+        let targeting: Vec<DomId> = self
+            .domains
+            .iter_mut()
+            .filter(|(_, d)| d.target == Some(domid))
+            .map(|(id, d)| {
                 d.target = None;
-            }
+                *id
+            })
+            .collect();
+        for d in targeting {
+            self.refresh_callers(d);
         }
         if was_introduced {
             self.fire_special(RELEASE, domid);
@@ -300,6 +306,7 @@ impl Store {
         }
         let d = self.domains.get_mut(&domid).ok_or(XsError::NoEnt)?;
         d.target = Some(target);
+        self.refresh_callers(domid);
         Ok(())
     }
 

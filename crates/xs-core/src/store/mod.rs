@@ -39,10 +39,10 @@ use core::mem;
 pub use domain::{Introduction, Usage};
 pub use lifecycle::Introduced;
 pub use session::{Session, split_names};
-pub use watch::WatchEvent;
+pub use watch::{EventPath, WatchEvent};
 
 use access::{Caller, Rights};
-use arena::{Arena, Id};
+use arena::{Id, NIL, Slab};
 use conn::Conn;
 use domain::Domain;
 use history::History;
@@ -98,6 +98,10 @@ pub struct StoreConfig {
     /// Most bytes of old versions kept for open transactions' snapshots; past it the oldest
     /// transactions are doomed to `EAGAIN`.
     pub history_limit: usize,
+    /// Key of the hash that indexes watches by path. Guests choose the paths, so programs
+    /// must draw this from real entropy (the platform's RNG, RDRAND); the default is fixed
+    /// and only fit for tests.
+    pub hash_key: [u64; 2],
 }
 
 impl Default for StoreConfig {
@@ -109,6 +113,7 @@ impl Default for StoreConfig {
             remove_home_on_release: true,
             event_queue_len: 1024,
             history_limit: 16 << 20,
+            hash_key: [0x7873_2d63_6f72_6521, 0x6e6f_742d_7365_6372],
         }
     }
 }
@@ -149,7 +154,7 @@ pub struct Store {
     generation: u64,
     tree: Tree,
     domains: BTreeMap<DomId, Domain>,
-    conns: Arena<Conn>,
+    conns: Slab<Conn>,
     watches: WatchTable,
     history: History,
     /// Open, not doomed transactions by snapshot generation (unique: each start takes one).
@@ -158,6 +163,17 @@ pub struct Store {
     notify: Vec<ConnId>,
     path_buf: Vec<u8>,
     match_buf: Vec<u32>,
+    /// The last directory listed by `DIRECTORY_PART`, so that listing a large directory in
+    /// 4 KiB parts costs its size once rather than once per part.
+    listing: Option<Listing>,
+}
+
+/// A cached child list of one node at one generation count.
+#[derive(Debug)]
+struct Listing {
+    node: Id,
+    gencnt: u64,
+    names: Vec<u8>,
 }
 
 /// What kind of change an event reports (C xenstored's `MATCH_SUBTREE`/`MATCH_EXACT`).
@@ -178,8 +194,8 @@ impl Store {
             tree: Tree::new(&owner, 1)?,
             generation: 1,
             domains: BTreeMap::new(),
-            conns: Arena::default(),
-            watches: WatchTable::new()?,
+            conns: Slab::default(),
+            watches: WatchTable::new(config.hash_key),
             history: History::default(),
             open_txs: BTreeMap::new(),
             specials: [
@@ -201,6 +217,7 @@ impl Store {
             notify: Vec::new(),
             path_buf: Vec::new(),
             match_buf: Vec::new(),
+            listing: None,
             config,
         };
         store.ensure_domain(DomId::DOM0);
@@ -234,10 +251,15 @@ impl Store {
     }
 
     fn caller_for(&self, domid: DomId) -> Caller {
+        let record = self.domains.get(&domid);
+        let target = record
+            .and_then(|d| d.target)
+            .and_then(|t| self.domains.get(&t).map(|r| (t, r.created_gen)));
         Caller {
             domid,
             privileged: self.is_privileged(domid),
-            target: self.domains.get(&domid).and_then(|d| d.target),
+            since: record.map_or(u64::MAX, |d| d.created_gen),
+            target,
         }
     }
 
@@ -246,7 +268,23 @@ impl Store {
         if c.dead {
             return Err(XsError::Io);
         }
-        Ok(self.caller_for(c.domid))
+        Ok(c.caller)
+    }
+
+    /// Refreshes the identity cached in `domid`'s connections (after its target changed).
+    fn refresh_callers(&mut self, domid: DomId) {
+        let caller = self.caller_for(domid);
+        let conns: Vec<u32> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.domid() == domid)
+            .map(|(i, _)| i)
+            .collect();
+        for i in conns {
+            if let Some(c) = self.conns.get_mut(i) {
+                c.caller = caller;
+            }
+        }
     }
 
     /// Whether a non-owner permission entry naming `domid`, written at generation `stamp`,
@@ -261,7 +299,7 @@ impl Store {
     }
 
     fn rights_for(&self, caller: &Caller, perms: impl Iterator<Item = Perm>, stamp: u64) -> Rights {
-        access::rights(caller, perms, |d| self.entry_is_live(d, stamp))
+        access::rights(caller, perms, stamp)
     }
 
     fn node_rights(&self, caller: &Caller, index: u32) -> Rights {
@@ -321,6 +359,9 @@ impl Store {
 
     /// Checks that an unprivileged caller's memory stays within quota after adding `more`.
     fn check_memory(&self, caller: &Caller, more: u64) -> XsResult<()> {
+        if caller.privileged {
+            return Ok(());
+        }
         let now = self.usage_of(caller.domid).memory;
         self.check_quota(caller, QuotaKind::Memory, now.saturating_add(more))
     }
@@ -342,24 +383,8 @@ impl Store {
 
     // ----- paths ---------------------------------------------------------------------------
 
-    /// Canonicalizes `raw` for `caller` into `out` and applies the `path-max` quota.
-    fn canonical(
-        &self,
-        caller: &Caller,
-        raw: &[u8],
-        allow_special: bool,
-        out: &mut Vec<u8>,
-    ) -> XsResult<Canonical> {
-        let canon = path::canonicalize(raw, caller.domid, allow_special, out)?;
-        if canon.kind == PathKind::Node {
-            let len = path::local_suffix_len(out) as u64;
-            self.check_quota(caller, QuotaKind::PathMax, len)
-                .map_err(|_| XsError::Inval)?;
-        }
-        Ok(canon)
-    }
-
-    /// Runs `f` with the canonical form of `raw`, reusing the store's path buffer.
+    /// Runs `f` with the canonical form of `raw` (see [`path::canonicalize`]), after the
+    /// `path-max` quota check, reusing the store's path buffer for relative paths.
     fn with_path<R>(
         &mut self,
         caller: &Caller,
@@ -368,8 +393,22 @@ impl Store {
         f: impl FnOnce(&mut Self, &[u8], Canonical) -> XsResult<R>,
     ) -> XsResult<R> {
         let mut buf = mem::take(&mut self.path_buf);
-        let result = match self.canonical(caller, raw, allow_special, &mut buf) {
-            Ok(canon) => f(self, &buf, canon),
+        let result = match path::canonicalize(raw, caller.domid, allow_special, &mut buf) {
+            Ok((canonical, canon)) => {
+                let within = canon.kind != PathKind::Node
+                    || self
+                        .check_quota(
+                            caller,
+                            QuotaKind::PathMax,
+                            path::local_suffix_len(canonical) as u64,
+                        )
+                        .is_ok();
+                if within {
+                    f(self, canonical, canon)
+                } else {
+                    Err(XsError::Inval)
+                }
+            }
             Err(e) => Err(e),
         };
         self.path_buf = buf;
@@ -378,37 +417,50 @@ impl Store {
 
     // ----- node creation and removal with accounting ---------------------------------------
 
+    /// Accounts the node at `index` to its owner (and lists it, for an unprivileged owner).
     fn link_owner(&mut self, index: u32) {
         let Some(node) = self.tree.node(index) else {
             return;
         };
         let owner = node.owner();
         let charge = node_charge(node.name().len(), node.value().len(), node.perm_count());
+        let listed = !self.is_privileged(owner);
         let domain = self.ensure_domain(owner);
-        let mut head = domain.owned_head;
         domain.usage.nodes = domain.usage.nodes.saturating_add(1);
         domain.usage.memory = domain.usage.memory.saturating_add(charge);
-        self.tree.owner_link(&mut head, index);
-        if let Some(d) = self.domains.get_mut(&owner) {
-            d.owned_head = head;
+        let mut position = NIL;
+        if let (true, Ok(p)) = (listed, u32::try_from(domain.owned.len())) {
+            domain.owned.push(index);
+            position = p;
+        }
+        if let Some(node) = self.tree.node_mut(index) {
+            node.owner_pos = position;
         }
     }
 
+    /// Takes the node at `index` off its owner's account.
     fn unlink_owner(&mut self, index: u32) {
         let Some(node) = self.tree.node(index) else {
             return;
         };
         let owner = node.owner();
         let charge = node_charge(node.name().len(), node.value().len(), node.perm_count());
+        let position = node.owner_pos;
         let Some(domain) = self.domains.get_mut(&owner) else {
             return;
         };
-        let mut head = domain.owned_head;
         domain.usage.nodes = domain.usage.nodes.saturating_sub(1);
         domain.usage.memory = domain.usage.memory.saturating_sub(charge);
-        self.tree.owner_unlink(&mut head, index);
-        if let Some(d) = self.domains.get_mut(&owner) {
-            d.owned_head = head;
+        let position = position as usize;
+        if position < domain.owned.len() {
+            domain.owned.swap_remove(position);
+            let moved = domain.owned.get(position).copied();
+            if let Some(moved) = moved.and_then(|m| self.tree.node_mut(m)) {
+                moved.owner_pos = u32::try_from(position).unwrap_or(NIL);
+            }
+        }
+        if let Some(node) = self.tree.node_mut(index) {
+            node.owner_pos = NIL;
         }
     }
 
@@ -517,44 +569,50 @@ impl Store {
     /// Removes the subtree at `index` (path `path`), firing watches as C xenstored does:
     /// every removed node fires watches on exactly it, children before parents, and the
     /// subtree's root fires watches on it and its ancestors if `fire_root`.
+    ///
+    /// One depth-first walk with an explicit stack (no recursion: a guest can build deep
+    /// trees) that keeps the current node's path, so each node's path costs only its name.
+    /// Only the root is unlinked from its parent; the nodes below are freed with it.
     fn delete_subtree(&mut self, index: u32, path: &[u8], now: u64, fire_root: bool) {
-        let order = self.tree.postorder(index);
-        let watched_below = self.watches.any_below(path);
-        let mut node_path = Vec::new();
-        for i in order {
-            let is_root = i == index;
-            let needs_path = is_root
-                || watched_below
-                || self
-                    .tree
-                    .node(i)
-                    .is_some_and(|n| self.history_needed(n.data_gen));
-            if needs_path {
-                if is_root {
-                    node_path.clear();
-                    node_path.extend_from_slice(path);
-                } else {
-                    self.tree.path_of(i, &mut node_path);
-                }
-                self.preserve(i, &node_path, now);
-                if is_root {
-                    if fire_root {
-                        self.fire(&node_path, Match::Subtree, Some(i), None);
-                    }
-                } else if watched_below {
-                    self.fire(&node_path, Match::Exact, Some(i), None);
-                }
+        let watched = self.watches.any_node_watches();
+        let mut node_path = path.to_vec();
+        // (node, next child to visit, length of the path without the node's own name)
+        let mut stack: Vec<(u32, usize, usize)> = alloc::vec![(index, 0, path.len())];
+        while let Some(&mut (node, ref mut next, path_len)) = stack.last_mut() {
+            let child = self
+                .tree
+                .node(node)
+                .and_then(|n| n.children().get(*next))
+                .map(|c| c.index);
+            if let Some(child) = child {
+                *next = next.saturating_add(1);
+                let before = node_path.len();
+                let name = self.tree.node(child).map_or(&[][..], |n| n.name());
+                path::push_segment(&mut node_path, name);
+                stack.push((child, 0, before));
+                continue;
             }
-            self.unlink_owner(i);
+            // All children gone: the node itself.
+            stack.pop();
+            let is_root = node == index;
+            self.preserve(node, &node_path, now);
             if is_root {
-                if let Some(node) = self.tree.node_mut(i) {
-                    // Its children are all gone; forget them before unlinking it.
-                    node.clear_children();
+                if fire_root {
+                    self.fire(&node_path, Match::Subtree, Some(node), None);
                 }
-                self.tree.remove_leaf(i, now);
-            } else {
-                self.tree.free_detached(i);
+            } else if watched {
+                self.fire(&node_path, Match::Exact, Some(node), None);
             }
+            self.unlink_owner(node);
+            if is_root {
+                if let Some(n) = self.tree.node_mut(node) {
+                    n.clear_children(now);
+                }
+                self.tree.remove_leaf(node, now);
+            } else {
+                self.tree.free_detached(node);
+            }
+            node_path.truncate(path_len);
         }
     }
 
@@ -609,10 +667,9 @@ impl Store {
             let Some(conn) = self.watches.watches.get(w).map(|w| w.conn) else {
                 continue;
             };
-            let Some(domid) = self.conns.get_id(conn).map(|c| c.domid) else {
+            let Some(watcher) = self.conns.get_id(conn).map(|c| c.caller) else {
                 continue;
             };
-            let watcher = self.caller_for(domid);
             if self.watch_permitted(&watcher, index, old) {
                 self.queue_event(w, path);
             }
@@ -635,10 +692,9 @@ impl Store {
             let Some(conn) = self.watches.watches.get(w).map(|w| w.conn) else {
                 continue;
             };
-            let Some(watcher_domid) = self.conns.get_id(conn).map(|c| c.domid) else {
+            let Some(watcher) = self.conns.get_id(conn).map(|c| c.caller) else {
                 continue;
             };
-            let watcher = self.caller_for(watcher_domid);
             let allowed = self.specials.get(which).is_some_and(|s| {
                 self.rights_for(&watcher, s.perms.iter().copied(), s.stamp)
                     .contains(Rights::READ)
@@ -654,15 +710,6 @@ impl Store {
         }
     }
 
-    fn mark_notify(&mut self, conn: Id) {
-        if let Some(c) = self.conns.get_id_mut(conn)
-            && !c.notify
-        {
-            c.notify = true;
-            self.notify.push(ConnId(conn));
-        }
-    }
-
     /// Queues one event for watch `w` about `path`, or marks the watch as having missed one.
     fn queue_event(&mut self, w: u32, path: &[u8]) {
         let Some(watch) = self.watches.watches.get(w) else {
@@ -670,30 +717,63 @@ impl Store {
         };
         let conn_id = watch.conn;
         let event = WatchEvent {
-            path: watch.event_path(path).into(),
+            path: watch::EventPath::new(watch.event_path(path)),
             token: watch.token.clone(),
         };
+        let charge = watch::charge_event(&event);
+        let queue_len = self.config.event_queue_len;
         let Some(conn) = self.conns.get_id(conn_id) else {
             return;
         };
-        let watcher = self.caller_for(conn.domid);
-        let charge = watch::charge_event(&event);
-        let fits = conn.events.len() < self.config.event_queue_len
-            && self.check_memory(&watcher, charge).is_ok();
+        let watcher = conn.caller;
+        let fits = conn.events.len() < queue_len && self.try_charge(&watcher, charge);
+        let Some(conn) = self.conns.get_id_mut(conn_id) else {
+            return;
+        };
         if fits {
-            if let Some(c) = self.conns.get_id_mut(conn_id) {
-                c.events.push_back(event);
+            conn.events.push_back(event);
+            if !conn.notify {
+                conn.notify = true;
+                self.notify.push(ConnId(conn_id));
             }
-            self.charge(watcher.domid, i64::try_from(charge).unwrap_or(i64::MAX));
-            self.mark_notify(conn_id);
         } else if let Some(watch) = self.watches.watches.get_mut(w)
             && !watch.missed
         {
             watch.missed = true;
-            if let Some(c) = self.conns.get_id_mut(conn_id) {
-                c.missed.push_back(w);
-            }
+            conn.missed.push_back(w);
         }
+    }
+
+    /// Charges `bytes` of queued events to an unprivileged watcher if its memory quota allows
+    /// (one look-up for both); privileged watchers' queues are bounded by length alone.
+    fn try_charge(&mut self, watcher: &Caller, bytes: u64) -> bool {
+        if watcher.privileged {
+            return true;
+        }
+        let global = self.config.quotas.get(QuotaKind::Memory);
+        let Some(d) = self.domains.get_mut(&watcher.domid) else {
+            return true;
+        };
+        let limit = d.overrides.get(QuotaKind::Memory).unwrap_or(global);
+        let after = d.usage.memory.saturating_add(bytes);
+        if limit != 0 && after > u64::from(limit) {
+            return false;
+        }
+        d.usage.memory = after;
+        true
+    }
+
+    /// Charges (or refunds) queued events to an unprivileged watcher's memory. Privileged
+    /// watchers' queues are bounded by length alone.
+    fn charge_events(&mut self, watcher: &Caller, bytes: u64, add: bool) {
+        if watcher.privileged {
+            return;
+        }
+        let change = i64::try_from(bytes).unwrap_or(i64::MAX);
+        self.charge(
+            watcher.domid,
+            if add { change } else { change.saturating_neg() },
+        );
     }
 
     /// Moves owed catch-up events into the queue while it has room.
@@ -708,7 +788,7 @@ impl Store {
             let Some(&w) = c.missed.front() else {
                 return;
             };
-            let watcher = self.caller_for(c.domid);
+            let watcher = c.caller;
             let Some(watch) = self.watches.watches.get(w) else {
                 if let Some(c) = self.conns.get_id_mut(conn.0) {
                     c.missed.pop_front();
@@ -716,11 +796,10 @@ impl Store {
                 continue;
             };
             let event = WatchEvent {
-                path: watch.event_path(&watch.path).into(),
+                path: watch::EventPath::new(watch.event_path(&watch.path)),
                 token: watch.token.clone(),
             };
-            let charge = watch::charge_event(&event);
-            if self.check_memory(&watcher, charge).is_err() {
+            if !self.try_charge(&watcher, watch::charge_event(&event)) {
                 return;
             }
             if let Some(c) = self.conns.get_id_mut(conn.0) {
@@ -730,7 +809,6 @@ impl Store {
             if let Some(watch) = self.watches.watches.get_mut(w) {
                 watch.missed = false;
             }
-            self.charge(watcher.domid, i64::try_from(charge).unwrap_or(i64::MAX));
         }
     }
 
@@ -742,7 +820,8 @@ impl Store {
             return Err(XsError::Inval);
         }
         self.ensure_domain(domid);
-        Ok(ConnId(self.conns.insert(Conn::new(domid))?))
+        let caller = self.caller_for(domid);
+        Ok(ConnId(self.conns.insert(Conn::new(caller))?))
     }
 
     /// Closes a connection: its watches go, its transactions are aborted, its queued events
@@ -758,7 +837,7 @@ impl Store {
         let Some(c) = self.conns.get_id_mut(conn.0) else {
             return;
         };
-        let domid = c.domid;
+        let domid = c.domid();
         let watches = mem::take(&mut c.watches);
         let txs: Vec<TxId> = c.transactions.keys().copied().collect();
         let events = mem::take(&mut c.events);
@@ -787,7 +866,7 @@ impl Store {
 
     /// The domain a connection acts for.
     pub fn conn_domid(&self, conn: ConnId) -> Option<DomId> {
-        self.conns.get_id(conn.0).map(|c| c.domid)
+        self.conns.get_id(conn.0).map(|c| c.domid())
     }
 
     /// Whether the connection's domain was released (it should be closed).
@@ -799,9 +878,8 @@ impl Store {
     pub fn pop_event(&mut self, conn: ConnId) -> Option<WatchEvent> {
         let c = self.conns.get_id_mut(conn.0)?;
         let event = c.events.pop_front()?;
-        let domid = c.domid;
-        let charge = i64::try_from(watch::charge_event(&event)).unwrap_or(i64::MAX);
-        self.charge(domid, charge.saturating_neg());
+        let watcher = c.caller;
+        self.charge_events(&watcher, watch::charge_event(&event), false);
         self.refill_missed(conn);
         Some(event)
     }
@@ -1001,7 +1079,7 @@ impl Store {
                 if child.parent != i {
                     return Err("child with wrong parent");
                 }
-                if c.key != node::name_key(child.name()) {
+                if c.key() != node::name_key(child.name()) {
                     return Err("child key does not match name");
                 }
                 if prev.is_some_and(|p| p >= child.name()) {
@@ -1022,17 +1100,25 @@ impl Store {
             return Err("node owned by an unknown domain");
         }
         for (domid, d) in &self.domains {
-            let mut n = 0u64;
-            let mut cur = d.owned_head;
-            while let Some(node) = self.tree.node(cur) {
+            let counted = counted.get(domid).copied().unwrap_or(0);
+            if counted != d.usage.nodes {
+                return Err("node count does not match the owner's usage");
+            }
+            let listed = !self.is_privileged(*domid);
+            if listed && d.owned.len() as u64 != counted {
+                return Err("owner list does not match node count");
+            }
+            for (position, &index) in d.owned.iter().enumerate() {
+                let node = self
+                    .tree
+                    .node(index)
+                    .ok_or("owner list names a free slot")?;
                 if node.owner() != *domid {
                     return Err("node in the wrong owner list");
                 }
-                n = n.saturating_add(1);
-                cur = node.owner_next;
-            }
-            if n != d.usage.nodes || n != counted.get(domid).copied().unwrap_or(0) {
-                return Err("owner list does not match node count");
+                if node.owner_pos as usize != position {
+                    return Err("node's owner position is wrong");
+                }
             }
         }
         Ok(())

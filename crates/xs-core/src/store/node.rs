@@ -1,22 +1,22 @@
 //! One node of the tree, packed for memory.
 //!
 //! A node's permissions, name and value share one heap allocation
-//! (`[perm entries: 3 bytes each][name][value]`); children are a separate, sorted array that
-//! only directories carry. A leaf therefore costs one arena slot plus its payload, which is
-//! what lets a million-node store stay within a couple of times its payload
-//! (see the `heap-per-node` benchmark).
+//! (`[perm entries: 3 bytes each][name][value]`), and a directory's children are one more,
+//! an exact-size sorted array that leaves do not have. A node with its arena slot is 56
+//! bytes; a child link in its parent is 12.
 //!
 //! Children are kept sorted by name (bytewise, which for the allowed characters is ASCII
 //! order), so `DIRECTORY` lists them in that order: deterministic, independent of history,
 //! and the same order every `DIRECTORY_PART` offset refers to. (C xenstored lists in
-//! insertion order; no client may depend on either.) Each entry carries the first 8 bytes of
-//! the child's name, so a lookup binary-searches a contiguous array and usually needs no
-//! pointer chase: names shorter than 8 bytes — most XenStore names — are decided by the key
-//! alone.
+//! insertion order; no client may depend on either.) Each link carries the first 8 bytes of
+//! the child's name, so a lookup binary-searches one contiguous array and usually decides
+//! without touching the child: names shorter than 8 bytes (most XenStore names) are decided
+//! by the key alone.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 
+use super::arena::{NIL, Slot};
 use crate::domid::DomId;
 use crate::error::{XsError, XsResult};
 use crate::perms::{Access, Perm};
@@ -25,20 +25,46 @@ use crate::perms::{Access, Perm};
 const PERM_BYTES: usize = 3;
 
 /// A child link: the first 8 bytes of the child's name (big-endian, zero-padded, so that
-/// integer order is name order) and the child's arena index.
-#[derive(Clone, Copy, Debug)]
+/// integer order is name order) and the child's arena index. Three `u32`s keep it at 12
+/// bytes.
+#[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct ChildRef {
-    pub(crate) key: u64,
+    key_hi: u32,
+    key_lo: u32,
     pub(crate) index: u32,
 }
 
-/// The sort key of a name.
-pub(crate) fn name_key(name: &[u8]) -> u64 {
-    let mut bytes = [0u8; 8];
-    for (dst, src) in bytes.iter_mut().zip(name) {
-        *dst = *src;
+impl ChildRef {
+    fn new(key: u64, index: u32) -> ChildRef {
+        ChildRef {
+            key_hi: (key >> 32) as u32,
+            key_lo: key as u32,
+            index,
+        }
     }
-    u64::from_be_bytes(bytes)
+
+    /// The name key.
+    pub(crate) fn key(&self) -> u64 {
+        (u64::from(self.key_hi) << 32) | u64::from(self.key_lo)
+    }
+}
+
+/// The sort key of a name: its first 8 bytes, big-endian, zero-padded. Computed in
+/// registers (a copy into a stack buffer and reload cost a store-forwarding stall on every
+/// level of every lookup).
+#[inline]
+pub(crate) fn name_key(name: &[u8]) -> u64 {
+    if let Some(head) = name.first_chunk::<8>() {
+        return u64::from_be_bytes(*head);
+    }
+    name.iter()
+        .fold((0u64, 56u32), |(key, shift), &b| {
+            (
+                key | u64::from(b).wrapping_shl(shift),
+                shift.wrapping_sub(8),
+            )
+        })
+        .0
 }
 
 /// Whether two names with equal keys are equal without looking at them: true when the name is
@@ -47,30 +73,77 @@ pub(crate) fn key_decides(name: &[u8]) -> bool {
     name.len() < 8
 }
 
-/// The children of a directory.
-#[derive(Debug, Default)]
-pub(crate) struct Children {
-    /// Generation stamp of the last change to the set of children.
-    pub(crate) generation: u64,
-    /// Sum of (name length + 1) over the children: the size of a `DIRECTORY` reply.
-    pub(crate) name_bytes: usize,
-    pub(crate) entries: Vec<ChildRef>,
-}
-
 /// A node.
 #[derive(Debug)]
 pub(crate) struct Node {
     data: Box<[u8]>,
-    children: Option<Box<Children>>,
-    /// Arena index of the parent ([`super::arena::NIL`] for the root).
-    pub(crate) parent: u32,
-    name_len: u16,
-    n_perms: u16,
-    /// Links in the owner's list of owned nodes.
-    pub(crate) owner_prev: u32,
-    pub(crate) owner_next: u32,
+    /// Empty for a node that never had children. Otherwise entry 0 is a header (the child
+    /// set's generation in the key, the byte size of the children's names in the index) and
+    /// the children follow, sorted by name. The header stays when the last child goes, so
+    /// the generation keeps recording changes.
+    children: Box<[ChildRef]>,
     /// Generation stamp of the last change to the value or permissions (or of creation).
     pub(crate) data_gen: u64,
+    /// Arena index of the parent ([`NIL`] for the root).
+    pub(crate) parent: u32,
+    /// Position in the owner's list of owned nodes ([`NIL`] when the owner keeps none).
+    pub(crate) owner_pos: u32,
+    name_len: u16,
+    n_perms: u16,
+    /// Generation of the arena slot holding the node.
+    generation: u32,
+}
+
+/// An arena slot for a node: the node keeps the slot's generation in its own padding.
+#[derive(Debug)]
+pub(crate) enum NodeSlot {
+    Used(Node),
+    Free { generation: u32 },
+}
+
+impl Slot for NodeSlot {
+    type Value = Node;
+
+    fn vacant(generation: u32) -> Self {
+        NodeSlot::Free { generation }
+    }
+
+    fn generation(&self) -> u32 {
+        match self {
+            NodeSlot::Used(n) => n.generation,
+            NodeSlot::Free { generation } => *generation,
+        }
+    }
+
+    fn fill(&mut self, mut node: Node) {
+        node.generation = self.generation();
+        *self = NodeSlot::Used(node);
+    }
+
+    fn take(&mut self) -> Option<Node> {
+        let generation = match self {
+            NodeSlot::Used(n) => n.generation.wrapping_add(1),
+            NodeSlot::Free { .. } => return None,
+        };
+        match core::mem::replace(self, NodeSlot::Free { generation }) {
+            NodeSlot::Used(n) => Some(n),
+            NodeSlot::Free { .. } => None,
+        }
+    }
+
+    fn get(&self) -> Option<&Node> {
+        match self {
+            NodeSlot::Used(n) => Some(n),
+            NodeSlot::Free { .. } => None,
+        }
+    }
+
+    fn get_mut(&mut self) -> Option<&mut Node> {
+        match self {
+            NodeSlot::Used(n) => Some(n),
+            NodeSlot::Free { .. } => None,
+        }
+    }
 }
 
 fn pack(perms: &[Perm], name: &[u8], value: &[u8]) -> XsResult<(Box<[u8]>, u16, u16)> {
@@ -106,13 +179,13 @@ impl Node {
         let (data, name_len, n_perms) = pack(perms, name, value)?;
         Ok(Node {
             data,
-            children: None,
+            children: Box::default(),
+            data_gen: generation,
             parent,
+            owner_pos: NIL,
             name_len,
             n_perms,
-            owner_prev: super::arena::NIL,
-            owner_next: super::arena::NIL,
-            data_gen: generation,
+            generation: 0,
         })
     }
 
@@ -163,23 +236,18 @@ impl Node {
         self.perms().next().map_or(DomId::DOM0, |p| p.domid)
     }
 
-    /// Replaces the value.
+    /// Replaces the value, reusing the allocation (the allocator can often resize in place).
     pub(crate) fn set_value(&mut self, value: &[u8]) -> XsResult<()> {
         let keep = self.perm_len().saturating_add(usize::from(self.name_len));
-        let head = self.data.get(..keep).ok_or(XsError::Io)?;
-        let mut data = Vec::with_capacity(keep.saturating_add(value.len()));
-        data.extend_from_slice(head);
+        if keep > self.data.len() {
+            return Err(XsError::Io);
+        }
+        let mut data = core::mem::take(&mut self.data).into_vec();
+        data.truncate(keep);
+        data.reserve_exact(value.len());
         data.extend_from_slice(value);
         self.data = data.into_boxed_slice();
         Ok(())
-    }
-
-    /// Drops the child list (when the children were freed with their whole subtree).
-    pub(crate) fn clear_children(&mut self) {
-        if let Some(c) = self.children.as_deref_mut() {
-            c.entries = Vec::new();
-            c.name_bytes = 0;
-        }
     }
 
     /// Replaces the permissions. `perms` must not be empty.
@@ -195,28 +263,74 @@ impl Node {
 
     /// The children, sorted by name.
     pub(crate) fn children(&self) -> &[ChildRef] {
-        self.children
-            .as_deref()
-            .map_or(&[], |c| c.entries.as_slice())
+        self.children.get(1..).unwrap_or_default()
     }
 
-    /// The children container, created on first use. Once created it stays (even when empty)
-    /// so that its generation keeps recording changes.
-    pub(crate) fn children_mut(&mut self) -> &mut Children {
-        self.children.get_or_insert_with(Box::default)
+    fn header(&self) -> Option<&ChildRef> {
+        self.children.first()
+    }
+
+    /// Generation stamp of the last change to the set of children (0 if it never had any).
+    pub(crate) fn children_gen(&self) -> u64 {
+        self.header().map_or(0, ChildRef::key)
     }
 
     /// Bytes of the children's names as a `DIRECTORY` reply carries them.
     pub(crate) fn child_name_bytes(&self) -> usize {
-        self.children.as_deref().map_or(0, |c| c.name_bytes)
+        self.header().map_or(0, |h| h.index as usize)
+    }
+
+    /// Inserts a child link at `position` among the children.
+    pub(crate) fn insert_child(
+        &mut self,
+        position: usize,
+        key: u64,
+        index: u32,
+        name_len: usize,
+        generation: u64,
+    ) {
+        let bytes = self
+            .child_name_bytes()
+            .saturating_add(name_len)
+            .saturating_add(1);
+        let mut entries = Vec::with_capacity(self.children().len().saturating_add(2));
+        entries.push(header(generation, bytes));
+        let children = self.children();
+        let (before, after) = children.split_at(position.min(children.len()));
+        entries.extend_from_slice(before);
+        entries.push(ChildRef::new(key, index));
+        entries.extend_from_slice(after);
+        self.children = entries.into_boxed_slice();
+    }
+
+    /// Removes the child link at `position`.
+    pub(crate) fn remove_child(&mut self, position: usize, name_len: usize, generation: u64) {
+        let bytes = self
+            .child_name_bytes()
+            .saturating_sub(name_len.saturating_add(1));
+        let mut entries = Vec::with_capacity(self.children().len());
+        entries.push(header(generation, bytes));
+        entries.extend(
+            self.children()
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != position)
+                .map(|(_, c)| *c),
+        );
+        self.children = entries.into_boxed_slice();
+    }
+
+    /// Forgets all children (when they were freed with their whole subtree).
+    pub(crate) fn clear_children(&mut self, generation: u64) {
+        if !self.children.is_empty() {
+            self.children = alloc::vec![header(generation, 0)].into_boxed_slice();
+        }
     }
 
     /// The generation count `DIRECTORY_PART` reports: changes whenever the value, the
     /// permissions or the set of children change.
     pub(crate) fn gencnt(&self) -> u64 {
-        self.children
-            .as_deref()
-            .map_or(self.data_gen, |c| c.generation.max(self.data_gen))
+        self.children_gen().max(self.data_gen)
     }
 
     /// The size the `node-size` quota limits: value plus children's names.
@@ -226,15 +340,16 @@ impl Node {
 
     /// Heap bytes owned by this node (its packed data and child array), not its arena slot.
     pub(crate) fn heap_bytes(&self) -> usize {
-        let children = self.children.as_deref().map_or(0, |c| {
-            core::mem::size_of::<Children>().saturating_add(
-                c.entries
-                    .capacity()
-                    .saturating_mul(core::mem::size_of::<ChildRef>()),
-            )
-        });
-        self.data.len().saturating_add(children)
+        self.data.len().saturating_add(
+            self.children
+                .len()
+                .saturating_mul(core::mem::size_of::<ChildRef>()),
+        )
     }
+}
+
+fn header(generation: u64, name_bytes: usize) -> ChildRef {
+    ChildRef::new(generation, u32::try_from(name_bytes).unwrap_or(u32::MAX))
 }
 
 #[cfg(test)]
@@ -261,6 +376,34 @@ mod tests {
     }
 
     #[test]
+    fn child_links_and_header() {
+        let mut n = Node::new(b"d", b"", &[Perm::owner(DomId(0))], NIL, 1).unwrap();
+        assert_eq!(
+            (n.children().len(), n.children_gen(), n.child_name_bytes()),
+            (0, 0, 0)
+        );
+        n.insert_child(0, name_key(b"b"), 10, 1, 5);
+        n.insert_child(0, name_key(b"a"), 11, 1, 6);
+        n.insert_child(2, name_key(b"ccc"), 12, 3, 7);
+        let idx: Vec<u32> = n.children().iter().map(|c| c.index).collect();
+        assert_eq!(idx, [11, 10, 12]);
+        assert_eq!((n.children_gen(), n.child_name_bytes()), (7, 8));
+        n.remove_child(1, 1, 8);
+        let idx: Vec<u32> = n.children().iter().map(|c| c.index).collect();
+        assert_eq!(idx, [11, 12]);
+        assert_eq!(
+            (n.children_gen(), n.child_name_bytes(), n.gencnt()),
+            (8, 6, 8)
+        );
+        n.remove_child(0, 1, 9);
+        n.remove_child(0, 3, 10);
+        assert_eq!(
+            (n.children().len(), n.children_gen(), n.child_name_bytes()),
+            (0, 10, 0)
+        );
+    }
+
+    #[test]
     fn keys_order_like_names() {
         let mut names: Vec<&[u8]> = alloc::vec![
             b"a",
@@ -281,11 +424,16 @@ mod tests {
         assert_eq!(name_key(b"abcdefgh"), name_key(b"abcdefghi"));
         assert!(key_decides(b"abcdefg"));
         assert!(!key_decides(b"abcdefgh"));
+        assert_eq!(
+            ChildRef::new(0x0102_0304_0506_0708, 1).key(),
+            0x0102_0304_0506_0708
+        );
     }
 
     #[test]
-    fn leaf_is_small() {
-        // One arena slot per node: keep the node itself compact.
-        assert!(core::mem::size_of::<Node>() <= 48);
+    fn slots_are_compact() {
+        assert_eq!(core::mem::size_of::<ChildRef>(), 12);
+        assert_eq!(core::mem::size_of::<Node>(), 56);
+        assert_eq!(core::mem::size_of::<NodeSlot>(), 56);
     }
 }

@@ -111,13 +111,33 @@ impl Store {
     ) -> XsResult<()> {
         let caller = self.caller(conn)?;
         self.with_path(&caller, path, false, |s, p, _| {
-            let mut list = Vec::new();
-            let gencnt = if tx == 0 {
-                s.main_directory(&caller, p, &mut list)?
-            } else {
-                s.in_tx(conn, tx, |s, t| s.tx_directory(t, &caller, p, &mut list))?
-            };
-            format_directory_part(&list, gencnt, offset, out);
+            if tx != 0 {
+                let mut list = Vec::new();
+                let gencnt = s.in_tx(conn, tx, |s, t| s.tx_directory(t, &caller, p, &mut list))?;
+                format_directory_part(&list, gencnt, offset, out);
+                return Ok(());
+            }
+            let index = s.main_checked(&caller, p, Rights::READ)?;
+            let node = s.tree.node(index).ok_or(XsError::Io)?;
+            let id = s.tree.nodes.id_at(index).ok_or(XsError::Io)?;
+            let gencnt = node.gencnt();
+            let cached = s
+                .listing
+                .as_ref()
+                .is_some_and(|l| l.node == id && l.gencnt == gencnt);
+            if !cached {
+                let mut names = s.listing.take().map(|l| l.names).unwrap_or_default();
+                names.clear();
+                s.main_directory(&caller, p, &mut names)?;
+                s.listing = Some(super::Listing {
+                    node: id,
+                    gencnt,
+                    names,
+                });
+            }
+            if let Some(l) = &s.listing {
+                format_directory_part(&l.names, gencnt, offset, out);
+            }
             Ok(())
         })
     }

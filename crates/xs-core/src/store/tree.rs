@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 use core::cmp::Ordering;
 
 use super::arena::{Arena, NIL};
-use super::node::{ChildRef, Node, key_decides, name_key};
+use super::node::{Node, NodeSlot, key_decides, name_key};
 use crate::error::{XsError, XsResult};
 use crate::path::segments;
 use crate::perms::Perm;
@@ -15,7 +15,7 @@ use crate::perms::Perm;
 /// The tree.
 #[derive(Debug)]
 pub(crate) struct Tree {
-    pub(crate) nodes: Arena<Node>,
+    pub(crate) nodes: Arena<NodeSlot>,
     pub(crate) root: u32,
 }
 
@@ -39,20 +39,41 @@ impl Tree {
 
     /// Binary search for `name` among `parent`'s children: `Ok(position)` if present, else
     /// `Err(insertion position)`.
+    ///
+    /// The search runs on the 8-byte name keys alone (a branch-free lower bound over one
+    /// contiguous array); only names sharing their first 8 bytes are compared in full.
     pub(crate) fn search_child(&self, parent: &Node, name: &[u8]) -> Result<usize, usize> {
         let key = name_key(name);
-        let decides = key_decides(name);
-        parent.children().binary_search_by(|c| {
-            c.key.cmp(&key).then_with(|| {
-                if decides {
-                    Ordering::Equal
-                } else {
-                    self.nodes
-                        .get(c.index)
-                        .map_or(Ordering::Less, |n| n.name().cmp(name))
-                }
-            })
-        })
+        let children = parent.children();
+        // Small directories (most of them) are scanned: the loads are independent and the
+        // CPU overlaps them, where a binary search's probes wait on each other.
+        let first = if children.len() <= 16 {
+            children
+                .iter()
+                .position(|c| c.key() >= key)
+                .unwrap_or(children.len())
+        } else {
+            children.partition_point(|c| c.key() < key)
+        };
+        let ties = children.get(first..).unwrap_or_default();
+        if key_decides(name) {
+            return match ties.first() {
+                Some(c) if c.key() == key => Ok(first),
+                _ => Err(first),
+            };
+        }
+        for (offset, c) in ties.iter().enumerate() {
+            let position = first.saturating_add(offset);
+            if c.key() != key {
+                return Err(position);
+            }
+            match self.nodes.get(c.index).map(|n| n.name().cmp(name)) {
+                Some(Ordering::Equal) => return Ok(position),
+                Some(Ordering::Greater) => return Err(position),
+                _ => {}
+            }
+        }
+        Err(first.saturating_add(ties.len()))
     }
 
     /// The child of `parent` called `name`.
@@ -105,12 +126,7 @@ impl Tree {
             self.nodes.remove(index);
             return Err(XsError::Io);
         };
-        let children = parent_node.children_mut();
-        children.entries.insert(position, ChildRef { key, index });
-        children.name_bytes = children
-            .name_bytes
-            .saturating_add(name_len.saturating_add(1));
-        children.generation = generation;
+        parent_node.insert_child(position, key, index, name_len, generation);
         Ok(index)
     }
 
@@ -124,18 +140,9 @@ impl Tree {
         let parent_node = self.nodes.get(parent)?;
         let position = self.search_child(parent_node, node.name()).ok()?;
         let name_len = node.name().len();
-        let parent_node = self.nodes.get_mut(parent)?;
-        let children = parent_node.children_mut();
-        if position < children.entries.len() {
-            children.entries.remove(position);
-        }
-        if children.entries.is_empty() {
-            children.entries = Vec::new();
-        }
-        children.name_bytes = children
-            .name_bytes
-            .saturating_sub(name_len.saturating_add(1));
-        children.generation = generation;
+        self.nodes
+            .get_mut(parent)?
+            .remove_child(position, name_len, generation);
         self.nodes.remove(index)
     }
 
@@ -147,22 +154,6 @@ impl Tree {
             return None;
         }
         self.nodes.remove(index)
-    }
-
-    /// The subtree under `root` (inclusive), children before parents.
-    pub(crate) fn postorder(&self, root: u32) -> Vec<u32> {
-        let mut out = Vec::new();
-        // Pre-order (parent first) with an explicit stack, then reversed: a reversed
-        // pre-order visits every child before its parent.
-        let mut stack = alloc::vec![root];
-        while let Some(index) = stack.pop() {
-            out.push(index);
-            if let Some(node) = self.nodes.get(index) {
-                stack.extend(node.children().iter().map(|c| c.index));
-            }
-        }
-        out.reverse();
-        out
     }
 
     /// Writes the canonical path of `index` to `out`.
@@ -183,37 +174,6 @@ impl Tree {
         for name in names.iter().rev() {
             out.push(b'/');
             out.extend_from_slice(name);
-        }
-    }
-
-    /// Adds `index` at the front of the owner list starting at `head`.
-    pub(crate) fn owner_link(&mut self, head: &mut u32, index: u32) {
-        let old_head = *head;
-        if let Some(node) = self.nodes.get_mut(index) {
-            node.owner_prev = NIL;
-            node.owner_next = old_head;
-        }
-        if let Some(next) = self.nodes.get_mut(old_head) {
-            next.owner_prev = index;
-        }
-        *head = index;
-    }
-
-    /// Removes `index` from the owner list starting at `head`.
-    pub(crate) fn owner_unlink(&mut self, head: &mut u32, index: u32) {
-        let Some(node) = self.nodes.get_mut(index) else {
-            return;
-        };
-        let (prev, next) = (node.owner_prev, node.owner_next);
-        node.owner_prev = NIL;
-        node.owner_next = NIL;
-        if let Some(p) = self.nodes.get_mut(prev) {
-            p.owner_next = next;
-        } else if *head == index {
-            *head = next;
-        }
-        if let Some(n) = self.nodes.get_mut(next) {
-            n.owner_prev = prev;
         }
     }
 
@@ -280,7 +240,6 @@ mod tests {
         assert_eq!(p, b"/a/b");
         t.path_of(t.root, &mut p);
         assert_eq!(p, b"/");
-        assert_eq!(t.postorder(t.root), [b, a, t.root]);
     }
 
     #[test]
@@ -290,32 +249,8 @@ mod tests {
         for _ in 0..100_000 {
             cur = t.add_child(cur, leaf(b"d", cur), 1).unwrap();
         }
-        assert_eq!(t.postorder(t.root).len(), 100_001);
         let mut p = Vec::new();
         t.path_of(cur, &mut p);
         assert_eq!(p.len(), 200_000);
-    }
-
-    #[test]
-    fn owner_list() {
-        let mut t = Tree::new(&[Perm::owner(DomId(0))], 0).unwrap();
-        let a = t.add_child(t.root, leaf(b"a", t.root), 1).unwrap();
-        let b = t.add_child(t.root, leaf(b"b", t.root), 1).unwrap();
-        let c = t.add_child(t.root, leaf(b"c", t.root), 1).unwrap();
-        let mut head = NIL;
-        for i in [a, b, c] {
-            t.owner_link(&mut head, i);
-        }
-        t.owner_unlink(&mut head, b);
-        let mut seen = Vec::new();
-        let mut cur = head;
-        while cur != NIL {
-            seen.push(cur);
-            cur = t.node(cur).unwrap().owner_next;
-        }
-        assert_eq!(seen, [c, a]);
-        t.owner_unlink(&mut head, c);
-        t.owner_unlink(&mut head, a);
-        assert_eq!(head, NIL);
     }
 }

@@ -307,7 +307,7 @@ impl Store {
     pub fn transaction_end(&mut self, conn: ConnId, tx: TxId, commit: bool) -> XsResult<()> {
         let c = self.conns.get_id_mut(conn.0).ok_or(XsError::Inval)?;
         let t = c.transactions.remove(&tx).ok_or(XsError::NoEnt)?;
-        let domid = c.domid;
+        let domid = c.domid();
         self.open_txs.remove(&t.snapshot);
         if let Some(d) = self.domains.get_mut(&domid) {
             d.usage.transactions = d.usage.transactions.saturating_sub(1);

@@ -1,9 +1,13 @@
-//! Watches: a path trie for matching, and per-connection bounded event queues.
+//! Watches: an index by path for matching, and per-connection bounded event queues.
 //!
-//! Watches on node paths hang off a trie keyed by path segment, so an event at depth `d` is
-//! matched by walking at most `d` trie levels, whatever the number of watches (a scan over all
-//! watches would let 100k watches slow every write by 100k). Special watches (`@...`) are few
-//! and kept in a list.
+//! Watches on node paths are indexed by path in a hash table, so an event at depth `d` is
+//! matched with `d + 1` lookups (one per prefix of its path), whatever the number of watches
+//! (a scan over all watches would let 100k watches slow every write by 100k). The hashes of
+//! all prefixes come from one streaming pass over the path, so the lookups are independent
+//! of each other and the CPU overlaps them. The hash is SipHash-1-3 keyed with the store's
+//! `hash_key`, which the platform draws from real entropy: guests choose watch paths, and
+//! without the key they cannot make them collide. Special watches (`@...`) are few and kept
+//! in a list.
 //!
 //! ## Event queues and the policy at their bound
 //!
@@ -19,11 +23,15 @@
 //! from the connection.)
 
 use alloc::boxed::Box;
-use alloc::collections::BTreeMap;
 use alloc::rc::Rc;
 use alloc::vec::Vec;
 
-use super::arena::{Arena, Id};
+use core::hash::Hasher;
+
+use hashbrown::HashTable;
+use siphasher::sip::SipHasher13;
+
+use super::arena::{Id, Slab};
 use crate::error::XsResult;
 use crate::path::segments;
 
@@ -31,9 +39,62 @@ use crate::path::segments;
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct WatchEvent {
     /// The event path, relative if the watch was registered with a relative path.
-    pub path: Box<[u8]>,
+    pub path: EventPath,
     /// The watch's token.
     pub token: Rc<[u8]>,
+}
+
+/// A path stored inline when short (most are: 46 bytes hold
+/// `/local/domain/0/backend/vbd/12345/51712/state`), else on the heap. Watch buckets and
+/// queued events use it, so that matching a watch and queueing its event need no
+/// allocation and no second memory access.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct EventPath(SmallPath);
+
+#[derive(Clone, PartialEq, Eq, Debug)]
+enum SmallPath {
+    Inline { len: u8, bytes: [u8; 46] },
+    Heap(Box<[u8]>),
+}
+
+impl SmallPath {
+    fn new(path: &[u8]) -> SmallPath {
+        let mut bytes = [0u8; 46];
+        match (bytes.get_mut(..path.len()), u8::try_from(path.len())) {
+            (Some(head), Ok(len)) => {
+                head.copy_from_slice(path);
+                SmallPath::Inline { len, bytes }
+            }
+            _ => SmallPath::Heap(path.into()),
+        }
+    }
+
+    fn get(&self) -> &[u8] {
+        match self {
+            SmallPath::Inline { len, bytes } => bytes.get(..usize::from(*len)).unwrap_or_default(),
+            SmallPath::Heap(b) => b,
+        }
+    }
+}
+
+impl EventPath {
+    pub(crate) fn new(path: &[u8]) -> EventPath {
+        EventPath(SmallPath::new(path))
+    }
+}
+
+impl core::ops::Deref for EventPath {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.0.get()
+    }
+}
+
+impl AsRef<[u8]> for EventPath {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
 }
 
 /// A registered watch.
@@ -79,31 +140,87 @@ pub(crate) fn charge_event(event: &WatchEvent) -> u64 {
         .saturating_add(event.token.len() as u64)
 }
 
-#[derive(Debug, Default)]
-struct TrieNode {
-    children: BTreeMap<Box<[u8]>, u32>,
-    watches: Vec<u32>,
+/// A watch as the index lists it: its index and depth limit (`u32::MAX` for none), so that
+/// matching needs no look at the watch itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Listed {
+    watch: u32,
+    depth: u32,
+}
+
+/// The watches registered on one node path: one cache line. Most paths have one watch,
+/// kept inline; further ones go in `more`.
+#[derive(Debug)]
+struct Bucket {
+    path: SmallPath,
+    first: Listed,
+    more: Vec<Listed>,
+}
+
+impl Bucket {
+    fn watches(&self) -> impl Iterator<Item = &Listed> {
+        core::iter::once(&self.first).chain(self.more.iter())
+    }
+
+    fn push(&mut self, listed: Listed) {
+        self.more.push(listed);
+    }
+
+    /// Removes `watch`; returns whether the bucket is now empty.
+    fn remove(&mut self, watch: u32) -> bool {
+        if self.first.watch == watch {
+            match self.more.pop() {
+                Some(next) => self.first = next,
+                None => return true,
+            }
+        } else {
+            self.more.retain(|l| l.watch != watch);
+        }
+        false
+    }
+}
+
+/// Keyed SipHash-1-3 over path bytes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PathHasher {
+    key: [u64; 2],
+}
+
+impl PathHasher {
+    pub(crate) fn new(key: [u64; 2]) -> PathHasher {
+        PathHasher { key }
+    }
+
+    fn start(&self) -> SipHasher13 {
+        let [k0, k1] = self.key;
+        SipHasher13::new_with_keys(k0, k1)
+    }
+
+    /// The hash of a whole path (the same as the streaming prefix hashes produce).
+    pub(crate) fn hash(&self, path: &[u8]) -> u64 {
+        let mut h = self.start();
+        h.write(path);
+        h.finish()
+    }
 }
 
 /// All watches.
 #[derive(Debug)]
 pub(crate) struct WatchTable {
-    pub(crate) watches: Arena<Watch>,
-    trie: Arena<TrieNode>,
-    root: u32,
+    pub(crate) watches: Slab<Watch>,
+    index: HashTable<Bucket>,
+    hasher: PathHasher,
     special: Vec<u32>,
 }
 
 impl WatchTable {
-    pub(crate) fn new() -> XsResult<WatchTable> {
-        let mut trie = Arena::default();
-        let root = trie.insert(TrieNode::default())?.index;
-        Ok(WatchTable {
-            watches: Arena::default(),
-            trie,
-            root,
+    pub(crate) fn new(hash_key: [u64; 2]) -> WatchTable {
+        WatchTable {
+            watches: Slab::default(),
+            index: HashTable::new(),
+            hasher: PathHasher::new(hash_key),
             special: Vec::new(),
-        })
+        }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -114,138 +231,127 @@ impl WatchTable {
         self.watches.len()
     }
 
-    fn trie_child(&self, node: u32, seg: &[u8]) -> Option<u32> {
-        self.trie.get(node)?.children.get(seg).copied()
-    }
-
-    /// The trie node of a node path, if any watch is at or below it.
-    fn trie_find(&self, path: &[u8]) -> Option<u32> {
-        segments(path).try_fold(self.root, |cur, seg| self.trie_child(cur, seg))
+    fn bucket(&self, path: &[u8], hash: u64) -> Option<&Bucket> {
+        self.index.find(hash, |b| b.path.get() == path)
     }
 
     /// Registers a watch and returns its index.
     pub(crate) fn add(&mut self, watch: Watch) -> XsResult<u32> {
         let special = watch.path.first() == Some(&b'@');
+        let listed_depth = watch.depth.unwrap_or(u32::MAX);
         let path = watch.path.clone();
         let index = self.watches.insert(watch)?.index;
         if special {
             self.special.push(index);
             return Ok(index);
         }
-        let mut cur = self.root;
-        for seg in segments(&path) {
-            cur = match self.trie_child(cur, seg) {
-                Some(next) => next,
-                None => {
-                    let next = self.trie.insert(TrieNode::default())?.index;
-                    if let Some(node) = self.trie.get_mut(cur) {
-                        node.children.insert(seg.into(), next);
-                    }
-                    next
-                }
-            };
-        }
-        if let Some(node) = self.trie.get_mut(cur) {
-            node.watches.push(index);
+        let listed = Listed {
+            watch: index,
+            depth: listed_depth,
+        };
+        let hash = self.hasher.hash(&path);
+        match self.index.find_mut(hash, |b| b.path.get() == &*path) {
+            Some(bucket) => bucket.push(listed),
+            None => {
+                let hasher = self.hasher;
+                self.index.insert_unique(
+                    hash,
+                    Bucket {
+                        path: SmallPath::new(&path),
+                        first: listed,
+                        more: Vec::new(),
+                    },
+                    |b| hasher.hash(b.path.get()),
+                );
+            }
         }
         Ok(index)
     }
 
-    /// Unregisters a watch, pruning trie nodes left empty.
+    /// Unregisters a watch.
     pub(crate) fn remove(&mut self, index: u32) -> Option<Watch> {
         let watch = self.watches.remove(index)?;
         if watch.path.first() == Some(&b'@') {
             self.special.retain(|&w| w != index);
             return Some(watch);
         }
-        let mut trail = alloc::vec![self.root];
-        for seg in segments(&watch.path) {
-            let next = trail.last().and_then(|&cur| self.trie_child(cur, seg));
-            match next {
-                Some(next) => trail.push(next),
-                None => break,
-            }
-        }
-        if trail.len() != segments(&watch.path).count().saturating_add(1) {
-            return Some(watch);
-        }
-        if let Some(node) = trail.last().and_then(|&t| self.trie.get_mut(t)) {
-            node.watches.retain(|&w| w != index);
-        }
-        // Prune from the bottom while nodes are empty.
-        let segs: Vec<&[u8]> = segments(&watch.path).collect();
-        for (level, seg) in segs.iter().enumerate().rev() {
-            let (Some(&node), Some(&parent)) =
-                (trail.get(level.saturating_add(1)), trail.get(level))
-            else {
-                break;
-            };
-            let empty = self
-                .trie
-                .get(node)
-                .is_some_and(|n| n.children.is_empty() && n.watches.is_empty());
-            if !empty {
-                break;
-            }
-            self.trie.remove(node);
-            if let Some(p) = self.trie.get_mut(parent) {
-                p.children.remove(*seg);
-            }
+        let hash = self.hasher.hash(&watch.path);
+        if let Ok(mut entry) = self
+            .index
+            .find_entry(hash, |b| b.path.get() == &*watch.path)
+            && entry.get_mut().remove(index)
+        {
+            entry.remove();
         }
         Some(watch)
     }
 
     /// The watch of `conn` on `path` with `token`, if registered.
     pub(crate) fn find(&self, conn: Id, path: &[u8], token: &[u8]) -> Option<u32> {
-        let candidates: &[u32] = if path.first() == Some(&b'@') {
-            &self.special
-        } else {
-            self.trie_find(path)
-                .and_then(|t| self.trie.get(t))
-                .map_or(&[], |n| n.watches.as_slice())
-        };
-        candidates.iter().copied().find(|&w| {
+        let same = |w: u32| {
             self.watches
                 .get(w)
                 .is_some_and(|w| w.conn == conn && &*w.path == path && &*w.token == token)
-        })
+        };
+        if path.first() == Some(&b'@') {
+            return self.special.iter().copied().find(|&w| same(w));
+        }
+        self.bucket(path, self.hasher.hash(path))?
+            .watches()
+            .map(|l| l.watch)
+            .find(|&w| same(w))
     }
 
     /// Watches matching a change at `path` that affects its subtree: watches on `path` and on
     /// its ancestors, within their depth limits.
     pub(crate) fn match_subtree(&self, path: &[u8], out: &mut Vec<u32>) {
+        if self.index.is_empty() {
+            return;
+        }
         let total = segments(path).count();
-        let mut cur = Some(self.root);
+        let mut h = self.hasher.start();
+        h.write(b"/");
         let mut level = 0usize;
-        let mut segs = segments(path);
-        while let Some(t) = cur {
-            let Some(node) = self.trie.get(t) else {
+        let mut end = 1usize;
+        loop {
+            let prefix = path.get(..end).unwrap_or(path);
+            if let Some(bucket) = self.bucket(prefix, h.finish()) {
+                let below = u32::try_from(total.saturating_sub(level)).unwrap_or(u32::MAX);
+                out.extend(
+                    bucket
+                        .watches()
+                        .filter(|l| below <= l.depth)
+                        .map(|l| l.watch),
+                );
+            }
+            // Extend the prefix by the next segment (with its separating slash, except
+            // right after the root).
+            let rest = path.get(end..).unwrap_or_default();
+            let skip = usize::from(rest.first() == Some(&b'/'));
+            let seg = rest.get(skip..).unwrap_or_default();
+            let seg_len = seg.iter().position(|&b| b == b'/').unwrap_or(seg.len());
+            if seg_len == 0 {
                 break;
-            };
-            let below = total.saturating_sub(level);
-            out.extend(node.watches.iter().copied().filter(|&w| {
-                self.watches.get(w).is_some_and(|w| {
-                    w.depth
-                        .is_none_or(|d| u64::try_from(below).is_ok_and(|b| b <= u64::from(d)))
-                })
-            }));
-            cur = segs.next().and_then(|seg| node.children.get(seg).copied());
+            }
+            h.write(rest.get(..skip.saturating_add(seg_len)).unwrap_or_default());
+            end = end.saturating_add(skip).saturating_add(seg_len);
             level = level.saturating_add(1);
         }
     }
 
     /// Watches registered exactly on `path`.
     pub(crate) fn match_exact(&self, path: &[u8], out: &mut Vec<u32>) {
-        if let Some(node) = self.trie_find(path).and_then(|t| self.trie.get(t)) {
-            out.extend_from_slice(&node.watches);
+        if self.index.is_empty() {
+            return;
+        }
+        if let Some(bucket) = self.bucket(path, self.hasher.hash(path)) {
+            out.extend(bucket.watches().map(|l| l.watch));
         }
     }
 
-    /// Whether any watch is registered strictly below `path`.
-    pub(crate) fn any_below(&self, path: &[u8]) -> bool {
-        self.trie_find(path)
-            .and_then(|t| self.trie.get(t))
-            .is_some_and(|n| !n.children.is_empty())
+    /// Whether any watch is registered on a node path (so removals must look for them).
+    pub(crate) fn any_node_watches(&self) -> bool {
+        !self.index.is_empty()
     }
 
     /// Special watches matching the special event `name` about `domid`, each with whether the
@@ -267,12 +373,6 @@ impl WatchTable {
                 out.push((w, true));
             }
         }
-    }
-
-    /// Number of trie nodes.
-    #[cfg(test)]
-    pub(crate) fn trie_nodes(&self) -> usize {
-        self.trie.len()
     }
 }
 
@@ -297,7 +397,7 @@ mod tests {
             index: 0,
             generation: 0,
         };
-        let mut t = WatchTable::new().unwrap();
+        let mut t = WatchTable::new([1, 2]);
         let root = t.add(watch(c, "/", None)).unwrap();
         let a = t.add(watch(c, "/a", None)).unwrap();
         let ab = t.add(watch(c, "/a/b", Some(0))).unwrap();
@@ -318,17 +418,37 @@ mod tests {
         t.match_exact(b"/a", &mut out);
         out.sort();
         assert_eq!(out, [a, a1]);
-        assert!(t.any_below(b"/a"));
-        assert!(!t.any_below(b"/a/b"));
         assert_eq!(t.find(c, b"/a/b", b"t"), Some(ab));
         assert_eq!(t.find(c, b"/a/b", b"u"), None);
         t.remove(ab).unwrap();
-        assert!(!t.any_below(b"/a"));
+        out.clear();
+        t.match_exact(b"/a/b", &mut out);
+        assert_eq!(out, []);
         for w in [root, a, a1] {
             t.remove(w).unwrap();
         }
         assert!(t.is_empty());
-        assert_eq!(t.trie_nodes(), 1);
+        assert!(!t.any_node_watches());
+    }
+
+    #[test]
+    fn long_paths_and_shared_buckets() {
+        let c = Id {
+            index: 0,
+            generation: 0,
+        };
+        let mut t = WatchTable::new([3, 4]);
+        let long = alloc::format!("/{}", "x".repeat(100));
+        let a = t.add(watch(c, &long, None)).unwrap();
+        let b = t.add(watch(c, &long, None)).unwrap();
+        let mut out = Vec::new();
+        t.match_subtree(alloc::format!("{long}/y").as_bytes(), &mut out);
+        assert_eq!(out, [a, b]);
+        t.remove(a).unwrap();
+        out.clear();
+        t.match_exact(long.as_bytes(), &mut out);
+        assert_eq!(out, [b]);
+        assert!(core::mem::size_of::<Bucket>() <= 80);
     }
 
     #[test]
@@ -337,7 +457,7 @@ mod tests {
             index: 0,
             generation: 0,
         };
-        let mut t = WatchTable::new().unwrap();
+        let mut t = WatchTable::new([1, 2]);
         let plain = t.add(watch(c, "@releaseDomain", None)).unwrap();
         let deep = t.add(watch(c, "@releaseDomain", Some(1))).unwrap();
         let zero = t.add(watch(c, "@releaseDomain", Some(0))).unwrap();
