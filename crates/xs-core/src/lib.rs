@@ -28,8 +28,10 @@ pub mod domid;
 pub mod error;
 pub mod path;
 pub mod perms;
+pub mod protocol;
 pub mod quota;
 pub mod store;
+pub mod wire;
 
 pub use domid::DomId;
 pub use error::{XsError, XsResult};

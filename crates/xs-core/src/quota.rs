@@ -81,7 +81,7 @@ impl QuotaKind {
             .find(|q| q.name().as_bytes() == name)
     }
 
-    const fn index(self) -> usize {
+    pub(crate) const fn index(self) -> usize {
         self as usize
     }
 }

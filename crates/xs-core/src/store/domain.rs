@@ -8,6 +8,7 @@
 //! same domid starts from nothing (Xen XSA-322).
 
 use alloc::vec::Vec;
+use core::cell::Cell;
 
 use crate::domid::DomId;
 use crate::quota::QuotaOverrides;
@@ -52,6 +53,31 @@ pub(crate) struct Domain {
     pub(crate) owned: Vec<u32>,
     /// `XENSTORE_SERVER_FEATURE_*` bits enabled for this domain.
     pub(crate) features: u32,
+    /// Highest value each quota check saw (`xenstore-control quota <domid>`).
+    pub(crate) peaks: Peaks,
+}
+
+/// Highest value seen per quota kind. Recorded where quotas are checked, which takes a shared
+/// reference, hence the cells.
+#[derive(Debug, Default)]
+pub(crate) struct Peaks([Cell<u64>; 9]);
+
+impl Peaks {
+    pub(crate) fn note(&self, kind: crate::quota::QuotaKind, value: u64) {
+        if let Some(c) = self.0.get(kind.index()) {
+            c.set(c.get().max(value));
+        }
+    }
+
+    pub(crate) fn get(&self, kind: crate::quota::QuotaKind) -> u64 {
+        self.0.get(kind.index()).map_or(0, Cell::get)
+    }
+
+    pub(crate) fn reset(&self) {
+        for c in &self.0 {
+            c.set(0);
+        }
+    }
 }
 
 impl Domain {
@@ -65,6 +91,7 @@ impl Domain {
             usage: Usage::default(),
             owned: Vec::new(),
             features,
+            peaks: Peaks::default(),
         }
     }
 }

@@ -163,6 +163,8 @@ pub struct Store {
     notify: Vec<ConnId>,
     path_buf: Vec<u8>,
     match_buf: Vec<u32>,
+    /// Highest values quota checks saw for any unprivileged domain.
+    peaks: domain::Peaks,
     /// The last directory listed by `DIRECTORY_PART`, so that listing a large directory in
     /// 4 KiB parts costs its size once rather than once per part.
     listing: Option<Listing>,
@@ -218,6 +220,7 @@ impl Store {
             path_buf: Vec::new(),
             match_buf: Vec::new(),
             listing: None,
+            peaks: domain::Peaks::default(),
             config,
         };
         store.ensure_domain(DomId::DOM0);
@@ -346,8 +349,28 @@ impl Store {
             } else {
                 XsError::NoSpc
             }),
-            _ => Ok(()),
+            _ => {
+                if let Some(d) = self.domains.get(&caller.domid) {
+                    d.peaks.note(kind, value);
+                }
+                self.peaks.note(kind, value);
+                Ok(())
+            }
         }
+    }
+
+    /// The highest value a quota check saw, for one domain or (with `None`) any unprivileged
+    /// domain (`xenstore-control quota <domid>` / `quota max`).
+    pub fn peak(&self, domid: Option<DomId>, kind: QuotaKind) -> u64 {
+        match domid {
+            None => self.peaks.get(kind),
+            Some(d) => self.domains.get(&d).map_or(0, |d| d.peaks.get(kind)),
+        }
+    }
+
+    /// Forgets the global peaks (`xenstore-control quota max -r`).
+    pub fn reset_peaks(&mut self) {
+        self.peaks.reset();
     }
 
     fn usage_of(&self, domid: DomId) -> Usage {
@@ -716,8 +739,19 @@ impl Store {
             return;
         };
         let conn_id = watch.conn;
+        let mut reported = watch.event_path(path);
+        if reported
+            .len()
+            .saturating_add(watch.token.len())
+            .saturating_add(2)
+            > PAYLOAD_MAX
+        {
+            // The event would not fit one message (Xen XSA-324): report the watch's own
+            // path, which fits (its WATCH request did) and still says "look below here".
+            reported = watch.event_path(&watch.path);
+        }
         let event = WatchEvent {
-            path: watch::EventPath::new(watch.event_path(path)),
+            path: watch::EventPath::new(reported),
             token: watch.token.clone(),
         };
         let charge = watch::charge_event(&event);
@@ -882,6 +916,13 @@ impl Store {
         self.charge_events(&watcher, watch::charge_event(&event), false);
         self.refill_missed(conn);
         Some(event)
+    }
+
+    /// Whether `conn` has a transaction `tx`.
+    pub fn has_transaction(&self, conn: ConnId, tx: TxId) -> bool {
+        self.conns
+            .get_id(conn.0)
+            .is_some_and(|c| c.transactions.contains_key(&tx))
     }
 
     /// Number of events queued for a connection.

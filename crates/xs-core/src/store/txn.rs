@@ -42,6 +42,7 @@ use core::ops::Bound;
 use bitflags::bitflags;
 
 use super::access::{Caller, Rights};
+use super::arena::Id;
 use super::ops::WriteKind;
 use super::{ConnId, Match, Store, TxId, node_charge};
 use crate::error::{XsError, XsResult};
@@ -78,6 +79,14 @@ pub(crate) enum Origin {
     Fresh,
 }
 
+/// What a transaction relied on about one path, and the live node it saw there (nodes never
+/// move, so the id stands for the path at commit without walking the tree again).
+#[derive(Clone, Copy, Debug)]
+struct Read {
+    aspects: Aspects,
+    live: Option<Id>,
+}
+
 #[derive(Debug)]
 pub(crate) struct TxNode {
     value: Vec<u8>,
@@ -89,6 +98,8 @@ pub(crate) struct TxNode {
     perms_set: bool,
     /// The node was the target of an operation: its change fires watches at commit.
     event: bool,
+    /// For a `Snapshot` node seen in the live tree: that node.
+    live: Option<Id>,
 }
 
 #[derive(Debug)]
@@ -130,7 +141,7 @@ pub(crate) struct Transaction {
     /// Its snapshot could not be kept (history limit): the commit will fail.
     pub(crate) doomed: bool,
     overlay: BTreeMap<Box<[u8]>, TxEntry>,
-    reads: BTreeMap<Box<[u8]>, Aspects>,
+    reads: BTreeMap<Box<[u8]>, Read>,
     /// Number of overlay entries that hide the live tree below them.
     hiding: usize,
     /// Nodes and bytes the commit will create for the caller's own domain (for its quota).
@@ -148,12 +159,6 @@ enum Src {
     Main(u32),
     History,
     Overlay,
-}
-
-impl Src {
-    fn is_snapshot(self) -> bool {
-        !matches!(self, Src::Overlay)
-    }
 }
 
 /// A path resolved in a transaction's view.
@@ -449,6 +454,14 @@ impl Store {
         }
     }
 
+    /// The live node's id behind a source, if it is the live tree.
+    fn src_id(&self, src: Src) -> Option<Id> {
+        match src {
+            Src::Main(i) => self.tree.nodes.id_at(i),
+            Src::History | Src::Overlay => None,
+        }
+    }
+
     fn info_rights(&self, caller: &Caller, info: &Info<'_>) -> Rights {
         self.rights_for(caller, info.perms.iter().copied(), info.stamp)
     }
@@ -463,10 +476,12 @@ impl Store {
         src: Src,
         aspect: Aspects,
     ) -> XsResult<()> {
-        if !src.is_snapshot() {
-            return Ok(());
-        }
-        self.note_path(t, caller, path, aspect)
+        let live = match src {
+            Src::Overlay => return Ok(()),
+            Src::History => None,
+            Src::Main(i) => self.tree.nodes.id_at(i),
+        };
+        self.note_read(t, caller, path, aspect, live)
     }
 
     fn note_path(
@@ -476,8 +491,20 @@ impl Store {
         path: &[u8],
         aspect: Aspects,
     ) -> XsResult<()> {
-        if let Some(a) = t.reads.get_mut(path) {
-            *a |= aspect;
+        self.note_read(t, caller, path, aspect, None)
+    }
+
+    fn note_read(
+        &self,
+        t: &mut Transaction,
+        caller: &Caller,
+        path: &[u8],
+        aspect: Aspects,
+        live: Option<Id>,
+    ) -> XsResult<()> {
+        if let Some(r) = t.reads.get_mut(path) {
+            r.aspects |= aspect;
+            r.live = r.live.or(live);
             return Ok(());
         }
         self.check_quota(
@@ -485,7 +512,13 @@ impl Store {
             QuotaKind::TransactionNodes,
             t.accessed().saturating_add(1),
         )?;
-        t.reads.insert(path.into(), aspect);
+        t.reads.insert(
+            path.into(),
+            Read {
+                aspects: aspect,
+                live,
+            },
+        );
         Ok(())
     }
 
@@ -632,6 +665,7 @@ impl Store {
                     value_set: true,
                     perms_set: n.perms_set,
                     event: true,
+                    live: n.live,
                 },
                 None => TxNode {
                     value: value.to_vec(),
@@ -641,6 +675,7 @@ impl Store {
                     value_set: true,
                     perms_set: false,
                     event: true,
+                    live: self.src_id(r.nearest),
                 },
             };
             self.tx_put(t, caller, path, TxEntry::Present(node))?;
@@ -696,6 +731,7 @@ impl Store {
                 value_set: last && matches!(kind, WriteKind::Value(_)),
                 perms_set: false,
                 event: last || was_deleted,
+                live: None,
             };
             bytes = bytes.saturating_add(node_charge(seg_len, node.value.len(), perms.len()));
             self.tx_put(t, caller, prefix, TxEntry::Present(node))?;
@@ -886,6 +922,7 @@ impl Store {
                 value_set: n.value_set,
                 perms_set: true,
                 event: true,
+                live: n.live,
             },
             None => TxNode {
                 value,
@@ -895,6 +932,7 @@ impl Store {
                 value_set: false,
                 perms_set: true,
                 event: true,
+                live: self.src_id(r.nearest),
             },
         };
         self.tx_put(t, caller, path, TxEntry::Present(node))?;
@@ -924,23 +962,35 @@ impl Store {
         if ok { Ok(()) } else { Err(XsError::Io) }
     }
 
+    /// The live node at `path`, through `live` when it is still that node.
+    fn live_node(&self, path: &[u8], live: Option<Id>) -> Option<u32> {
+        match live {
+            Some(id) => self.tree.nodes.get_id(id).map(|_| id.index),
+            None => self.tree.lookup(path),
+        }
+    }
+
     /// Whether everything the transaction relied on is unchanged since its snapshot.
     fn validate(&self, t: &Transaction) -> bool {
         let s = t.snapshot;
-        let unchanged = |path: &[u8], aspects: Aspects| -> bool {
-            let live = self.tree.lookup(path).and_then(|i| self.tree.node(i));
+        let unchanged = |path: &[u8], aspects: Aspects, live: Option<Id>| -> bool {
             if aspects.contains(Aspects::ABSENT) {
-                return live.is_none();
+                return self.tree.lookup(path).is_none();
             }
-            live.is_some_and(|n| {
-                n.data_gen <= s && (!aspects.contains(Aspects::CHILDREN) || n.gencnt() <= s)
-            })
+            // A node seen in the live tree and since removed has a stale id: changed.
+            self.live_node(path, live)
+                .and_then(|i| self.tree.node(i))
+                .is_some_and(|n| {
+                    n.data_gen <= s && (!aspects.contains(Aspects::CHILDREN) || n.gencnt() <= s)
+                })
         };
-        if !t.reads.iter().all(|(p, a)| unchanged(p, *a)) {
+        if !t.reads.iter().all(|(p, r)| unchanged(p, r.aspects, r.live)) {
             return false;
         }
         t.overlay.iter().all(|(path, entry)| match entry {
-            TxEntry::Present(n) if n.origin == Origin::Snapshot => unchanged(path, Aspects::EXISTS),
+            TxEntry::Present(n) if n.origin == Origin::Snapshot => {
+                unchanged(path, Aspects::EXISTS, n.live)
+            }
             TxEntry::Present(n) if n.origin == Origin::Created && !n.perms_set => {
                 // Created here and, concurrently, there: compatible only with the same
                 // permissions (then it is as if the other creation came first).
@@ -957,7 +1007,13 @@ impl Store {
     }
 
     fn apply(&mut self, path: &[u8], entry: &TxEntry, now: u64) -> XsResult<()> {
-        let live = self.tree.lookup(path);
+        let known = match entry {
+            TxEntry::Present(n) => n.live,
+            TxEntry::Deleted { .. } => None,
+        };
+        let live = self
+            .live_node(path, known)
+            .or_else(|| self.tree.lookup(path));
         match entry {
             TxEntry::Deleted { event } => {
                 if let Some(i) = live.filter(|&i| i != self.tree.root) {

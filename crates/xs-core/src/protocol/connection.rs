@@ -1,0 +1,274 @@
+//! The state machine of one connection, fed bytes and drained of bytes.
+//!
+//! * Requests may arrive in any chunks: a header is collected to its 16 bytes, then its
+//!   payload to its length, into private buffers; the store then answers it.
+//! * Replies are produced in request order; watch events are put between whole messages
+//!   only, when the connection asks the store for them ([`Connection::pull_events`]).
+//! * A header announcing more than 4096 payload bytes is fatal for this connection only.
+//! * A peer that stops reading cannot grow memory: once `max_pending` messages wait to be
+//!   sent, the connection takes no more input (the transport leaves it unread: in the ring,
+//!   or in the socket) and takes no more events (they wait, bounded, in the store).
+//!   Unprivileged domains are held to their `outstanding` quota, privileged ones to
+//!   [`Limits::privileged_pending`].
+
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+use core::fmt;
+
+use super::Host;
+use super::dispatch::{self, Access};
+use crate::quota::QuotaKind;
+use crate::store::{ConnId, Store};
+use crate::wire::{Fault, HEADER_LEN, Header};
+
+/// Bounds of a connection.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Limits {
+    /// Messages a privileged connection may have waiting to be sent before it stops taking
+    /// requests (unprivileged ones use their domain's `outstanding` quota).
+    pub privileged_pending: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            privileged_pending: 1024,
+        }
+    }
+}
+
+/// Why a connection can no longer be served.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Closed {
+    /// The peer broke the protocol.
+    Fault(Fault),
+    /// The domain the connection acts for was released.
+    Released,
+}
+
+impl fmt::Display for Closed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Closed::Fault(fault) => write!(f, "protocol fault: {fault}"),
+            Closed::Released => f.write_str("domain released"),
+        }
+    }
+}
+
+/// One connection.
+#[derive(Debug)]
+pub struct Connection {
+    id: ConnId,
+    access: Access,
+    limits: Limits,
+    header: [u8; HEADER_LEN],
+    header_fill: usize,
+    current: Option<Header>,
+    payload: Vec<u8>,
+    out: Vec<u8>,
+    sent: usize,
+    /// End offsets in `out` of the messages not yet wholly sent.
+    ends: VecDeque<usize>,
+    fault: Option<Fault>,
+}
+
+impl Connection {
+    /// A connection for the store connection `id`.
+    pub fn new(id: ConnId, access: Access, limits: Limits) -> Connection {
+        Connection {
+            id,
+            access,
+            limits,
+            header: [0; HEADER_LEN],
+            header_fill: 0,
+            current: None,
+            payload: Vec::new(),
+            out: Vec::new(),
+            sent: 0,
+            ends: VecDeque::new(),
+            fault: None,
+        }
+    }
+
+    /// The store connection this serves.
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+
+    /// Messages waiting to be sent.
+    pub fn pending(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn max_pending(&self, store: &Store) -> usize {
+        let domid = store.conn_domid(self.id);
+        match domid {
+            Some(d) if !store.is_privileged(d) => {
+                match store.effective_quotas(d).get(QuotaKind::Outstanding) {
+                    0 => self.limits.privileged_pending,
+                    q => q as usize,
+                }
+            }
+            _ => self.limits.privileged_pending,
+        }
+    }
+
+    /// Whether the connection takes input now (it does not while too many messages wait to
+    /// be sent).
+    pub fn wants_input(&self, store: &Store) -> bool {
+        self.fault.is_none() && self.pending() < self.max_pending(store)
+    }
+
+    /// Takes received bytes, answering every complete request, and returns how many bytes
+    /// it consumed: the rest must be offered again once output has drained.
+    pub fn receive(
+        &mut self,
+        store: &mut Store,
+        host: &mut dyn Host,
+        input: &[u8],
+    ) -> Result<usize, Closed> {
+        if let Some(f) = self.fault {
+            return Err(Closed::Fault(f));
+        }
+        if store.is_dead(self.id) {
+            return Err(Closed::Released);
+        }
+        let max = self.max_pending(store);
+        let mut used = 0usize;
+        while self.pending() < max {
+            let rest = input.get(used..).unwrap_or_default();
+            if let Some(header) = self.current {
+                let missing = (header.len as usize).saturating_sub(self.payload.len());
+                let take = missing.min(rest.len());
+                self.payload
+                    .extend_from_slice(rest.get(..take).unwrap_or_default());
+                used = used.saturating_add(take);
+                if take < missing {
+                    break;
+                }
+                self.current = None;
+                self.answer(store, host, &header);
+            } else {
+                if rest.is_empty() {
+                    break;
+                }
+                let room = self.header.get_mut(self.header_fill..).unwrap_or_default();
+                let take = room.len().min(rest.len());
+                if let (Some(dst), Some(src)) = (room.get_mut(..take), rest.get(..take)) {
+                    dst.copy_from_slice(src);
+                }
+                used = used.saturating_add(take);
+                self.header_fill = self.header_fill.saturating_add(take);
+                if self.header_fill < HEADER_LEN {
+                    break;
+                }
+                self.header_fill = 0;
+                let header = Header::decode(&self.header);
+                if let Err(fault) = header.check() {
+                    self.fault = Some(fault);
+                    return Err(Closed::Fault(fault));
+                }
+                self.payload.clear();
+                self.current = Some(header);
+            }
+        }
+        Ok(used)
+    }
+
+    fn answer(&mut self, store: &mut Store, host: &mut dyn Host, header: &Header) {
+        if host.tracing() {
+            host.trace(self.id, true, header, &self.payload);
+        }
+        let start = self.out.len();
+        dispatch::handle(
+            store,
+            host,
+            self.id,
+            self.access,
+            header,
+            &self.payload,
+            &mut self.out,
+        );
+        self.queued(host, start);
+    }
+
+    /// Records the message appended at `start` as pending (and traces it).
+    fn queued(&mut self, host: &mut dyn Host, start: usize) {
+        let end = self.out.len();
+        if end == start {
+            return;
+        }
+        self.ends.push_back(end);
+        if host.tracing() {
+            let mut h = [0u8; HEADER_LEN];
+            if let Some(src) = self.out.get(start..start.saturating_add(HEADER_LEN)) {
+                h.copy_from_slice(src);
+            }
+            let payload = self
+                .out
+                .get(start.saturating_add(HEADER_LEN)..end)
+                .unwrap_or_default();
+            host.trace(self.id, false, &Header::decode(&h), payload);
+        }
+    }
+
+    /// Moves queued watch events into the output, while there is room.
+    pub fn pull_events(&mut self, store: &mut Store, host: &mut dyn Host) {
+        if self.fault.is_some() {
+            return;
+        }
+        let max = self.max_pending(store);
+        while self.pending() < max {
+            let Some(event) = store.pop_event(self.id) else {
+                break;
+            };
+            let start = self.out.len();
+            dispatch::push_event(&mut self.out, &event.path, &event.token);
+            self.queued(host, start);
+        }
+    }
+
+    /// The bytes waiting to be sent.
+    pub fn output(&self) -> &[u8] {
+        self.out.get(self.sent..).unwrap_or_default()
+    }
+
+    /// Marks `n` bytes of [`Connection::output`] as sent.
+    pub fn consume_output(&mut self, n: usize) {
+        self.sent = self.sent.saturating_add(n).min(self.out.len());
+        while self.ends.front().is_some_and(|&end| end <= self.sent) {
+            self.ends.pop_front();
+        }
+        if self.sent == self.out.len() {
+            self.out.clear();
+            self.sent = 0;
+            self.ends.clear();
+        } else if self.sent > 64 * 1024 && self.sent > self.out.len() / 2 {
+            // Keep the buffer from growing without bound under a slow reader.
+            self.out.drain(..self.sent);
+            let sent = self.sent;
+            for end in self.ends.iter_mut() {
+                *end = end.saturating_sub(sent);
+            }
+            self.sent = 0;
+        }
+    }
+
+    /// Forgets partial input and unsent output and resets the connection's state in the store
+    /// (watches, transactions, queued events): a ring reconnection.
+    pub fn reset(&mut self, store: &mut Store) {
+        self.header_fill = 0;
+        self.current = None;
+        self.payload.clear();
+        self.out.clear();
+        self.sent = 0;
+        self.ends.clear();
+        self.fault = None;
+        store.reset_connection(self.id);
+    }
+
+    /// The fault that ended the connection, if any.
+    pub fn fault(&self) -> Option<Fault> {
+        self.fault
+    }
+}

@@ -1,0 +1,352 @@
+//! One request in, one reply out: the wire's message types mapped onto the store.
+//!
+//! The rules around the operations are C xenstored's `process_message`: unknown types (and
+//! `WATCH_EVENT`/`ERROR`, which only the store sends) get `ENOSYS`; privileged-only types get
+//! `EACCES` from unprivileged callers; a `tx_id` naming no transaction of the connection gets
+//! `ENOENT` (except for `WATCH`/`UNWATCH`, which ignore it); a reply larger than
+//! `XENSTORE_PAYLOAD_MAX` becomes `E2BIG`. Read-only connections (the `socket_ro` of older
+//! Xen) get `EROFS` for anything that changes the store.
+
+use alloc::vec::Vec;
+
+use super::Host;
+use super::control;
+use crate::domid::{DomId, push_decimal};
+use crate::error::{XsError, XsResult};
+use crate::perms::{self, Perm};
+use crate::quota::QuotaKind;
+use crate::store::{ConnId, Introduction, PAYLOAD_MAX, Store};
+use crate::wire::{Args, Header, MsgType, domid_arg, push_message, u32_arg};
+
+/// How a connection may use the store.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Access {
+    /// Only requests that do not change the store are allowed.
+    pub read_only: bool,
+}
+
+/// Types only privileged callers may send.
+fn privileged_only(t: MsgType) -> bool {
+    matches!(
+        t,
+        MsgType::Control
+            | MsgType::Introduce
+            | MsgType::Release
+            | MsgType::IsDomainIntroduced
+            | MsgType::Resume
+            | MsgType::SetTarget
+            | MsgType::SetFeature
+            | MsgType::GetQuota
+            | MsgType::SetQuota
+    )
+}
+
+/// Types that change the store.
+fn writes(t: MsgType) -> bool {
+    matches!(
+        t,
+        MsgType::Write
+            | MsgType::Mkdir
+            | MsgType::Rm
+            | MsgType::SetPerms
+            | MsgType::Introduce
+            | MsgType::Release
+            | MsgType::Resume
+            | MsgType::SetTarget
+            | MsgType::SetFeature
+            | MsgType::SetQuota
+            | MsgType::Control
+    )
+}
+
+/// Handles one request and appends exactly one reply message to `out`.
+pub fn handle(
+    store: &mut Store,
+    host: &mut dyn Host,
+    conn: ConnId,
+    access: Access,
+    header: &Header,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) {
+    let start = out.len();
+    // Room for the header, filled in once the payload is known.
+    out.extend_from_slice(&[0u8; crate::wire::HEADER_LEN]);
+    let body = out.len();
+    let result = request(store, host, conn, access, header, Args(payload), out);
+    let result = result.and_then(|t| {
+        if out.len().saturating_sub(body) > PAYLOAD_MAX {
+            Err(XsError::TooBig)
+        } else {
+            Ok(t)
+        }
+    });
+    let msg_type = match result {
+        Ok(t) => t as u32,
+        Err(e) => {
+            out.truncate(body);
+            out.extend_from_slice(e.name().as_bytes());
+            out.push(0);
+            MsgType::Error as u32
+        }
+    };
+    let len = out.len().saturating_sub(body);
+    let reply = Header {
+        msg_type,
+        req_id: header.req_id,
+        tx_id: header.tx_id,
+        len: u32::try_from(len).unwrap_or(0),
+    };
+    if let Some(h) = out.get_mut(start..body) {
+        h.copy_from_slice(&reply.encode());
+    }
+}
+
+fn ok(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"OK\0");
+}
+
+fn push_text(out: &mut Vec<u8>, text: &[u8]) {
+    out.extend_from_slice(text);
+    out.push(0);
+}
+
+fn push_number(out: &mut Vec<u8>, n: u64) {
+    push_decimal(out, n);
+    out.push(0);
+}
+
+/// Runs the request, appending the reply payload; returns the reply's type.
+fn request(
+    store: &mut Store,
+    host: &mut dyn Host,
+    conn: ConnId,
+    access: Access,
+    header: &Header,
+    args: Args<'_>,
+    out: &mut Vec<u8>,
+) -> XsResult<MsgType> {
+    let t = header.kind().ok_or(XsError::NoSys)?;
+    if matches!(t, MsgType::WatchEvent | MsgType::Error) {
+        return Err(XsError::NoSys);
+    }
+    let privileged = store
+        .conn_domid(conn)
+        .is_some_and(|d| store.is_privileged(d));
+    if privileged_only(t) && !privileged {
+        return Err(XsError::Acces);
+    }
+    let tx = header.tx_id;
+    if tx != 0
+        && !matches!(t, MsgType::Watch | MsgType::Unwatch)
+        && !store.has_transaction(conn, tx)
+    {
+        return Err(XsError::NoEnt);
+    }
+    if access.read_only && writes(t) {
+        return Err(XsError::RoFs);
+    }
+    match t {
+        MsgType::Read => store.read(conn, tx, args.one()?, out)?,
+        MsgType::Write => {
+            let (path, value) = args.path_and_value()?;
+            store.write(conn, tx, path, value)?;
+            ok(out);
+        }
+        MsgType::Mkdir => {
+            store.mkdir(conn, tx, args.one()?)?;
+            ok(out);
+        }
+        MsgType::Rm => {
+            store.rm(conn, tx, args.one()?)?;
+            ok(out);
+        }
+        MsgType::Directory => store.directory(conn, tx, args.one()?, out)?,
+        MsgType::DirectoryPart => {
+            let [path, offset] = args.exactly::<2>()?;
+            let offset = usize::try_from(u32_arg(offset)?).map_err(|_| XsError::Inval)?;
+            store.directory_part(conn, tx, path, offset, out)?;
+        }
+        MsgType::GetPerms => {
+            for p in store.get_perms(conn, tx, args.one()?)? {
+                p.push_text(out);
+                out.push(0);
+            }
+        }
+        MsgType::SetPerms => {
+            let mut strings = args.strings();
+            let path = strings.next().ok_or(XsError::Inval)?;
+            let list: Vec<Perm> = perms::parse_list(strings)?;
+            store.set_perms(conn, tx, path, &list)?;
+            ok(out);
+        }
+        MsgType::Watch => {
+            let (path, token, depth) = watch_args(args)?;
+            store.watch(conn, path, token, depth)?;
+            ok(out);
+        }
+        MsgType::Unwatch => {
+            let [path, token] = args.exactly::<2>()?;
+            store.unwatch(conn, path, token)?;
+            ok(out);
+        }
+        MsgType::ResetWatches => {
+            store.reset_watches(conn)?;
+            ok(out);
+        }
+        MsgType::TransactionStart => {
+            if tx != 0 {
+                // No nested transactions.
+                return Err(XsError::Busy);
+            }
+            let id = store.transaction_start(conn)?;
+            push_number(out, u64::from(id));
+        }
+        MsgType::TransactionEnd => {
+            let commit = match args.one()? {
+                b"T" => true,
+                b"F" => false,
+                _ => return Err(XsError::Inval),
+            };
+            if tx == 0 {
+                return Err(XsError::NoEnt);
+            }
+            store.transaction_end(conn, tx, commit)?;
+            ok(out);
+        }
+        MsgType::GetDomainPath => {
+            let domid = domid_arg(args.one()?)?;
+            push_text(out, &Store::domain_path(domid));
+        }
+        MsgType::IsDomainIntroduced => {
+            let domid = domid_arg(args.one()?)?;
+            let yes = domid == DomId::SELF || store.is_introduced(domid);
+            push_text(out, if yes { b"T" } else { b"F" });
+        }
+        MsgType::Introduce => {
+            let [domid, gfn, evtchn] = args.at_least::<3>()?;
+            let domid = domid_arg(domid)?;
+            let intro = Introduction {
+                gfn: signed_decimal(gfn)?,
+                evtchn: u32_arg(evtchn)?,
+            };
+            let kind = store.introduce(conn, domid, intro)?;
+            host.introduced(store, domid, intro, kind);
+            ok(out);
+        }
+        MsgType::Release => {
+            let domid = domid_arg(args.one()?)?;
+            store.release(conn, domid)?;
+            host.released(store, domid);
+            ok(out);
+        }
+        MsgType::Resume => {
+            store.resume(conn, domid_arg(args.one()?)?)?;
+            ok(out);
+        }
+        MsgType::SetTarget => {
+            let [domid, target] = args.at_least::<2>()?;
+            store.set_target(conn, domid_arg(domid)?, domid_arg(target)?)?;
+            ok(out);
+        }
+        MsgType::GetFeature => {
+            let domid = match args.count() {
+                0 => None,
+                _ => Some(domid_arg(args.one()?)?),
+            };
+            push_number(out, u64::from(store.get_features(conn, domid)?));
+        }
+        MsgType::SetFeature => {
+            let [domid, value] = args.exactly::<2>()?;
+            store.set_features(conn, domid_arg(domid)?, u32_arg(value)?)?;
+            ok(out);
+        }
+        MsgType::GetQuota => get_quota(store, conn, args, out)?,
+        MsgType::SetQuota => {
+            let (domid, name, value) = match args.count() {
+                2 => {
+                    let [name, value] = args.exactly::<2>()?;
+                    (None, name, value)
+                }
+                3 => {
+                    let [domid, name, value] = args.exactly::<3>()?;
+                    (Some(domid_arg(domid)?), name, value)
+                }
+                _ => return Err(XsError::Inval),
+            };
+            let kind = QuotaKind::from_name(name).ok_or(XsError::Inval)?;
+            store.set_quota(conn, domid, kind, u32_arg(value)?)?;
+            ok(out);
+        }
+        MsgType::Control => {
+            control::control(store, host, conn, args, out)?;
+        }
+        MsgType::WatchEvent | MsgType::Error => return Err(XsError::NoSys),
+    }
+    Ok(t)
+}
+
+/// `WATCH <wpath>|<token>|[<depth>|]?`: a third string is the depth
+/// (`XENSTORE_SERVER_FEATURE_WATCHDEPTH`); an empty one is no depth, as a reserved value
+/// sent empty must not change the meaning.
+fn watch_args(args: Args<'_>) -> XsResult<(&[u8], &[u8], Option<u32>)> {
+    let mut strings = args.strings();
+    let path = strings.next().ok_or(XsError::Inval)?;
+    let token = strings.next().ok_or(XsError::Inval)?;
+    let depth = match strings.next() {
+        None | Some(b"") => None,
+        Some(d) => Some(u32_arg(d)?),
+    };
+    if strings.next().is_some() {
+        return Err(XsError::Inval);
+    }
+    Ok((path, token, depth))
+}
+
+/// `INTRODUCE`'s `<gfn>` is "signed decimal (!)" (`docs/misc/xenstore.txt`).
+fn signed_decimal(text: &[u8]) -> XsResult<u64> {
+    match text.split_first() {
+        Some((b'-', digits)) => {
+            let v = crate::domid::parse_decimal(digits).ok_or(XsError::Inval)?;
+            let v = i64::try_from(v).map_err(|_| XsError::Inval)?;
+            Ok(v.wrapping_neg() as u64)
+        }
+        _ => crate::domid::parse_decimal(text).ok_or(XsError::Inval),
+    }
+}
+
+/// `GET_QUOTA [[<domid>|]<quota>|]`: without arguments the supported quota names separated by
+/// blanks; else one value, global or of one domain.
+fn get_quota(store: &mut Store, conn: ConnId, args: Args<'_>, out: &mut Vec<u8>) -> XsResult<()> {
+    match args.count() {
+        0 => {
+            let names: Vec<&str> = QuotaKind::ALL.iter().map(|q| q.name()).collect();
+            push_text(out, names.join(" ").as_bytes());
+        }
+        1 => {
+            let kind = QuotaKind::from_name(args.one()?).ok_or(XsError::Inval)?;
+            push_number(out, u64::from(store.get_quota(conn, None, kind)?));
+        }
+        2 => {
+            let [domid, name] = args.exactly::<2>()?;
+            let kind = QuotaKind::from_name(name).ok_or(XsError::Inval)?;
+            let value = store.get_quota(conn, Some(domid_arg(domid)?), kind)?;
+            push_number(out, u64::from(value));
+        }
+        _ => return Err(XsError::Inval),
+    }
+    Ok(())
+}
+
+/// Appends a `WATCH_EVENT` message for `path` and `token` to `out` (events too long for one
+/// message never reach here: the store substitutes the watch's own path, see `Store`).
+pub fn push_event(out: &mut Vec<u8>, path: &[u8], token: &[u8]) {
+    let mut payload = Vec::with_capacity(path.len().saturating_add(token.len()).saturating_add(2));
+    payload.extend_from_slice(path);
+    payload.push(0);
+    payload.extend_from_slice(token);
+    payload.push(0);
+    if payload.len() <= PAYLOAD_MAX {
+        push_message(out, MsgType::WatchEvent as u32, 0, 0, &payload);
+    }
+}

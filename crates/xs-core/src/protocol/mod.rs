@@ -1,0 +1,79 @@
+//! The protocol engine: requests in, replies and watch events out, for one connection at a
+//! time, independent of the transport (a ring page, a socket, a test harness).
+//!
+//! [`Connection`] is the per-connection state machine: fed bytes in whatever chunks the
+//! transport delivers, it reassembles messages, has the store answer them in order, and
+//! produces the bytes to send. [`dispatch`] maps one request onto the store; [`Host`] is the
+//! little the protocol needs from the program around it.
+
+pub mod connection;
+mod control;
+pub mod dispatch;
+#[cfg(test)]
+mod tests;
+
+use alloc::vec::Vec;
+
+pub use connection::{Connection, Limits};
+pub use control::memory_report;
+pub use dispatch::Access;
+
+use crate::domid::DomId;
+use crate::error::{XsError, XsResult};
+use crate::store::{ConnId, Introduced, Introduction, Store};
+use crate::wire::Header;
+
+/// What the program embedding the store provides to the protocol. Every method has a
+/// do-nothing default, so a test or a minimal program implements only what it needs.
+pub trait Host {
+    /// `INTRODUCE` succeeded: start serving the domain (map its ring, bind its channel).
+    fn introduced(
+        &mut self,
+        _store: &mut Store,
+        _domid: DomId,
+        _intro: Introduction,
+        _kind: Introduced,
+    ) {
+    }
+
+    /// `RELEASE` succeeded: stop serving the domain (its connections are now dead).
+    fn released(&mut self, _store: &mut Store, _domid: DomId) {}
+
+    /// `CONTROL print`: log the text.
+    fn print(&mut self, _text: &[u8]) {}
+
+    /// The log switches and their state, for `CONTROL log`.
+    fn log_switches(&self) -> Vec<(&'static str, bool)> {
+        Vec::new()
+    }
+
+    /// `CONTROL log on|off|+<switch>|-<switch>`.
+    fn set_log(&mut self, _arg: &[u8]) -> XsResult<()> {
+        Err(XsError::Inval)
+    }
+
+    /// `CONTROL logfile <file>`.
+    fn set_logfile(&mut self, _file: &[u8]) -> XsResult<()> {
+        Err(XsError::Inval)
+    }
+
+    /// `CONTROL memreport [<file>]`: write the report to the log or to `file`.
+    fn memreport(&mut self, _report: &str, _file: Option<&[u8]>) -> XsResult<()> {
+        Ok(())
+    }
+
+    /// A message crossed the connection (`incoming` for requests), for the trace file.
+    fn trace(&mut self, _conn: ConnId, _incoming: bool, _header: &Header, _payload: &[u8]) {}
+
+    /// Whether [`Host::trace`] wants to be called (so that the connection can skip the work
+    /// of re-reading its replies when it does not).
+    fn tracing(&self) -> bool {
+        false
+    }
+}
+
+/// A [`Host`] that provides nothing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoHost;
+
+impl Host for NoHost {}
