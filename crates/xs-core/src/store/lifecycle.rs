@@ -217,19 +217,30 @@ impl Store {
             }
         }
         let now = self.next_gen();
-        let mut node_path = Vec::new();
-        while let Some(head) = self
+        // Remove the topmost nodes it owns, each with everything below it, as C xenstored's
+        // top-down walk does (the nodes below fire only watches on exactly them).
+        let owned = self
             .domains
             .get(&domid)
-            .and_then(|d| d.owned.last().copied())
-        {
-            if head == self.tree.root {
+            .map(|d| d.owned.clone())
+            .unwrap_or_default();
+        let mut tops: Vec<(Vec<u8>, u32)> = owned
+            .into_iter()
+            .filter(|&i| !self.has_ancestor_owned_by(i, domid))
+            .map(|i| {
+                let mut p = Vec::new();
+                self.tree.path_of(i, &mut p);
+                (p, i)
+            })
+            .collect();
+        tops.sort();
+        for (node_path, index) in tops {
+            if index == self.tree.root {
                 // Nobody but dom0 may own the root: hand it back rather than remove it.
-                let _ = self.set_node_perms(head, b"/", &[Perm::owner(DomId::DOM0)], now);
-                continue;
+                let _ = self.set_node_perms(index, b"/", &[Perm::owner(DomId::DOM0)], now);
+            } else if self.tree.node(index).is_some() {
+                self.delete_subtree(index, &node_path, now, true);
             }
-            self.tree.path_of(head, &mut node_path);
-            self.delete_subtree(head, &node_path, now, true);
         }
         if self.config.remove_home_on_release {
             let home = Store::domain_path(domid);
@@ -253,6 +264,21 @@ impl Store {
         if was_introduced {
             self.fire_special(RELEASE, domid);
         }
+    }
+
+    /// Whether a proper ancestor of the node at `index` is owned by `domid`.
+    fn has_ancestor_owned_by(&self, index: u32, domid: DomId) -> bool {
+        let mut cur = self.tree.node(index).map(|n| n.parent);
+        while let Some(i) = cur {
+            let Some(node) = self.tree.node(i) else {
+                return false;
+            };
+            if node.owner() == domid {
+                return true;
+            }
+            cur = (i != self.tree.root).then_some(node.parent);
+        }
+        false
     }
 
     /// The platform saw `domid` shut down (or crash): fires `@releaseDomain` once, until

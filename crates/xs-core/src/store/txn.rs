@@ -171,8 +171,13 @@ struct Resolved {
     nearest: Src,
     /// Origin of the deepest existing node if it is an overlay node.
     nearest_origin: Option<Origin>,
-    /// Length of the first missing prefix, if that absence comes from the snapshot.
+    /// Length of the first missing prefix, if that absence could be undone by others: it
+    /// comes from the snapshot, or from below a node the transaction created (which, if
+    /// someone creates it meanwhile, the commit merges with). Not when the transaction
+    /// deleted it (its commit deletes it again).
     missing_from_snapshot: Option<usize>,
+    /// The deepest existing node is one the transaction created, or lies below one.
+    under_created: bool,
 }
 
 /// What an operation needs to know of a node of the view.
@@ -381,6 +386,7 @@ impl Store {
                 .unwrap_or(Src::Main(root)),
             nearest_origin: None,
             missing_from_snapshot: None,
+            under_created: false,
         };
         if let Some(n) = t.present(b"/") {
             r.nearest = Src::Overlay;
@@ -389,6 +395,7 @@ impl Store {
         let every_prefix = t.hiding > 0;
         let mut live = Some(root);
         let mut hidden = false;
+        let mut under_created = false;
         let mut offset = 1usize;
         let rest = path.get(1..).unwrap_or_default();
         for seg in rest.split(|&b| b == b'/').filter(|s| !s.is_empty()) {
@@ -407,11 +414,14 @@ impl Store {
                 None => self.snap_visible(live, prefix, at).map(|s| (s, None)),
             };
             let Some((src, origin)) = found else {
-                if entry.is_none() && !hidden {
+                if entry.is_none() && (!hidden || under_created) {
                     r.missing_from_snapshot = Some(end);
                 }
                 break;
             };
+            if !hidden && origin == Some(Origin::Created) {
+                under_created = true;
+            }
             if origin.is_some_and(|o| o != Origin::Snapshot) {
                 hidden = true;
             }
@@ -420,6 +430,7 @@ impl Store {
             r.nearest_origin = origin;
             offset = end.saturating_add(1);
         }
+        r.under_created = under_created;
         r.exists = r.nearest_len == path.len();
         if !every_prefix {
             let nearest = path.get(..r.nearest_len).unwrap_or_default();
@@ -534,7 +545,7 @@ impl Store {
         r: &Resolved,
     ) -> XsResult<()> {
         let Some(first_missing) = r.missing_from_snapshot else {
-            // Missing because of the transaction's own changes: nothing to record.
+            // Missing because the transaction deleted it: its commit deletes it again.
             return Ok(());
         };
         if caller.privileged {
@@ -808,16 +819,9 @@ impl Store {
         for k in doomed_keys {
             change = change.saturating_add(t.take(&k));
         }
-        let replace = match t.overlay.get(path) {
-            Some(TxEntry::Present(n)) => matches!(n.origin, Origin::Snapshot | Origin::Recreated),
-            Some(TxEntry::Deleted { .. }) => false,
-            None => true,
-        };
-        change = change.saturating_add(if replace {
-            t.put(path, TxEntry::Deleted { event: true })
-        } else {
-            t.take(path)
-        });
+        // Even a node the transaction created itself stays deleted: if another creates it
+        // meanwhile, the commit (ordered after that creation) must remove it.
+        change = change.saturating_add(t.put(path, TxEntry::Deleted { event: true }));
         self.tx_charge(t, caller.domid, change);
         t.last_change = self.next_gen();
         Ok(())
@@ -871,7 +875,8 @@ impl Store {
                 let Some(name) = key.get(prefix_len..) else {
                     continue;
                 };
-                if name.contains(&b'/') {
+                // The range starts at the directory itself when it is `/`.
+                if name.is_empty() || name.contains(&b'/') {
                     continue;
                 }
                 match entry {
@@ -891,6 +896,10 @@ impl Store {
         if !hides {
             // Its children came (at least partly) from the snapshot.
             self.note_path(t, caller, path, Aspects::CHILDREN)?;
+        } else if r.under_created {
+            // Only the transaction's own children, which holds only if nobody else creates
+            // the node meanwhile (the commit would merge with it, children unseen).
+            self.note_path(t, caller, path, Aspects::ABSENT)?;
         }
         Ok(gencnt)
     }
@@ -944,16 +953,19 @@ impl Store {
 
     fn commit(&mut self, conn: ConnId, t: &Transaction) -> XsResult<()> {
         let caller = self.caller(conn)?;
-        if t.doomed || !self.validate(t) {
+        if t.doomed || !self.validate(t, &caller) {
             return Err(XsError::Again);
         }
-        let usage = self.usage_of(caller.domid);
-        self.check_quota(
-            &caller,
-            QuotaKind::Nodes,
-            usage.nodes.saturating_add(t.created_nodes),
-        )?;
-        self.check_memory(&caller, t.created_bytes)?;
+        if t.created_nodes > 0 {
+            // A domain over its quota may go on as long as it does not create more.
+            let usage = self.usage_of(caller.domid);
+            self.check_quota(
+                &caller,
+                QuotaKind::Nodes,
+                usage.nodes.saturating_add(t.created_nodes),
+            )?;
+            self.check_memory(&caller, t.created_bytes)?;
+        }
         let now = self.next_gen();
         let mut ok = true;
         for (path, entry) in &t.overlay {
@@ -971,7 +983,7 @@ impl Store {
     }
 
     /// Whether everything the transaction relied on is unchanged since its snapshot.
-    fn validate(&self, t: &Transaction) -> bool {
+    fn validate(&self, t: &Transaction, caller: &Caller) -> bool {
         let s = t.snapshot;
         let unchanged = |path: &[u8], aspects: Aspects, live: Option<Id>| -> bool {
             if aspects.contains(Aspects::ABSENT) {
@@ -991,19 +1003,42 @@ impl Store {
             TxEntry::Present(n) if n.origin == Origin::Snapshot => {
                 unchanged(path, Aspects::EXISTS, n.live)
             }
-            TxEntry::Present(n) if n.origin == Origin::Created && !n.perms_set => {
-                // Created here and, concurrently, there: compatible only with the same
-                // permissions (then it is as if the other creation came first).
+            TxEntry::Present(n) if n.origin == Origin::Created => {
                 match self.tree.lookup(path).and_then(|i| self.tree.node(i)) {
                     None => true,
-                    Some(live) => {
-                        self.sanitize_perms(live.perms(), live.data_gen)
-                            == self.sanitize_perms(n.perms.iter().copied(), n.stamp)
-                    }
+                    Some(live) => self.merge_allowed(caller, n, live),
                 }
             }
             _ => true,
         })
+    }
+
+    /// Whether a node the transaction created may merge with the same node created
+    /// meanwhile by someone else, as if the transaction ran after that creation. Its
+    /// operations must then be allowed on that node: with the permissions the transaction
+    /// did not set itself being the same (so that everything it did below was checked
+    /// against the right ones), its value written only with write access, and its permissions
+    /// set only by the node's owner, without changing the owner unless privileged.
+    fn merge_allowed(&self, caller: &Caller, n: &TxNode, live: &super::node::Node) -> bool {
+        let rights = self.rights_for(caller, live.perms(), live.data_gen);
+        if !n.perms_set
+            && self.sanitize_perms(live.perms(), live.data_gen)
+                != self.sanitize_perms(n.perms.iter().copied(), n.stamp)
+        {
+            return false;
+        }
+        if n.value_set && !rights.contains(Rights::WRITE) {
+            return false;
+        }
+        if n.perms_set {
+            let keeps_owner = n.perms.first().map(|p| p.domid) == Some(live.owner());
+            if !rights.contains(Rights::WRITE | Rights::OWNER)
+                || !(caller.privileged || keeps_owner)
+            {
+                return false;
+            }
+        }
+        true
     }
 
     fn apply(&mut self, path: &[u8], entry: &TxEntry, now: u64) -> XsResult<()> {
