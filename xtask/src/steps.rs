@@ -80,6 +80,11 @@ pub(crate) const STEPS: &[Step] = &[
         about: "bench-core --quick runs to completion",
         run: bench_smoke,
     },
+    Step {
+        name: "fuzz-smoke",
+        about: "the fuzz harnesses (fuzz/) on seeded inputs and saved corpora, on stable",
+        run: fuzz_smoke,
+    },
     // Suites to come. Each builds in its own subdirectory of the target dir, so that its
     // flags never invalidate the normal build cache, and declares its system packages in
     // `packages::NEEDS`.
@@ -195,4 +200,31 @@ fn bench_smoke(ctx: &Ctx<'_>) -> Outcome {
         "--quick",
     ]);
     cmd::run(&mut c).into()
+}
+
+/// The fuzz harnesses live outside the workspace (libFuzzer's build is not part of the normal
+/// one); on stable their smoke tests run them over seeded inputs and every saved input, so
+/// they keep building and past crashes stay fixed. Real fuzzing: `cargo +nightly fuzz run`.
+fn fuzz_smoke(ctx: &Ctx<'_>) -> Outcome {
+    let manifest = ctx.ws.root.join("fuzz").join("Cargo.toml");
+    let manifest = manifest.to_string_lossy().into_owned();
+    let target = ctx.ws.target_dir.join("fuzz-smoke");
+    let mut clippy = ctx.ws.cargo([
+        "clippy",
+        "--manifest-path",
+        &manifest,
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    clippy.env("CARGO_TARGET_DIR", &target);
+    if let Err(why) = cmd::run(&mut clippy) {
+        return Outcome::Fail(why);
+    }
+    let mut test = ctx
+        .ws
+        .cargo(["test", "--release", "--manifest-path", &manifest]);
+    test.env("CARGO_TARGET_DIR", &target);
+    cmd::run(&mut test).into()
 }
