@@ -6,56 +6,58 @@
 
 use core::fmt;
 
-/// What a quota limits.
+/// What a quota limits. Declared in the order `xenstore-control quota` lists them (Xen 4.17).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum QuotaKind {
     /// Nodes owned by the domain.
     Nodes,
     /// Watches registered by the domain.
     Watches,
+    /// Open transactions of the domain.
+    Transactions,
     /// Requests being answered plus replies and events queued for the domain.
     Outstanding,
+    /// Distinct nodes one transaction may read or write.
+    TransactionNodes,
     /// Bytes of store memory charged to the domain (nodes, watches, queued events,
     /// transaction data).
     Memory,
-    /// Open transactions of the domain.
-    Transactions,
-    /// Distinct nodes one transaction may read or write.
-    TransactionNodes,
-    /// Entries in one node's permission list.
-    NodePermissions,
-    /// Path length, counted after `/local/domain/<domid>/`.
-    PathMax,
     /// Size of a node: its value plus the names of its children (one NUL each).
     NodeSize,
+    /// Path length, counted after `/local/domain/<domid>/`.
+    PathMax,
+    /// Entries in one node's permission list.
+    NodePermissions,
 }
 
 impl QuotaKind {
-    /// Every quota, in the order `GET_QUOTA` lists them.
+    /// Every quota, in the order `GET_QUOTA` and `xenstore-control quota` list them.
     pub const ALL: [QuotaKind; 9] = [
         QuotaKind::Nodes,
         QuotaKind::Watches,
-        QuotaKind::Outstanding,
-        QuotaKind::Memory,
         QuotaKind::Transactions,
+        QuotaKind::Outstanding,
         QuotaKind::TransactionNodes,
-        QuotaKind::NodePermissions,
-        QuotaKind::PathMax,
+        QuotaKind::Memory,
         QuotaKind::NodeSize,
+        QuotaKind::PathMax,
+        QuotaKind::NodePermissions,
     ];
 
-    /// The name used by `GET_QUOTA`/`SET_QUOTA` and `xenstore-control quota`.
+    /// The name used by `GET_QUOTA`/`SET_QUOTA` and `xenstore-control quota`: Xen 4.17's
+    /// names, which `docs/misc/xenstore.txt` also uses ("permissions"; newer C xenstored says
+    /// "node-permissions", accepted too, see [`QuotaKind::from_name`]).
     pub const fn name(self) -> &'static str {
         match self {
             QuotaKind::Nodes => "nodes",
             QuotaKind::Watches => "watches",
-            QuotaKind::Outstanding => "outstanding",
-            QuotaKind::Memory => "memory",
             QuotaKind::Transactions => "transactions",
+            QuotaKind::Outstanding => "outstanding",
             QuotaKind::TransactionNodes => "transaction-nodes",
-            QuotaKind::NodePermissions => "node-permissions",
-            QuotaKind::PathMax => "path-max",
+            QuotaKind::Memory => "memory",
             QuotaKind::NodeSize => "node-size",
+            QuotaKind::PathMax => "path-max",
+            QuotaKind::NodePermissions => "permissions",
         }
     }
 
@@ -64,21 +66,26 @@ impl QuotaKind {
         match self {
             QuotaKind::Nodes => "Nodes per domain",
             QuotaKind::Watches => "Watches per domain",
+            QuotaKind::Transactions => "Transactions per domain",
             QuotaKind::Outstanding => "Outstanding requests per domain",
-            QuotaKind::Memory => "Total Xenstore memory per domain",
-            QuotaKind::Transactions => "Active transactions per domain",
             QuotaKind::TransactionNodes => "Max. number of accessed nodes per transaction",
-            QuotaKind::NodePermissions => "Max. number of permissions per node",
-            QuotaKind::PathMax => "Max. length of a node path",
+            QuotaKind::Memory => "Total Xenstore memory per domain (error level)",
             QuotaKind::NodeSize => "Max. size of a node",
+            QuotaKind::PathMax => "Max. length of a node path",
+            QuotaKind::NodePermissions => "Max. number of permissions per node",
         }
     }
 
-    /// Looks a quota up by name.
+    /// Looks a quota up by name, also under the names newer Xen and xenstored's `-Q` use
+    /// (`node-permissions`, `path-length`).
     pub fn from_name(name: &[u8]) -> Option<QuotaKind> {
-        QuotaKind::ALL
-            .into_iter()
-            .find(|q| q.name().as_bytes() == name)
+        match name {
+            b"node-permissions" => Some(QuotaKind::NodePermissions),
+            b"path-length" => Some(QuotaKind::PathMax),
+            _ => QuotaKind::ALL
+                .into_iter()
+                .find(|q| q.name().as_bytes() == name),
+        }
     }
 
     pub(crate) const fn index(self) -> usize {
@@ -97,9 +104,9 @@ impl fmt::Display for QuotaKind {
 pub struct Quotas([u32; 9]);
 
 impl Quotas {
-    /// C xenstored's defaults: nodes 1000, watches 128, outstanding 20, memory 2.5 MiB,
-    /// transactions 10, transaction nodes 1024, permissions 5, path 2048, node size 2048.
-    pub const XEN_DEFAULTS: Quotas = Quotas([1000, 128, 20, 2_621_440, 10, 1024, 5, 2048, 2048]);
+    /// C xenstored's defaults: nodes 1000, watches 128, transactions 10, outstanding 20,
+    /// transaction nodes 1024, memory 2.5 MiB, node size 2048, path 2048, permissions 5.
+    pub const XEN_DEFAULTS: Quotas = Quotas([1000, 128, 10, 20, 1024, 2_621_440, 2048, 2048, 5]);
 
     /// No limits at all.
     pub const UNLIMITED: Quotas = Quotas([0; 9]);
@@ -169,6 +176,14 @@ mod tests {
         for k in QuotaKind::ALL {
             assert_eq!(QuotaKind::from_name(k.name().as_bytes()), Some(k));
         }
+        assert_eq!(
+            QuotaKind::from_name(b"node-permissions"),
+            Some(QuotaKind::NodePermissions)
+        );
+        assert_eq!(
+            QuotaKind::from_name(b"path-length"),
+            Some(QuotaKind::PathMax)
+        );
         let q = Quotas::default();
         assert_eq!(q.get(QuotaKind::Nodes), 1000);
         assert_eq!(q.get(QuotaKind::NodeSize), 2048);

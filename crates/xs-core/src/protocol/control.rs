@@ -20,6 +20,7 @@ const COMMANDS: &[(&str, &str)] = &[
     ("memreport", "[<file>]"),
     ("print", "<string>"),
     ("quota", "[set <name> <val>|<domid>|max [-r]]"),
+    ("quota-soft", "[set <name> <val>]"),
     ("help", ""),
 ];
 
@@ -106,6 +107,24 @@ pub(super) fn control(
             }
             text(out, &s);
         }
+        (b"quota-soft", []) => {
+            let mut s = String::from("Quota settings:\n");
+            let _ = writeln!(
+                s,
+                "{:<17}: {:>8} Total Xenstore memory per domain (warning level)",
+                "memory",
+                store.memory_soft_quota()
+            );
+            text(out, &s);
+        }
+        (b"quota-soft", [b"set", b"memory", value]) => {
+            let value = u32_arg(value)?;
+            if value < 1 {
+                return Err(XsError::Inval);
+            }
+            store.set_memory_soft_quota(conn, value)?;
+            ok(out);
+        }
         (b"quota", [domid]) => {
             let domid: DomId = domid_arg(domid)?;
             let usage = store.usage(domid).ok_or(XsError::NoEnt)?;
@@ -119,7 +138,7 @@ pub(super) fn control(
                     QuotaKind::Memory => usage.memory,
                     _ => 0,
                 };
-                let max = store.peak(Some(domid), kind);
+                let max = store.peak(Some(domid), kind).max(now);
                 let _ = writeln!(s, "{:<17}: {now:>8} (max {max:>8})", kind.name());
             }
             text(out, &s);

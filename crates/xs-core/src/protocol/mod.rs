@@ -42,6 +42,9 @@ pub trait Host {
     /// `CONTROL print`: log the text.
     fn print(&mut self, _text: &[u8]) {}
 
+    /// A domain reached its soft memory quota (C xenstored logs this as a warning).
+    fn soft_quota_reached(&mut self, _domid: DomId) {}
+
     /// The log switches and their state, for `CONTROL log`.
     fn log_switches(&self) -> Vec<(&'static str, bool)> {
         Vec::new()

@@ -55,6 +55,8 @@ pub(crate) struct Domain {
     pub(crate) features: u32,
     /// Highest value each quota check saw (`xenstore-control quota <domid>`).
     pub(crate) peaks: Peaks,
+    /// The domain's memory is at or over the soft quota (already reported).
+    pub(crate) soft_reported: Cell<bool>,
 }
 
 /// Highest value seen per quota kind. Recorded where quotas are checked, which takes a shared
@@ -92,6 +94,7 @@ impl Domain {
             owned: Vec::new(),
             features,
             peaks: Peaks::default(),
+            soft_reported: Cell::new(false),
         }
     }
 }

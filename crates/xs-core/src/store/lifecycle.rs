@@ -104,12 +104,17 @@ impl Store {
         intro: Introduction,
     ) -> XsResult<Introduced> {
         self.require_privileged(conn)?;
-        self.guest_domid(domid)?;
+        // Any real domain, privileged ones included (C xenstored introduces dom0's and
+        // `--priv-domid`'s rings too); only RELEASE and RESUME refuse them.
+        if !domid.is_real() {
+            return Err(XsError::Inval);
+        }
         if intro.evtchn == 0 {
             return Err(XsError::Inval);
         }
+        let privileged = self.is_privileged(domid);
         let record = self.ensure_domain(domid);
-        if record.introduced.is_some() {
+        if record.introduced.is_some() || (privileged && domid == DomId::DOM0) {
             record.introduced = Some(intro);
             return Ok(Introduced::Rebind);
         }

@@ -98,6 +98,9 @@ pub struct StoreConfig {
     /// Most bytes of old versions kept for open transactions' snapshots; past it the oldest
     /// transactions are doomed to `EAGAIN`.
     pub history_limit: usize,
+    /// Soft memory quota per unprivileged domain (0 = none): crossing it is reported once
+    /// (see [`Store::take_warnings`]), as C xenstored logs it, without refusing anything.
+    pub memory_soft: u32,
     /// Key of the hash that indexes watches by path. Guests choose the paths, so programs
     /// must draw this from real entropy (the platform's RNG, RDRAND); the default is fixed
     /// and only fit for tests.
@@ -113,6 +116,7 @@ impl Default for StoreConfig {
             remove_home_on_release: true,
             event_queue_len: 1024,
             history_limit: 16 << 20,
+            memory_soft: 2 << 20,
             hash_key: [0x7873_2d63_6f72_6521, 0x6e6f_742d_7365_6372],
         }
     }
@@ -165,6 +169,8 @@ pub struct Store {
     match_buf: Vec<u32>,
     /// Highest values quota checks saw for any unprivileged domain.
     peaks: domain::Peaks,
+    /// Domains that crossed their soft memory quota since the last `take_warnings`.
+    warnings: core::cell::RefCell<Vec<DomId>>,
     /// The last directory listed by `DIRECTORY_PART`, so that listing a large directory in
     /// 4 KiB parts costs its size once rather than once per part.
     listing: Option<Listing>,
@@ -221,6 +227,7 @@ impl Store {
             match_buf: Vec::new(),
             listing: None,
             peaks: domain::Peaks::default(),
+            warnings: core::cell::RefCell::new(Vec::new()),
             config,
         };
         store.ensure_domain(DomId::DOM0);
@@ -341,9 +348,15 @@ impl Store {
     /// `Ok` if an unprivileged `caller` stays within `kind` when its usage becomes `value`.
     fn check_quota(&self, caller: &Caller, kind: QuotaKind, value: u64) -> XsResult<()> {
         if caller.privileged {
+            if let Some(d) = self.domains.get(&caller.domid) {
+                d.peaks.note(kind, value);
+            }
             return Ok(());
         }
         match self.effective_quotas(caller.domid).limit(kind) {
+            // Xen's errors since its quota checks were unified (C xenstored commit
+            // 70fcc25, 2026): ENOSPC for every count and size, ENOMEM for memory. (Xen 4.17
+            // still answered a watch over quota with E2BIG.)
             Some(limit) if value > limit => Err(if kind == QuotaKind::Memory {
                 XsError::NoMem
             } else {
@@ -380,13 +393,48 @@ impl Store {
             .unwrap_or_default()
     }
 
-    /// Checks that an unprivileged caller's memory stays within quota after adding `more`.
+    /// Checks that an unprivileged caller's memory stays within quota after adding `more`
+    /// (and notes when it crosses the soft quota).
     fn check_memory(&self, caller: &Caller, more: u64) -> XsResult<()> {
         if caller.privileged {
             return Ok(());
         }
-        let now = self.usage_of(caller.domid).memory;
-        self.check_quota(caller, QuotaKind::Memory, now.saturating_add(more))
+        let after = self.usage_of(caller.domid).memory.saturating_add(more);
+        self.check_quota(caller, QuotaKind::Memory, after)?;
+        self.note_soft(caller.domid, after);
+        Ok(())
+    }
+
+    /// Reports a domain whose memory reaches the soft quota, once until it is back below.
+    fn note_soft(&self, domid: DomId, memory: u64) {
+        let soft = u64::from(self.config.memory_soft);
+        let Some(d) = self.domains.get(&domid) else {
+            return;
+        };
+        let over = soft != 0 && memory >= soft;
+        if over && !d.soft_reported.get() {
+            self.warnings.borrow_mut().push(domid);
+        }
+        d.soft_reported.set(over);
+    }
+
+    /// Domains that reached their soft memory quota since the last call (for the log).
+    pub fn take_warnings(&mut self) -> Vec<DomId> {
+        core::mem::take(self.warnings.get_mut())
+    }
+
+    /// The soft memory quota (`xenstore-control quota-soft`).
+    pub fn memory_soft_quota(&self) -> u32 {
+        self.config.memory_soft
+    }
+
+    /// Sets the soft memory quota (0 = none).
+    pub fn set_memory_soft_quota(&mut self, conn: ConnId, value: u32) -> XsResult<()> {
+        if !self.caller(conn)?.privileged {
+            return Err(XsError::Acces);
+        }
+        self.config.memory_soft = value;
+        Ok(())
     }
 
     /// Adds (or with a negative delta, removes) memory charged to `domid`.

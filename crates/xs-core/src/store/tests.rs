@@ -810,9 +810,15 @@ fn introduce_creates_the_default_nodes() {
             .introduce(g, DomId(13), Introduction { gfn: 1, evtchn: 9 }),
         Err(XsError::Acces)
     );
+    // As C xenstored: dom0 counts as introduced already; a special domid is no domain.
     assert_eq!(
         h.store
             .introduce(h.dom0, DomId(0), Introduction { gfn: 1, evtchn: 9 }),
+        Ok(Introduced::Rebind)
+    );
+    assert_eq!(
+        h.store
+            .introduce(h.dom0, DomId::SELF, Introduction { gfn: 1, evtchn: 9 }),
         Err(XsError::Inval)
     );
 }
@@ -993,4 +999,44 @@ fn dead_and_unknown_connections_are_refused() {
     assert_eq!(h.store.connect(DomId(0x7FF5)), Err(XsError::Inval));
     let _ = Access::READ;
     let _ = vec![0u8];
+}
+
+#[test]
+fn soft_memory_quota_is_reported_once() {
+    let mut h = Host::with(StoreConfig {
+        memory_soft: 4000,
+        ..StoreConfig::default()
+    });
+    let g = h.guest(3);
+    assert_eq!(h.store.take_warnings(), []);
+    for i in 0..40 {
+        h.s(g)
+            .write(&alloc::format!("data/{i}"), &[b'x'; 100])
+            .unwrap();
+    }
+    assert!(h.store.usage(DomId(3)).unwrap().memory >= 4000);
+    assert_eq!(h.store.take_warnings(), [DomId(3)]);
+    h.s(g).write("data/more", b"").unwrap();
+    assert_eq!(h.store.take_warnings(), [], "reported once");
+}
+
+#[test]
+fn privileged_domains_can_be_introduced_but_not_released() {
+    let mut h = Host::with(StoreConfig {
+        privileged: alloc::vec![DomId(3)],
+        ..StoreConfig::default()
+    });
+    let intro = Introduction { gfn: 1, evtchn: 2 };
+    assert_eq!(
+        h.store.introduce(h.dom0, DomId(3), intro),
+        Ok(Introduced::New)
+    );
+    assert_eq!(
+        h.store.introduce(h.dom0, DomId(0), intro),
+        Ok(Introduced::Rebind)
+    );
+    let p = h.store.connect(DomId(3)).unwrap();
+    h.s(p).write("/anywhere", b"x").unwrap();
+    assert_eq!(h.store.release(h.dom0, DomId(3)), Err(XsError::Inval));
+    assert_eq!(h.store.release(h.dom0, DomId(0)), Err(XsError::Inval));
 }
