@@ -11,10 +11,6 @@ use crate::cmd;
 use crate::steps::{Ctx, Outcome};
 
 /// A Debian package, from the default suite or from a named one (`apt-get install -t`).
-#[allow(
-    dead_code,
-    reason = "constructed once a suite declares packages in `NEEDS`"
-)]
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 pub(crate) struct Package {
     pub(crate) name: &'static str,
@@ -22,18 +18,28 @@ pub(crate) struct Package {
     pub(crate) release: Option<&'static str>,
 }
 
-/// The packages each step needs, by step name. Today's steps need only the Rust toolchain
-/// (and the C compiler it links with). Suites to come declare theirs here, for example:
-///
-/// ```text
-/// ("e2e", &[
-///     Package { name: "xenstore-utils", release: None },
-///     Package { name: "xen-utils-4.17", release: None },   // test-xenstore
-///     Package { name: "python3-pyxs", release: None },
-/// ]),
-/// ("image", &[Package { name: "qemu-system-x86", release: Some("bookworm-backports") }]),
-/// ```
-pub(crate) const NEEDS: &[(&str, &[Package])] = &[];
+const fn debian(name: &'static str) -> Package {
+    Package {
+        name,
+        release: None,
+    }
+}
+
+/// The packages each step needs, by step name. The end-to-end suite (crate `tests/`, run by
+/// the `test` step) drives the real Xen clients: `xenstore-utils` (xenstore-read, -write,
+/// -ls...), `xen-utils-4.17` (test-xenstore, xenstore-control, and C xenstored for
+/// reference runs), `python3-pyxs`; `gcc` builds the anchors' shim for reference runs.
+/// Suites to come add theirs, e.g. `("image", &[Package { name: "qemu-system-x86",
+/// release: Some("bookworm-backports") }])`.
+pub(crate) const NEEDS: &[(&str, &[Package])] = &[(
+    "test",
+    &[
+        debian("xenstore-utils"),
+        debian("xen-utils-4.17"),
+        debian("python3-pyxs"),
+        debian("gcc"),
+    ],
+)];
 
 /// The `packages` step.
 pub(crate) fn step(ctx: &Ctx<'_>) -> Outcome {
@@ -66,8 +72,12 @@ pub(crate) fn step(ctx: &Ctx<'_>) -> Outcome {
         return Outcome::Fail(e);
     }
     for mut install in install_commands(&missing) {
-        if let Err(e) = cmd::run(&mut install) {
-            return Outcome::Fail(e);
+        // One retry: dpkg sometimes trips over its own temporary files on a busy machine.
+        if cmd::run(&mut install).is_err() {
+            println!("apt-get install failed; retrying once");
+            if let Err(e) = cmd::run(&mut install) {
+                return Outcome::Fail(e);
+            }
         }
     }
     let still = missing_names(&wanted);

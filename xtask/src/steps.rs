@@ -62,7 +62,7 @@ pub(crate) const STEPS: &[Step] = &[
     },
     Step {
         name: "test",
-        about: "cargo test --workspace",
+        about: "cargo test --workspace (with the end-to-end suite against a release xs-host)",
         run: test,
     },
     Step {
@@ -173,8 +173,17 @@ fn clippy(ctx: &Ctx<'_>) -> Outcome {
     cmd::run(&mut ctx.ws.cargo(args)).into()
 }
 
+/// All the workspace's tests, the end-to-end suite (`tests/`) included: it gets a release
+/// `xs-host` built first and is told that skipping for a missing client is a failure here
+/// (the `packages` step installed them).
 fn test(ctx: &Ctx<'_>) -> Outcome {
-    cmd::run(&mut ctx.ws.cargo(["test", "--workspace"])).into()
+    if let Err(why) = cmd::run(&mut ctx.ws.cargo(["build", "--release", "-p", "xs-host"])) {
+        return Outcome::Fail(why);
+    }
+    let mut c = ctx.ws.cargo(["test", "--workspace"]);
+    c.env("XS_HOST_BIN", ctx.ws.target_dir.join("release").join("xs-host"))
+        .env("XS_E2E_NO_SKIP", "1");
+    cmd::run(&mut c).into()
 }
 
 fn doc(ctx: &Ctx<'_>) -> Outcome {

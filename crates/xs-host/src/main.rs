@@ -1,0 +1,247 @@
+//! `xs-host`: the XenStore daemon for a Linux dom0, serving [`xs_core`] on Unix sockets so
+//! that Xen's own client tools (libxenstore, `xenstore-*`, `test-xenstore`) work unchanged
+//! with `XENSTORED_PATH` pointing at it. See the README for the options and the trace
+//! format.
+
+mod cli;
+mod host;
+mod logger;
+mod server;
+mod trace;
+
+use std::ffi::OsString;
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use xs_core::{Store, StoreConfig};
+
+use crate::cli::{Command, Options};
+use crate::host::HostCtx;
+use crate::server::{Server, Sockets};
+use crate::trace::TraceFile;
+
+fn main() -> ExitCode {
+    let options = match cli::parse(std::env::args_os().skip(1)) {
+        Ok(Command::Run(o)) => o,
+        Ok(Command::Help) => {
+            print!("{}", cli::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("xs-host: {e}\nTry 'xs-host --help' for the options.");
+            return ExitCode::from(2);
+        }
+    };
+    logger::init(options.verbose);
+    match run(&options) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The store's configuration from the options, with a watch-table hash key from the
+/// operating system's entropy (guests choose the paths it hashes).
+fn store_config(options: &Options) -> io::Result<StoreConfig> {
+    let mut config = StoreConfig {
+        domain_nodes: options.domain_nodes,
+        privileged: options.privileged.clone(),
+        ..StoreConfig::default()
+    };
+    for &(kind, value) in &options.quotas {
+        config.quotas.set(kind, value);
+    }
+    let mut key = [0u8; 16];
+    getrandom::fill(&mut key)
+        .map_err(|e| io::Error::other(format!("no entropy for the hash key: {e}")))?;
+    let (a, b) = key.split_at(8);
+    let word = |s: &[u8]| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(s);
+        u64::from_ne_bytes(w)
+    };
+    config.hash_key = [word(a), word(b)];
+    Ok(config)
+}
+
+/// Creates `dir` (mode 0700) if missing; a directory that exists must be ours and not
+/// writable by others (it is in `/tmp` for users without `$XDG_RUNTIME_DIR`).
+fn private_dir(dir: &Path, uid: u32) -> io::Result<()> {
+    match fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
+        Ok(()) => {}
+        Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", dir.display()))),
+    }
+    let meta = fs::symlink_metadata(dir)?;
+    if !meta.is_dir() || meta.uid() != uid || meta.permissions().mode() & 0o022 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} must be a directory owned by uid {uid} and not writable by others",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn ensure_parent(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() && !p.exists() => fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(p)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display()))),
+        _ => Ok(()),
+    }
+}
+
+/// Lets the daemon hold as many connections as the hard limit allows.
+fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            log::debug!("cannot raise the open file limit: {e}");
+        }
+    }
+}
+
+/// Removes the pid file when dropped.
+struct PidFile(PathBuf);
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+fn run(options: &Options) -> io::Result<()> {
+    let uid = rustix::process::getuid().as_raw();
+    let socket = match &options.socket {
+        Some(s) => {
+            ensure_parent(s)?;
+            s.clone()
+        }
+        None => {
+            let s = cli::default_socket(uid, std::env::var_os("XDG_RUNTIME_DIR"));
+            if let Some(dir) = s.parent() {
+                private_dir(dir, uid)?;
+            }
+            s
+        }
+    };
+    let read_only = cli::ro_path(&socket, &options.socket_ro);
+    if let Some(ro) = &read_only {
+        ensure_parent(ro)?;
+    }
+    if let Some(dir) = &options.domain_sockets {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
+    }
+    let store = Store::new(store_config(options)?)
+        .map_err(|e| io::Error::other(format!("cannot create the store: {e}")))?;
+    let trace = match &options.trace_file {
+        Some(p) => Some(
+            TraceFile::open(p)
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))?,
+        ),
+        None => None,
+    };
+    raise_fd_limit();
+    let sockets = Sockets {
+        main: socket.clone(),
+        read_only: read_only.clone(),
+        domain_dir: options.domain_sockets.clone(),
+    };
+    let mut server = Server::new(store, HostCtx::new(trace), &sockets)?;
+    let _pid_file = match &options.pid_file {
+        Some(p) => {
+            if let Err(e) = fs::write(p, format!("{}\n", std::process::id())) {
+                drop(server);
+                let _ = fs::remove_file(&socket);
+                if let Some(ro) = &read_only {
+                    let _ = fs::remove_file(ro);
+                }
+                return Err(io::Error::new(e.kind(), format!("{}: {e}", p.display())));
+            }
+            Some(PidFile(p.clone()))
+        }
+        None => None,
+    };
+    let ro_text = read_only.as_ref().map_or_else(
+        || "no read-only socket".to_owned(),
+        |r| format!("read-only: {}", r.display()),
+    );
+    eprintln!("xs-host: listening on {} ({ro_text})", socket.display());
+    if let Some(dir) = &options.domain_sockets {
+        eprintln!(
+            "xs-host: per-domain sockets in {}/<domid> once introduced",
+            dir.display()
+        );
+    }
+    eprintln!(
+        "export XENSTORED_PATH={}",
+        shell_quote(socket.as_os_str().to_owned())
+    );
+    server.run()
+}
+
+/// `path` as a shell word.
+fn shell_quote(path: OsString) -> String {
+    let s = path.to_string_lossy().into_owned();
+    if s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._-+,:@%".contains(&b))
+    {
+        s
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_for_the_shell() {
+        assert_eq!(
+            shell_quote("/run/xs-host/socket".into()),
+            "/run/xs-host/socket"
+        );
+        assert_eq!(shell_quote("/tmp/a b".into()), "'/tmp/a b'");
+        assert_eq!(shell_quote("/tmp/it's".into()), "'/tmp/it'\\''s'");
+    }
+
+    #[test]
+    fn config_from_options() {
+        let options = Options {
+            domain_nodes: false,
+            privileged: vec![xs_core::DomId(3)],
+            quotas: vec![(xs_core::QuotaKind::Nodes, 5)],
+            ..Options::default()
+        };
+        let a = store_config(&options).unwrap();
+        let b = store_config(&options).unwrap();
+        assert!(!a.domain_nodes);
+        assert_eq!(a.privileged, vec![xs_core::DomId(3)]);
+        assert_eq!(a.quotas.get(xs_core::QuotaKind::Nodes), 5);
+        assert_ne!(a.hash_key, StoreConfig::default().hash_key);
+        assert_ne!(a.hash_key, b.hash_key, "drawn afresh");
+    }
+}

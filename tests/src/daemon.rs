@@ -1,0 +1,569 @@
+//! Starting a XenStore daemon on a fresh socket, running client tools against it, and
+//! stopping it.
+//!
+//! Which daemon: `XS_E2E_DAEMON=xs-host` (default) or `XS_E2E_DAEMON=cxenstored` (Debian's
+//! C xenstored 4.17 through `shared/anchors/start-anchor.sh`, the reference the tests were
+//! validated against).
+//!
+//! The xs-host binary is `$XS_HOST_BIN` if set, else it is built here with
+//! `cargo build --release -p xs-host` into this test binary's own target directory.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::ring::RingGuest;
+use crate::skip::{Skip, tool};
+use crate::wire::{Client, Wire};
+
+// `kill(2)` is safe to call with any arguments: it touches no memory of ours.
+unsafe extern "C" {
+    safe fn kill(pid: i32, sig: i32) -> i32;
+}
+
+const SIGKILL: i32 = 9;
+const SIGTERM: i32 = 15;
+
+/// Sends `sig` to `pid`.
+pub fn signal(pid: u32, sig: i32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = kill(pid, sig);
+    }
+}
+
+/// Which daemon the tests run against.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Kind {
+    /// This project's daemon.
+    XsHost,
+    /// Xen's C xenstored (reference).
+    CXenstored,
+}
+
+impl Kind {
+    /// From `XS_E2E_DAEMON` (`xs-host` when unset).
+    pub fn from_env() -> Kind {
+        match std::env::var("XS_E2E_DAEMON").as_deref() {
+            Err(_) | Ok("") | Ok("xs-host") => Kind::XsHost,
+            Ok("cxenstored") => Kind::CXenstored,
+            Ok(other) => panic!("XS_E2E_DAEMON={other:?}: expected xs-host or cxenstored"),
+        }
+    }
+}
+
+/// The workspace root (this crate lives in `<root>/tests`).
+pub fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// The target directory this test binary was built into
+/// (`<target>/<profile>/deps/<test binary>`).
+fn own_target_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("CARGO_TARGET_DIR") {
+        let d = PathBuf::from(d);
+        return Some(if d.is_absolute() {
+            d
+        } else {
+            workspace_root().join(d)
+        });
+    }
+    let exe = std::env::current_exe().ok()?;
+    Some(exe.parent()?.parent()?.parent()?.to_path_buf())
+}
+
+/// The xs-host binary, built on first use.
+pub fn xs_host_bin() -> PathBuf {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let bin = BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("XS_HOST_BIN") {
+            let p = PathBuf::from(p);
+            return if p.is_file() {
+                Ok(p)
+            } else {
+                Err(format!("XS_HOST_BIN={} is not a file", p.display()))
+            };
+        }
+        let target = own_target_dir().ok_or("cannot tell the target directory")?;
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let out = Command::new(&cargo)
+            .args(["build", "--release", "-p", "xs-host"])
+            .env("CARGO_TARGET_DIR", &target)
+            .current_dir(workspace_root())
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("running {}: {e}", Path::new(&cargo).display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "`cargo build --release -p xs-host` failed ({}):\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let p = target.join("release").join("xs-host");
+        if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!("built xs-host but {} is missing", p.display()))
+        }
+    });
+    match bin {
+        Ok(p) => p.clone(),
+        Err(e) => panic!("no xs-host binary: {e}"),
+    }
+}
+
+/// The reference daemons' scripts (`shared/anchors`).
+fn anchors_dir() -> Result<PathBuf, Skip> {
+    let candidates = [
+        std::env::var_os("XS_E2E_ANCHORS").map(PathBuf::from),
+        Some(workspace_root().join("../shared/anchors")),
+        Some(PathBuf::from("/work/shared/anchors")),
+    ];
+    for c in candidates.into_iter().flatten() {
+        if c.join("start-anchor.sh").is_file() {
+            return Ok(c);
+        }
+    }
+    Err(Skip(
+        "XS_E2E_DAEMON=cxenstored but shared/anchors/start-anchor.sh not found (set \
+         XS_E2E_ANCHORS)"
+            .into(),
+    ))
+}
+
+/// A fresh private directory under the system temp dir, removed on drop.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Creates `/tmp/xs-e2e-<pid>-<n>` (short: socket paths must fit in 108 bytes).
+    pub fn new() -> TempDir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("xs-e2e-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
+        TempDir(p)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        TempDir::new()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("XS_E2E_KEEP").is_none() {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// What a client command did.
+#[derive(Debug)]
+pub struct Output {
+    /// The command line, for messages.
+    pub cmdline: String,
+    /// Exit status.
+    pub status: ExitStatus,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Output {
+    /// Asserts exit status 0 and returns the standard output.
+    #[track_caller]
+    pub fn ok(&self) -> &str {
+        assert!(
+            self.status.success(),
+            "`{}` failed ({}):\nstdout: {}\nstderr: {}",
+            self.cmdline,
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        &self.stdout
+    }
+
+    /// The exit code (`None` if killed by a signal).
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+}
+
+/// Runs `cmd` with its output captured; kills it and panics after `timeout`.
+pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
+    let cmdline = format!("{cmd:?}");
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmdline}: {e}"));
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(Ok(o)) => Output {
+            cmdline,
+            status: o.status,
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        },
+        Ok(Err(e)) => panic!("waiting for {cmdline}: {e}"),
+        Err(_) => {
+            signal(pid, SIGKILL);
+            panic!("{cmdline} did not finish within {timeout:?}");
+        }
+    }
+}
+
+/// A running daemon on a fresh socket.
+#[derive(Debug)]
+pub struct Daemon {
+    kind: Kind,
+    dir: TempDir,
+    socket: PathBuf,
+    domain_dir: Option<PathBuf>,
+    pid: u32,
+    /// xs-host is our child; C xenstored is started (detached) by the anchor script.
+    child: Option<Child>,
+    anchors: Option<PathBuf>,
+    stopped: bool,
+}
+
+impl Daemon {
+    /// Starts the daemon selected by `XS_E2E_DAEMON`.
+    pub fn start() -> Result<Daemon, Skip> {
+        Daemon::start_with(&[])
+    }
+
+    /// Same, with extra xs-host options (C xenstored is started with the anchors'
+    /// defaults).
+    pub fn start_with(extra: &[&str]) -> Result<Daemon, Skip> {
+        Daemon::start_with_args(extra, &[])
+    }
+
+    /// Same, with extra options for each daemon (`cxs_extra` goes to C xenstored through
+    /// `ANCHOR_CXS_ARGS`).
+    pub fn start_with_args(xs_host_extra: &[&str], cxs_extra: &[&str]) -> Result<Daemon, Skip> {
+        match Kind::from_env() {
+            Kind::XsHost => Ok(Daemon::start_xs_host(xs_host_extra)),
+            Kind::CXenstored => Daemon::start_cxenstored(cxs_extra),
+        }
+    }
+
+    fn start_xs_host(extra: &[&str]) -> Daemon {
+        let bin = xs_host_bin();
+        let dir = TempDir::new();
+        let socket = dir.path().join("sock");
+        let domain_dir = dir.path().join("domains");
+        let log = fs::File::create(dir.path().join("daemon.log"))
+            .unwrap_or_else(|e| panic!("creating the daemon log: {e}"));
+        let log2 = log
+            .try_clone()
+            .unwrap_or_else(|e| panic!("dup of the daemon log: {e}"));
+        let child = Command::new(&bin)
+            .arg("-s")
+            .arg(&socket)
+            .arg("--domain-sockets")
+            .arg(&domain_dir)
+            .arg("-N")
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let mut d = Daemon {
+            kind: Kind::XsHost,
+            pid: child.id(),
+            dir,
+            socket,
+            domain_dir: Some(domain_dir),
+            child: Some(child),
+            anchors: None,
+            stopped: false,
+        };
+        d.wait_ready();
+        d
+    }
+
+    fn start_cxenstored(extra: &[&str]) -> Result<Daemon, Skip> {
+        let anchors = anchors_dir()?;
+        let xenstored = Path::new("/usr/lib/xen-4.17/bin/xenstored");
+        if !xenstored.is_file() {
+            return Err(Skip(format!(
+                "{} missing (Debian package xen-utils-4.17)",
+                xenstored.display()
+            )));
+        }
+        tool("xenstore-exists")?; // start-anchor.sh probes with it
+        let dir = TempDir::new();
+        let socket = dir.path().join("sock");
+        let out = run_with_timeout(
+            {
+                let mut c = Command::new(anchors.join("start-anchor.sh"));
+                c.arg("cxenstored")
+                    .arg(&socket)
+                    .env("ANCHOR_CXS_ARGS", extra.join(" "));
+                c
+            },
+            Duration::from_secs(60),
+        );
+        out.ok();
+        let pidfile = PathBuf::from(format!("{}.pid", socket.display()));
+        let pid: u32 = fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no pid in {}", pidfile.display()));
+        let mut d = Daemon {
+            kind: Kind::CXenstored,
+            dir,
+            socket,
+            domain_dir: None,
+            pid,
+            child: None,
+            anchors: Some(anchors),
+            stopped: false,
+        };
+        d.wait_ready();
+        Ok(d)
+    }
+
+    /// Waits until the daemon answers `READ /` (10 s at most).
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut w) = Wire::connect(&self.socket)
+                && w.read("/").is_ok()
+            {
+                return;
+            }
+            if let Some(status) = self.exit_status() {
+                panic!(
+                    "{:?} exited during startup ({status}); log:\n{}",
+                    self.kind,
+                    self.log()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{:?} did not answer on {} within 10 s; log:\n{}",
+                    self.kind,
+                    self.socket.display(),
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// The daemon's log (stdout and stderr).
+    pub fn log(&self) -> String {
+        let p = match self.kind {
+            Kind::XsHost => self.dir.path().join("daemon.log"),
+            Kind::CXenstored => PathBuf::from(format!("{}.d/daemon.log", self.socket.display())),
+        };
+        let mut s = String::new();
+        if let Ok(mut f) = fs::File::open(p) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Which daemon this is.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The main (dom0) socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The temp directory the daemon's socket lives in (tests may put files there).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Whether the process is still alive (not a zombie).
+    pub fn alive(&mut self) -> bool {
+        if self.child.is_some() {
+            return self.exit_status().is_none();
+        }
+        match fs::read_to_string(format!("/proc/{}/status", self.pid)) {
+            Ok(s) => !s
+                .lines()
+                .any(|l| l.starts_with("State:") && l.contains('Z')),
+            Err(_) => false,
+        }
+    }
+
+    /// Resident set size in KiB (`VmRSS` of `/proc/<pid>/status`).
+    pub fn rss_kib(&self) -> u64 {
+        let s = fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .unwrap_or_else(|e| panic!("/proc/{}/status: {e}", self.pid));
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS in /proc/{}/status", self.pid))
+    }
+
+    /// A new dom0 connection.
+    pub fn connect(&self) -> Wire {
+        Wire::connect(&self.socket)
+            .unwrap_or_else(|e| panic!("connect {}: {e}", self.socket.display()))
+    }
+
+    /// `program` with `XENSTORED_PATH` pointing at this daemon.
+    pub fn command(&self, program: &Path) -> Command {
+        self.command_at(program, &self.socket)
+    }
+
+    /// `program` with `XENSTORED_PATH=socket`.
+    pub fn command_at(&self, program: &Path, socket: &Path) -> Command {
+        let mut c = Command::new(program);
+        c.env("XENSTORED_PATH", socket)
+            .env_remove("XENSTORED_RUNDIR")
+            .env_remove("XENSTORE_DOMAIN_INTERFACE");
+        c
+    }
+
+    /// Runs `program args...` against this daemon (20 s at most).
+    pub fn run<S: AsRef<OsStr>>(&self, program: &Path, args: &[S]) -> Output {
+        let mut c = self.command(program);
+        c.args(args);
+        run_with_timeout(c, Duration::from_secs(20))
+    }
+
+    /// The per-domain socket of `domid` (xs-host only).
+    pub fn domain_socket(&self, domid: u32) -> Option<PathBuf> {
+        self.domain_dir.as_ref().map(|d| d.join(domid.to_string()))
+    }
+
+    /// Introduces `domid` (as dom0) and returns a connection acting as that domain: its
+    /// per-domain socket on xs-host, its ring page on C xenstored (see [`crate::ring`]).
+    pub fn guest(&self, domid: u32) -> Result<Box<dyn Client>, Skip> {
+        match self.kind {
+            Kind::XsHost => {
+                let mut dom0 = self.connect();
+                dom0.introduce(domid)
+                    .unwrap_or_else(|e| panic!("INTRODUCE {domid} failed: {e}"));
+                let path = self
+                    .domain_socket(domid)
+                    .unwrap_or_else(|| panic!("xs-host started without --domain-sockets"));
+                assert!(
+                    path.exists(),
+                    "after INTRODUCE {domid}, {} does not exist",
+                    path.display()
+                );
+                let w = Wire::connect(&path)
+                    .unwrap_or_else(|e| panic!("connect {}: {e}", path.display()));
+                Ok(Box::new(w))
+            }
+            Kind::CXenstored => Ok(Box::new(RingGuest::introduce(
+                self.pid,
+                &self.socket,
+                domid,
+            )?)),
+        }
+    }
+
+    /// Stops the daemon: SIGTERM, and for xs-host asserts that it exits with status 0
+    /// within 10 s.
+    pub fn stop(mut self) {
+        self.stop_inner();
+    }
+
+    fn stop_inner(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        if let Some(mut child) = self.child.take() {
+            signal(self.pid, SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let status = loop {
+                match child.try_wait() {
+                    Ok(Some(s)) => break Some(s),
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    _ => break None,
+                }
+            };
+            match status {
+                Some(s) if s.success() => {}
+                Some(s) => panic!(
+                    "xs-host exited with {s} on SIGTERM (expected 0); log:\n{}",
+                    self.log()
+                ),
+                None => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "xs-host did not exit within 10 s of SIGTERM; log:\n{}",
+                        self.log()
+                    );
+                }
+            }
+        } else if let Some(anchors) = &self.anchors {
+            let mut c = Command::new(anchors.join("stop-anchor.sh"));
+            c.arg(&self.socket);
+            let out = run_with_timeout(c, Duration::from_secs(30));
+            out.ok();
+            let _ = fs::remove_dir_all(format!("{}.d", self.socket.display()));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The test already failed: just make sure nothing is left running.
+            self.stopped = true;
+            if let Some(mut c) = self.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            } else if let Some(anchors) = &self.anchors {
+                let _ = Command::new(anchors.join("stop-anchor.sh"))
+                    .arg(&self.socket)
+                    .output();
+                let _ = fs::remove_dir_all(format!("{}.d", self.socket.display()));
+            }
+            return;
+        }
+        self.stop_inner();
+    }
+}

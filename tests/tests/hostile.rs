@@ -1,0 +1,407 @@
+//! Hostile clients on raw sockets: garbage, truncated frames, oversized headers, a client
+//! that never reads its replies, and thousands of connections. After each, the daemon must
+//! be alive, answer a well-behaved client, and (xs-host) exit 0 on SIGTERM.
+
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use xs_e2e::wire::{self, ty};
+use xs_e2e::{Client, Daemon, Kind, Wire, note, require};
+
+/// xorshift64*: deterministic pseudo-random bytes, no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// The daemon is alive and serves a fresh client (write, then read back).
+#[track_caller]
+fn assert_healthy(d: &mut Daemon, tag: &str) {
+    assert!(d.alive(), "daemon died ({tag}); log:\n{}", d.log());
+    let mut w = d.connect();
+    let path = format!("/health/{tag}");
+    w.write(&path, tag.as_bytes())
+        .unwrap_or_else(|e| panic!("health write ({tag}): {e}"));
+    assert_eq!(
+        w.read(&path).as_deref(),
+        Ok(tag.as_bytes()),
+        "health read ({tag})"
+    );
+}
+
+/// Sends `bytes` (ignoring a daemon that hangs up early) and closes the connection.
+fn send_and_close(d: &Daemon, bytes: &[u8]) {
+    let mut s = UnixStream::connect(d.socket()).expect("connect");
+    s.set_write_timeout(Some(Duration::from_secs(5))).ok();
+    let _ = s.write_all(bytes);
+}
+
+/// Reads until the daemon closes the connection; `Ok(bytes received)`, or `Err` if it is
+/// still open after `timeout`.
+fn wait_closed(s: &mut UnixStream, timeout: Duration) -> Result<usize, String> {
+    s.set_read_timeout(Some(Duration::from_millis(100))).ok();
+    let deadline = Instant::now() + timeout;
+    let mut got = 0;
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Ok(got),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return Ok(got),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => return Err(format!("read: {e}")),
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "still open after {timeout:?} ({got} bytes received)"
+            ));
+        }
+    }
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn random_bytes() {
+    let mut d = require!(Daemon::start());
+    let mut good = d.connect();
+    good.write("/keep", b"k").expect("write");
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    // Pure noise: mostly headers with absurd lengths and types.
+    for _ in 0..50 {
+        let n = 16 + rng.below(65_536) as usize;
+        send_and_close(&d, &rng.bytes(n));
+    }
+    // Frames with valid lengths, random payloads, and types that change nothing outside
+    // the store (not CONTROL, INTRODUCE, RELEASE, RESUME, SET_TARGET), plus unknown types.
+    let types = [
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+        7,
+        10,
+        11,
+        12,
+        13,
+        14,
+        17,
+        21,
+        22,
+        31,
+        999,
+        u32::MAX,
+    ];
+    for _ in 0..50 {
+        let mut s = UnixStream::connect(d.socket()).expect("connect");
+        s.set_write_timeout(Some(Duration::from_secs(5))).ok();
+        for _ in 0..20 {
+            let t = types[rng.below(types.len() as u64) as usize];
+            let len = rng.below(wire::PAYLOAD_MAX as u64 + 1) as usize;
+            let mut payload = rng.bytes(len);
+            // Sprinkle NULs so that some payloads split into several strings.
+            for b in payload.iter_mut() {
+                if rng.below(8) == 0 {
+                    *b = 0;
+                }
+            }
+            let frame = wire::encode(t, rng.next() as u32, rng.below(3) as u32, &payload);
+            if s.write_all(&frame).is_err() {
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        good.read("/keep").as_deref(),
+        Ok(&b"k"[..]),
+        "old connection"
+    );
+    assert_healthy(&mut d, "random");
+    assert_eq!(
+        good.control(&["check"]).as_deref(),
+        Ok(&b"OK\0"[..]),
+        "store check"
+    );
+    d.stop();
+}
+
+#[test]
+fn truncated_frames() {
+    let mut d = require!(Daemon::start());
+    let mut good = d.connect();
+    good.write("/big", &[b'b'; 2000]).expect("write");
+    let read_big = wire::encode(ty::READ, 1, 0, b"/big\0");
+    for i in 0..400u32 {
+        let bytes: Vec<u8> = match i % 5 {
+            // Half a header.
+            0 => wire::header(ty::READ, i, 0, 5)[..8].to_vec(),
+            // A header promising 100 bytes, and 10 of them.
+            1 => {
+                let mut v = wire::header(ty::WRITE, i, 0, 100).to_vec();
+                v.extend_from_slice(b"/trunc\0abc");
+                v
+            }
+            // A whole request, then half of the next header.
+            2 => {
+                let mut v = read_big.clone();
+                v.extend_from_slice(&wire::header(ty::READ, i, 0, 5)[..7]);
+                v
+            }
+            // A header alone, promising the maximum.
+            3 => wire::header(ty::WRITE, i, 0, 4096).to_vec(),
+            // Many requests, then gone before reading the replies (the daemon's writes
+            // fail with EPIPE).
+            _ => read_big.repeat(50),
+        };
+        send_and_close(&d, &bytes);
+    }
+    assert_eq!(
+        good.read("/trunc"),
+        Err("ENOENT".to_owned()),
+        "a truncated WRITE applied"
+    );
+    assert_eq!(
+        good.read("/big").map(|v| v.len()),
+        Ok(2000),
+        "old connection"
+    );
+    assert_healthy(&mut d, "truncated");
+    d.stop();
+}
+
+#[test]
+fn oversized_header_closes_only_that_connection() {
+    let mut d = require!(Daemon::start());
+    let mut good = d.connect();
+    good.write("/before", b"1").expect("write");
+    for len in [4097u32, 65_536, u32::MAX] {
+        let mut bad = UnixStream::connect(d.socket()).expect("connect");
+        bad.write_all(&wire::header(ty::WRITE, 1, 0, len))
+            .expect("send header");
+        let _ = bad.write_all(b"/x\0y");
+        if let Err(e) = wait_closed(&mut bad, Duration::from_secs(5)) {
+            panic!("connection that sent len {len}: {e}");
+        }
+        // A connection mid-way through a good request is not disturbed.
+        good.write("/after", len.to_string().as_bytes())
+            .expect("good connection after a bad header");
+    }
+    assert_eq!(good.read("/after").as_deref(), Ok(&b"4294967295"[..]));
+    assert_healthy(&mut d, "oversized");
+    d.stop();
+}
+
+/// Floods `socket` with READs of the 2000-byte `/big` without reading the replies, while
+/// `good` keeps reading; returns a report line and asserts the daemon stayed responsive
+/// (and, for xs-host, that its RSS grew by less than 64 MiB).
+fn flood_without_reading(d: &mut Daemon, socket: &std::path::Path, good: &mut Wire, who: &str) {
+    let rss_before = d.rss_kib();
+    let mut flood = UnixStream::connect(socket).expect("connect");
+    flood.set_nonblocking(true).expect("nonblocking");
+    // READ of a 2000-byte node: 21 bytes in, 2016 out. At most 100k requests (200 MB of
+    // replies); stop early once the daemon stops taking requests for 300 ms (backpressure).
+    let batch = wire::encode(ty::READ, 7, 0, b"/big\0").repeat(64);
+    let mut sent_bytes = 0usize;
+    let mut stalled_since: Option<Instant> = None;
+    let mut worst = Duration::ZERO;
+    let mut pending = &batch[..];
+    let start = Instant::now();
+    while sent_bytes < 100_000 * 21 && start.elapsed() < Duration::from_secs(20) {
+        match flood.write(pending) {
+            Ok(n) => {
+                sent_bytes += n;
+                pending = &pending[n..];
+                if pending.is_empty() {
+                    pending = &batch[..];
+                }
+                stalled_since = None;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                let since = *stalled_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_millis(300) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => panic!("flooding client lost its connection: {e}"),
+        }
+        // Meanwhile another client is served promptly.
+        let t = Instant::now();
+        assert_eq!(good.read("/big").map(|v| v.len()), Ok(2000));
+        worst = worst.max(t.elapsed());
+    }
+    let requests = sent_bytes / 21;
+    let rss_after = d.rss_kib();
+    let grew_mib = rss_after.saturating_sub(rss_before) / 1024;
+    let report = format!(
+        "{:?}, {who}: {requests} requests sent in {:?} without reading; RSS {rss_before} KiB \
+         -> {rss_after} KiB; worst latency of the other client {worst:?}",
+        d.kind(),
+        start.elapsed()
+    );
+    note(&report);
+    assert!(d.alive(), "daemon died under the flood; log:\n{}", d.log());
+    assert!(worst < Duration::from_secs(2), "{report}");
+    match d.kind() {
+        Kind::XsHost => assert!(grew_mib < 64, "RSS ballooned: {report}"),
+        // C xenstored queues replies without bound for privileged socket connections
+        // (observed: ~2 GB for 900k requests); that is the failure this test guards
+        // xs-host against, so the reference run only reports it.
+        Kind::CXenstored => {}
+    }
+}
+
+#[test]
+fn client_that_never_reads_its_replies() {
+    let mut d = require!(Daemon::start());
+    let mut good = d.connect();
+    good.write("/big", &[b'x'; 2000]).expect("write");
+    let socket = d.socket().to_path_buf();
+    flood_without_reading(&mut d, &socket, &mut good, "dom0 socket");
+    assert_healthy(&mut d, "flood");
+    d.stop();
+}
+
+/// The same from a guest's per-domain socket (xs-host only: C xenstored has none).
+#[test]
+fn guest_that_never_reads_its_replies() {
+    let mut d = require!(Daemon::start());
+    if d.kind() != Kind::XsHost {
+        note("xs-host only (per-domain sockets)");
+        return;
+    }
+    let mut good = d.connect();
+    good.write("/big", &[b'x'; 2000]).expect("write");
+    good.set_perms("/big", &["n0", "r5"]).expect("chmod");
+    drop(require!(d.guest(5)));
+    let socket = d.domain_socket(5).expect("domain socket");
+    flood_without_reading(&mut d, &socket, &mut good, "guest socket");
+    assert_healthy(&mut d, "guest-flood");
+    d.stop();
+}
+
+/// A connection with a watch that never reads its events, while another client writes
+/// 30000 times below the watched path with a 1000-byte token: the events must not pile up
+/// without bound (xs-core bounds each connection's event queue).
+#[test]
+fn watcher_that_never_reads_its_events() {
+    let mut d = require!(Daemon::start());
+    let mut watcher = d.connect();
+    let token = "t".repeat(1000);
+    watcher.watch("/ev", &token).expect("watch");
+    let mut writer = d.connect();
+    let rss_before = d.rss_kib();
+    let start = Instant::now();
+    let mut worst = Duration::ZERO;
+    for i in 0..30_000u32 {
+        let t = Instant::now();
+        writer
+            .write(&format!("/ev/n{}", i % 100), b"v")
+            .unwrap_or_else(|e| panic!("write {i}: {e}"));
+        worst = worst.max(t.elapsed());
+    }
+    let rss_after = d.rss_kib();
+    let report = format!(
+        "{:?}: 30000 events of ~1 KB for a watcher that never reads, in {:?}; RSS \
+         {rss_before} KiB -> {rss_after} KiB; worst write latency {worst:?}",
+        d.kind(),
+        start.elapsed()
+    );
+    note(&report);
+    assert!(worst < Duration::from_secs(2), "{report}");
+    if d.kind() == Kind::XsHost {
+        assert!(
+            rss_after.saturating_sub(rss_before) < 32 * 1024,
+            "RSS ballooned: {report}"
+        );
+    }
+    drop(watcher);
+    assert_healthy(&mut d, "watcher");
+    d.stop();
+}
+
+#[test]
+fn thousands_of_connections() {
+    let mut d = require!(Daemon::start());
+    let mut good = d.connect();
+    good.write("/conn", b"").expect("write");
+    let fds_before = open_fds(d.pid());
+    // 5000 sequential: connect and close; every 10th makes a request first.
+    for i in 0..5000u32 {
+        let mut w =
+            Wire::connect(d.socket()).unwrap_or_else(|e| panic!("sequential connection {i}: {e}"));
+        if i % 10 == 0 {
+            assert_eq!(w.read("/conn").as_deref(), Ok(&b""[..]));
+        }
+    }
+    // 200 at once: all open, each writes its node, then all replies are read.
+    let mut conns: Vec<Wire> = (0..200)
+        .map(|i| {
+            Wire::connect(d.socket()).unwrap_or_else(|e| panic!("concurrent connection {i}: {e}"))
+        })
+        .collect();
+    for (i, w) in conns.iter_mut().enumerate() {
+        let payload = [format!("/conn/c{i}\0").as_bytes(), b"v"].concat();
+        w.stream()
+            .write_all(&wire::encode(ty::WRITE, 1, 0, &payload))
+            .expect("send");
+    }
+    for (i, w) in conns.iter_mut().enumerate() {
+        let reply = wire::read_msg(w.stream()).unwrap_or_else(|e| panic!("reply {i}: {e}"));
+        assert_eq!(reply.ty, ty::WRITE, "reply {i}: {reply:?}");
+    }
+    assert_eq!(good.directory("/conn").map(|v| v.len()), Ok(200));
+    drop(conns);
+    // 4 threads opening and closing 250 connections each, concurrently.
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let d = &d;
+            s.spawn(move || {
+                for i in 0..250 {
+                    let mut w = Wire::connect(d.socket())
+                        .unwrap_or_else(|e| panic!("thread {t} connection {i}: {e}"));
+                    if i % 25 == 0 {
+                        assert!(w.read("/conn").is_ok());
+                    }
+                }
+            });
+        }
+    });
+    // Closed connections are reaped: no descriptor leak.
+    let mut fds_after = open_fds(d.pid());
+    for _ in 0..100 {
+        if fds_after <= fds_before + 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        fds_after = open_fds(d.pid());
+    }
+    assert!(
+        fds_after <= fds_before + 2,
+        "daemon holds {fds_after} descriptors, {fds_before} before the connections"
+    );
+    assert_eq!(good.read("/conn/c199").as_deref(), Ok(&b"v"[..]));
+    assert_healthy(&mut d, "connections");
+    d.stop();
+}
