@@ -185,10 +185,33 @@ fn lock_closure(packages: &[Locked], root: &str) -> BTreeSet<(String, String)> {
 /// (2): the archive, built apart from the normal build so its flags do not invalidate it.
 fn build(ws: &Workspace) -> Result<PathBuf, String> {
     let target_dir = ws.target_dir.join("nostd");
+    let manifest = ws
+        .root
+        .join("crates")
+        .join("nostd-check")
+        .join("Cargo.toml");
+    let manifest = manifest.to_string_lossy().into_owned();
+    // The crate is its own workspace (see its Cargo.toml): lint and unit-test it here.
+    for args in [
+        vec![
+            "clippy",
+            "--manifest-path",
+            &manifest,
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        vec!["test", "--manifest-path", &manifest],
+    ] {
+        let mut c = ws.cargo(args);
+        c.env("CARGO_TARGET_DIR", &target_dir);
+        cmd::run(&mut c)?;
+    }
     let mut c = ws.cargo([
         "rustc",
-        "-p",
-        "nostd-check",
+        "--manifest-path",
+        &manifest,
         "--release",
         "--crate-type",
         "staticlib",

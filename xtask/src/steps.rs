@@ -181,8 +181,11 @@ fn test(ctx: &Ctx<'_>) -> Outcome {
         return Outcome::Fail(why);
     }
     let mut c = ctx.ws.cargo(["test", "--workspace"]);
-    c.env("XS_HOST_BIN", ctx.ws.target_dir.join("release").join("xs-host"))
-        .env("XS_E2E_NO_SKIP", "1");
+    c.env(
+        "XS_HOST_BIN",
+        ctx.ws.target_dir.join("release").join("xs-host"),
+    )
+    .env("XS_E2E_NO_SKIP", "1");
     cmd::run(&mut c).into()
 }
 
