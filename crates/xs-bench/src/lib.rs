@@ -4,7 +4,9 @@
 //! The benchmark programs live in `src/bin/`; each prints one line per measurement on
 //! stdout and everything else (progress, comparisons with the goals) on stderr.
 
+pub mod client;
 pub mod counting_alloc;
+pub mod daemon;
 pub mod harness;
 pub mod host;
 pub mod rng;
