@@ -1,11 +1,28 @@
 //! The XenStore ring page protocol (`docs/misc/xenstore-ring.txt`, `xs_wire.h`): the
 //! `xenstore_domain_interface` page shared between a guest and the store, for both ends.
 //!
-//! Not yet implemented: this crate is a placeholder in the workspace until the ring issue
-//! lands. It holds the protocol constants the rest of the workspace already relies on.
+//! * [`layout`]: the page as Xen lays it out, with compile-time offset checks.
+//! * [`Page`]: how the page is reached (a real page, a page shared by threads, a loom model).
+//! * [`order`]: every memory ordering of the protocol, each naming its pair.
+//! * [`Server`] and [`Guest`]: the two ends, each keeping its own indices privately and
+//!   checking the peer's.
+//! * `pump` (feature `pump`): serving an xs-core connection over a ring.
+//!
+//! The crate moves bytes and knows nothing of messages; it needs no allocator.
 
 #![no_std]
-#![forbid(unsafe_code)]
 
-/// Bytes in each of the request and response rings (`XENSTORE_RING_SIZE`).
-pub const RING_SIZE: usize = 1024;
+mod guest;
+pub mod layout;
+pub mod order;
+mod page;
+#[cfg(feature = "pump")]
+pub mod pump;
+mod ring;
+mod server;
+
+pub use guest::Guest;
+pub use layout::RING_SIZE;
+pub use page::{Page, RawPage, SharedPage};
+pub use ring::RingFault;
+pub use server::Server;

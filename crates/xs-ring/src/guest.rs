@@ -1,0 +1,76 @@
+//! The guest's end of the ring: what a guest kernel (or a test, or a guest-side program)
+//! drives. The mirror image of [`crate::Server`].
+
+use crate::layout::{CONNECTED, Field, RECONNECT, Ring};
+use crate::order;
+use crate::page::Page;
+use crate::ring::{Consumer, Producer, RingFault};
+
+/// The guest end: writes requests, reads replies and events.
+#[derive(Debug)]
+pub struct Guest<P: Page> {
+    page: P,
+    req: Producer,
+    rsp: Consumer,
+}
+
+impl<P: Page> Guest<P> {
+    /// Starts using the page from the indices found in it.
+    pub fn new(page: P) -> Guest<P> {
+        let req_prod = page.load(Field::ReqProd);
+        let rsp_cons = page.load(Field::RspCons);
+        Guest {
+            req: Producer::new(Ring::Req, Field::ReqProd, Field::ReqCons, req_prod),
+            rsp: Consumer::new(Ring::Rsp, Field::RspProd, Field::RspCons, rsp_cons),
+            page,
+        }
+    }
+
+    /// The page.
+    pub fn page(&self) -> &P {
+        &self.page
+    }
+
+    /// The features the server offers.
+    pub fn server_features(&self) -> u32 {
+        self.page.load(Field::ServerFeatures)
+    }
+
+    /// The server's error indicator (0 while it serves).
+    pub fn error(&self) -> u32 {
+        self.page.load(Field::Error)
+    }
+
+    /// Writes as much of `src` as fits into the request ring; returns how much.
+    pub fn write(&mut self, src: &[u8]) -> Result<usize, RingFault> {
+        self.req.push(&self.page, src)
+    }
+
+    /// Reads waiting reply bytes into `dst`; returns how many.
+    pub fn read(&mut self, dst: &mut [u8]) -> Result<usize, RingFault> {
+        let n = self.rsp.peek(&self.page, dst)?;
+        self.rsp.consume(&self.page, n);
+        Ok(n)
+    }
+
+    /// Asks the server to reset the ring (`XENSTORE_RECONNECT`). Poll
+    /// [`Guest::reconnected`] (after notifying the server) until it returns true.
+    pub fn request_reconnect(&mut self) {
+        // ORDERING: everything written before is published before the request (release).
+        order::before_publishing_prod();
+        self.page.store(Field::Connection, RECONNECT);
+    }
+
+    /// Whether the server completed the reconnection; if so the guest restarts from the
+    /// indices the server left (zero).
+    pub fn reconnected(&mut self) -> bool {
+        if self.page.load(Field::Connection) != CONNECTED {
+            return false;
+        }
+        // ORDERING: pairs with the server's release before it stored `connection` = 0.
+        order::after_loading_prod();
+        self.req.reset(self.page.load(Field::ReqProd));
+        self.rsp.reset(self.page.load(Field::RspCons));
+        true
+    }
+}

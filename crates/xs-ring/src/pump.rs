@@ -1,0 +1,96 @@
+//! Serving one xs-core protocol connection over a ring (feature `pump`).
+//!
+//! The whole glue between the two: requests are peeked from the ring into private memory,
+//! fed to the connection, and consumed only as far as the connection took them (so a guest
+//! that does not read its replies finds its request ring full, and the store's memory does
+//! not grow); replies and events are written as far as the reply ring has room.
+
+use xs_core::Store;
+use xs_core::protocol::connection::Closed;
+use xs_core::protocol::{Connection, Host};
+
+use crate::layout::{ERROR_PROTO, RING_SIZE};
+use crate::page::Page;
+use crate::ring::RingFault;
+use crate::server::Server;
+
+/// What a pump did.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Pumped {
+    /// The ring changed: the guest must be notified.
+    pub notify: bool,
+    /// The ring is no longer served (the guest broke the protocol; the page's `error` says
+    /// why), until the guest asks for a reconnection.
+    pub fault: Option<RingFault>,
+    /// The domain was released: stop serving this ring.
+    pub released: bool,
+}
+
+/// Moves bytes between `ring` and `conn` until neither can make progress. Then the caller
+/// re-enables notifications, issues [`crate::order::before_recheck`], and pumps again if
+/// [`Server::has_work`] says so, before sleeping.
+pub fn pump<P: Page>(
+    ring: &mut Server<P>,
+    conn: &mut Connection,
+    store: &mut Store,
+    host: &mut dyn Host,
+) -> Pumped {
+    let mut done = Pumped::default();
+    let mut buf = [0u8; RING_SIZE];
+    loop {
+        if ring.reconnect_requested() {
+            conn.reset(store);
+            ring.reconnect();
+            done.notify = true;
+            done.fault = None;
+            continue;
+        }
+        if let Some(fault) = ring.fault() {
+            done.fault = Some(fault);
+            return done;
+        }
+        let mut progress = false;
+        match ring.peek(&mut buf) {
+            Ok(0) => {}
+            Ok(n) => match conn.receive(store, host, buf.get(..n).unwrap_or_default()) {
+                Ok(used) => {
+                    ring.consume(used);
+                    progress |= used > 0;
+                }
+                Err(Closed::Fault(_)) => {
+                    done.fault = Some(ring.fail(ERROR_PROTO));
+                    done.notify = true;
+                    return done;
+                }
+                Err(Closed::Released) => {
+                    done.released = true;
+                    return done;
+                }
+            },
+            Err(fault) => {
+                done.fault = Some(fault);
+                done.notify = true;
+                return done;
+            }
+        }
+        conn.pull_events(store, host);
+        let out = conn.output();
+        if !out.is_empty() {
+            match ring.write(out) {
+                Ok(n) => {
+                    conn.consume_output(n);
+                    progress |= n > 0;
+                }
+                Err(fault) => {
+                    done.fault = Some(fault);
+                    done.notify = true;
+                    return done;
+                }
+            }
+        }
+        if !progress {
+            return done;
+        }
+        done.notify = true;
+    }
+}

@@ -1,0 +1,138 @@
+//! The store's end of a guest's ring.
+
+use crate::layout::{
+    CONNECTED, ERROR_NONE, FEATURE_ERROR, FEATURE_RECONNECTION, Field, RECONNECT, Ring,
+};
+use crate::order;
+use crate::page::Page;
+use crate::ring::{Consumer, Producer, RingFault};
+
+/// The server end: reads requests, writes replies and events.
+///
+/// Once the guest breaks the protocol the ring is marked broken (with the reason in the
+/// page's `error` field, when that feature is offered) and no longer served; only a
+/// reconnection the guest asks for revives it.
+#[derive(Debug)]
+pub struct Server<P: Page> {
+    page: P,
+    req: Consumer,
+    rsp: Producer,
+    features: u32,
+    fault: Option<RingFault>,
+}
+
+impl<P: Page> Server<P> {
+    /// Both features: ring reconnection and the error field. (Xen's C xenstored offers
+    /// only the latter and oxenstored only the former.)
+    pub const FEATURES: u32 = FEATURE_RECONNECTION | FEATURE_ERROR;
+
+    /// Starts serving the page, offering `features`. The indices found in the page are the
+    /// starting point (a guest may not assume they start at zero); from then on the server
+    /// keeps its own indices privately.
+    pub fn new(page: P, features: u32) -> Server<P> {
+        page.store(Field::ServerFeatures, features);
+        let req_cons = page.load(Field::ReqCons);
+        let rsp_prod = page.load(Field::RspProd);
+        Server {
+            req: Consumer::new(Ring::Req, Field::ReqProd, Field::ReqCons, req_cons),
+            rsp: Producer::new(Ring::Rsp, Field::RspProd, Field::RspCons, rsp_prod),
+            page,
+            features,
+            fault: None,
+        }
+    }
+
+    /// The page.
+    pub fn page(&self) -> &P {
+        &self.page
+    }
+
+    /// Why the ring is no longer served, if it is not.
+    pub fn fault(&self) -> Option<RingFault> {
+        self.fault
+    }
+
+    fn live(&self) -> Result<(), RingFault> {
+        self.fault.map_or(Ok(()), Err)
+    }
+
+    /// Stops serving: records `code` in the page's `error` field (if offered).
+    pub fn fail(&mut self, code: u32) -> RingFault {
+        let fault = RingFault { code };
+        if self.features & FEATURE_ERROR != 0 {
+            self.page.store(Field::Error, code);
+        }
+        self.fault = Some(fault);
+        fault
+    }
+
+    fn checked<T>(&mut self, result: Result<T, RingFault>) -> Result<T, RingFault> {
+        result.map_err(|f| self.fail(f.code))
+    }
+
+    /// Copies waiting request bytes into `dst` without consuming them.
+    pub fn peek(&mut self, dst: &mut [u8]) -> Result<usize, RingFault> {
+        self.live()?;
+        let result = self.req.peek(&self.page, dst);
+        self.checked(result)
+    }
+
+    /// Consumes `n` request bytes (at most what [`Server::peek`] returned).
+    pub fn consume(&mut self, n: usize) {
+        if self.fault.is_none() {
+            self.req.consume(&self.page, n);
+        }
+    }
+
+    /// Writes as much of `src` as fits into the reply ring; returns how much.
+    pub fn write(&mut self, src: &[u8]) -> Result<usize, RingFault> {
+        self.live()?;
+        let result = self.rsp.push(&self.page, src);
+        self.checked(result)
+    }
+
+    /// Whether the guest asked for a reconnection (only meaningful when it was offered).
+    pub fn reconnect_requested(&self) -> bool {
+        self.features & FEATURE_RECONNECTION != 0 && self.page.load(Field::Connection) == RECONNECT
+    }
+
+    /// Completes a reconnection the guest asked for: both rings emptied, every index set to
+    /// 0 (as C xenstored does), the error cleared, `connection` back to 0. The caller resets
+    /// the protocol connection (partial packets, watches, transactions) and notifies the
+    /// guest.
+    pub fn reconnect(&mut self) {
+        for field in [
+            Field::ReqCons,
+            Field::ReqProd,
+            Field::RspCons,
+            Field::RspProd,
+        ] {
+            self.page.store(field, 0);
+        }
+        self.req.reset(0);
+        self.rsp.reset(0);
+        if self.features & FEATURE_ERROR != 0 {
+            self.page.store(Field::Error, ERROR_NONE);
+        }
+        self.fault = None;
+        // ORDERING: the emptied indices are visible before the guest sees `connection` = 0
+        // (release; the guest loads `connection`, then acquires before using the indices).
+        order::before_publishing_prod();
+        self.page.store(Field::Connection, CONNECTED);
+    }
+
+    /// Whether there is anything to do: request bytes waiting, or reply space freed while
+    /// `pending_output` bytes wait to be written. Call after re-enabling notifications and
+    /// [`order::before_recheck`], before sleeping.
+    pub fn has_work(&self, pending_output: bool) -> bool {
+        if self.fault.is_some() {
+            return self.reconnect_requested();
+        }
+        let input = self.req.available(&self.page).map_or(true, |n| n > 0);
+        let room = self
+            .rsp
+            .unread(&self.page)
+            .map_or(true, |used| used < P::RING);
+        input || (pending_output && room) || self.reconnect_requested()
+    }
+}
