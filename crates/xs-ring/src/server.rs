@@ -101,6 +101,10 @@ impl<P: Page> Server<P> {
     /// the protocol connection (partial packets, watches, transactions) and notifies the
     /// guest.
     pub fn reconnect(&mut self) {
+        // ORDERING: acquire; pairs with the guest's release in `Guest::request_reconnect`
+        // (whose `connection` = 1 we loaded): the guest's last index stores come before our
+        // zeroes, so neither side can load a pre-reconnection index back afterwards.
+        order::after_loading_prod();
         for field in [
             Field::ReqCons,
             Field::ReqProd,
