@@ -1,0 +1,342 @@
+//! Bringing the store up on Xen and running its event loop: [`run_stub_domain`], built from
+//! [`start`] and [`EventLoop`], which host tests run against a model of Xen.
+//!
+//! # Bring-up ([`start`])
+//!
+//! 1. `xen_version` (logged).
+//! 2. `shared_info` mapped over the given page (`XENMEM_add_to_physmap`,
+//!    `XENMAPSPACE_shared_info`); events are taken from vCPU 0's `vcpu_info` in it.
+//! 3. `VIRQ_DOM_EXC` bound (the toolstack makes the store domain its handler) and unmasked.
+//! 4. [`XenServices`] over the map area; whether `XEN_DOMCTL_get_domain_state` works is
+//!    probed on the privileged domain.
+//! 5. [`StubDomain`] serving the privileged domain: its grant `GNTTAB_RESERVED_XENSTORE`
+//!    mapped, bound to `--event` (or to the ring's `evtchn_port`).
+//!
+//! # The loop ([`EventLoop::turn`])
+//!
+//! No interrupt is used. Each turn clears `evtchn_upcall_pending`, then takes pending ports
+//! from the fair [`Scanner`] (each port's pending bit cleared before its service), at most
+//! [`EVENT_BUDGET`] per turn. Only when a turn found nothing and nothing is left over does it
+//! sleep, in `SCHEDOP_poll` on the `VIRQ_DOM_EXC` port and the served ports: Xen marks the
+//! vCPU as polling before it checks the named ports' pending bits, so an event that arrived
+//! after the scan is not missed, and with more than one port named any event of the domain
+//! wakes it. `SCHEDOP_poll` takes at most 128 ports: with more domains than fit, the sleep
+//! gets a 10 ms timeout, which bounds how late an event on an unnamed port that arrived in
+//! the window between the scan and the poll is noticed.
+//!
+//! (`SCHEDOP_block` is not used: for an HVM/PVH guest Xen decides whether an event "needs
+//! delivery" through the virtual interrupt path, so without an upcall vector and interrupts
+//! enabled, an event arriving just before the block would not wake the vCPU.)
+
+use alloc::vec::Vec;
+use core::fmt::{self, Write};
+use core::ptr::NonNull;
+
+use crate::cpuid::{Vendor, XenInfo};
+use crate::error::Error;
+use crate::evtchn::{self, Scanner, VIRQ_DOM_EXC};
+use crate::grant::{MapArea, PAGE_SIZE};
+use crate::hypercall::{self, Hypercalls, Transfer, XenHypercalls};
+use crate::memory;
+use crate::rng::Rng;
+use crate::sched::{self, POLL_MAX_PORTS, ShutdownReason};
+use crate::services::XenServices;
+use crate::shared_info::SharedInfo;
+use crate::stub::{BootPort, BootRing, Bootstrap, StubConfig, StubDomain};
+use crate::version;
+
+/// Ports served per turn before the loop looks at left-over work again.
+pub const EVENT_BUDGET: usize = 64;
+/// Poll timeout when not every port fits in one `SCHEDOP_poll` (ns).
+pub const POLL_SLICE_NS: u64 = 10_000_000;
+
+/// The store on Xen.
+pub type XenStub<'s, H> = StubDomain<XenServices<'s, H>>;
+
+/// The vCPU the store runs on (the boot vCPU).
+const VCPU: usize = 0;
+
+/// Brings the store up over `hc` (see the module notes): `shared_info` is mapped at the
+/// given page, foreign rings at `map_area` (base, pages).
+///
+/// # Safety
+///
+/// `hc` must reach the Xen this runs on (or a model of it in tests). `shared_info` must be a
+/// page-aligned page of the program's identity-mapped memory (virtual = guest-physical),
+/// given up to Xen for good. `map_area` must satisfy [`XenServices::new`]'s contract.
+pub unsafe fn start<'s, H: Hypercalls>(
+    mut hc: H,
+    xen: &XenInfo,
+    shared_info: &'s mut [u8; 4096],
+    map_area: (usize, usize),
+    rng: Rng,
+    log: &mut dyn Write,
+) -> Result<(XenStub<'s, H>, EventLoop), Error> {
+    match version::version(&mut hc) {
+        Ok((major, minor)) => {
+            let _ = writeln!(log, "xs: Xen {major}.{minor} (hypercalls answered)");
+        }
+        Err(e) => {
+            let _ = writeln!(log, "xs: xen_version failed: {e}");
+        }
+    }
+    let page = NonNull::from(shared_info).cast::<u8>();
+    let addr = page.as_ptr().expose_provenance();
+    if !addr.is_multiple_of(PAGE_SIZE) {
+        return Err(Error::Unaligned);
+    }
+    memory::map_shared_info(&mut hc, (addr / PAGE_SIZE) as u64)?;
+    // SAFETY: Xen now maps shared_info at this page's guest frame, which the program maps at
+    // the same virtual address (caller); the `&'s mut` was consumed, so nothing else
+    // accesses it for `'s`.
+    let si: &'s SharedInfo = unsafe { SharedInfo::from_page(page) };
+    let vcpu = si
+        .vcpu(VCPU)
+        .ok_or(Error::Hypercall(hypercall::Errno::EINVAL))?;
+    let virq = evtchn::bind_virq(&mut hc, VIRQ_DOM_EXC, 0)?;
+    evtchn::unmask(&mut hc, si, vcpu, virq)?;
+    let area = MapArea::new(map_area.0, map_area.1).ok_or(Error::BadMapArea)?;
+    let rdrand = rng.has_rdrand();
+    // SAFETY: the map area's contract is the caller's.
+    let mut services = unsafe { XenServices::new(hc, si, VCPU, area, rng) };
+    let priv_domid = xen.boot.priv_domid;
+    let states = services.probe_domain_state(priv_domid);
+    let _ = writeln!(
+        log,
+        "xs: VIRQ_DOM_EXC on port {virq}; domain state queries {}; entropy {}",
+        if states {
+            "available"
+        } else {
+            "unavailable (Xen < 4.21?)"
+        },
+        if rdrand { "RDRAND" } else { "WEAK (no RDRAND)" },
+    );
+    let boot = Bootstrap {
+        domid: priv_domid,
+        ring: BootRing::Grant { gfn: 0 },
+        port: match xen.boot.event {
+            Some(p) => BootPort::Remote(p),
+            None => BootPort::FromRing,
+        },
+    };
+    let mut stub = StubDomain::new(services, StubConfig::default(), boot)?;
+    flush_log(&mut stub, log);
+    Ok((stub, EventLoop::new(virq)))
+}
+
+/// Writes the store's and the services' log lines.
+pub fn flush_log<H: Hypercalls>(stub: &mut XenStub<'_, H>, log: &mut dyn Write) {
+    for line in stub.take_log() {
+        let _ = writeln!(log, "xs: {line}");
+    }
+    for line in stub.services_mut().take_errors() {
+        let _ = writeln!(log, "xs: {line}");
+    }
+}
+
+/// What a turn of the loop did.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Turn {
+    /// Served this many events.
+    Served(usize),
+    /// Served left-over work.
+    Pending,
+    /// Slept in `SCHEDOP_poll` (and was woken).
+    Slept,
+}
+
+/// The event loop's state.
+#[derive(Debug)]
+pub struct EventLoop {
+    virq: u32,
+    scan: Scanner,
+}
+
+impl EventLoop {
+    /// A loop taking `VIRQ_DOM_EXC` on `virq`.
+    pub fn new(virq: u32) -> EventLoop {
+        EventLoop {
+            virq,
+            scan: Scanner::new(),
+        }
+    }
+
+    /// The `VIRQ_DOM_EXC` port.
+    pub fn virq(&self) -> u32 {
+        self.virq
+    }
+
+    /// One turn: serve pending events, or left-over work, or sleep until an event. `tsc`
+    /// reads the TSC (for the poll timeout; only used with more than 127 served domains).
+    pub fn turn<H: Hypercalls>(
+        &mut self,
+        stub: &mut XenStub<'_, H>,
+        tsc: &mut dyn FnMut() -> u64,
+        log: &mut dyn Write,
+    ) -> Turn {
+        let si = stub.services().shared_info();
+        let Some(vcpu) = si.vcpu(stub.services().vcpu()) else {
+            return Turn::Slept;
+        };
+        // Cleared before the scan: an event during it sets it (and its bits) again.
+        evtchn::take_upcall(vcpu);
+        let mut served = 0;
+        while served < EVENT_BUDGET {
+            let Some(port) = self.scan.next(si, vcpu) else {
+                break;
+            };
+            if port == self.virq {
+                stub.on_dom_exc();
+            } else {
+                stub.on_event(port);
+            }
+            served += 1;
+        }
+        // Left-over work is done every turn, so that a stream of events cannot hold it back.
+        let pending = stub.has_work();
+        if pending {
+            stub.run_pending();
+        }
+        flush_log(stub, log);
+        if served > 0 {
+            return Turn::Served(served);
+        }
+        if pending {
+            return Turn::Pending;
+        }
+        self.sleep(stub, tsc, log);
+        Turn::Slept
+    }
+
+    fn sleep<H: Hypercalls>(
+        &mut self,
+        stub: &mut XenStub<'_, H>,
+        tsc: &mut dyn FnMut() -> u64,
+        log: &mut dyn Write,
+    ) {
+        let mut ports: Vec<u32> = Vec::with_capacity(POLL_MAX_PORTS);
+        ports.push(self.virq);
+        let mut all = true;
+        for p in stub.ports() {
+            if ports.len() == POLL_MAX_PORTS {
+                all = false;
+                break;
+            }
+            ports.push(p);
+        }
+        let timeout = if all {
+            0
+        } else {
+            let vcpu = stub.services().shared_info().vcpu(stub.services().vcpu());
+            match vcpu.and_then(|v| v.time.system_time_ns(tsc())) {
+                Some(now) => now.saturating_add(POLL_SLICE_NS),
+                None => {
+                    // No usable clock: a timeout could lie in the past and spin; yield
+                    // instead (late events are then noticed at the next scheduling).
+                    let _ = sched::yield_now(stub.services_mut().hypercalls());
+                    return;
+                }
+            }
+        };
+        if let Err(e) = sched::poll(stub.services_mut().hypercalls(), &ports, timeout) {
+            let _ = writeln!(log, "xs: SCHEDOP_poll failed: {e}");
+            let _ = sched::yield_now(stub.services_mut().hypercalls());
+        }
+    }
+}
+
+/// Asks Xen for a hypercall page at `page` and checks that it wrote one; otherwise falls back
+/// to the vendor's instruction.
+///
+/// # Safety
+///
+/// Only on Xen (HVM/PVH, 64-bit, ring 0), with `xen` from its CPUID leaves, `page`
+/// identity-mapped (virtual = guest-physical) and executable.
+pub unsafe fn setup_hypercalls(xen: &XenInfo, page: &'static mut [u8; 4096]) -> Option<Transfer> {
+    let base = NonNull::from(page).cast::<u8>();
+    let addr = base.as_ptr().expose_provenance();
+    if xen.hypercall_pages >= 1 && addr.is_multiple_of(PAGE_SIZE) {
+        // SAFETY: on Xen with its MSR (caller); the page is ours, given up to Xen (the
+        // `&'static mut` was consumed) and reached below only through `base`.
+        unsafe { hypercall::write_hypercall_page(xen.hypercall_msr, addr as u64) };
+        let mut copy = [0u8; 4096];
+        for (i, b) in copy.iter_mut().enumerate() {
+            let byte = base.as_ptr().wrapping_add(i);
+            // SAFETY: `byte` lies in the 4096-byte page; Xen wrote it behind the compiler's
+            // back, hence the volatile read.
+            *b = unsafe { byte.read_volatile() };
+        }
+        if hypercall::page_is_written(&copy) {
+            return Some(Transfer::Page(base));
+        }
+    }
+    match xen.vendor {
+        Vendor::Vmx => Some(Transfer::Vmcall),
+        Vendor::Svm => Some(Transfer::Vmmcall),
+        Vendor::Unknown => None,
+    }
+}
+
+/// Logs `error`, asks Xen to crash the domain (so that the toolstack sees it), and halts.
+fn fatal(transfer: Option<Transfer>, log: &mut dyn Write, error: &dyn fmt::Display) -> ! {
+    let _ = writeln!(log, "xs: fatal: {error}");
+    if let Some(t) = transfer {
+        // SAFETY: `t` came from `setup_hypercalls` on this Xen.
+        let mut hc = unsafe { XenHypercalls::new(t) };
+        let _ = sched::shutdown(&mut hc, ShutdownReason::Crash);
+    }
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+/// Runs the store as a XenStore stub domain on Xen. `hypercall_page` is a 4 KiB page-aligned
+/// writable page for the hypercall page; `shared_info` a page-aligned page to map shared_info
+/// at; `map_area` a page-aligned virtual range (base, pages) for mapping guests' rings; `log`
+/// the console. See the crate documentation for the memory each must be.
+pub fn run_stub_domain(
+    xen: XenInfo,
+    hypercall_page: &'static mut [u8; 4096],
+    shared_info: &'static mut [u8; 4096],
+    map_area: (usize, usize),
+    log: &mut dyn Write,
+) -> ! {
+    let _ = writeln!(
+        log,
+        "xs: XenStore stub domain starting (Xen leaves at {:#x}, domid {}, privileged domain {})",
+        xen.base,
+        xen.domid.map_or(-1, |d| i32::from(d.0)),
+        xen.boot.priv_domid,
+    );
+    // SAFETY: the caller detected Xen (`xen` comes from its CPUID leaves) and runs us in
+    // ring 0 with identity-mapped, executable memory (crate documentation).
+    let transfer = unsafe { setup_hypercalls(&xen, hypercall_page) };
+    let Some(transfer) = transfer else {
+        fatal(None, log, &Error::NoHypercalls);
+    };
+    let _ = writeln!(log, "xs: hypercalls through {transfer:?}");
+    // SAFETY: `transfer` is what `setup_hypercalls` established on this Xen.
+    let hc = unsafe { XenHypercalls::new(transfer) };
+    // SAFETY: the pages and the map area are as the crate documentation requires of the
+    // image.
+    let started = unsafe { start(hc, &xen, shared_info, map_area, Rng::detect(), log) };
+    let (mut stub, mut event_loop) = match started {
+        Ok(s) => s,
+        Err(e) => fatal(Some(transfer), log, &e),
+    };
+    let _ = writeln!(
+        log,
+        "xs: serving {} domain(s); waiting for events",
+        stub.served().count()
+    );
+    let mut tsc = || {
+        // SAFETY: RDTSC is part of x86_64 and has no memory effects; we run in ring 0.
+        unsafe { core::arch::x86_64::_rdtsc() }
+    };
+    loop {
+        event_loop.turn(&mut stub, &mut tsc, log);
+    }
+}
+
+#[cfg(test)]
+mod tests;
