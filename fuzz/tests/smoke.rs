@@ -126,3 +126,79 @@ fn smoke_inputs_are_not_empty() {
     // A seeded run must really exercise the store (hundreds of operations).
     assert!(total > 500, "only {total} operations generated");
 }
+
+#[test]
+fn ring() {
+    let mut rng = Rng(0x5eed_0004);
+    for input in saved_inputs("ring") {
+        xs_fuzz::ring(&input);
+    }
+    let mut total = xs_fuzz::RingStats::default();
+    for _ in 0..runs() / 4 {
+        let steps = xs_fuzz::decode_ring_steps(&rng.bytes(400));
+        let s = xs_fuzz::ring_stats(&steps);
+        total.pumps += s.pumps;
+        total.consumed += s.consumed;
+        total.produced += s.produced;
+        total.index_faults += s.index_faults;
+        total.proto_faults += s.proto_faults;
+        total.reconnects += s.reconnects;
+    }
+    // Mostly well-formed traffic with now and then one hostile step, so that runs get far
+    // before the ring breaks.
+    for _ in 0..runs() / 4 {
+        let mut steps = Vec::new();
+        for _ in 0..(rng.next() % 40) {
+            let step = match rng.next() % 16 {
+                0 => xs_fuzz::RingStep::SetField {
+                    field: rng.next() as u8,
+                    value: match rng.next() % 3 {
+                        0 => rng.next() as u32,
+                        1 => 1,
+                        _ => (rng.next() % 2048) as u32,
+                    },
+                },
+                1 => xs_fuzz::RingStep::NudgeField {
+                    field: rng.next() as u8,
+                    delta: (rng.next() % 64) as i16 - 32,
+                },
+                2 => xs_fuzz::RingStep::Scribble {
+                    replies: rng.next().is_multiple_of(4),
+                    offset: rng.next() as u16,
+                    bytes: rng.bytes(64),
+                },
+                3 => xs_fuzz::RingStep::Reconnect,
+                4 => xs_fuzz::RingStep::Resync,
+                5 => xs_fuzz::RingStep::Write(rng.bytes(40)),
+                6 | 7 => xs_fuzz::RingStep::Read(rng.next() as u16),
+                8..=11 => xs_fuzz::RingStep::Request {
+                    msg_type: (rng.next() % 14) as u8,
+                    req_id: rng.next() as u32,
+                    tx_id: (rng.next() % 8) as u8,
+                    path: rng.next() as u8,
+                    value_len: (rng.next() % 5000) as u16,
+                },
+                _ => xs_fuzz::RingStep::Pump,
+            };
+            steps.push(step);
+        }
+        let s = xs_fuzz::ring_stats(&steps);
+        total.pumps += s.pumps;
+        total.consumed += s.consumed;
+        total.produced += s.produced;
+        total.index_faults += s.index_faults;
+        total.proto_faults += s.proto_faults;
+        total.reconnects += s.reconnects;
+    }
+    // The seeded runs reach every interesting state.
+    let t = total;
+    eprintln!("ring smoke: {t:?}");
+    assert!(
+        t.consumed > 100
+            && t.produced > 100
+            && t.index_faults > 10
+            && t.proto_faults > 10
+            && t.reconnects > 100,
+        "{t:?}"
+    );
+}

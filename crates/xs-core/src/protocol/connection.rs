@@ -214,7 +214,8 @@ impl Connection {
 
     /// Moves queued watch events into the output, while there is room.
     pub fn pull_events(&mut self, store: &mut Store, host: &mut dyn Host) {
-        if self.fault.is_some() {
+        // The idle case (nothing queued) is on every pump's path: skip the quota lookup.
+        if self.fault.is_some() || store.queued_events(self.id) == 0 {
             return;
         }
         let max = self.max_pending(store);
