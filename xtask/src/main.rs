@@ -8,6 +8,7 @@ mod cmd;
 mod nostd;
 mod packages;
 mod steps;
+mod stubdom;
 
 use std::process::ExitCode;
 
@@ -31,6 +32,11 @@ commands:
         "  bench <core|socket|ring> [ARGS...]
         run a benchmark binary of xs-bench in release, passing ARGS to it
         (e.g. `cargo xtask bench core --quick`)
+  stubdom [--run] [--tcg] [--append TEXT] [--timeout SECS] | --step
+        build the XenStore stub-domain image (crates/xs-stubdom), check it and print
+        its path; --run: boot it under QEMU (KVM when usable, else TCG) and pass only
+        if its self-test passed; --append: the image's command line; --step: what the
+        test step does (fmt, clippy, doc, build, check, boot)
   help  this text
 ",
     );
@@ -59,6 +65,13 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("xtask bench: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some("stubdom") => match stubdom::command(&ws, &args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("xtask stubdom: {e}");
                 ExitCode::FAILURE
             }
         },

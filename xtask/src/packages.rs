@@ -9,6 +9,7 @@ use std::process::Command;
 
 use crate::cmd;
 use crate::steps::{Ctx, Outcome};
+use crate::stubdom;
 
 /// A Debian package, from the default suite or from a named one (`apt-get install -t`).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -29,17 +30,21 @@ const fn debian(name: &'static str) -> Package {
 /// the `test` step) drives the real Xen clients: `xenstore-utils` (xenstore-read, -write,
 /// -ls...), `xen-utils-4.17` (test-xenstore, xenstore-control, and C xenstored for
 /// reference runs), `python3-pyxs`; `gcc` builds the anchors' shim for reference runs.
-/// Suites to come add theirs, e.g. `("image", &[Package { name: "qemu-system-x86",
-/// release: Some("bookworm-backports") }])`.
-pub(crate) const NEEDS: &[(&str, &[Package])] = &[(
-    "test",
-    &[
-        debian("xenstore-utils"),
-        debian("xen-utils-4.17"),
-        debian("python3-pyxs"),
-        debian("gcc"),
-    ],
-)];
+/// The suite also boots the stub-domain image under QEMU (`tests/tests/stubdom.rs`), as
+/// does the `stubdom` step.
+pub(crate) const NEEDS: &[(&str, &[Package])] = &[
+    (
+        "test",
+        &[
+            debian("xenstore-utils"),
+            debian("xen-utils-4.17"),
+            debian("python3-pyxs"),
+            debian("gcc"),
+            stubdom::PACKAGES[0],
+        ],
+    ),
+    ("stubdom", stubdom::PACKAGES),
+];
 
 /// The `packages` step.
 pub(crate) fn step(ctx: &Ctx<'_>) -> Outcome {
@@ -66,6 +71,11 @@ pub(crate) fn step(ctx: &Ctx<'_>) -> Outcome {
         }
         return Outcome::Fail(format!("missing packages: {}", names.join(" ")));
     }
+    for release in missing.iter().filter_map(|p| p.release) {
+        if let Err(e) = ensure_source(release) {
+            return Outcome::Fail(e);
+        }
+    }
     let mut update = Command::new("apt-get");
     update.arg("update");
     if let Err(e) = cmd::run(&mut update) {
@@ -86,6 +96,44 @@ pub(crate) fn step(ctx: &Ctx<'_>) -> Outcome {
     } else {
         Outcome::Fail(format!("still missing after install: {}", still.join(" ")))
     }
+}
+
+const APT_SOURCES: &str = "/etc/apt/sources.list";
+const APT_SOURCES_DIR: &str = "/etc/apt/sources.list.d";
+
+/// Makes sure apt knows the Debian suite `release` (e.g. `bookworm-backports`, which a
+/// stock Debian image does not list), adding a deb822 source for it when none names it.
+fn ensure_source(release: &str) -> Result<(), String> {
+    let mut files = vec![std::path::PathBuf::from(APT_SOURCES)];
+    if let Ok(dir) = std::fs::read_dir(APT_SOURCES_DIR) {
+        files.extend(dir.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| {
+            p.extension()
+                .is_some_and(|ext| ext == "list" || ext == "sources")
+        }));
+    }
+    let listed = files
+        .iter()
+        .any(|f| std::fs::read_to_string(f).is_ok_and(|text| names_suite(&text, release)));
+    if listed {
+        return Ok(());
+    }
+    let path = format!("{APT_SOURCES_DIR}/{release}.sources");
+    println!("adding apt source {path}");
+    std::fs::write(&path, deb822_source(release)).map_err(|e| format!("writing {path}: {e}"))
+}
+
+/// Whether an apt source file's (uncommented) lines name `suite`.
+fn names_suite(text: &str, suite: &str) -> bool {
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .any(|l| l.split_whitespace().any(|word| word == suite))
+}
+
+fn deb822_source(suite: &str) -> String {
+    format!(
+        "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: {suite}\nComponents: main\n\
+         Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+    )
 }
 
 fn missing(wanted: &BTreeSet<Package>) -> Vec<Package> {
@@ -152,6 +200,22 @@ fn is_root() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_a_suite_in_both_source_formats() {
+        assert!(names_suite(
+            &deb822_source("bookworm-backports"),
+            "bookworm-backports"
+        ));
+        assert!(names_suite(
+            "deb http://deb.debian.org/debian bookworm-backports main\n",
+            "bookworm-backports"
+        ));
+        assert!(!names_suite(
+            "Suites: bookworm bookworm-updates\n# Suites: bookworm-backports\n",
+            "bookworm-backports"
+        ));
+    }
 
     #[test]
     fn one_install_per_release() {

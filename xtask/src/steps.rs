@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use crate::cmd::{self, Workspace};
-use crate::{bench, nostd, packages};
+use crate::{bench, nostd, packages, stubdom};
 
 /// What a step is given.
 #[derive(Debug)]
@@ -90,11 +90,14 @@ pub(crate) const STEPS: &[Step] = &[
         about: "loom models of the ring protocol (xs-ring/tests/loom.rs)",
         run: loom,
     },
-    // Suites to come. Each builds in its own subdirectory of the target dir, so that its
-    // flags never invalidate the normal build cache, and declares its system packages in
-    // `packages::NEEDS`.
-    //
-    // Step { name: "e2e", about: "end-to-end tests in tests/ (real Xen clients, QEMU)", run: e2e },
+    // Built as its own workspace in its own target subdirectory, so its flags
+    // (panic = "abort", the linker script) never invalidate the normal build cache.
+    Step {
+        name: "stubdom",
+        about: "stub-domain image: fmt/clippy/doc, build, nm -u, PVH note, size; boots it under \
+                QEMU (KVM, else TCG)",
+        run: stubdom::step,
+    },
 ];
 
 /// Runs the named steps (all when `only` is empty) and prints the summary. True if none

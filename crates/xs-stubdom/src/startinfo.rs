@@ -1,0 +1,126 @@
+//! The PVH start-info structure (`struct hvm_start_info`, Xen's
+//! `public/arch-x86/hvm/start_info.h`): the command line and the memory map the loader
+//! passes in `%ebx`.
+//!
+//! Everything is copied out of the loader's memory into fixed-size private buffers, and
+//! addresses are checked to lie in the identity-mapped low memory before they are read.
+
+use core::ptr;
+
+/// `XEN_HVM_START_MAGIC_VALUE`.
+const MAGIC: u32 = 0x336e_c578;
+use crate::boot::MAPPED;
+/// `XEN_HVM_MEMMAP_TYPE_RAM`.
+pub(crate) const RAM: u32 = 1;
+
+/// One memory-map entry (`struct hvm_memmap_table_entry`).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Region {
+    pub(crate) addr: u64,
+    pub(crate) size: u64,
+    pub(crate) kind: u32,
+}
+
+/// What the image uses of the start info.
+#[derive(Debug)]
+pub(crate) struct StartInfo {
+    /// The structure's address, as received.
+    pub(crate) addr: u64,
+    /// Whether the magic value was there.
+    pub(crate) valid: bool,
+    pub(crate) version: u32,
+    cmdline: [u8; 256],
+    cmdline_len: usize,
+    regions: [Region; 32],
+    n_regions: usize,
+}
+
+/// Reads `T` at physical address `addr`, if it lies in the identity-mapped low memory.
+fn read<T: Copy>(addr: u64) -> Option<T> {
+    let end = addr.checked_add(core::mem::size_of::<T>() as u64)?;
+    if addr == 0 || end > MAPPED {
+        return None;
+    }
+    // SAFETY: the range is in the identity-mapped low memory (checked above), where the
+    // loader placed the structure; it is plain memory that no Rust object occupies (it lies
+    // outside the image), read once, unaligned-tolerant, as the integer types `T` is used
+    // with here (any bit pattern is valid).
+    Some(unsafe { ptr::read_unaligned(addr as *const T) })
+}
+
+impl StartInfo {
+    /// Parses the structure at `addr` (from `%ebx` at the PVH entry).
+    pub(crate) fn parse(addr: u64) -> StartInfo {
+        let mut info = StartInfo {
+            addr,
+            valid: false,
+            version: 0,
+            cmdline: [0; 256],
+            cmdline_len: 0,
+            regions: [Region::default(); 32],
+            n_regions: 0,
+        };
+        if read::<u32>(addr) != Some(MAGIC) {
+            return info;
+        }
+        info.valid = true;
+        info.version = read::<u32>(addr + 4).unwrap_or(0);
+        if let Some(cmdline) = read::<u64>(addr + 24).filter(|&p| p != 0) {
+            for i in 0..info.cmdline.len() {
+                match read::<u8>(cmdline + i as u64) {
+                    Some(0) | None => break,
+                    Some(b) => {
+                        info.cmdline[i] = b;
+                        info.cmdline_len = i + 1;
+                    }
+                }
+            }
+        }
+        if info.version >= 1 {
+            let table = read::<u64>(addr + 40).unwrap_or(0);
+            let entries = read::<u32>(addr + 48).unwrap_or(0) as usize;
+            for i in 0..entries.min(info.regions.len()) {
+                let at = table + 24 * i as u64;
+                let (Some(a), Some(s), Some(k)) =
+                    (read::<u64>(at), read::<u64>(at + 8), read::<u32>(at + 16))
+                else {
+                    break;
+                };
+                info.regions[i] = Region {
+                    addr: a,
+                    size: s,
+                    kind: k,
+                };
+                info.n_regions = i + 1;
+            }
+        }
+        info
+    }
+
+    /// The command line (`-append` under QEMU), lossily as text.
+    pub(crate) fn cmdline(&self) -> &str {
+        let bytes = &self.cmdline[..self.cmdline_len];
+        core::str::from_utf8(bytes).unwrap_or("<not UTF-8>")
+    }
+
+    /// The value of `key=value` on the command line.
+    pub(crate) fn option(&self, key: &str) -> Option<&str> {
+        self.cmdline()
+            .split_ascii_whitespace()
+            .find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
+    }
+
+    /// The memory map.
+    pub(crate) fn regions(&self) -> &[Region] {
+        &self.regions[..self.n_regions]
+    }
+
+    /// The end of the RAM region of the memory map that holds `addr`, if one does.
+    pub(crate) fn ram_end(&self, addr: u64) -> Option<u64> {
+        self.regions()
+            .iter()
+            .filter(|r| r.kind == RAM && r.addr <= addr)
+            .map(|r| r.addr.saturating_add(r.size))
+            .find(|&end| addr < end)
+    }
+}
