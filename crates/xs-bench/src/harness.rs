@@ -56,6 +56,37 @@ pub struct Harness {
 }
 
 impl Harness {
+    /// A harness from a benchmark binary's command line (`--quick`, `--filter TEXT`,
+    /// `--help`; `--bench`, which `cargo bench` passes, is ignored). `Err` is the exit code
+    /// to leave with (after `--help`, or a usage error printed with `help`).
+    pub fn from_args(program: &str, help: &str) -> Result<Harness, std::process::ExitCode> {
+        let mut quick = false;
+        let mut filter = None;
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--quick" => quick = true,
+                "--filter" => match args.next() {
+                    Some(f) => filter = Some(f),
+                    None => {
+                        eprintln!("{program}: --filter needs an argument\n\n{help}");
+                        return Err(std::process::ExitCode::from(2));
+                    }
+                },
+                "--help" | "-h" => {
+                    print!("{help}");
+                    return Err(std::process::ExitCode::SUCCESS);
+                }
+                "--bench" => {}
+                other => {
+                    eprintln!("{program}: unknown argument {other:?}\n\n{help}");
+                    return Err(std::process::ExitCode::from(2));
+                }
+            }
+        }
+        Ok(Harness::new(quick, filter))
+    }
+
     /// A harness for a full run (~0.5 s per repeat) or a quick smoke run (~30 ms per repeat),
     /// running only measurements whose name contains `filter`.
     pub fn new(quick: bool, filter: Option<String>) -> Harness {

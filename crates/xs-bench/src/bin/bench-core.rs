@@ -47,40 +47,19 @@ const VALUES: [&[u8]; 4] = [b"4", b"1", b"online", b"5"];
 const SEED: u64 = 0x5EED_0000_C0DE;
 
 fn main() -> ExitCode {
-    let mut quick = false;
-    let mut filter = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--quick" => quick = true,
-            "--filter" => match args.next() {
-                Some(f) => filter = Some(f),
-                None => {
-                    eprintln!("bench-core: --filter needs an argument\n\n{HELP}");
-                    return ExitCode::from(2);
-                }
-            },
-            "--help" | "-h" => {
-                print!("{HELP}");
-                return ExitCode::SUCCESS;
-            }
-            // `cargo bench` passes `--bench`; accept and ignore it.
-            "--bench" => {}
-            other => {
-                eprintln!("bench-core: unknown argument {other:?}\n\n{HELP}");
-                return ExitCode::from(2);
-            }
-        }
-    }
+    let h = match Harness::from_args("bench-core", HELP) {
+        Ok(h) => h,
+        Err(code) => return code,
+    };
     let start = Instant::now();
-    let mut h = Harness::new(quick, filter).with_alloc(&ALLOC);
+    let mut h = h.with_alloc(&ALLOC);
     eprintln!(
         "bench-core ({} mode, {} ms per run, median of 3)",
-        if quick { "quick" } else { "full" },
+        if h.quick() { "quick" } else { "full" },
         h.run_time().as_millis()
     );
     heap_per_node(&mut h);
-    let sizes: [(&str, usize); 3] = if quick {
+    let sizes: [(&str, usize); 3] = if h.quick() {
         [("1k", 1_000), ("100k", 1_000), ("1m", 10_000)]
     } else {
         [("1k", 1_000), ("100k", 100_000), ("1m", 1_000_000)]

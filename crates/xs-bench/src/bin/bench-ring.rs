@@ -392,31 +392,10 @@ fn breakdown(h: &Harness) {
 }
 
 fn main() -> ExitCode {
-    let mut quick = false;
-    let mut filter = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--quick" => quick = true,
-            "--filter" => match args.next() {
-                Some(f) => filter = Some(f),
-                None => {
-                    eprintln!("bench-ring: --filter needs an argument\n\n{HELP}");
-                    return ExitCode::from(2);
-                }
-            },
-            "--help" | "-h" => {
-                print!("{HELP}");
-                return ExitCode::SUCCESS;
-            }
-            // `cargo bench` passes `--bench`; accept and ignore it.
-            "--bench" => {}
-            other => {
-                eprintln!("bench-ring: unknown argument {other:?}\n\n{HELP}");
-                return ExitCode::from(2);
-            }
-        }
-    }
+    let h = match Harness::from_args("bench-ring", HELP) {
+        Ok(h) => h,
+        Err(code) => return code,
+    };
     let start = Instant::now();
     let cpus = match daemon::allowed_cpus() {
         Ok(cpus) if cpus.len() >= 2 => Some((cpus[0], cpus[1])),
@@ -432,10 +411,10 @@ fn main() -> ExitCode {
             None
         }
     };
-    let mut h = Harness::new(quick, filter).with_alloc(&ALLOC);
+    let mut h = h.with_alloc(&ALLOC);
     eprintln!(
         "bench-ring ({} mode, {} ms per run, median of 3; guest on CPU {}, server on CPU {})",
-        if quick { "quick" } else { "full" },
+        if h.quick() { "quick" } else { "full" },
         h.run_time().as_millis(),
         cpus.map_or("-".to_owned(), |c| c.0.to_string()),
         cpus.map_or("-".to_owned(), |c| c.1.to_string()),
