@@ -4,10 +4,12 @@
 //! `CONFIG_VERBOSE_DEBUG` or the domain is its console domain (`xsm_console_io` in
 //! `xen/include/xsm/dummy.h`); otherwise the call fails with `EPERM`. Every HVM/PVH domain
 //! can instead write bytes to I/O port 0xE9, which Xen prints as the domain's guest log
-//! (`hvm_print_line`); [`XenConsole::with_debug_port`] falls back to it.
+//! (`hvm_print_line`); [`XenConsole::with_debug_port`] falls back to it, and
+//! [`debug_port_write`] writes it directly (the stub-domain image's console sink on Xen).
 
-use core::arch::asm;
 use core::fmt;
+
+use x86_64::instructions::port::PortWriteOnly;
 
 use crate::hypercall::{Errno, Hypercalls, nr, slice_arg};
 
@@ -76,15 +78,26 @@ impl<H: Hypercalls> fmt::Write for XenConsole<'_, H> {
                 Err(_) => return Err(fmt::Error),
             }
         }
-        for &b in s.as_bytes() {
-            // SAFETY: the port is Xen's debug console and we may use it (contract of
-            // `with_debug_port`, the only way `use_port` becomes true); `out` has no memory
-            // effects.
-            unsafe {
-                asm!("out dx, al", in("dx") DEBUGCONS_PORT, in("al") b, options(nomem, nostack, preserves_flags));
-            }
-        }
+        // SAFETY: the port is Xen's debug console and we may use it (contract of
+        // `with_debug_port`, the only way `use_port` becomes true).
+        unsafe { debug_port_write(s.as_bytes()) };
         Ok(())
+    }
+}
+
+/// Writes `bytes` to Xen's debug console port (`XEN_HVM_DEBUGCONS_IOPORT`), which Xen prints
+/// as the domain's guest log (`hvm_print_line`).
+///
+/// # Safety
+///
+/// The program must run in ring 0 (or with I/O privilege for port 0xE9) as an HVM or PVH
+/// guest of Xen, where the port is Xen's debug console.
+pub unsafe fn debug_port_write(bytes: &[u8]) {
+    let mut port = PortWriteOnly::<u8>::new(DEBUGCONS_PORT);
+    for &b in bytes {
+        // SAFETY: the caller vouches that port 0xE9 is Xen's debug console, whose only effect
+        // is to log the byte; no memory is touched.
+        unsafe { port.write(b) };
     }
 }
 

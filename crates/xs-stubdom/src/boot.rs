@@ -13,40 +13,68 @@
 //! 4. CR4 gets PAE and the SSE bits (OSFXSR, OSXMMEXCPT), EFER gets LME, CR0 gets PG, WP,
 //!    NE and MP with EM cleared: long mode is active and SSE usable, which the precompiled
 //!    `core` relies on;
-//! 5. our GDT is loaded and a far jump enters its 64-bit code segment;
+//! 5. the boot GDT is loaded and a far jump enters its 64-bit code segment;
 //! 6. the data segments are reloaded, the boot stack set, the x87 unit initialised, and
 //!    [`crate::stubdom_main`] called with the start-info address and the entry TSC.
 //!
-//! The GDT is a Rust static ([`XS_GDT`]) so that the TSS descriptor can be filled in later
-//! (`idt.rs`); the page tables, the boot variables and the note are plain assembler data.
+//! The boot GDT (null, code, data) only serves the switch to long mode: it must be loaded
+//! before any Rust runs, so it is assembler data, its descriptors `x86_64`'s flag constants.
+//! Once Rust runs, [`load_gdt`] replaces it with an `x86_64` [`GlobalDescriptorTable`] with
+//! the same code and data segments at the same selectors plus the TSS (`idt.rs`). The page
+//! tables, the boot variables and the note are plain assembler data.
 
-use core::sync::atomic::AtomicU64;
+use x86_64::PrivilegeLevel;
+use x86_64::instructions::segmentation::{CS, DS, ES, SS, Segment};
+use x86_64::instructions::tables::load_tss;
+use x86_64::structures::gdt::{
+    Descriptor, DescriptorFlags, GlobalDescriptorTable, SegmentSelector,
+};
+use x86_64::structures::tss::TaskStateSegment;
 
-/// Selector of the 64-bit code segment.
-pub(crate) const CODE64: u16 = 0x08;
-/// Selector of the TSS (two GDT slots).
-pub(crate) const TSS: u16 = 0x18;
+/// The 64-bit code segment's selector, in the boot GDT and the runtime GDT alike.
+const CODE_SELECTOR: SegmentSelector = SegmentSelector::new(1, PrivilegeLevel::Ring0);
+/// The data segment's selector, in both GDTs.
+const DATA_SELECTOR: SegmentSelector = SegmentSelector::new(2, PrivilegeLevel::Ring0);
 
 /// The boot code identity-maps `[0, MAPPED)` with 2 MiB pages: the image, the heap, the
 /// start info and memory map, and (on Xen) the grant-mapping area above the RAM.
 pub(crate) const MAPPED: u64 = 4 << 30;
 
-/// The GDT: null, 64-bit code, data, and the 16-byte TSS descriptor that `idt::init` writes.
-/// Atomics because the CPU writes it too (the TSS busy bit) and it is filled in after boot.
-#[repr(C, align(16))]
-pub(crate) struct Gdt(pub(crate) [AtomicU64; 5]);
+/// The runtime GDT (null, code, data, the two-slot TSS descriptor) and the TSS's selector.
+static GDT: spin::Once<(GlobalDescriptorTable<5>, SegmentSelector)> = spin::Once::new();
 
-/// Referenced by name from the boot code's `lgdt` pointer.
-#[unsafe(no_mangle)]
-pub(crate) static XS_GDT: Gdt = Gdt([
-    AtomicU64::new(0),
-    // Code: present, DPL 0, executable/readable, long mode (L), 4 KiB granularity.
-    AtomicU64::new(0x00af_9a00_0000_ffff),
-    // Data: present, DPL 0, writable, 4 KiB granularity, 32-bit (ignored in long mode).
-    AtomicU64::new(0x00cf_9200_0000_ffff),
-    AtomicU64::new(0),
-    AtomicU64::new(0),
-]);
+/// Replaces the boot GDT with the runtime one, which adds the descriptor of `tss`; reloads
+/// the segment registers from it and loads the task register. Called once, by `idt::init`.
+pub(crate) fn load_gdt(tss: &'static TaskStateSegment) {
+    let (gdt, tss_selector) = GDT.call_once(|| {
+        let mut gdt = GlobalDescriptorTable::empty();
+        let code = gdt.append(Descriptor::kernel_code_segment());
+        let data = gdt.append(Descriptor::kernel_data_segment());
+        let tss = gdt.append(Descriptor::tss_segment(tss));
+        assert_eq!(
+            (code, data),
+            (CODE_SELECTOR, DATA_SELECTOR),
+            "the runtime GDT must keep the boot GDT's selectors"
+        );
+        (gdt, tss)
+    });
+    gdt.load();
+    // SAFETY: `CODE_SELECTOR` is the ring-0 64-bit code segment of the GDT just loaded (a
+    // 'static, never modified but by the CPU's busy bit); the far return continues right
+    // after itself, on the same stack.
+    unsafe { CS::set_reg(CODE_SELECTOR) };
+    // SAFETY: `DATA_SELECTOR` is a present, writable ring-0 data segment of that GDT; in
+    // 64-bit mode its base and limit are ignored, so no memory access changes meaning.
+    unsafe { SS::set_reg(DATA_SELECTOR) };
+    // SAFETY: as for SS.
+    unsafe { DS::set_reg(DATA_SELECTOR) };
+    // SAFETY: as for SS.
+    unsafe { ES::set_reg(DATA_SELECTOR) };
+    // SAFETY: `tss_selector` is that GDT's descriptor of `tss`, a 'static TSS whose IST
+    // pointers are the tops of 'static stacks (`idt::init`); it is not busy yet (this runs
+    // once), and `ltr` marking it busy is a write the GDT's atomic entries expect.
+    unsafe { load_tss(*tss_selector) };
+}
 
 /// Bytes in the boot stack (the stack every Rust function but the interrupt handlers runs
 /// on). xs-core walks trees with explicit stacks, never recursion, so this is generous.
@@ -137,11 +165,18 @@ xs_boot_tsc:
     .quad 0
 xs_boot_info:
     .quad 0
-    /* lgdt operand: limit, then base (6 bytes read in 32-bit mode, 10 in 64-bit mode). */
+    /* The boot GDT: null, 64-bit code, data (x86_64's KERNEL_CODE64 and KERNEL_DATA:
+       flat, ring 0, accessed bits preset so that the CPU never writes them). */
+    .balign 8
+xs_boot_gdt:
+    .quad 0
+    .quad {code64}
+    .quad {data}
+    /* lgdt operand: limit, then base (6 bytes read in 32-bit mode). */
     .balign 8
 xs_gdt_ptr:
-    .word 5 * 8 - 1
-    .quad XS_GDT
+    .word 3 * 8 - 1
+    .quad xs_boot_gdt
     .popsection
 
     /* ---- Page tables (in .bss: zeroed with it, then filled in below). */
@@ -219,11 +254,11 @@ _start32:
     movl %eax, %cr0
 
     lgdt xs_gdt_ptr
-    ljmpl $0x08, $2f
+    ljmpl ${code_sel}, $2f
 
     .code64
 2:
-    movw $0x10, %ax
+    movw ${data_sel}, %ax
     movw %ax, %ds
     movw %ax, %es
     movw %ax, %ss
@@ -264,5 +299,9 @@ _start32:
     .popsection
     "#,
     stack_size = const BOOT_STACK_SIZE,
+    code64 = const DescriptorFlags::KERNEL_CODE64.bits(),
+    data = const DescriptorFlags::KERNEL_DATA.bits(),
+    code_sel = const CODE_SELECTOR.0,
+    data_sel = const DATA_SELECTOR.0,
     options(att_syntax)
 );

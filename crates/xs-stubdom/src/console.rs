@@ -8,7 +8,7 @@
 use core::fmt;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use crate::cpu;
+use x86_64::instructions::port::Port;
 
 /// COM1's I/O base.
 const COM1: u16 = 0x3f8;
@@ -19,6 +19,11 @@ const THR_EMPTY: u8 = 0x20;
 /// Scratch register (offset 7): any value written reads back on a 16550.
 const SCRATCH: u16 = 7;
 
+/// COM1's register at `offset`.
+const fn com1(offset: u16) -> Port<u8> {
+    Port::new(COM1 + offset)
+}
+
 /// Whether COM1 answered the probe.
 static UART: AtomicBool = AtomicBool::new(false);
 
@@ -28,9 +33,9 @@ pub(crate) fn init() {
     let present = [0x5a, 0xa5].iter().all(|&probe| {
         // SAFETY: the scratch register of a 16550 has no function; where no UART answers,
         // the write goes nowhere and the read returns whatever the bus floats to.
-        unsafe { cpu::outb(COM1 + SCRATCH, probe) };
+        unsafe { com1(SCRATCH).write(probe) };
         // SAFETY: as above.
-        (unsafe { cpu::inb(COM1 + SCRATCH) }) == probe
+        (unsafe { com1(SCRATCH).read() }) == probe
     });
     UART.store(present, Ordering::Relaxed);
     if !present {
@@ -48,7 +53,7 @@ pub(crate) fn init() {
     for (offset, value) in setup {
         // SAFETY: COM1's registers (the probe found a UART there), programmed as the 16550
         // documents; no DMA.
-        unsafe { cpu::outb(COM1 + offset, value) };
+        unsafe { com1(offset).write(value) };
     }
 }
 
@@ -56,13 +61,13 @@ fn put(byte: u8) {
     // Bounded wait: a stuck UART must not hang a fatal-error report.
     for _ in 0..100_000 {
         // SAFETY: reading COM1's line status register has no side effect.
-        if unsafe { cpu::inb(COM1 + LSR) } & THR_EMPTY != 0 {
+        if unsafe { com1(LSR).read() } & THR_EMPTY != 0 {
             break;
         }
         core::hint::spin_loop();
     }
     // SAFETY: writing the transmit register of COM1 sends the byte.
-    unsafe { cpu::outb(COM1, byte) };
+    unsafe { com1(0).write(byte) };
 }
 
 /// A second sink (Xen's console), set once by the Xen path; a plain function so that it can

@@ -13,7 +13,9 @@
 //! Without the device (on Xen, or QEMU started without it) the write goes nowhere and the
 //! CPU halts for good.
 
-use crate::cpu;
+use x86_64::instructions::port::PortWriteOnly;
+use x86_64::instructions::{hlt, interrupts};
+
 use crate::trace::{self, Event};
 
 /// `isa-debug-exit`'s port.
@@ -30,8 +32,8 @@ pub(crate) const FATAL: u32 = 0x12;
 pub(crate) fn exit(value: u32) -> ! {
     trace::record(Event::Exit, u64::from(value));
     // SAFETY: port 0xf4 is isa-debug-exit under QEMU (it ends the VM) and nothing elsewhere.
-    unsafe { cpu::outl(PORT, value) };
-    cpu::halt()
+    unsafe { PortWriteOnly::<u32>::new(PORT).write(value) };
+    halt()
 }
 
 /// Exits after a fatal error that has been reported.
@@ -43,6 +45,15 @@ pub(crate) fn fatal() -> ! {
 /// recorded.
 pub(crate) fn fatal_quietly() -> ! {
     // SAFETY: as in `exit`.
-    unsafe { cpu::outl(PORT, FATAL) };
-    cpu::halt()
+    unsafe { PortWriteOnly::<u32>::new(PORT).write(FATAL) };
+    halt()
+}
+
+/// Stops this CPU for good: interrupts off, then `hlt` forever (an NMI would resume it, hence
+/// the loop).
+fn halt() -> ! {
+    interrupts::disable();
+    loop {
+        hlt();
+    }
 }

@@ -1,10 +1,16 @@
 //! The TSS, the IDT and the interrupt entry stubs.
 //!
-//! Every one of the 256 vectors has a gate, and every gate switches to an IST stack: the
-//! precompiled `core` may keep data in the red zone below `%rsp`, which an exception frame
-//! pushed on the same stack would overwrite (design notes §5). Separate stacks for the
-//! double fault, NMI and machine check, so that one of those arriving during another handler
-//! does not overwrite that handler's frame.
+//! Every vector has a gate (the reserved ones aside, below), and every gate switches to an
+//! IST stack: the precompiled `core` may keep data in the red zone below `%rsp`, which an
+//! exception frame pushed on the same stack would overwrite (design notes §5). Separate
+//! stacks for the double fault, NMI and machine check, so that one of those arriving during
+//! another handler does not overwrite that handler's frame.
+//!
+//! The TSS, the IDT and their loading are the `x86_64` crate's ([`TaskStateSegment`],
+//! [`InterruptDescriptorTable`]; the TSS descriptor goes into the GDT [`boot::load_gdt`]
+//! installs). Its typed IDT leaves the architecturally reserved vectors (15, 22–27, 31)
+//! without a gate: the CPU never raises them, and an `int` to one of them raises `#NP`
+//! instead (error code `vector << 3 | 2`), which is reported like any other fault.
 //!
 //! The stubs are assembler (`extern "x86-interrupt"` is nightly-only): each pushes a zero in
 //! place of the error code for vectors without one, then the vector number, and jumps to a
@@ -17,81 +23,33 @@ use core::arch::{asm, global_asm};
 use core::fmt::Write as _;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use crate::boot::{self, Stack, XS_GDT};
+use x86_64::VirtAddr;
+use x86_64::registers::control::Cr2;
+use x86_64::structures::idt::{Entry, InterruptDescriptorTable};
+use x86_64::structures::tss::TaskStateSegment;
+
+use crate::boot::{self, Stack};
 use crate::console::{Console, println};
+use crate::exit;
 use crate::trace::{self, Event};
-use crate::{cpu, exit};
 
 /// Bytes in each IST stack.
 const IST_SIZE: usize = 16 * 1024;
 
-/// IST slots (1-based in the gate; 0 would mean "no stack switch", never used).
-const IST_DOUBLE_FAULT: u8 = 1;
-const IST_NMI: u8 = 2;
-const IST_MACHINE_CHECK: u8 = 3;
-const IST_DEBUG: u8 = 4;
-const IST_EXCEPTION: u8 = 5;
-const IST_INTERRUPT: u8 = 6;
+/// IST slots, 0-based as `x86_64` counts them (a gate holds the slot + 1; 0 there would mean
+/// "no stack switch", which no gate here uses).
+const IST_DOUBLE_FAULT: u16 = 0;
+const IST_NMI: u16 = 1;
+const IST_MACHINE_CHECK: u16 = 2;
+const IST_DEBUG: u16 = 3;
+const IST_EXCEPTION: u16 = 4;
+const IST_INTERRUPT: u16 = 5;
 const IST_COUNT: usize = 6;
 
 static IST_STACKS: [Stack<IST_SIZE>; IST_COUNT] = [const { Stack::new() }; IST_COUNT];
 
-/// The 64-bit TSS (Intel SDM vol. 3, 8.7): only the IST pointers matter here.
-#[repr(C, packed(4))]
-struct Tss {
-    reserved0: u32,
-    rsp: [u64; 3],
-    reserved1: u64,
-    ist: [u64; 7],
-    reserved2: u64,
-    reserved3: u16,
-    iomap_base: u16,
-}
-
-const _: () = assert!(core::mem::size_of::<Tss>() == 104);
-
-/// A 16-byte interrupt gate.
-#[derive(Clone, Copy)]
-#[repr(C)]
-struct Gate {
-    offset_low: u16,
-    selector: u16,
-    ist: u8,
-    /// Present, DPL 0, type 0xE (64-bit interrupt gate: IF cleared on entry).
-    flags: u8,
-    offset_mid: u16,
-    offset_high: u32,
-    reserved: u32,
-}
-
-const _: () = assert!(core::mem::size_of::<Gate>() == 16);
-
-impl Gate {
-    fn new(handler: u64, ist: u8) -> Gate {
-        Gate {
-            offset_low: handler as u16,
-            selector: boot::CODE64,
-            ist,
-            flags: 0x8e,
-            offset_mid: (handler >> 16) as u16,
-            offset_high: (handler >> 32) as u32,
-            reserved: 0,
-        }
-    }
-}
-
-#[repr(C, align(16))]
-struct Idt([Gate; 256]);
-
-static TSS: spin::Once<Tss> = spin::Once::new();
-static IDT: spin::Once<Idt> = spin::Once::new();
-
-/// `lidt`/`lgdt` operand.
-#[repr(C, packed)]
-struct Pointer {
-    limit: u16,
-    base: u64,
-}
+static TSS: spin::Once<TaskStateSegment> = spin::Once::new();
+static IDT: spin::Once<InterruptDescriptorTable> = spin::Once::new();
 
 unsafe extern "C" {
     /// The first of 256 entry stubs, each in its own 16-byte slot (below).
@@ -101,7 +59,7 @@ unsafe extern "C" {
 }
 
 /// The IST slot of a vector.
-fn ist_of(vector: usize) -> u8 {
+fn ist_of(vector: u8) -> u16 {
     match vector {
         8 => IST_DOUBLE_FAULT,
         2 => IST_NMI,
@@ -112,35 +70,35 @@ fn ist_of(vector: usize) -> u8 {
     }
 }
 
+/// Points `entry`, the gate of `vector`, at that vector's stub (`stubs + 16 * vector`), on
+/// the vector's IST stack.
+fn set_gate<F>(entry: &mut Entry<F>, stubs: u64, vector: u8) {
+    let stub = VirtAddr::new(stubs + 16 * u64::from(vector));
+    // SAFETY: the stub of `vector` is an interrupt entry point in our code segment (the
+    // current CS, which the gate takes): for the vectors whose gate type has an error code it
+    // relies on the CPU's, for the others it pushes a zero in its place, so the frame has the
+    // shape the common part expects; the common part saves and restores every general
+    // register and returns with `iretq` (or never returns).
+    let options = unsafe { entry.set_handler_addr(stub) };
+    // SAFETY: `ist_of` gives a slot below `IST_COUNT`, which `init` filled with the top of its
+    // own 'static stack before any gate is used. Vectors that share a slot can only nest by a
+    // fault during a fatal report, and a fatal handler never returns to the frame the nested
+    // one overwrote (it exits); the one handler that returns, `#BP`'s, raises nothing.
+    unsafe { options.set_stack_index(ist_of(vector)) };
+}
+
 /// Loads the TSS (with the IST stacks) and the IDT.
 pub(crate) fn init() {
     let tss = TSS.call_once(|| {
-        let mut ist = [0u64; 7];
+        let mut ist = [VirtAddr::zero(); 7];
         for (slot, stack) in ist.iter_mut().zip(&IST_STACKS) {
-            *slot = stack.top() as u64;
+            *slot = VirtAddr::new(stack.top() as u64);
         }
-        Tss {
-            reserved0: 0,
-            rsp: [0; 3],
-            reserved1: 0,
-            ist,
-            reserved2: 0,
-            reserved3: 0,
-            // Past the end of the segment: no I/O permission bitmap.
-            iomap_base: core::mem::size_of::<Tss>() as u16,
-        }
+        let mut tss = TaskStateSegment::new();
+        tss.interrupt_stack_table = ist;
+        tss
     });
-    // The 16-byte TSS descriptor: limit 103, type 0x9 (available 64-bit TSS), present.
-    let base = core::ptr::from_ref(tss) as u64;
-    let limit = (core::mem::size_of::<Tss>() - 1) as u64;
-    let low = (limit & 0xffff)
-        | ((base & 0xff_ffff) << 16)
-        | (0x89 << 40)
-        | (((limit >> 16) & 0xf) << 48)
-        | (((base >> 24) & 0xff) << 56);
-    let high = base >> 32;
-    XS_GDT.0[3].store(low, Ordering::Relaxed);
-    XS_GDT.0[4].store(high, Ordering::Relaxed);
+    boot::load_gdt(tss);
 
     let stubs = (&raw const xs_vectors) as u64;
     let stubs_end = (&raw const xs_vectors_end) as u64;
@@ -151,29 +109,43 @@ pub(crate) fn init() {
         "an interrupt entry stub outgrew 16 bytes"
     );
     let idt = IDT.call_once(|| {
-        let mut gates = [Gate::new(0, 0); 256];
-        for (vector, gate) in gates.iter_mut().enumerate() {
-            *gate = Gate::new(stubs + 16 * vector as u64, ist_of(vector));
+        let mut idt = InterruptDescriptorTable::new();
+        // The exceptions through their typed fields (indexing reaches only those without an
+        // error code), in vector order; the reserved vectors have no gate (module notes).
+        set_gate(&mut idt.divide_error, stubs, 0);
+        set_gate(&mut idt.debug, stubs, 1);
+        set_gate(&mut idt.non_maskable_interrupt, stubs, 2);
+        set_gate(&mut idt.breakpoint, stubs, 3);
+        set_gate(&mut idt.overflow, stubs, 4);
+        set_gate(&mut idt.bound_range_exceeded, stubs, 5);
+        set_gate(&mut idt.invalid_opcode, stubs, 6);
+        set_gate(&mut idt.device_not_available, stubs, 7);
+        set_gate(&mut idt.double_fault, stubs, 8);
+        // Vector 9 (coprocessor segment overrun, obsolete) is no public field; the index has it.
+        set_gate(&mut idt[9], stubs, 9);
+        set_gate(&mut idt.invalid_tss, stubs, 10);
+        set_gate(&mut idt.segment_not_present, stubs, 11);
+        set_gate(&mut idt.stack_segment_fault, stubs, 12);
+        set_gate(&mut idt.general_protection_fault, stubs, 13);
+        set_gate(&mut idt.page_fault, stubs, 14);
+        set_gate(&mut idt.x87_floating_point, stubs, 16);
+        set_gate(&mut idt.alignment_check, stubs, 17);
+        set_gate(&mut idt.machine_check, stubs, 18);
+        set_gate(&mut idt.simd_floating_point, stubs, 19);
+        set_gate(&mut idt.virtualization, stubs, 20);
+        set_gate(&mut idt.cp_protection_exception, stubs, 21);
+        set_gate(&mut idt.hv_injection_exception, stubs, 28);
+        set_gate(&mut idt.vmm_communication_exception, stubs, 29);
+        set_gate(&mut idt.security_exception, stubs, 30);
+        // The interrupts, 32 to 255.
+        for (entry, vector) in idt[32..].iter_mut().zip(32..=u8::MAX) {
+            set_gate(entry, stubs, vector);
         }
-        Idt(gates)
+        idt
     });
-    let pointer = Pointer {
-        limit: (core::mem::size_of::<Idt>() - 1) as u16,
-        base: core::ptr::from_ref(idt) as u64,
-    };
-    // SAFETY: the TSS descriptor just written describes a 'static TSS whose IST pointers are
-    // the tops of 'static stacks; `ltr` marks it busy in the GDT (atomics, so the CPU's write
-    // is expected). The IDT is 'static, every gate points at a stub below, in our code
-    // segment, with an IST stack. Interrupts stay disabled.
-    unsafe {
-        asm!(
-            "ltr {sel:x}",
-            "lidt [{ptr}]",
-            sel = in(reg) boot::TSS,
-            ptr = in(reg) &raw const pointer,
-            options(readonly, nostack, preserves_flags)
-        );
-    }
+    // Every gate points at a stub with an IST stack, and the TSS holding those stacks is
+    // loaded (above). Interrupts stay disabled.
+    idt.load();
     trace::record(Event::Idt, 0);
 }
 
@@ -327,11 +299,13 @@ static FATAL: AtomicBool = AtomicBool::new(false);
 pub(crate) fn breakpoint_probe() -> (u64, bool) {
     BREAKPOINT_RSP.store(0, Ordering::Relaxed);
     EXPECT_BREAKPOINT.store(true, Ordering::SeqCst);
+    // Not `x86_64::instructions::interrupts::int3`: that one is `nomem`, which would let the
+    // compiler move the accesses above and below (which the handler pairs with) across it.
     // SAFETY: the `#BP` gate is installed (`init`) and its handler returns when armed; the
     // stub saves and restores every general register and `iretq` restores flags and stack.
     unsafe { asm!("int3") };
     let rsp = BREAKPOINT_RSP.load(Ordering::SeqCst);
-    let stack = &IST_STACKS[usize::from(IST_DEBUG) - 1];
+    let stack = &IST_STACKS[usize::from(IST_DEBUG)];
     let on_ist = (stack.bottom() as u64..stack.top() as u64).contains(&rsp);
     (rsp, on_ist)
 }
@@ -359,7 +333,7 @@ extern "C" fn xs_vector(frame: &mut Frame) {
         frame.rip
     );
     if frame.vector == 14 {
-        let _ = writeln!(out, "  cr2 {:#018x}", cpu::cr2());
+        let _ = writeln!(out, "  cr2 {:#018x}", Cr2::read_raw());
     }
     let f = &*frame;
     let _ = writeln!(

@@ -8,8 +8,8 @@
 //!   pump and fences, and the result leaves through QEMU's `isa-debug-exit` ([`exit`]).
 //!
 //! Start-up: [`boot`] (32-bit entry, long mode, first call), then [`stubdom_main`]: console,
-//! TSS/IDT with IST stacks for every vector ([`idt`]), heap ([`heap`]). A small ring of
-//! recent events ([`trace`]) is dumped on fatal errors; [`time`] turns TSC ticks into
+//! GDT, TSS and IDT with an IST stack for every gate ([`idt`]), heap ([`heap`]). A small ring
+//! of recent events ([`trace`]) is dumped on fatal errors; [`time`] turns TSC ticks into
 //! durations. Supplied here because nothing else supplies them freestanding: the panic
 //! handler ([`mod@panic`]), `mem*` and `rust_eh_personality` ([`mem`]).
 //!
@@ -22,7 +22,6 @@ extern crate alloc;
 
 mod boot;
 mod console;
-mod cpu;
 mod exit;
 mod heap;
 mod idt;

@@ -1,13 +1,21 @@
-//! Time from the TSC: its frequency, found once at boot, turns tick counts into durations.
+//! Time from the TSC ([`rdtsc`]): its frequency, found once at boot, turns tick counts into
+//! durations.
 //!
 //! Sources, best first: the hypervisor's timing leaf (CPUID 0x4000_0010, EAX = TSC kHz, which
 //! KVM/QEMU and VMware offer), CPUID 0x15 (TSC/crystal ratio and crystal frequency), CPUID
 //! 0x16 (base frequency in MHz), and last a 10 ms calibration against PIT channel 2.
 
+use core::arch::x86_64::{__cpuid_count, __get_cpuid_max, _rdtsc};
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::cpu;
+use x86_64::instructions::port::Port;
+
+/// The time-stamp counter.
+pub(crate) fn rdtsc() -> u64 {
+    // SAFETY: RDTSC reads a counter; CR4.TSD is clear (we never set it), so it cannot fault.
+    unsafe { _rdtsc() }
+}
 
 /// TSC ticks per second; 0 while unknown.
 static TSC_HZ: AtomicU64 = AtomicU64::new(0);
@@ -101,21 +109,26 @@ impl fmt::Write for Buf {
 
 fn hypervisor_leaf() -> Option<u64> {
     // CPUID.1:ECX bit 31: running under a hypervisor.
-    if cpu::cpuid(1, 0).ecx & (1 << 31) == 0 {
+    if __cpuid_count(1, 0).ecx & (1 << 31) == 0 {
         return None;
     }
-    if cpu::cpuid(0x4000_0000, 0).eax < 0x4000_0010 {
+    if __cpuid_count(0x4000_0000, 0).eax < 0x4000_0010 {
         return None;
     }
-    let khz = cpu::cpuid(0x4000_0010, 0).eax;
+    let khz = __cpuid_count(0x4000_0010, 0).eax;
     (khz != 0).then_some(u64::from(khz) * 1000)
 }
 
+/// Highest basic CPUID leaf.
+fn max_leaf() -> u32 {
+    __get_cpuid_max(0).0
+}
+
 fn leaf_15() -> Option<u64> {
-    if cpu::max_leaf() < 0x15 {
+    if max_leaf() < 0x15 {
         return None;
     }
-    let r = cpu::cpuid(0x15, 0);
+    let r = __cpuid_count(0x15, 0);
     if r.eax == 0 || r.ebx == 0 || r.ecx == 0 {
         return None;
     }
@@ -123,10 +136,10 @@ fn leaf_15() -> Option<u64> {
 }
 
 fn leaf_16() -> Option<u64> {
-    if cpu::max_leaf() < 0x16 {
+    if max_leaf() < 0x16 {
         return None;
     }
-    let mhz = cpu::cpuid(0x16, 0).eax & 0xffff;
+    let mhz = __cpuid_count(0x16, 0).eax & 0xffff;
     (mhz != 0).then_some(u64::from(mhz) * 1_000_000)
 }
 
@@ -139,7 +152,7 @@ fn pit() -> Option<u64> {
     pit_write(0x43, 0xb0);
     pit_write(0x42, (LATCH & 0xff) as u8);
     pit_write(0x42, (LATCH >> 8) as u8);
-    let start = cpu::rdtsc();
+    let start = rdtsc();
     let mut polls = 0u64;
     while port_b() & 0x20 == 0 {
         polls += 1;
@@ -147,7 +160,7 @@ fn pit() -> Option<u64> {
             return None;
         }
     }
-    let ticks = cpu::rdtsc().wrapping_sub(start);
+    let ticks = rdtsc().wrapping_sub(start);
     // Fewer than a handful of polls means there is no PIT (the port reads as all ones).
     (polls > 10).then_some(ticks * 100)
 }
@@ -155,7 +168,7 @@ fn pit() -> Option<u64> {
 /// System control port B (0x61): bit 5 is PIT channel 2's output.
 fn port_b() -> u8 {
     // SAFETY: reading port 0x61 reports the timer and speaker state; no side effect.
-    unsafe { cpu::inb(0x61) }
+    unsafe { Port::<u8>::new(0x61).read() }
 }
 
 /// Writes one of the ports the calibration uses.
@@ -163,5 +176,5 @@ fn pit_write(port: u16, value: u8) {
     debug_assert!(matches!(port, 0x42 | 0x43 | 0x61));
     // SAFETY: ports 0x61 (system control port B), 0x43 (PIT mode) and 0x42 (PIT channel 2)
     // drive the PC timer and the speaker gate only; no memory is touched.
-    unsafe { cpu::outb(port, value) };
+    unsafe { Port::<u8>::new(port).write(value) };
 }

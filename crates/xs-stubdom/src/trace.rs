@@ -8,7 +8,7 @@
 use core::fmt;
 use core::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
-use crate::{boot, cpu, time};
+use crate::{boot, time};
 
 /// What happened.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -110,7 +110,7 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 pub(crate) fn record(event: Event, arg: u64) {
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let slot = &RING[n % LEN];
-    slot.tsc.store(cpu::rdtsc(), Ordering::Relaxed);
+    slot.tsc.store(time::rdtsc(), Ordering::Relaxed);
     slot.arg.store(arg, Ordering::Relaxed);
     slot.event.store(event as u8, Ordering::Relaxed);
 }

@@ -23,7 +23,7 @@ use x86_glue::cpuid::XenInfo;
 use crate::console::{self, Console, println};
 use crate::startinfo::{RAM, StartInfo};
 use crate::trace::{self, Event};
-use crate::{boot, cpu, heap};
+use crate::{boot, heap};
 
 /// Pages in the grant-mapping area: one per served domain, the privileged one included.
 pub(crate) const MAP_PAGES: usize = 1024;
@@ -74,12 +74,9 @@ pub(crate) fn detect() -> Option<XenInfo> {
 
 /// Writes to Xen's debug console port (`XEN_HVM_DEBUGCONS_IOPORT`).
 fn debug_port(bytes: &[u8]) {
-    for &b in bytes {
-        // SAFETY: on Xen, port 0xE9 is the hypervisor's debug console for HVM/PVH domains
-        // (`hvm_print_line`); writing it has no other effect. This sink is only installed on
-        // Xen.
-        unsafe { cpu::outb(x86_glue::console::DEBUGCONS_PORT, b) };
-    }
+    // SAFETY: on Xen, port 0xE9 is the hypervisor's debug console for HVM/PVH domains
+    // (`hvm_print_line`), and the image runs in ring 0; this sink is only installed on Xen.
+    unsafe { x86_glue::console::debug_port_write(bytes) };
 }
 
 /// The map area: `MAP_PAGES` pages from the first 2 MiB boundary above the highest RAM (and

@@ -21,6 +21,7 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
+use x86_glue::rng::Rng;
 use xs_core::protocol::memory_report;
 use xs_core::store::Introduction;
 use xs_core::wire::{Header, MsgType, push_message};
@@ -34,7 +35,7 @@ use crate::console::println;
 use crate::startinfo::StartInfo;
 use crate::time::{self, Span};
 use crate::trace::{self, Event};
-use crate::{boot, cpu, exit, heap, idt};
+use crate::{boot, exit, heap, idt};
 use rig::{Rig, ensure, expect_eq, expect_err, ring_gfn, strings};
 
 /// Counts and prints check results.
@@ -67,22 +68,18 @@ impl Runner {
     }
 }
 
-/// The watch index's hash key: guests choose the paths, so it must be unpredictable. RDRAND
-/// when the CPU has it; else the TSC, which only a test machine should ever rely on.
+/// The watch index's hash key: guests choose the paths, so it must be unpredictable.
+/// `x86-glue`'s entropy source: RDRAND when the CPU has it; else its weak TSC mix, which only
+/// a test machine should ever rely on.
 fn hash_key() -> ([u64; 2], &'static str) {
-    match (cpu::rdrand(), cpu::rdrand()) {
-        (Some(a), Some(b)) => ([a, b], "RDRAND"),
-        _ => {
-            let t = cpu::rdtsc();
-            (
-                [
-                    t.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15,
-                    boot::entry_tsc() ^ t,
-                ],
-                "TSC (no RDRAND on this CPU)",
-            )
-        }
-    }
+    let mut rng = Rng::detect();
+    let key = [rng.next_u64(), rng.next_u64()];
+    let source = match (rng.has_rdrand(), rng.weak_draws()) {
+        (true, 0) => "RDRAND",
+        (true, _) => "RDRAND and TSC (RDRAND kept failing)",
+        (false, _) => "TSC (no RDRAND on this CPU)",
+    };
+    (key, source)
 }
 
 /// Runs the self-test and exits through `isa-debug-exit`.
@@ -103,7 +100,7 @@ pub(crate) fn run(info: &StartInfo, entry_tsc: u64) -> ! {
             exit::exit(exit::FAILURE);
         }
     };
-    let ready = cpu::rdtsc();
+    let ready = time::rdtsc();
     trace::record(Event::Ready, ready.wrapping_sub(entry_tsc));
     // At once: `cargo xtask stubdom --run` times QEMU's start to this line.
     println!("xs-stubdom: ready: the store serves dom0's ring (watch hash key from {key_source})");
@@ -658,7 +655,7 @@ impl Scale {
         let dom0 = store.connect(DomId::DOM0).map_err(|e| e.to_string())?;
         let nodes_before = store.node_count();
         let heap_before = heap::counters();
-        let start = cpu::rdtsc();
+        let start = time::rdtsc();
         let mut path = String::new();
         let mut value = String::new();
         for d in 0..Self::DOMAINS {
@@ -702,7 +699,7 @@ impl Scale {
                     .map_err(|e| format!("WRITE {path} as domain {}: {e}", domid.0))?;
             }
         }
-        let ticks = cpu::rdtsc().wrapping_sub(start);
+        let ticks = time::rdtsc().wrapping_sub(start);
         let nodes_added = store.node_count() - nodes_before;
         // Spot checks: the last node of every tenth domain reads back.
         let mut out = Vec::new();
