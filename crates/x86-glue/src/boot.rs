@@ -32,6 +32,7 @@ use alloc::vec::Vec;
 use core::fmt::{self, Write};
 use core::ptr::NonNull;
 
+use crate::console::XenConsole;
 use crate::cpuid::{Vendor, XenInfo};
 use crate::error::Error;
 use crate::evtchn::{self, Scanner, VIRQ_DOM_EXC};
@@ -293,7 +294,9 @@ fn fatal(transfer: Option<Transfer>, log: &mut dyn Write, error: &dyn fmt::Displ
 /// Runs the store as a XenStore stub domain on Xen. `hypercall_page` is a 4 KiB page-aligned
 /// writable page for the hypercall page; `shared_info` a page-aligned page to map shared_info
 /// at; `map_area` a page-aligned virtual range (base, pages) for mapping guests' rings; `log`
-/// the console. See the crate documentation for the memory each must be.
+/// the image's console, used until the hypercalls are set up and whenever Xen refuses
+/// `console_io` (which it does to unprivileged domains of a release build). See the crate
+/// documentation for the memory each must be.
 pub fn run_stub_domain(
     xen: XenInfo,
     hypercall_page: &'static mut [u8; 4096],
@@ -314,6 +317,12 @@ pub fn run_stub_domain(
     let Some(transfer) = transfer else {
         fatal(None, log, &Error::NoHypercalls);
     };
+    // From here on the log goes to Xen's console (`console_io`) when Xen lets us, else to
+    // the caller's console (the image's: Xen's debug port).
+    // SAFETY: `transfer` is what `setup_hypercalls` established on this Xen.
+    let console_hc = unsafe { XenHypercalls::new(transfer) };
+    let mut console = XenConsole::with_fallback(console_hc, log);
+    let log: &mut dyn Write = &mut console;
     let _ = writeln!(log, "xs: hypercalls through {transfer:?}");
     // SAFETY: `transfer` is what `setup_hypercalls` established on this Xen.
     let hc = unsafe { XenHypercalls::new(transfer) };

@@ -4,8 +4,9 @@
 //! `CONFIG_VERBOSE_DEBUG` or the domain is its console domain (`xsm_console_io` in
 //! `xen/include/xsm/dummy.h`); otherwise the call fails with `EPERM`. Every HVM/PVH domain
 //! can instead write bytes to I/O port 0xE9, which Xen prints as the domain's guest log
-//! (`hvm_print_line`); [`XenConsole::with_debug_port`] falls back to it, and
-//! [`debug_port_write`] writes it directly (the stub-domain image's console sink on Xen).
+//! (`hvm_print_line`): [`debug_port_write`]. [`XenConsole`] tries `console_io` and falls back
+//! to a writer of the caller's choosing; [`crate::run_stub_domain`] uses it over the image's
+//! console.
 
 use core::fmt;
 
@@ -36,52 +37,61 @@ pub fn console_write(hc: &mut impl Hypercalls, bytes: &[u8]) -> Result<(), Errno
     Ok(())
 }
 
-/// A [`fmt::Write`] onto Xen's console.
-#[derive(Debug)]
-pub struct XenConsole<'h, H: Hypercalls> {
-    hc: &'h mut H,
-    debug_port: bool,
-    use_port: bool,
+/// A [`fmt::Write`] onto Xen's console: `console_io` while Xen accepts it; once Xen refuses
+/// (an unprivileged domain of a release build), the fallback for good.
+pub struct XenConsole<'f, H: Hypercalls> {
+    hc: H,
+    fallback: Option<&'f mut dyn fmt::Write>,
+    refused: bool,
 }
 
-impl<'h, H: Hypercalls> XenConsole<'h, H> {
-    /// Writes with `console_io` only (text is dropped if Xen refuses it).
-    pub fn new(hc: &'h mut H) -> Self {
+impl<'f, H: Hypercalls> XenConsole<'f, H> {
+    /// Writes with `console_io` only (writes fail once Xen refuses it).
+    pub fn new(hc: H) -> Self {
         XenConsole {
             hc,
-            debug_port: false,
-            use_port: false,
+            fallback: None,
+            refused: false,
         }
     }
 
-    /// Writes with `console_io`, and through port 0xE9 once Xen refuses it.
-    ///
-    /// # Safety
-    ///
-    /// The program must run in ring 0 (or with I/O privilege for port 0xE9) as an HVM or
-    /// PVH guest of Xen, where the port is Xen's debug console.
-    pub unsafe fn with_debug_port(hc: &'h mut H) -> Self {
+    /// Writes with `console_io`, and to `fallback` once Xen refuses it (e.g. the debug port,
+    /// [`debug_port_write`], which every HVM/PVH domain may use).
+    pub fn with_fallback(hc: H, fallback: &'f mut dyn fmt::Write) -> Self {
         XenConsole {
             hc,
-            debug_port: true,
-            use_port: false,
+            fallback: Some(fallback),
+            refused: false,
         }
+    }
+
+    /// Whether Xen refused `console_io` (and the fallback, if any, is in use).
+    pub fn refused(&self) -> bool {
+        self.refused
+    }
+}
+
+impl<H: Hypercalls> fmt::Debug for XenConsole<'_, H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("XenConsole")
+            .field("fallback", &self.fallback.is_some())
+            .field("refused", &self.refused)
+            .finish_non_exhaustive()
     }
 }
 
 impl<H: Hypercalls> fmt::Write for XenConsole<'_, H> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        if !self.use_port {
-            match console_write(self.hc, s.as_bytes()) {
+        if !self.refused {
+            match console_write(&mut self.hc, s.as_bytes()) {
                 Ok(()) => return Ok(()),
-                Err(_) if self.debug_port => self.use_port = true,
-                Err(_) => return Err(fmt::Error),
+                Err(_) => self.refused = true,
             }
         }
-        // SAFETY: the port is Xen's debug console and we may use it (contract of
-        // `with_debug_port`, the only way `use_port` becomes true).
-        unsafe { debug_port_write(s.as_bytes()) };
-        Ok(())
+        match &mut self.fallback {
+            Some(fallback) => fallback.write_str(s),
+            None => Err(fmt::Error),
+        }
     }
 }
 
@@ -105,6 +115,7 @@ pub unsafe fn debug_port_write(bytes: &[u8]) {
 mod tests {
     use super::*;
     use crate::xenfake::FakeXen;
+    use alloc::string::String;
     use core::fmt::Write;
 
     #[test]
@@ -120,5 +131,23 @@ mod tests {
         xen.fail_next(nr::CONSOLE_IO, Errno::EPERM);
         let mut c = XenConsole::new(&mut xen);
         assert!(c.write_str("x").is_err());
+    }
+
+    #[test]
+    fn falls_back_for_good_once_xen_refuses() {
+        let mut xen = FakeXen::new();
+        let mut fallback = String::new();
+        xen.fail_next(nr::CONSOLE_IO, Errno::EPERM);
+        {
+            let mut c = XenConsole::with_fallback(&mut xen, &mut fallback);
+            write!(c, "one ").unwrap();
+            write!(c, "two").unwrap();
+            assert!(c.refused());
+        }
+        assert_eq!(fallback, "one two");
+        assert_eq!(xen.console(), b"");
+        // Refused once, never asked again.
+        let asked = xen.calls().iter().filter(|(op, _)| *op == nr::CONSOLE_IO);
+        assert_eq!(asked.count(), 1);
     }
 }

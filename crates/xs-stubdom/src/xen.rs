@@ -10,7 +10,9 @@
 //!   that is mapped in our page tables but is *not* RAM or MMIO (Xen puts each grant-mapped
 //!   ring page there), found in the PVH memory map above the highest RAM,
 //! * the console: COM1 as everywhere, plus Xen's debug port 0xE9, which every HVM/PVH
-//!   domain may write and Xen prints as the domain's log,
+//!   domain may write and Xen prints as the domain's log (until the hypercalls are set up,
+//!   and after that when Xen refuses `console_io` to this domain: `run_stub_domain` writes
+//!   its log through `console_io` when it may, `x86_glue::console::XenConsole`),
 //! * the boot parameters from the command line (`--event`, `--priv-domid`, ...).
 //!
 //! The pages are page-aligned statics handed out once as `&'static mut`.
