@@ -9,7 +9,7 @@ use xs_core::Store;
 use xs_core::protocol::connection::Closed;
 use xs_core::protocol::{Connection, Host};
 
-use crate::layout::{ERROR_PROTO, RING_SIZE};
+use crate::layout::ERROR_PROTO;
 use crate::page::Page;
 use crate::ring::RingFault;
 use crate::server::Server;
@@ -36,7 +36,6 @@ pub fn pump<P: Page>(
     host: &mut dyn Host,
 ) -> Pumped {
     let mut done = Pumped::default();
-    let mut buf = [0u8; RING_SIZE];
     loop {
         if ring.reconnect_requested() {
             conn.reset(store);
@@ -50,9 +49,9 @@ pub fn pump<P: Page>(
             return done;
         }
         let mut progress = false;
-        match ring.peek(&mut buf) {
-            Ok(0) => {}
-            Ok(n) => match conn.receive(store, host, buf.get(..n).unwrap_or_default()) {
+        match ring.peek_request() {
+            Ok([]) => {}
+            Ok(bytes) => match conn.receive(store, host, bytes) {
                 Ok(used) => {
                     ring.consume(used);
                     progress |= used > 0;

@@ -1,7 +1,9 @@
 //! The store's end of a guest's ring.
 
+use core::fmt;
+
 use crate::layout::{
-    CONNECTED, ERROR_NONE, FEATURE_ERROR, FEATURE_RECONNECTION, Field, RECONNECT, Ring,
+    CONNECTED, ERROR_NONE, FEATURE_ERROR, FEATURE_RECONNECTION, Field, RECONNECT, RING_SIZE, Ring,
 };
 use crate::order;
 use crate::page::Page;
@@ -19,6 +21,17 @@ pub struct Server<P: Page> {
     rsp: Producer,
     features: u32,
     fault: Option<RingFault>,
+    scratch: Scratch,
+}
+
+/// Private memory the request bytes are copied into (once, by [`Server::peek_request`]).
+/// Kept with the server so that serving a request does not first zero a kilobyte of stack.
+struct Scratch([u8; RING_SIZE]);
+
+impl fmt::Debug for Scratch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Scratch([u8; {RING_SIZE}])")
+    }
 }
 
 impl<P: Page> Server<P> {
@@ -39,6 +52,7 @@ impl<P: Page> Server<P> {
             page,
             features,
             fault: None,
+            scratch: Scratch([0; RING_SIZE]),
         }
     }
 
@@ -75,6 +89,15 @@ impl<P: Page> Server<P> {
         self.live()?;
         let result = self.req.peek(&self.page, dst);
         self.checked(result)
+    }
+
+    /// Copies waiting request bytes into the server's own private buffer without consuming
+    /// them, and returns them (the same bytes as [`Server::peek`], without a caller buffer).
+    pub fn peek_request(&mut self) -> Result<&[u8], RingFault> {
+        self.live()?;
+        let result = self.req.peek(&self.page, &mut self.scratch.0);
+        let n = self.checked(result)?;
+        Ok(self.scratch.0.get(..n).unwrap_or_default())
     }
 
     /// Consumes `n` request bytes (at most what [`Server::peek`] returned).

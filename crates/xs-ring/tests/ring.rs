@@ -27,6 +27,30 @@ fn features_are_offered_before_anything_else() {
 }
 
 #[test]
+fn peek_request_sees_what_peek_sees_and_consumes_nothing() {
+    let page = SharedPage::default();
+    for f in [Field::ReqCons, Field::ReqProd] {
+        page.store(f, 1000);
+    }
+    let (mut s, mut g) = pair(&page);
+    let data: Vec<u8> = (0..100u8).collect();
+    assert_eq!(s.peek_request().unwrap(), b"");
+    assert_eq!(g.write(&data).unwrap(), data.len());
+    // Wrapped around index 1023 -> 0, and asked twice: nothing was consumed.
+    assert_eq!(s.peek_request().unwrap(), data.as_slice());
+    let mut buf = [0u8; RING_SIZE];
+    let n = s.peek(&mut buf).unwrap();
+    assert_eq!(&buf[..n], s.peek_request().unwrap());
+    s.consume(60);
+    assert_eq!(s.peek_request().unwrap(), &data[60..]);
+    // A broken ring yields its fault, as `peek` does.
+    page.store(Field::ReqProd, 1000 + 60 + 2000);
+    let fault = s.peek_request().unwrap_err();
+    assert_eq!(fault.code, ERROR_RINGIDX);
+    assert_eq!(s.peek_request().unwrap_err(), fault);
+}
+
+#[test]
 fn bytes_cross_in_order_with_wrap_around_and_a_full_ring() {
     let page = SharedPage::default();
     // Indices need not start at zero: start near the end of the ring and of u32.
