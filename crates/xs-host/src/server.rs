@@ -335,14 +335,7 @@ impl Server {
             }
             if self.accept_retry {
                 self.accept_retry = false;
-                let listeners: Vec<usize> = self
-                    .slots
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, s)| matches!(s, Slot::Listener(_)))
-                    .map(|(i, _)| i)
-                    .collect();
-                for l in listeners {
+                for l in self.listener_slots() {
                     self.accept(l);
                 }
             }
@@ -734,17 +727,20 @@ impl Server {
 
     /// Stops listening and removes every socket file.
     fn remove_sockets(&mut self) {
-        let listeners: Vec<usize> = self
-            .slots
+        for t in self.listener_slots() {
+            self.remove_listener(t);
+        }
+        self.domain_listeners.clear();
+    }
+
+    /// The slots holding listening sockets.
+    fn listener_slots(&self) -> Vec<usize> {
+        self.slots
             .iter()
             .enumerate()
             .filter(|(_, s)| matches!(s, Slot::Listener(_)))
             .map(|(i, _)| i)
-            .collect();
-        for t in listeners {
-            self.remove_listener(t);
-        }
-        self.domain_listeners.clear();
+            .collect()
     }
 }
 

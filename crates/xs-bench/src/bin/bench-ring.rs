@@ -99,16 +99,25 @@ fn pin(cpu: Option<usize>, who: &str) {
     }
 }
 
-/// The store's side: guest 5's connection served by the pump until `stop`.
-fn serve_store(page: &SharedPage, stop: &AtomicBool, ready: &Barrier) {
-    let mut store = Store::new(StoreConfig::default()).unwrap_or_else(|e| fail(&e.to_string()));
-    let setup = |store: &mut Store| {
+/// A store with guest 5 introduced, and the protocol connection of that guest.
+fn store_with_guest() -> (Store, Connection) {
+    let setup = || {
+        let mut store = Store::new(StoreConfig::default())?;
         let d0 = store.connect(DomId::DOM0)?;
         store.introduce(d0, DomId(5), Introduction { gfn: 1, evtchn: 1 })?;
-        store.connect(DomId(5))
+        let id = store.connect(DomId(5))?;
+        Ok::<_, xs_core::XsError>((store, id))
     };
-    let id = setup(&mut store).unwrap_or_else(|e| fail(&format!("store setup: {e}")));
-    let mut conn = Connection::new(id, Access::default(), Limits::default());
+    let (store, id) = setup().unwrap_or_else(|e| fail(&format!("store setup: {e}")));
+    (
+        store,
+        Connection::new(id, Access::default(), Limits::default()),
+    )
+}
+
+/// The store's side: guest 5's connection served by the pump until `stop`.
+fn serve_store(page: &SharedPage, stop: &AtomicBool, ready: &Barrier) {
+    let (mut store, mut conn) = store_with_guest();
     let mut server = Server::new(page, Server::<&SharedPage>::FEATURES);
     ready.wait();
     loop {
@@ -288,14 +297,7 @@ fn one_thread(h: &mut Harness, name: &str, side: Side) {
     let page: SharedPage = SharedPage::default();
     let mut server = Server::new(&page, Server::<&SharedPage>::FEATURES);
     let mut guest = Guest::new(&page);
-    let mut store = Store::new(StoreConfig::default()).unwrap_or_else(|e| fail(&e.to_string()));
-    let setup = |store: &mut Store| {
-        let d0 = store.connect(DomId::DOM0)?;
-        store.introduce(d0, DomId(5), Introduction { gfn: 1, evtchn: 1 })?;
-        store.connect(DomId(5))
-    };
-    let id = setup(&mut store).unwrap_or_else(|e| fail(&format!("store setup: {e}")));
-    let mut conn = Connection::new(id, Access::default(), Limits::default());
+    let (mut store, mut conn) = store_with_guest();
     let mut buf = [0u8; RING_SIZE];
     let req_len = traffic.request.len();
     h.rate(name, |_| {
