@@ -26,8 +26,14 @@ pub struct Pumped {
     pub released: bool,
 }
 
-/// Moves bytes between `ring` and `conn` until neither can make progress. Then the caller
-/// re-enables notifications, issues [`crate::order::before_recheck`], and pumps again if
+/// Passes of one [`pump`] call. Each pass moves at most a ring's worth of bytes each way, so
+/// this bounds the work one call does for a guest that keeps writing (from another vCPU) or
+/// keeps asking for reconnection: a single-threaded store must get back to its other guests.
+pub const PUMP_PASSES: usize = 64;
+
+/// Moves bytes between `ring` and `conn` until neither can make progress, or for at most
+/// [`PUMP_PASSES`] passes. Then the caller re-enables notifications, issues
+/// [`crate::order::before_recheck`], and pumps again (now or after serving others) if
 /// [`Server::has_work`] says so, before sleeping.
 pub fn pump<P: Page>(
     ring: &mut Server<P>,
@@ -36,7 +42,7 @@ pub fn pump<P: Page>(
     host: &mut dyn Host,
 ) -> Pumped {
     let mut done = Pumped::default();
-    loop {
+    for _ in 0..PUMP_PASSES {
         if ring.reconnect_requested() {
             conn.reset(store);
             ring.reconnect();
@@ -92,4 +98,5 @@ pub fn pump<P: Page>(
         }
         done.notify = true;
     }
+    done
 }

@@ -9,7 +9,7 @@ use xs_ring::layout::{
     CONNECTED, ERROR_NONE, ERROR_PROTO, ERROR_RINGIDX, FEATURE_ERROR, FEATURE_RECONNECTION, Field,
     RECONNECT,
 };
-use xs_ring::pump::{Pumped, pump};
+use xs_ring::pump::{PUMP_PASSES, Pumped, pump};
 use xs_ring::{Guest, Page, RING_SIZE, Server, SharedPage};
 
 fn pair(page: &SharedPage) -> (Server<&SharedPage>, Guest<&SharedPage>) {
@@ -318,4 +318,91 @@ fn a_guest_that_never_reads_fills_its_rings_not_the_store() {
         s.pump();
     }
     assert_eq!(s.store.usage(DomId(5)).unwrap().memory, before);
+}
+
+/// A page with a guest vCPU that never rests: each time the server looks at `req_prod`, the
+/// guest has read every reply and written one more request, and (if `reconnecting`) asked
+/// for a reconnection again.
+struct RestlessGuest<'p> {
+    page: &'p SharedPage,
+    guest: std::cell::RefCell<Guest<&'p SharedPage>>,
+    request: Vec<u8>,
+    written: std::cell::Cell<usize>,
+    /// Times the server looked at `connection` (once per pass of the pump).
+    looks: std::cell::Cell<usize>,
+    reconnecting: bool,
+}
+
+impl Page for RestlessGuest<'_> {
+    const RING: usize = RING_SIZE;
+
+    fn load(&self, field: Field) -> u32 {
+        match field {
+            Field::ReqProd => {
+                let mut g = self.guest.borrow_mut();
+                let mut buf = [0u8; RING_SIZE];
+                while g.read(&mut buf).unwrap() > 0 {}
+                if g.write(&self.request).unwrap() == self.request.len() {
+                    self.written.set(self.written.get() + 1);
+                }
+            }
+            Field::Connection => {
+                self.looks.set(self.looks.get() + 1);
+                if self.reconnecting {
+                    return RECONNECT;
+                }
+            }
+            _ => {}
+        }
+        self.page.load(field)
+    }
+
+    fn store(&self, field: Field, value: u32) {
+        self.page.store(field, value);
+    }
+
+    fn copy_out(&self, ring: xs_ring::layout::Ring, offset: usize, dst: &mut [u8]) {
+        self.page.copy_out(ring, offset, dst);
+    }
+
+    fn copy_in(&self, ring: xs_ring::layout::Ring, offset: usize, src: &[u8]) {
+        self.page.copy_in(ring, offset, src);
+    }
+}
+
+#[test]
+fn a_guest_that_never_rests_cannot_hold_the_pump() {
+    for reconnecting in [false, true] {
+        let page = SharedPage::default();
+        let mut request = Vec::new();
+        push_message(&mut request, MsgType::Read as u32, 1, 0, b"domid\0");
+        let restless = RestlessGuest {
+            page: &page,
+            guest: std::cell::RefCell::new(Guest::new(&page)),
+            request,
+            written: std::cell::Cell::new(0),
+            looks: std::cell::Cell::new(0),
+            reconnecting,
+        };
+        let mut served = Served::new(&page);
+        let mut server = Server::new(&restless, Server::<&SharedPage>::FEATURES);
+        let done = pump(
+            &mut server,
+            &mut served.conn,
+            &mut served.store,
+            &mut NoHost,
+        );
+        // The pump came back although there was always more to do, after its passes.
+        assert!(done.notify, "reconnecting={reconnecting}");
+        assert_eq!(done.fault, None);
+        assert_eq!(
+            restless.looks.get(),
+            PUMP_PASSES,
+            "reconnecting={reconnecting}"
+        );
+        if !reconnecting {
+            // One request answered per pass.
+            assert_eq!(restless.written.get(), PUMP_PASSES);
+        }
+    }
 }
