@@ -95,6 +95,9 @@ struct Client {
     dirty: bool,
     /// The peer shut down its sending side: no more input; close once the output is out.
     eof: bool,
+    /// The poller reported the peer's hang-up (or an error): the end of the input must be
+    /// read, since no further readiness event will come for it.
+    read_closed: bool,
     /// Why the connection ends, once it does.
     closing: Option<End>,
 }
@@ -316,7 +319,10 @@ impl Server {
                 match self.slots.get_mut(token.0) {
                     Some(Slot::Listener(_)) => self.accept(token.0),
                     Some(Slot::Client(c)) => {
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                        if event.is_read_closed() || event.is_error() {
+                            c.read_closed = true;
+                        }
+                        if event.is_readable() || c.read_closed {
                             c.can_read = true;
                         }
                         if event.is_writable() || event.is_write_closed() || event.is_error() {
@@ -465,6 +471,7 @@ impl Server {
                 queued: false,
                 dirty: false,
                 eof: false,
+                read_closed: false,
                 closing: None,
             }));
         }
@@ -535,8 +542,9 @@ impl Server {
                     reads += 1;
                     // A short read drained the socket: mio's readiness is edge-triggered and
                     // reports the next arrival, so skip the read that would only say
-                    // WouldBlock (one syscall less per request, as Tokio does).
-                    if n < self.buf.len() {
+                    // WouldBlock (one syscall less per request, as Tokio does). Not after a
+                    // hang-up: then the next read is the end of input, and no event says so.
+                    if n < self.buf.len() && !c.read_closed {
                         c.can_read = false;
                     }
                     let input = self.buf.get(..n).unwrap_or_default();

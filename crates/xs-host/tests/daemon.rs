@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use xs_core::wire::{HEADER_LEN, Header, MsgType};
+use xs_core::wire::{HEADER_LEN, Header, MsgType, push_message};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -692,4 +692,44 @@ fn half_closed_client_gets_its_replies() {
         assert_eq!(msg.payload, value.as_bytes());
     }
     assert!(c.is_closed());
+}
+
+#[test]
+fn a_client_that_hangs_up_right_after_its_request_gets_the_reply_then_eof() {
+    use std::net::Shutdown;
+
+    let d = Daemon::start(&[]);
+    d.client().write("/hup", "bye").unwrap();
+    let fds = || {
+        fs::read_dir(format!("/proc/{}/fd", d.child.id()))
+            .unwrap()
+            .count()
+    };
+    let before = fds();
+    let mut request = Vec::new();
+    push_message(&mut request, MsgType::Read as u32, 7, 0, b"/hup\0");
+    for _ in 0..20 {
+        // The hang-up arrives with the request: the reply must come, then the end.
+        let mut s = UnixStream::connect(&d.socket).unwrap();
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        s.write_all(&request).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        assert_eq!(&got[HEADER_LEN..], b"bye");
+    }
+    for _ in 0..200 {
+        // Part of a header, then gone: the daemon must notice and close its end.
+        let mut s = UnixStream::connect(&d.socket).unwrap();
+        s.write_all(&request[..6]).unwrap();
+    }
+    let start = Instant::now();
+    while fds() > before {
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "xs-host holds {} descriptors, {before} before",
+            fds()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
 }
