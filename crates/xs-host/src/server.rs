@@ -34,7 +34,7 @@ use mio::{Events, Interest, Poll, Registry, Token};
 use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use xs_core::protocol::connection::Closed;
-use xs_core::protocol::{Access, Connection, Limits};
+use xs_core::protocol::{Access, Connection, Host as _, Limits};
 use xs_core::{ConnId, DomId, Store};
 
 use crate::host::{Action, HostCtx};
@@ -366,6 +366,9 @@ impl Server {
         batch.clear();
         self.batch = batch;
         self.carry_out_actions();
+        for domid in self.store.take_warnings() {
+            self.host.soft_quota_reached(domid);
+        }
         for id in self.store.take_notifications() {
             if let Some(&t) = self.by_conn.get(&id) {
                 self.pull_events(t);

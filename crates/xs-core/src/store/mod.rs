@@ -413,7 +413,12 @@ impl Store {
         };
         let over = soft != 0 && memory >= soft;
         if over && !d.soft_reported.get() {
-            self.warnings.borrow_mut().push(domid);
+            // At most one entry per domain until taken: a guest going up and down across
+            // the soft quota must not grow the list.
+            let mut warnings = self.warnings.borrow_mut();
+            if !warnings.contains(&domid) {
+                warnings.push(domid);
+            }
         }
         d.soft_reported.set(over);
     }

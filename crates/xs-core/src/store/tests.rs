@@ -1021,6 +1021,29 @@ fn soft_memory_quota_is_reported_once() {
 }
 
 #[test]
+fn soft_memory_quota_crossings_queue_one_warning_per_domain() {
+    let mut h = Host::with(StoreConfig {
+        memory_soft: 4000,
+        ..StoreConfig::default()
+    });
+    let g = h.guest(3);
+    for _ in 0..20 {
+        // Up across the soft quota, then back below, without anyone taking the warnings.
+        for i in 0..40 {
+            h.s(g)
+                .write(&alloc::format!("data/{i}"), &[b'x'; 100])
+                .unwrap();
+        }
+        assert!(h.store.usage(DomId(3)).unwrap().memory >= 4000);
+        for i in 0..40 {
+            h.s(g).rm(&alloc::format!("data/{i}")).unwrap();
+        }
+        h.s(g).write("data/small", b"").unwrap();
+    }
+    assert_eq!(h.store.take_warnings(), [DomId(3)]);
+}
+
+#[test]
 fn privileged_domains_can_be_introduced_but_not_released() {
     let mut h = Host::with(StoreConfig {
         privileged: alloc::vec![DomId(3)],
