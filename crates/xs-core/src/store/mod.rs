@@ -850,17 +850,14 @@ impl Store {
         true
     }
 
-    /// Charges (or refunds) queued events to an unprivileged watcher's memory. Privileged
-    /// watchers' queues are bounded by length alone.
-    fn charge_events(&mut self, watcher: &Caller, bytes: u64, add: bool) {
+    /// Refunds queued events to an unprivileged watcher's memory (what [`Store::try_charge`]
+    /// charged). Privileged watchers' queues are bounded by length alone.
+    fn refund_events(&mut self, watcher: &Caller, bytes: u64) {
         if watcher.privileged {
             return;
         }
         let change = i64::try_from(bytes).unwrap_or(i64::MAX);
-        self.charge(
-            watcher.domid,
-            if add { change } else { change.saturating_neg() },
-        );
+        self.charge(watcher.domid, change.saturating_neg());
     }
 
     /// Moves owed catch-up events into the queue while it has room.
@@ -924,6 +921,7 @@ impl Store {
         let Some(c) = self.conns.get_id_mut(conn.0) else {
             return;
         };
+        let watcher = c.caller;
         let domid = c.domid();
         let watches = mem::take(&mut c.watches);
         let txs: Vec<TxId> = c.transactions.keys().copied().collect();
@@ -945,10 +943,7 @@ impl Store {
             .iter()
             .map(watch::charge_event)
             .fold(0u64, u64::saturating_add);
-        self.charge(
-            domid,
-            i64::try_from(freed).unwrap_or(i64::MAX).saturating_neg(),
-        );
+        self.refund_events(&watcher, freed);
     }
 
     /// The domain a connection acts for.
@@ -966,7 +961,7 @@ impl Store {
         let c = self.conns.get_id_mut(conn.0)?;
         let event = c.events.pop_front()?;
         let watcher = c.caller;
-        self.charge_events(&watcher, watch::charge_event(&event), false);
+        self.refund_events(&watcher, watch::charge_event(&event));
         self.refill_missed(conn);
         Some(event)
     }

@@ -1044,6 +1044,27 @@ fn soft_memory_quota_crossings_queue_one_warning_per_domain() {
 }
 
 #[test]
+fn resetting_a_privileged_watcher_refunds_nothing_it_was_not_charged() {
+    let mut h = Host::new();
+    h.d0().write("/acct/a", b"1").unwrap();
+    let memory = |h: &Host| h.store.usage(DomId::DOM0).unwrap().memory;
+    let watcher = h.store.connect(DomId::DOM0).unwrap();
+    let unwatched = memory(&h);
+    h.store.watch(watcher, b"/acct", b"t", None).unwrap();
+    let watch_charge = memory(&h) - unwatched;
+    for i in 0..10 {
+        h.d0().write(&alloc::format!("/acct/{i}"), b"x").unwrap();
+    }
+    assert!(h.store.queued_events(watcher) > 0);
+    let before = memory(&h);
+    h.store.reset_connection(watcher);
+    assert_eq!(h.store.queued_events(watcher), 0);
+    // The watch is refunded; the queued events never were charged (privileged queues are
+    // bounded by length).
+    assert_eq!(memory(&h), before - watch_charge);
+}
+
+#[test]
 fn privileged_domains_can_be_introduced_but_not_released() {
     let mut h = Host::with(StoreConfig {
         privileged: alloc::vec![DomId(3)],
