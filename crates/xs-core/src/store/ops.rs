@@ -186,20 +186,28 @@ impl Store {
         self.with_path(&caller, path, true, |s, p, canon| {
             // Entries naming real domains the store does not know yet get a record now, so
             // that they take effect when the domain is introduced (toolstacks set a
-            // domain's permissions before introducing it).
+            // domain's permissions before introducing it). If the change is refused, the
+            // records are dropped again: a refused request leaves nothing behind.
+            let mut created = Vec::new();
             for entry in perms {
-                if entry.domid.is_real() {
+                if entry.domid.is_real() && !s.domains.contains_key(&entry.domid) {
                     s.ensure_domain(entry.domid);
+                    created.push(entry.domid);
                 }
             }
-            if canon.kind == PathKind::Special {
-                return s.set_special_perms(&caller, p, perms);
-            }
-            if tx == 0 {
+            let result = if canon.kind == PathKind::Special {
+                s.set_special_perms(&caller, p, perms)
+            } else if tx == 0 {
                 s.main_set_perms(&caller, p, perms)
             } else {
                 s.in_tx(conn, tx, |s, t| s.tx_set_perms(t, &caller, p, perms))
+            };
+            if result.is_err() {
+                for domid in created {
+                    s.domains.remove(&domid);
+                }
             }
+            result
         })
     }
 

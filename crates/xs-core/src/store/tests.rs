@@ -1065,6 +1065,24 @@ fn resetting_a_privileged_watcher_refunds_nothing_it_was_not_charged() {
 }
 
 #[test]
+fn a_refused_set_perms_leaves_no_domain_records_behind() {
+    let mut h = Host::new();
+    let g = h.guest(3);
+    let known = |h: &Host| h.store.known_domains().collect::<Vec<_>>();
+    let before = known(&h);
+    assert_eq!(
+        h.s(g).set_perms("/", &perms(&["n0", "r100", "r200"])),
+        Err(XsError::Acces)
+    );
+    assert_eq!(known(&h), before);
+    // Allowed, the same request keeps them (for domains introduced later).
+    h.s(g).write("data/x", b"").unwrap();
+    h.s(g).set_perms("data/x", &perms(&["n3", "r100"])).unwrap();
+    assert!(known(&h).contains(&DomId(100)));
+    assert!(!known(&h).contains(&DomId(200)));
+}
+
+#[test]
 fn privileged_domains_can_be_introduced_but_not_released() {
     let mut h = Host::with(StoreConfig {
         privileged: alloc::vec![DomId(3)],
