@@ -9,7 +9,6 @@ use core::cmp::Ordering;
 use super::arena::{Arena, NIL};
 use super::node::{Node, NodeSlot, key_decides, name_key};
 use crate::error::{XsError, XsResult};
-use crate::path::segments;
 use crate::perms::Perm;
 
 /// The tree.
@@ -43,7 +42,11 @@ impl Tree {
     /// The search runs on the 8-byte name keys alone (a branch-free lower bound over one
     /// contiguous array); only names sharing their first 8 bytes are compared in full.
     pub(crate) fn search_child(&self, parent: &Node, name: &[u8]) -> Result<usize, usize> {
-        let key = name_key(name);
+        self.search_child_keyed(parent, name_key(name), name)
+    }
+
+    /// [`Tree::search_child`] with the name's key already computed (`key == name_key(name)`).
+    fn search_child_keyed(&self, parent: &Node, key: u64, name: &[u8]) -> Result<usize, usize> {
         let children = parent.children();
         // Small directories (most of them) are scanned: the loads are independent and the
         // CPU overlaps them, where a binary search's probes wait on each other.
@@ -78,14 +81,19 @@ impl Tree {
 
     /// The child of `parent` called `name`.
     pub(crate) fn child(&self, parent: u32, name: &[u8]) -> Option<u32> {
+        self.child_keyed(parent, name_key(name), name)
+    }
+
+    /// The child of `parent` called `name`, whose key is `key`.
+    fn child_keyed(&self, parent: u32, key: u64, name: &[u8]) -> Option<u32> {
         let node = self.nodes.get(parent)?;
-        let position = self.search_child(node, name).ok()?;
+        let position = self.search_child_keyed(node, key, name).ok()?;
         node.children().get(position).map(|c| c.index)
     }
 
     /// The node at a canonical node path.
     pub(crate) fn lookup(&self, path: &[u8]) -> Option<u32> {
-        segments(path).try_fold(self.root, |cur, seg| self.child(cur, seg))
+        KeyedSegments::new(path).try_fold(self.root, |cur, s| self.child_keyed(cur, s.key, s.name))
     }
 
     /// The deepest existing node on a canonical node path, and the length of the path prefix
@@ -93,17 +101,11 @@ impl Tree {
     pub(crate) fn lookup_nearest(&self, path: &[u8]) -> (u32, usize) {
         let mut cur = self.root;
         let mut covered = 1usize.min(path.len());
-        let mut offset = 0usize;
-        for seg in path.split(|&b| b == b'/') {
-            let end = offset.saturating_add(seg.len());
-            offset = end.saturating_add(1);
-            if seg.is_empty() {
-                continue;
-            }
-            match self.child(cur, seg) {
+        for s in KeyedSegments::new(path) {
+            match self.child_keyed(cur, s.key, s.name) {
                 Some(next) => {
                     cur = next;
-                    covered = end;
+                    covered = s.end;
                 }
                 None => break,
             }
@@ -183,10 +185,100 @@ impl Tree {
     }
 }
 
+/// One segment of a canonical node path, with its name key and where it ends in the path.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct KeyedSegment<'a> {
+    name: &'a [u8],
+    key: u64,
+    end: usize,
+}
+
+/// The segments of a canonical node path with their name keys, found eight bytes at a time:
+/// every request walks its path, and a byte loop looking for `/` followed by a second pass
+/// building the key was a third of a cached read's time.
+struct KeyedSegments<'a> {
+    path: &'a [u8],
+    /// Offset of the next segment's first byte.
+    pos: usize,
+}
+
+impl<'a> KeyedSegments<'a> {
+    fn new(path: &'a [u8]) -> Self {
+        // Canonical node paths start with the `/` of the root; `/` alone has no segments.
+        KeyedSegments { path, pos: 1 }
+    }
+}
+
+/// `0x01` in every byte.
+const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+/// `0x80` in every byte.
+const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+/// `/` in every byte.
+const SLASHES: u64 = u64::from_ne_bytes([b'/'; 8]);
+
+/// The index of the first `/` among the eight bytes of `word` (loaded little-endian), or 8.
+/// Bytes above the first zero may be flagged wrongly by the subtraction's borrow, never
+/// below it, so the lowest flag is exact.
+#[inline]
+fn first_slash(word: u64) -> usize {
+    let x = word ^ SLASHES;
+    let flags = x.wrapping_sub(ONES) & !x & HIGHS;
+    (flags.trailing_zeros() / 8) as usize
+}
+
+impl<'a> Iterator for KeyedSegments<'a> {
+    type Item = KeyedSegment<'a>;
+
+    #[inline]
+    fn next(&mut self) -> Option<KeyedSegment<'a>> {
+        let start = self.pos;
+        let rest = self.path.get(start..).filter(|r| !r.is_empty())?;
+        let (len, key) = match rest.first_chunk::<8>() {
+            Some(head) => {
+                let word = u64::from_le_bytes(*head);
+                match first_slash(word) {
+                    // A short name: the key is the name's bytes, the rest zeroed.
+                    n @ 1..=7 => {
+                        let keep =
+                            u64::MAX.wrapping_shl(64u32.wrapping_sub(8u32.wrapping_mul(n as u32)));
+                        (n, word.swap_bytes() & keep)
+                    }
+                    // A long name (only a non-canonical path has an empty one).
+                    _ => {
+                        let len = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
+                        let name = rest.get(..len).unwrap_or_default();
+                        (
+                            len,
+                            if len >= 8 {
+                                word.swap_bytes()
+                            } else {
+                                name_key(name)
+                            },
+                        )
+                    }
+                }
+            }
+            // The last few bytes of the path.
+            None => {
+                let len = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
+                let name = rest.get(..len).unwrap_or_default();
+                (len, name_key(name))
+            }
+        };
+        let name = rest.get(..len).unwrap_or_default();
+        let end = start.saturating_add(len);
+        self.pos = end.saturating_add(1);
+        Some(KeyedSegment { name, key, end })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::domid::DomId;
+    use alloc::format;
+    use alloc::string::String;
+    use alloc::vec;
 
     fn leaf(name: &[u8], parent: u32) -> Node {
         Node::new(name, b"v", &[Perm::owner(DomId(0))], parent, 1).unwrap()
@@ -240,6 +332,69 @@ mod tests {
         assert_eq!(p, b"/a/b");
         t.path_of(t.root, &mut p);
         assert_eq!(p, b"/");
+    }
+
+    /// The segments, keys and ends the plain definitions give.
+    fn reference(path: &[u8]) -> Vec<(Vec<u8>, u64, usize)> {
+        let mut out = Vec::new();
+        let mut offset = 0usize;
+        for seg in path.split(|&b| b == b'/') {
+            let end = offset + seg.len();
+            offset = end + 1;
+            if !seg.is_empty() {
+                out.push((seg.to_vec(), name_key(seg), end));
+            }
+        }
+        out
+    }
+
+    fn keyed(path: &[u8]) -> Vec<(Vec<u8>, u64, usize)> {
+        KeyedSegments::new(path)
+            .map(|s| (s.name.to_vec(), s.key, s.end))
+            .collect()
+    }
+
+    #[test]
+    fn keyed_segments_match_the_plain_split() {
+        let names: [&str; 9] = [
+            "a",
+            "ab",
+            "abcdefg",
+            "abcdefgh",
+            "abcdefghi",
+            "0",
+            "vif",
+            "backend",
+            "x-y_z0123456789",
+        ];
+        let mut paths = vec![b"/".to_vec()];
+        for a in names {
+            paths.push(format!("/{a}").into_bytes());
+            for b in names {
+                paths.push(format!("/{a}/{b}").into_bytes());
+                for c in names {
+                    paths.push(format!("/local/{a}/{b}/{c}").into_bytes());
+                }
+            }
+        }
+        for p in &paths {
+            assert_eq!(keyed(p), reference(p), "{}", String::from_utf8_lossy(p));
+        }
+        assert!(keyed(b"/").is_empty());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn keyed_segments_on_random_paths(segs in proptest::collection::vec("[a-z0-9_-]{1,12}", 0..6)) {
+            let mut p = b"/".to_vec();
+            p.extend_from_slice(segs.join("/").as_bytes());
+            proptest::prop_assert_eq!(keyed(&p), reference(&p));
+        }
+
+        #[test]
+        fn keyed_segments_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40)) {
+            let _ = keyed(&bytes);
+        }
     }
 
     #[test]
