@@ -17,7 +17,6 @@ use core::fmt;
 
 use super::Host;
 use super::dispatch::{self, Access};
-use crate::quota::QuotaKind;
 use crate::store::{ConnId, Store};
 use crate::wire::{Fault, HEADER_LEN, Header};
 
@@ -101,16 +100,9 @@ impl Connection {
     }
 
     fn max_pending(&self, store: &Store) -> usize {
-        let domid = store.conn_domid(self.id);
-        match domid {
-            Some(d) if !store.is_privileged(d) => {
-                match store.effective_quotas(d).get(QuotaKind::Outstanding) {
-                    0 => self.limits.privileged_pending,
-                    q => q as usize,
-                }
-            }
-            _ => self.limits.privileged_pending,
-        }
+        store
+            .outstanding_limit(self.id)
+            .unwrap_or(self.limits.privileged_pending)
     }
 
     /// Whether the connection takes input now (it does not while too many messages wait to

@@ -345,31 +345,53 @@ impl Store {
         })
     }
 
+    /// One quota in force for `domid` (0 = unlimited): its override, else the global value.
+    /// (Checked on every request; [`Store::effective_quotas`] builds the whole set.)
+    pub fn quota(&self, domid: DomId, kind: QuotaKind) -> u32 {
+        self.domains
+            .get(&domid)
+            .and_then(|d| d.overrides.get(kind))
+            .unwrap_or_else(|| self.config.quotas.get(kind))
+    }
+
+    /// How many messages a connection may have waiting to be sent before it takes no more
+    /// input: its domain's `outstanding` quota, `None` for a privileged (or unknown)
+    /// connection or an unlimited quota.
+    pub fn outstanding_limit(&self, conn: ConnId) -> Option<usize> {
+        let caller = self.conns.get_id(conn.0)?.caller;
+        if caller.privileged {
+            return None;
+        }
+        match self.quota(caller.domid, QuotaKind::Outstanding) {
+            0 => None,
+            q => Some(q as usize),
+        }
+    }
+
     /// `Ok` if an unprivileged `caller` stays within `kind` when its usage becomes `value`.
     fn check_quota(&self, caller: &Caller, kind: QuotaKind, value: u64) -> XsResult<()> {
-        if caller.privileged {
-            if let Some(d) = self.domains.get(&caller.domid) {
-                d.peaks.note(kind, value);
+        // One record look-up: this runs on every request (path length at least).
+        let record = self.domains.get(&caller.domid);
+        if !caller.privileged {
+            let limit = record
+                .and_then(|d| d.overrides.get(kind))
+                .unwrap_or_else(|| self.config.quotas.get(kind));
+            if limit != 0 && value > u64::from(limit) {
+                // Xen's errors since its quota checks were unified (C xenstored commit
+                // 70fcc25, 2026): ENOSPC for every count and size, ENOMEM for memory. (Xen
+                // 4.17 still answered a watch over quota with E2BIG.)
+                return Err(if kind == QuotaKind::Memory {
+                    XsError::NoMem
+                } else {
+                    XsError::NoSpc
+                });
             }
-            return Ok(());
+            self.peaks.note(kind, value);
         }
-        match self.effective_quotas(caller.domid).limit(kind) {
-            // Xen's errors since its quota checks were unified (C xenstored commit
-            // 70fcc25, 2026): ENOSPC for every count and size, ENOMEM for memory. (Xen 4.17
-            // still answered a watch over quota with E2BIG.)
-            Some(limit) if value > limit => Err(if kind == QuotaKind::Memory {
-                XsError::NoMem
-            } else {
-                XsError::NoSpc
-            }),
-            _ => {
-                if let Some(d) = self.domains.get(&caller.domid) {
-                    d.peaks.note(kind, value);
-                }
-                self.peaks.note(kind, value);
-                Ok(())
-            }
+        if let Some(d) = record {
+            d.peaks.note(kind, value);
         }
+        Ok(())
     }
 
     /// The highest value a quota check saw, for one domain or (with `None`) any unprivileged
