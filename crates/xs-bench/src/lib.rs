@@ -9,6 +9,7 @@ pub mod counting_alloc;
 pub mod daemon;
 pub mod harness;
 pub mod host;
+pub mod latency;
 pub mod rng;
 
 pub use counting_alloc::CountingAlloc;

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use xs_bench::host::{self, Base, Host, TEMPLATE};
-use xs_bench::{CountingAlloc, Harness, Unit, XorShift};
+use xs_bench::{CountingAlloc, Harness, Unit, XorShift, latency};
 use xs_core::{ConnId, DomId, Store, StoreConfig, XsError, XsResult};
 
 #[global_allocator]
@@ -38,6 +38,9 @@ Measurements:
   write_0_watches write_100k_watches
                    (ops/s on a 100k-node tree; --quick: 10k nodes, 10k watches)
   heap_per_node    (bytes, 100k-node tree; --quick: 10k)
+  dependent_load_16m dependent_load_256k
+                   (ns per load of a random pointer chase over 16 MiB / 256 KiB: the
+                   machine's memory latency, to read the store figures against)
 ";
 
 /// Values written over existing leaves (small, as most XenStore values are).
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
         h.run_time().as_millis()
     );
     heap_per_node(&mut h);
+    memory_latency(&mut h);
     let sizes: [(&str, usize); 3] = if h.quick() {
         [("1k", 1_000), ("100k", 1_000), ("1m", 10_000)]
     } else {
@@ -73,6 +77,19 @@ fn main() -> ExitCode {
     goals(&h);
     eprintln!("bench-core: done in {:.1} s", start.elapsed().as_secs_f64());
     ExitCode::SUCCESS
+}
+
+/// The cost of one dependent random load with a working set the size of the 100k-node
+/// store (and of a cache-resident one), to read the store figures against.
+fn memory_latency(h: &mut Harness) {
+    for (name, bytes) in [
+        ("dependent_load_16m", 16 << 20),
+        ("dependent_load_256k", 256 << 10),
+    ] {
+        h.median(name, Unit::Ns, |budget| {
+            latency::dependent_load_ns(bytes, budget)
+        });
+    }
 }
 
 // ----- helpers ---------------------------------------------------------------------------------
@@ -562,6 +579,18 @@ fn goals(h: &Harness) {
         }
     };
     at_least("read_100k", 5e6, Some("748k ops/s"));
+    if let (false, Some(read), Some(load)) = (
+        h.quick(),
+        h.result("read_100k"),
+        h.result("dependent_load_16m"),
+    ) {
+        eprintln!(
+            "    one read_100k = {:.0} ns = {:.1} dependent loads of {load:.0} ns (16 MiB working \
+             set); 5M ops/s leaves 200 ns per read",
+            1e9 / read,
+            1e9 / read / load
+        );
+    }
     at_least("write_100k", 2e6, Some("439k ops/s"));
     at_least("tx_write_1m", 5e5, Some("73 ops/s (at 100k)"));
     if let (Some(small), Some(big)) = (h.result("tx_start_1k"), h.result("tx_start_1m")) {
