@@ -1102,3 +1102,40 @@ fn privileged_domains_can_be_introduced_but_not_released() {
     assert_eq!(h.store.release(h.dom0, DomId(3)), Err(XsError::Inval));
     assert_eq!(h.store.release(h.dom0, DomId(0)), Err(XsError::Inval));
 }
+
+#[test]
+fn a_transactions_read_set_is_charged_to_the_readers_memory() {
+    let mut h = Host::new();
+    let g = h.guest(3);
+    let quota = 64 * 1024;
+    h.store
+        .set_quota(h.dom0, Some(DomId(3)), QuotaKind::Memory, quota)
+        .unwrap();
+    h.store
+        .set_quota(h.dom0, Some(DomId(3)), QuotaKind::TransactionNodes, 0)
+        .unwrap();
+    let before = h.store.usage(DomId(3)).unwrap().memory;
+    let tx = h.store.transaction_start(g).unwrap();
+    // Reads of long missing paths: each is remembered (for the commit's check) and costs
+    // the store its path; they must run into the memory quota, not grow without bound.
+    let long = "x".repeat(1500);
+    let mut out = Vec::new();
+    let mut refused = None;
+    for i in 0..1000 {
+        let path = alloc::format!("data/{long}{i}");
+        match h.store.read(g, tx, path.as_bytes(), &mut out) {
+            Err(XsError::NoEnt) => {}
+            other => {
+                refused = Some((i, other));
+                break;
+            }
+        }
+    }
+    let (i, result) = refused.expect("a thousand 1.5 KB reads fit a 64 KiB quota");
+    assert_eq!(result, Err(XsError::NoMem));
+    assert!(i > 10, "refused after {i} reads");
+    assert!(h.store.usage(DomId(3)).unwrap().memory <= u64::from(quota));
+    h.store.transaction_end(g, tx, false).unwrap();
+    assert_eq!(h.store.usage(DomId(3)).unwrap().memory, before);
+    h.checked();
+}

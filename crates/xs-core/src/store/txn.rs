@@ -118,17 +118,21 @@ impl TxEntry {
     }
 
     fn charge(&self, path_len: usize) -> u64 {
-        const OVERHEAD: u64 = 64;
         let payload = match self {
             TxEntry::Deleted { .. } => 0,
             TxEntry::Present(n) => {
                 (n.value.len() as u64).saturating_add((n.perms.len() as u64).saturating_mul(4))
             }
         };
-        OVERHEAD
-            .saturating_add(path_len as u64)
-            .saturating_add(payload)
+        entry_charge(path_len).saturating_add(payload)
     }
+}
+
+/// Memory charged for an entry of a transaction's overlay or read set, besides its payload:
+/// the path it is keyed by and a share of the map's bookkeeping.
+fn entry_charge(path_len: usize) -> u64 {
+    const OVERHEAD: u64 = 64;
+    OVERHEAD.saturating_add(path_len as u64)
 }
 
 /// Memory charged for a transaction besides its entries.
@@ -480,7 +484,7 @@ impl Store {
     /// Records that the transaction relied on `aspect` of `path`, if that came from the
     /// snapshot. `ENOSPC` past the caller's `transaction-nodes` quota.
     fn note(
-        &self,
+        &mut self,
         t: &mut Transaction,
         caller: &Caller,
         path: &[u8],
@@ -496,7 +500,7 @@ impl Store {
     }
 
     fn note_path(
-        &self,
+        &mut self,
         t: &mut Transaction,
         caller: &Caller,
         path: &[u8],
@@ -506,7 +510,7 @@ impl Store {
     }
 
     fn note_read(
-        &self,
+        &mut self,
         t: &mut Transaction,
         caller: &Caller,
         path: &[u8],
@@ -523,6 +527,10 @@ impl Store {
             QuotaKind::TransactionNodes,
             t.accessed().saturating_add(1),
         )?;
+        // The read set is kept until the transaction ends: charged like the overlay, so that
+        // a guest reading many long paths (missing ones included) meets its memory quota.
+        let charge = entry_charge(path.len());
+        self.check_memory(caller, charge)?;
         t.reads.insert(
             path.into(),
             Read {
@@ -530,6 +538,7 @@ impl Store {
                 live,
             },
         );
+        self.tx_charge(t, caller.domid, i64::try_from(charge).unwrap_or(i64::MAX));
         Ok(())
     }
 
@@ -538,7 +547,7 @@ impl Store {
     /// depends on which ancestor is the nearest existing one and on its permissions, so for
     /// it the first missing prefix must stay missing and the nearest node unchanged.
     fn note_missing(
-        &self,
+        &mut self,
         t: &mut Transaction,
         caller: &Caller,
         path: &[u8],
@@ -568,7 +577,7 @@ impl Store {
 
     /// Resolves `path` and checks `need` on it, recording what the outcome relied on.
     fn tx_checked(
-        &self,
+        &mut self,
         t: &mut Transaction,
         caller: &Caller,
         path: &[u8],
@@ -596,7 +605,7 @@ impl Store {
     // ----- operations ----------------------------------------------------------------------
 
     pub(crate) fn tx_read(
-        &self,
+        &mut self,
         t: &mut Transaction,
         caller: &Caller,
         path: &[u8],
@@ -610,7 +619,7 @@ impl Store {
     }
 
     pub(crate) fn tx_get_perms(
-        &self,
+        &mut self,
         t: &mut Transaction,
         caller: &Caller,
         path: &[u8],
@@ -829,7 +838,7 @@ impl Store {
 
     /// Appends the children of `path` in the view to `out`; returns the gencnt to report.
     pub(crate) fn tx_directory(
-        &self,
+        &mut self,
         t: &mut Transaction,
         caller: &Caller,
         path: &[u8],
