@@ -6,8 +6,10 @@
 //! all prefixes come from one streaming pass over the path, so the lookups are independent
 //! of each other and the CPU overlaps them. The hash is SipHash-1-3 keyed with the store's
 //! `hash_key`, which the platform draws from real entropy: guests choose watch paths, and
-//! without the key they cannot make them collide. Special watches (`@...`) are few and kept
-//! in a list.
+//! without the key they cannot make them collide. Special watches (`@releaseDomain`,
+//! `@releaseDomain/<domid>`, ...) are in the same table under their own paths: any domain
+//! may register them, so a list scanned on every `WATCH` would let guests make each other's
+//! requests slow.
 //!
 //! ## Event queues and the policy at their bound
 //!
@@ -210,7 +212,8 @@ pub(crate) struct WatchTable {
     pub(crate) watches: Slab<Watch>,
     index: HashTable<Bucket>,
     hasher: PathHasher,
-    special: Vec<u32>,
+    /// Watches on node paths (the others are special): none means changes need no matching.
+    node_watches: usize,
 }
 
 impl WatchTable {
@@ -219,7 +222,7 @@ impl WatchTable {
             watches: Slab::default(),
             index: HashTable::new(),
             hasher: PathHasher::new(hash_key),
-            special: Vec::new(),
+            node_watches: 0,
         }
     }
 
@@ -237,13 +240,12 @@ impl WatchTable {
 
     /// Registers a watch and returns its index.
     pub(crate) fn add(&mut self, watch: Watch) -> XsResult<u32> {
-        let special = watch.path.first() == Some(&b'@');
+        let special = is_special(&watch.path);
         let listed_depth = watch.depth.unwrap_or(u32::MAX);
         let path = watch.path.clone();
         let index = self.watches.insert(watch)?.index;
-        if special {
-            self.special.push(index);
-            return Ok(index);
+        if !special {
+            self.node_watches = self.node_watches.saturating_add(1);
         }
         let listed = Listed {
             watch: index,
@@ -271,9 +273,8 @@ impl WatchTable {
     /// Unregisters a watch.
     pub(crate) fn remove(&mut self, index: u32) -> Option<Watch> {
         let watch = self.watches.remove(index)?;
-        if watch.path.first() == Some(&b'@') {
-            self.special.retain(|&w| w != index);
-            return Some(watch);
+        if !is_special(&watch.path) {
+            self.node_watches = self.node_watches.saturating_sub(1);
         }
         let hash = self.hasher.hash(&watch.path);
         if let Ok(mut entry) = self
@@ -288,24 +289,20 @@ impl WatchTable {
 
     /// The watch of `conn` on `path` with `token`, if registered.
     pub(crate) fn find(&self, conn: Id, path: &[u8], token: &[u8]) -> Option<u32> {
-        let same = |w: u32| {
-            self.watches
-                .get(w)
-                .is_some_and(|w| w.conn == conn && &*w.path == path && &*w.token == token)
-        };
-        if path.first() == Some(&b'@') {
-            return self.special.iter().copied().find(|&w| same(w));
-        }
         self.bucket(path, self.hasher.hash(path))?
             .watches()
             .map(|l| l.watch)
-            .find(|&w| same(w))
+            .find(|&w| {
+                self.watches
+                    .get(w)
+                    .is_some_and(|w| w.conn == conn && &*w.token == token)
+            })
     }
 
     /// Watches matching a change at `path` that affects its subtree: watches on `path` and on
     /// its ancestors, within their depth limits.
     pub(crate) fn match_subtree(&self, path: &[u8], out: &mut Vec<u32>) {
-        if self.index.is_empty() {
+        if self.node_watches == 0 {
             return;
         }
         let total = segments(path).count();
@@ -341,7 +338,7 @@ impl WatchTable {
 
     /// Watches registered exactly on `path`.
     pub(crate) fn match_exact(&self, path: &[u8], out: &mut Vec<u32>) {
-        if self.index.is_empty() {
+        if self.node_watches == 0 {
             return;
         }
         if let Some(bucket) = self.bucket(path, self.hasher.hash(path)) {
@@ -351,7 +348,7 @@ impl WatchTable {
 
     /// Whether any watch is registered on a node path (so removals must look for them).
     pub(crate) fn any_node_watches(&self) -> bool {
-        !self.index.is_empty()
+        self.node_watches > 0
     }
 
     /// Special watches matching the special event `name` about `domid`, each with whether the
@@ -359,21 +356,26 @@ impl WatchTable {
     /// a depth get `name`; watches on `name/<domid>`, and watches on `name` with a depth of at
     /// least 1, get `name/<domid>` (`docs/misc/xenstore.txt`, WATCH).
     pub(crate) fn match_special(&self, name: &[u8], with_domid: &[u8], out: &mut Vec<(u32, bool)>) {
-        for &w in &self.special {
-            let Some(watch) = self.watches.get(w) else {
-                continue;
-            };
-            if &*watch.path == name {
-                match watch.depth {
-                    None => out.push((w, false)),
-                    Some(d) if d >= 1 => out.push((w, true)),
-                    Some(_) => {}
-                }
-            } else if &*watch.path == with_domid {
-                out.push((w, true));
+        let on = |path: &[u8]| {
+            self.bucket(path, self.hasher.hash(path))
+                .into_iter()
+                .flat_map(Bucket::watches)
+                .map(|l| l.watch)
+        };
+        for w in on(name) {
+            match self.watches.get(w).map(|w| w.depth) {
+                Some(None) => out.push((w, false)),
+                Some(Some(d)) if d >= 1 => out.push((w, true)),
+                _ => {}
             }
         }
+        out.extend(on(with_domid).map(|w| (w, true)));
     }
+}
+
+/// Whether a watch path is special (`@...`) rather than a node path.
+fn is_special(path: &[u8]) -> bool {
+    path.first() == Some(&b'@')
 }
 
 #[cfg(test)]
@@ -467,5 +469,47 @@ mod tests {
         t.match_special(b"@releaseDomain", b"@releaseDomain/5", &mut out);
         assert_eq!(out, [(plain, false), (deep, true), (one, true)]);
         let _ = (zero, other);
+    }
+
+    #[test]
+    fn special_watches_are_indexed_like_node_watches() {
+        let mut t = WatchTable::new([5, 6]);
+        let conn = |i: u32| Id {
+            index: i,
+            generation: 0,
+        };
+        let mut ids = Vec::new();
+        for i in 0..1000 {
+            let path = if i % 2 == 0 {
+                "@releaseDomain"
+            } else {
+                "@releaseDomain/7"
+            };
+            ids.push(t.add(watch(conn(i), path, None)).unwrap());
+        }
+        assert!(!t.any_node_watches());
+        let mut out = Vec::new();
+        t.match_subtree(b"/local", &mut out);
+        assert!(out.is_empty());
+        assert_eq!(t.find(conn(10), b"@releaseDomain", b"t"), Some(ids[10]));
+        assert_eq!(t.find(conn(11), b"@releaseDomain/7", b"t"), Some(ids[11]));
+        assert_eq!(t.find(conn(11), b"@releaseDomain", b"t"), None);
+        for &w in ids.iter().take(500) {
+            t.remove(w).unwrap();
+        }
+        let mut matched = Vec::new();
+        t.match_special(b"@releaseDomain", b"@releaseDomain/7", &mut matched);
+        matched.sort();
+        let mut want: Vec<(u32, bool)> = ids[500..]
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| (w, i % 2 == 1))
+            .collect();
+        want.sort();
+        assert_eq!(matched, want);
+        matched.clear();
+        t.match_special(b"@releaseDomain", b"@releaseDomain/8", &mut matched);
+        assert_eq!(matched.len(), 250);
+        assert!(matched.iter().all(|&(_, with_domid)| !with_domid));
     }
 }
