@@ -108,10 +108,14 @@ impl Page for RawPage {
     const RING: usize = RING_SIZE;
 
     fn load(&self, field: Field) -> u32 {
+        // ORDERING: relaxed; the fence that follows every index load (`order::after_loading_*`)
+        // orders it against the byte accesses it guards.
         self.field(field).load(Ordering::Relaxed)
     }
 
     fn store(&self, field: Field, value: u32) {
+        // ORDERING: relaxed; the fence that precedes every index store
+        // (`order::before_publishing_*`) orders the byte accesses before it.
         self.field(field).store(value, Ordering::Relaxed);
     }
 
@@ -183,11 +187,13 @@ impl<const N: usize> Page for SharedPage<N> {
     fn load(&self, field: Field) -> u32 {
         self.fields
             .get(field.index())
+            // ORDERING: relaxed, ordered by the `order` fences as in `RawPage::load`.
             .map_or(0, |f| f.load(Ordering::Relaxed))
     }
 
     fn store(&self, field: Field, value: u32) {
         if let Some(f) = self.fields.get(field.index()) {
+            // ORDERING: relaxed, ordered by the `order` fences as in `RawPage::store`.
             f.store(value, Ordering::Relaxed);
         }
     }
@@ -196,6 +202,8 @@ impl<const N: usize> Page for SharedPage<N> {
         let src = self.span(ring, offset, dst.len());
         if src.len() == dst.len() {
             for (d, s) in dst.iter_mut().zip(src) {
+                // ORDERING: relaxed data byte; `after_loading_prod` before and
+                // `before_publishing_cons` after order it against the indices.
                 *d = s.load(Ordering::Relaxed);
             }
         }
@@ -205,6 +213,8 @@ impl<const N: usize> Page for SharedPage<N> {
         let dst = self.span(ring, offset, src.len());
         if src.len() == dst.len() {
             for (d, s) in dst.iter().zip(src) {
+                // ORDERING: relaxed data byte; `after_loading_cons` before and
+                // `before_publishing_prod` after order it against the indices.
                 d.store(*s, Ordering::Relaxed);
             }
         }

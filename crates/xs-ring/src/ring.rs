@@ -76,6 +76,9 @@ impl Consumer {
     /// Bytes the producer has published and we have not consumed.
     pub(crate) fn available<P: Page>(&self, page: &P) -> Result<usize, RingFault> {
         let prod = page.load(self.prod);
+        // ORDERING: acquire after loading prod; pairs with the producer's
+        // `before_publishing_prod` in `Producer::push`, so the bytes up to `prod` that `peek`
+        // copies out are the ones written before that index was published.
         order::after_loading_prod();
         let n = prod.wrapping_sub(self.cons);
         if n > ring_len::<P>() {
@@ -103,6 +106,9 @@ impl Consumer {
         if n == 0 {
             return;
         }
+        // ORDERING: full fence between `peek`'s loads of the consumed bytes and the store of
+        // cons; pairs with the producer's `after_loading_cons` in `Producer::unread`, so the
+        // producer overwrites those bytes only after we have copied them out.
         order::before_publishing_cons();
         self.cons = self.cons.wrapping_add(u32::try_from(n).unwrap_or(0));
         page.store(self.cons_field, self.cons);
@@ -136,6 +142,9 @@ impl Producer {
     /// Bytes published and not yet consumed by the peer.
     pub(crate) fn unread<P: Page>(&self, page: &P) -> Result<usize, RingFault> {
         let cons = page.load(self.cons);
+        // ORDERING: acquire after loading cons; pairs with the consumer's
+        // `before_publishing_cons` in `Consumer::consume`: our writes into the freed space
+        // come after the consumer's reads of what was there.
         order::after_loading_cons();
         let used = self.prod.wrapping_sub(cons);
         if used > ring_len::<P>() {
@@ -159,6 +168,9 @@ impl Producer {
             }
             at = end;
         }
+        // ORDERING: release between the `copy_in` stores above and the store of prod; pairs
+        // with the consumer's `after_loading_prod` in `Consumer::available`, so whoever sees
+        // the new prod sees the bytes it covers.
         order::before_publishing_prod();
         self.prod = self.prod.wrapping_add(u32::try_from(n).unwrap_or(0));
         page.store(self.prod_field, self.prod);

@@ -43,6 +43,8 @@ impl<P: Page> Server<P> {
     /// starting point (a guest may not assume they start at zero); from then on the server
     /// keeps its own indices privately.
     pub fn new(page: P, features: u32) -> Server<P> {
+        // ORDERING: relaxed; the guest reads the features only after the store has
+        // introduced it, and the event-channel notification that follows is a full barrier.
         page.store(Field::ServerFeatures, features);
         let req_cons = page.load(Field::ReqCons);
         let rsp_prod = page.load(Field::RspProd);
@@ -74,6 +76,8 @@ impl<P: Page> Server<P> {
     pub fn fail(&mut self, code: u32) -> RingFault {
         let fault = RingFault { code };
         if self.features & FEATURE_ERROR != 0 {
+            // ORDERING: relaxed; a diagnostic the guest reads after we notify it (the
+            // notification is a full barrier), and no other access depends on it.
             self.page.store(Field::Error, code);
         }
         self.fault = Some(fault);
@@ -116,6 +120,7 @@ impl<P: Page> Server<P> {
 
     /// Whether the guest asked for a reconnection (only meaningful when it was offered).
     pub fn reconnect_requested(&self) -> bool {
+        // ORDERING: relaxed; `reconnect` issues the acquire before acting on it.
         self.features & FEATURE_RECONNECTION != 0 && self.page.load(Field::Connection) == RECONNECT
     }
 
