@@ -23,30 +23,8 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-/// Message types (`enum xsd_sockmsg_type` in `xs_wire.h`).
-#[allow(missing_docs)]
-pub mod ty {
-    pub const DIRECTORY: u32 = 1;
-    pub const READ: u32 = 2;
-    pub const GET_PERMS: u32 = 3;
-    pub const WATCH: u32 = 4;
-    pub const UNWATCH: u32 = 5;
-    pub const TRANSACTION_START: u32 = 6;
-    pub const TRANSACTION_END: u32 = 7;
-    pub const INTRODUCE: u32 = 8;
-    pub const RELEASE: u32 = 9;
-    pub const WRITE: u32 = 11;
-    pub const MKDIR: u32 = 12;
-    pub const RM: u32 = 13;
-    pub const SET_PERMS: u32 = 14;
-    pub const WATCH_EVENT: u32 = 15;
-    pub const ERROR: u32 = 16;
-}
-
-/// Size of the message header.
-pub const HEADER_LEN: usize = 16;
-/// Largest payload the protocol allows (`XENSTORE_PAYLOAD_MAX`).
-pub const PAYLOAD_MAX: usize = 4096;
+pub use xs_core::store::PAYLOAD_MAX;
+pub use xs_core::wire::{HEADER_LEN, Header, MsgType};
 
 /// What can go wrong talking to a daemon.
 #[derive(Debug)]
@@ -104,37 +82,6 @@ impl From<io::Error> for ClientError {
 /// Result of client operations.
 pub type Result<T> = std::result::Result<T, ClientError>;
 
-/// A message header.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct Header {
-    /// Message type.
-    pub ty: u32,
-    /// Request id (0 for watch events).
-    pub req_id: u32,
-    /// Transaction id (0 outside transactions).
-    pub tx_id: u32,
-    /// Payload length.
-    pub len: u32,
-}
-
-impl Header {
-    fn decode(b: &[u8; HEADER_LEN]) -> Header {
-        let word = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-        Header {
-            ty: word(0),
-            req_id: word(4),
-            tx_id: word(8),
-            len: word(12),
-        }
-    }
-
-    fn encode(&self, out: &mut Vec<u8>) {
-        for w in [self.ty, self.req_id, self.tx_id, self.len] {
-            out.extend_from_slice(&w.to_le_bytes());
-        }
-    }
-}
-
 /// A reply, borrowed from the client's buffer until the next call on the client.
 #[derive(Clone, Copy, Debug)]
 pub struct Reply<'a> {
@@ -147,7 +94,7 @@ pub struct Reply<'a> {
 impl Reply<'_> {
     /// The error name if this is an `ERROR` reply.
     pub fn error(&self) -> Option<String> {
-        (self.header.ty == ty::ERROR).then(|| {
+        (self.header.kind() == Some(MsgType::Error)).then(|| {
             let name = self.payload.split(|&b| b == 0).next().unwrap_or_default();
             String::from_utf8_lossy(name).into_owned()
         })
@@ -233,7 +180,7 @@ impl Client {
     }
 
     /// Queues a request (not sent until [`Client::flush`]); returns its `req_id`.
-    pub fn queue(&mut self, ty: u32, tx_id: u32, payload: Payload<'_>) -> Result<u32> {
+    pub fn queue(&mut self, ty: MsgType, tx_id: u32, payload: Payload<'_>) -> Result<u32> {
         let len = payload.len();
         if len > PAYLOAD_MAX {
             return Err(ClientError::Protocol(format!(
@@ -243,13 +190,13 @@ impl Client {
         let req_id = self.next_req_id;
         // Request ids are ours to choose; 0 is avoided so that it stays the watch events'.
         self.next_req_id = self.next_req_id.checked_add(1).unwrap_or(1);
-        Header {
-            ty,
+        let header = Header {
+            msg_type: ty as u32,
             req_id,
             tx_id,
             len: len as u32,
-        }
-        .encode(&mut self.wbuf);
+        };
+        self.wbuf.extend_from_slice(&header.encode());
         for s in payload.strings {
             self.wbuf.extend_from_slice(s);
             self.wbuf.push(0);
@@ -303,7 +250,7 @@ impl Client {
         if header.len as usize > PAYLOAD_MAX {
             return Err(ClientError::Protocol(format!(
                 "message of type {} with a payload of {} bytes",
-                header.ty, header.len
+                header.msg_type, header.len
             )));
         }
         Ok((avail.len() >= HEADER_LEN + header.len as usize).then_some(header))
@@ -349,7 +296,7 @@ impl Client {
         }
         let (header, start, end) = loop {
             let (header, start, end) = self.next_message()?;
-            if header.ty == ty::WATCH_EVENT {
+            if header.kind() == Some(MsgType::WatchEvent) {
                 self.keep_event(start, end);
             } else if header.req_id == req_id {
                 break (header, start, end);
@@ -379,7 +326,7 @@ impl Client {
         }
         let (header, start, end) = loop {
             let (header, start, end) = self.next_message()?;
-            if header.ty == ty::WATCH_EVENT {
+            if header.kind() == Some(MsgType::WatchEvent) {
                 self.keep_event(start, end);
             } else {
                 break (header, start, end);
@@ -399,7 +346,7 @@ impl Client {
                 return Ok(ev);
             }
             let (header, start, end) = self.next_message()?;
-            if header.ty == ty::WATCH_EVENT {
+            if header.kind() == Some(MsgType::WatchEvent) {
                 self.keep_event(start, end);
             } else {
                 self.early.push((header, self.rbuf[start..end].to_vec()));
@@ -418,14 +365,14 @@ impl Client {
     }
 
     /// One request, one reply; an `ERROR` reply becomes `Err(Xen(name))`.
-    pub fn call(&mut self, ty: u32, tx_id: u32, payload: Payload<'_>) -> Result<Reply<'_>> {
+    pub fn call(&mut self, ty: MsgType, tx_id: u32, payload: Payload<'_>) -> Result<Reply<'_>> {
         let req_id = self.queue(ty, tx_id, payload)?;
         self.flush()?;
         let reply = self.recv_reply(req_id)?.ok()?;
-        if reply.header.ty != ty {
+        if reply.header.msg_type != ty as u32 {
             return Err(ClientError::Protocol(format!(
                 "reply of type {} to a request of type {ty}",
-                reply.header.ty
+                reply.header.msg_type
             )));
         }
         Ok(reply)
@@ -434,7 +381,7 @@ impl Client {
     /// `READ`: the node's value.
     pub fn read(&mut self, tx_id: u32, path: &[u8]) -> Result<&[u8]> {
         Ok(self
-            .call(ty::READ, tx_id, Payload::strings(&[path]))?
+            .call(MsgType::Read, tx_id, Payload::strings(&[path]))?
             .payload)
     }
 
@@ -444,18 +391,18 @@ impl Client {
             strings: &[path],
             tail: value,
         };
-        self.call(ty::WRITE, tx_id, payload).map(drop)
+        self.call(MsgType::Write, tx_id, payload).map(drop)
     }
 
     /// `MKDIR`.
     pub fn mkdir(&mut self, tx_id: u32, path: &[u8]) -> Result<()> {
-        self.call(ty::MKDIR, tx_id, Payload::strings(&[path]))
+        self.call(MsgType::Mkdir, tx_id, Payload::strings(&[path]))
             .map(drop)
     }
 
     /// `RM`.
     pub fn rm(&mut self, tx_id: u32, path: &[u8]) -> Result<()> {
-        self.call(ty::RM, tx_id, Payload::strings(&[path]))
+        self.call(MsgType::Rm, tx_id, Payload::strings(&[path]))
             .map(drop)
     }
 
@@ -470,14 +417,14 @@ impl Client {
     /// `DIRECTORY`: the children's names, each followed by a NUL.
     pub fn directory(&mut self, tx_id: u32, path: &[u8]) -> Result<&[u8]> {
         Ok(self
-            .call(ty::DIRECTORY, tx_id, Payload::strings(&[path]))?
+            .call(MsgType::Directory, tx_id, Payload::strings(&[path]))?
             .payload)
     }
 
     /// `GET_PERMS`: the permission strings, each followed by a NUL.
     pub fn get_perms(&mut self, tx_id: u32, path: &[u8]) -> Result<&[u8]> {
         Ok(self
-            .call(ty::GET_PERMS, tx_id, Payload::strings(&[path]))?
+            .call(MsgType::GetPerms, tx_id, Payload::strings(&[path]))?
             .payload)
     }
 
@@ -486,25 +433,25 @@ impl Client {
         let mut strings: Vec<&[u8]> = Vec::with_capacity(perms.len() + 1);
         strings.push(path);
         strings.extend_from_slice(perms);
-        self.call(ty::SET_PERMS, tx_id, Payload::strings(&strings))
+        self.call(MsgType::SetPerms, tx_id, Payload::strings(&strings))
             .map(drop)
     }
 
     /// `WATCH`.
     pub fn watch(&mut self, path: &[u8], token: &[u8]) -> Result<()> {
-        self.call(ty::WATCH, 0, Payload::strings(&[path, token]))
+        self.call(MsgType::Watch, 0, Payload::strings(&[path, token]))
             .map(drop)
     }
 
     /// `UNWATCH`.
     pub fn unwatch(&mut self, path: &[u8], token: &[u8]) -> Result<()> {
-        self.call(ty::UNWATCH, 0, Payload::strings(&[path, token]))
+        self.call(MsgType::Unwatch, 0, Payload::strings(&[path, token]))
             .map(drop)
     }
 
     /// `TRANSACTION_START`: the new transaction's id.
     pub fn tx_start(&mut self) -> Result<u32> {
-        let reply = self.call(ty::TRANSACTION_START, 0, Payload::strings(&[b""]))?;
+        let reply = self.call(MsgType::TransactionStart, 0, Payload::strings(&[b""]))?;
         let digits = reply.payload.split(|&b| b == 0).next().unwrap_or_default();
         std::str::from_utf8(digits)
             .ok()
@@ -521,7 +468,7 @@ impl Client {
     /// `Ok(false)` if the daemon answered `EAGAIN` (the transaction must be redone).
     pub fn tx_end(&mut self, tx_id: u32, commit: bool) -> Result<bool> {
         let arg: &[u8] = if commit { b"T" } else { b"F" };
-        match self.call(ty::TRANSACTION_END, tx_id, Payload::strings(&[arg])) {
+        match self.call(MsgType::TransactionEnd, tx_id, Payload::strings(&[arg])) {
             Ok(_) => Ok(true),
             Err(e) if e.is_xen("EAGAIN") => Ok(false),
             Err(e) => Err(e),
@@ -532,14 +479,14 @@ impl Client {
     pub fn introduce(&mut self, domid: u32, gfn: u64, evtchn: u32) -> Result<()> {
         let (d, g, e) = (domid.to_string(), gfn.to_string(), evtchn.to_string());
         let strings: [&[u8]; 3] = [d.as_bytes(), g.as_bytes(), e.as_bytes()];
-        self.call(ty::INTRODUCE, 0, Payload::strings(&strings))
+        self.call(MsgType::Introduce, 0, Payload::strings(&strings))
             .map(drop)
     }
 
     /// `RELEASE` of domain `domid`.
     pub fn release(&mut self, domid: u32) -> Result<()> {
         let d = domid.to_string();
-        self.call(ty::RELEASE, 0, Payload::strings(&[d.as_bytes()]))
+        self.call(MsgType::Release, 0, Payload::strings(&[d.as_bytes()]))
             .map(drop)
     }
 
@@ -552,7 +499,7 @@ impl Client {
     pub fn pipeline(
         &mut self,
         window: usize,
-        mut make: impl FnMut(u64, &mut Vec<u8>) -> Option<(u32, u32)>,
+        mut make: impl FnMut(u64, &mut Vec<u8>) -> Option<(MsgType, u32)>,
         mut on_reply: impl FnMut(u64, Reply<'_>) -> Result<()>,
     ) -> Result<u64> {
         let window = window.max(1);

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use xs_bench::client::{self, Client, ClientError, push_strings, push_write, ty};
+use xs_bench::client::{self, Client, ClientError, MsgType, push_strings, push_write};
 use xs_bench::daemon::{self, ANCHOR_KINDS, Anchors, PidSource};
 use xs_bench::harness::median;
 use xs_bench::host::{self, Base, Entry, Perms, TEMPLATE, Value};
@@ -336,7 +336,7 @@ fn latencies(budget: Duration, mut sample: impl FnMut() -> R<Duration>) -> R<Vec
 
 /// Sends `reqs` with up to `window` in flight; an error reply fails unless its name is in
 /// `tolerate` (`"*"` tolerates any). Returns the number of tolerated errors.
-fn batch(c: &mut Client, window: usize, reqs: &[(u32, Vec<u8>)], tolerate: &[&str]) -> R<u64> {
+fn batch(c: &mut Client, window: usize, reqs: &[(MsgType, Vec<u8>)], tolerate: &[&str]) -> R<u64> {
     let mut tolerated = 0u64;
     let mut failure: Option<ClientError> = None;
     c.pipeline(
@@ -368,25 +368,25 @@ fn batch(c: &mut Client, window: usize, reqs: &[(u32, Vec<u8>)], tolerate: &[&st
     }
 }
 
-fn req_path(t: u32, path: &[u8]) -> (u32, Vec<u8>) {
+fn req_path(t: MsgType, path: &[u8]) -> (MsgType, Vec<u8>) {
     let mut p = Vec::with_capacity(path.len() + 1);
     push_strings(&mut p, &[path]);
     (t, p)
 }
 
-fn req_write(path: &[u8], value: &[u8]) -> (u32, Vec<u8>) {
+fn req_write(path: &[u8], value: &[u8]) -> (MsgType, Vec<u8>) {
     let mut p = Vec::with_capacity(path.len() + 1 + value.len());
     push_write(&mut p, path, value);
-    (ty::WRITE, p)
+    (MsgType::Write, p)
 }
 
-fn req_perms(path: &[u8], perms: &[String]) -> (u32, Vec<u8>) {
+fn req_perms(path: &[u8], perms: &[String]) -> (MsgType, Vec<u8>) {
     let mut p = Vec::new();
     push_strings(&mut p, &[path]);
     for perm in perms {
         push_strings(&mut p, &[perm.as_bytes()]);
     }
-    (ty::SET_PERMS, p)
+    (MsgType::SetPerms, p)
 }
 
 /// libxl's permission lists for guest `d`, as wire strings.
@@ -401,14 +401,14 @@ fn perm_strings(perms: Perms, d: u32) -> Option<Vec<String>> {
 
 /// The requests that create `entries` of guest `d` (mkdir or write, then set_perms where the
 /// template wants other permissions than inherited), parents first.
-fn guest_requests(entries: &[&Entry], d: u32, out: &mut Vec<(u32, Vec<u8>)>) {
+fn guest_requests(entries: &[&Entry], d: u32, out: &mut Vec<(MsgType, Vec<u8>)>) {
     let d16 = u16::try_from(d).unwrap_or(u16::MAX);
     let (mut path, mut value) = (Vec::new(), Vec::new());
     for e in entries {
         path.clear();
         host::push_path(e, d16, &mut path);
         if e.value == Value::Dir {
-            out.push(req_path(ty::MKDIR, &path));
+            out.push(req_path(MsgType::Mkdir, &path));
         } else {
             value.clear();
             host::push_value(e.value, d16, &mut value);
@@ -481,7 +481,7 @@ struct Single {
     node: Vec<u8>,
     value: Vec<u8>,
     /// Requests creating `dir`'s ten children.
-    children: Vec<(u32, Vec<u8>)>,
+    children: Vec<(MsgType, Vec<u8>)>,
 }
 
 impl Single {
@@ -495,7 +495,7 @@ impl Single {
             SingleOp::Read2000 | SingleOp::Write2000 => vec![b'a'; 2000],
             _ => vec![b'a'],
         };
-        let children: Vec<(u32, Vec<u8>)> = CHILDREN
+        let children: Vec<(MsgType, Vec<u8>)> = CHILDREN
             .iter()
             .map(|&ch| {
                 let mut p = dir.clone();
@@ -640,7 +640,7 @@ impl Bench for WatchFire {
             push_write(&mut payload, &self.node, &value);
             let t = Instant::now();
             let req = self.writer.queue(
-                ty::WRITE,
+                MsgType::Write,
                 0,
                 client::Payload {
                     strings: &[],
@@ -674,7 +674,7 @@ const RM_GUEST_DOMID: u32 = 30001;
 struct RmGuest {
     c: Client,
     home: Vec<u8>,
-    build: Vec<(u32, Vec<u8>)>,
+    build: Vec<(MsgType, Vec<u8>)>,
 }
 
 impl RmGuest {
@@ -742,7 +742,7 @@ impl Bench for Inflight {
                     return None;
                 }
                 payload.extend_from_slice(request);
-                Some((ty::READ, 0))
+                Some((MsgType::Read, 0))
             },
             |_, reply| {
                 if let Some(e) = reply.error()
@@ -904,19 +904,22 @@ impl BootStorm {
     fn cleanup(&mut self, domids: &[u32], tolerate: &[&str]) -> R<()> {
         let mut reqs = Vec::new();
         for &d in domids {
-            reqs.push(req_path(ty::RM, format!("/local/domain/{d}").as_bytes()));
+            reqs.push(req_path(
+                MsgType::Rm,
+                format!("/local/domain/{d}").as_bytes(),
+            ));
             for (kind, _) in DEVICES {
                 let be = format!("/local/domain/0/backend/{kind}/{d}");
-                reqs.push(req_path(ty::RM, be.as_bytes()));
+                reqs.push(req_path(MsgType::Rm, be.as_bytes()));
             }
-            reqs.push(req_path(ty::RM, format!("/libxl/{d}").as_bytes()));
-            reqs.push(req_path(ty::RM, &vm_path(d)));
+            reqs.push(req_path(MsgType::Rm, format!("/libxl/{d}").as_bytes()));
+            reqs.push(req_path(MsgType::Rm, &vm_path(d)));
             if self.introduce {
-                reqs.push(req_path(ty::RELEASE, d.to_string().as_bytes()));
+                reqs.push(req_path(MsgType::Release, d.to_string().as_bytes()));
             }
         }
         for (kind, _) in DEVICES {
-            reqs.push(req_path(ty::RM, &self.sentinel_path(kind)));
+            reqs.push(req_path(MsgType::Rm, &self.sentinel_path(kind)));
         }
         batch(&mut self.control, 32, &reqs, tolerate).map(drop)
     }
@@ -961,7 +964,7 @@ fn transaction(c: &mut Client, mut body: impl FnMut(&mut Client, u32) -> R<()>) 
 }
 
 /// One request of a transaction body: `(type, payload)`; ENOENT tolerated for RM.
-fn tx_requests(c: &mut Client, tx: u32, reqs: &[(u32, Vec<u8>)]) -> R<()> {
+fn tx_requests(c: &mut Client, tx: u32, reqs: &[(MsgType, Vec<u8>)]) -> R<()> {
     for (t, p) in reqs {
         let payload = client::Payload {
             strings: &[],
@@ -969,7 +972,7 @@ fn tx_requests(c: &mut Client, tx: u32, reqs: &[(u32, Vec<u8>)]) -> R<()> {
         };
         match c.call(*t, tx, payload) {
             Ok(_) => {}
-            Err(e) if *t == ty::RM && e.is_xen("ENOENT") => {}
+            Err(e) if *t == MsgType::Rm && e.is_xen("ENOENT") => {}
             Err(e) => return Err(e),
         }
     }
@@ -978,9 +981,9 @@ fn tx_requests(c: &mut Client, tx: u32, reqs: &[(u32, Vec<u8>)]) -> R<()> {
 
 /// What libxl writes when it makes domain `d` (`libxl__domain_make`, simplified): its home
 /// (without the device frontends), `/vm/<uuid>` and `/libxl/<d>`.
-fn domain_make_requests(d: u32) -> Vec<(u32, Vec<u8>)> {
+fn domain_make_requests(d: u32) -> Vec<(MsgType, Vec<u8>)> {
     let home = format!("/local/domain/{d}");
-    let mut reqs = vec![req_path(ty::RM, home.as_bytes())];
+    let mut reqs = vec![req_path(MsgType::Rm, home.as_bytes())];
     let entries: Vec<&Entry> = TEMPLATE
         .iter()
         .filter(|e| {
@@ -992,7 +995,7 @@ fn domain_make_requests(d: u32) -> Vec<(u32, Vec<u8>)> {
         .collect();
     guest_requests(&entries, d, &mut reqs);
     let libxl = format!("/libxl/{d}");
-    reqs.push(req_path(ty::MKDIR, libxl.as_bytes()));
+    reqs.push(req_path(MsgType::Mkdir, libxl.as_bytes()));
     reqs.push(req_perms(libxl.as_bytes(), &["n0".into()]));
     reqs
 }
@@ -1000,15 +1003,15 @@ fn domain_make_requests(d: u32) -> Vec<(u32, Vec<u8>)> {
 /// What libxl writes to add device `devid` of `kind` to domain `d`
 /// (`libxl__device_generic_add`): removes stale frontend and backend directories, creates
 /// them with their permissions and fields, and records them under `/libxl/<d>`.
-fn device_requests(d: u32, kind: &str, devid: u32) -> Vec<(u32, Vec<u8>)> {
+fn device_requests(d: u32, kind: &str, devid: u32) -> Vec<(MsgType, Vec<u8>)> {
     let fe = format!("/local/domain/{d}/device/{kind}/{devid}");
     let be = format!("/local/domain/0/backend/{kind}/{d}/{devid}");
     let mut reqs = vec![
-        req_path(ty::RM, fe.as_bytes()),
-        req_path(ty::RM, be.as_bytes()),
-        req_path(ty::MKDIR, fe.as_bytes()),
+        req_path(MsgType::Rm, fe.as_bytes()),
+        req_path(MsgType::Rm, be.as_bytes()),
+        req_path(MsgType::Mkdir, fe.as_bytes()),
         req_perms(fe.as_bytes(), &[format!("n{d}"), "r0".into()]),
-        req_path(ty::MKDIR, be.as_bytes()),
+        req_path(MsgType::Mkdir, be.as_bytes()),
         req_perms(be.as_bytes(), &["n0".into(), format!("r{d}")]),
     ];
     let mac = format!(
@@ -1276,7 +1279,10 @@ impl Bench for Memory {
         let domids = MEM_FIRST_DOMID..MEM_FIRST_DOMID + MEM_DOMAINS;
         let mut reqs = Vec::new();
         for d in domids.clone() {
-            reqs.push(req_path(ty::RM, format!("/local/domain/{d}").as_bytes()));
+            reqs.push(req_path(
+                MsgType::Rm,
+                format!("/local/domain/{d}").as_bytes(),
+            ));
         }
         batch(&mut self.c, 64, &reqs, &["ENOENT"])?;
         let removal = std::mem::take(&mut reqs);
