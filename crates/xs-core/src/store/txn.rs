@@ -1055,9 +1055,14 @@ impl Store {
             TxEntry::Present(n) => n.live,
             TxEntry::Deleted { .. } => None,
         };
-        let live = self
-            .live_node(path, known)
-            .or_else(|| self.tree.lookup(path));
+        // The node seen when the entry was made, if it is still there; else whatever is at
+        // the path now (walked once: `live_node` already walked it when nothing was seen).
+        let live = match known {
+            Some(_) => self
+                .live_node(path, known)
+                .or_else(|| self.tree.lookup(path)),
+            None => self.tree.lookup(path),
+        };
         match entry {
             TxEntry::Deleted { event } => {
                 if let Some(i) = live.filter(|&i| i != self.tree.root) {
