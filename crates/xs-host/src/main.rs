@@ -173,11 +173,8 @@ fn run(options: &Options) -> io::Result<()> {
     let _pid_file = match &options.pid_file {
         Some(p) => {
             if let Err(e) = fs::write(p, format!("{}\n", std::process::id())) {
+                // Dropping the server removes its socket files.
                 drop(server);
-                let _ = fs::remove_file(&socket);
-                if let Some(ro) = &read_only {
-                    let _ = fs::remove_file(ro);
-                }
                 return Err(io::Error::new(e.kind(), format!("{}: {e}", p.display())));
             }
             Some(PidFile(p.clone()))

@@ -76,13 +76,49 @@ struct Listener {
     kind: Kind,
 }
 
+/// Received bytes a connection did not take yet, consumed from the front without moving
+/// the rest (a slow connection takes a few requests per iteration from one read's worth).
+#[derive(Debug, Default)]
+struct Stash {
+    bytes: Vec<u8>,
+    /// How much of `bytes` was consumed.
+    at: usize,
+}
+
+impl Stash {
+    fn is_empty(&self) -> bool {
+        self.at >= self.bytes.len()
+    }
+
+    fn pending(&self) -> &[u8] {
+        self.bytes.get(self.at..).unwrap_or_default()
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.at = self.at.saturating_add(n).min(self.bytes.len());
+        if self.is_empty() {
+            self.bytes.clear();
+            self.at = 0;
+        }
+    }
+
+    /// Keeps `input` after what is pending (only ever called when nothing is).
+    fn keep(&mut self, input: &[u8]) {
+        if self.is_empty() {
+            self.bytes.clear();
+            self.at = 0;
+        }
+        self.bytes.extend_from_slice(input);
+    }
+}
+
 #[derive(Debug)]
 struct Client {
     stream: UnixStream,
     conn: Connection,
     domid: DomId,
     /// Input the connection did not take yet (backpressure); at most one read.
-    stash: Vec<u8>,
+    stash: Stash,
     /// The socket may have unread bytes (cleared when a read would block).
     can_read: bool,
     /// The socket may take more bytes (cleared when a write is short or would block).
@@ -207,6 +243,13 @@ fn is_fd_exhaustion(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(24 | 23 | 105 | 12))
 }
 
+/// The socket files go with the server, however it ends (a failed start included).
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.remove_sockets();
+    }
+}
+
 impl Server {
     /// Binds the sockets; fails if one is in use by another daemon.
     pub(crate) fn new(store: Store, host: HostCtx, sockets: &Sockets) -> io::Result<Server> {
@@ -236,11 +279,9 @@ impl Server {
             stop: false,
         };
         server.listen(&sockets.main, Kind::Main, 0o600)?;
-        if let Some(ro) = &sockets.read_only
-            && let Err(e) = server.listen(ro, Kind::ReadOnly, 0o660)
-        {
-            server.remove_sockets();
-            return Err(e);
+        if let Some(ro) = &sockets.read_only {
+            // On failure the server is dropped, which removes the main socket.
+            server.listen(ro, Kind::ReadOnly, 0o660)?;
         }
         Ok(server)
     }
@@ -467,7 +508,7 @@ impl Server {
                 stream,
                 conn,
                 domid,
-                stash: Vec::new(),
+                stash: Stash::default(),
                 can_read: false,
                 can_write: true,
                 interest: Interest::READABLE,
@@ -515,10 +556,11 @@ impl Server {
         }
         let mut ended: Option<End> = None;
         if !c.stash.is_empty() {
-            match c.conn.receive(&mut self.store, &mut self.host, &c.stash) {
-                Ok(n) => {
-                    c.stash.drain(..n.min(c.stash.len()));
-                }
+            match c
+                .conn
+                .receive(&mut self.store, &mut self.host, c.stash.pending())
+            {
+                Ok(n) => c.stash.consume(n),
                 Err(closed) => ended = Some(End::Protocol(closed)),
             }
         }
@@ -553,8 +595,7 @@ impl Server {
                     let input = self.buf.get(..n).unwrap_or_default();
                     match c.conn.receive(&mut self.store, &mut self.host, input) {
                         Ok(used) if used < n => {
-                            c.stash
-                                .extend_from_slice(input.get(used..).unwrap_or_default());
+                            c.stash.keep(input.get(used..).unwrap_or_default());
                         }
                         Ok(_) => {}
                         Err(closed) => ended = Some(End::Protocol(closed)),

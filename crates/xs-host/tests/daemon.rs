@@ -341,6 +341,35 @@ fn read_only_socket() {
     assert_eq!(ro.event(), ("/ro".into(), "t".into()));
 }
 
+/// A start that fails after some sockets were bound (the read-only socket's directory is
+/// missing, or the pid file cannot be written) leaves no socket file behind.
+#[test]
+fn a_failed_start_leaves_no_socket_files() {
+    let dir = scratch_dir();
+    let socket = dir.join("socket");
+    // A path below a regular file can be neither created nor written.
+    let file = dir.join("file");
+    for extra in [
+        ["--socket-ro", file.join("ro").to_str().unwrap()],
+        ["-F", file.join("pid").to_str().unwrap()],
+    ] {
+        fs::write(&file, "").unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_xs-host"))
+            .arg("-s")
+            .arg(&socket)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{extra:?}");
+        fs::remove_file(&file).unwrap();
+        let left: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert!(left.is_empty(), "{extra:?} left {left:?}");
+    }
+}
+
 #[test]
 fn read_only_socket_can_be_disabled_or_moved() {
     let dir = scratch_dir();
