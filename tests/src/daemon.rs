@@ -65,7 +65,7 @@ pub fn workspace_root() -> PathBuf {
 
 /// The target directory this test binary was built into
 /// (`<target>/<profile>/deps/<test binary>`).
-fn own_target_dir() -> Option<PathBuf> {
+pub(crate) fn own_target_dir() -> Option<PathBuf> {
     if let Some(d) = std::env::var_os("CARGO_TARGET_DIR") {
         let d = PathBuf::from(d);
         return Some(if d.is_absolute() {

@@ -1,7 +1,8 @@
 //! Project automation, run as `cargo xtask <command>` (an alias in `.cargo/config.toml`).
 //!
-//! Only std: it drives `cargo`, `dpkg-query`/`apt-get` and `cc` as child processes and
-//! prints every command line it runs.
+//! Only std (and the end-to-end harness `xs-e2e`, std only too, for booting the stub-domain
+//! image under QEMU): it drives `cargo`, `dpkg-query`/`apt-get`, `cc` and QEMU as child
+//! processes and prints every command line it runs.
 
 mod bench;
 mod cmd;
@@ -36,7 +37,8 @@ commands:
         build the XenStore stub-domain image (crates/xs-stubdom), check it and print
         its path; --run: boot it under QEMU (KVM when usable, else TCG) and pass only
         if its self-test passed; --append: the image's command line; --step: what the
-        test step does (fmt, clippy, doc, build, check, boot)
+        test step does (fmt, clippy, doc, build, check, and the boots of
+        tests/tests/stubdom.rs)
   help  this text
 ",
     );

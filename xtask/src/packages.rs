@@ -30,8 +30,8 @@ const fn debian(name: &'static str) -> Package {
 /// the `test` step) drives the real Xen clients: `xenstore-utils` (xenstore-read, -write,
 /// -ls...), `xen-utils-4.17` (test-xenstore, xenstore-control, and C xenstored for
 /// reference runs), `python3-pyxs`; `gcc` builds the anchors' shim for reference runs.
-/// The suite also boots the stub-domain image under QEMU (`tests/tests/stubdom.rs`), as
-/// does the `stubdom` step.
+/// The suite also boots the stub-domain image under QEMU (`tests/tests/stubdom.rs`), which
+/// the `stubdom` step runs when the `test` step does not.
 pub(crate) const NEEDS: &[(&str, &[Package])] = &[
     (
         "test",

@@ -62,7 +62,8 @@ pub(crate) const STEPS: &[Step] = &[
     },
     Step {
         name: "test",
-        about: "cargo test --workspace (with the end-to-end suite against a release xs-host)",
+        about: "cargo test --workspace (with the end-to-end suite against a release xs-host, \
+                and the stub-domain image's boots under QEMU)",
         run: test,
     },
     Step {
@@ -94,8 +95,8 @@ pub(crate) const STEPS: &[Step] = &[
     // (panic = "abort", the linker script) never invalidate the normal build cache.
     Step {
         name: "stubdom",
-        about: "stub-domain image: fmt/clippy/doc, build, nm -u, PVH note, size; boots it under \
-                QEMU (KVM, else TCG)",
+        about: "stub-domain image: fmt/clippy/doc, build, nm -u, PVH note, size; its boots under \
+                QEMU (tests/tests/stubdom.rs) unless step `test` runs them",
         run: stubdom::step,
     },
 ];
@@ -175,7 +176,8 @@ fn clippy(ctx: &Ctx<'_>) -> Outcome {
 
 /// All the workspace's tests, the end-to-end suite (`tests/`) included: it gets a release
 /// `xs-host` built first and is told that skipping for a missing client is a failure here
-/// (the `packages` step installed them).
+/// (the `packages` step installed them). Its stub-domain tests build the image from this
+/// checkout (the one step `stubdom` checks), never one named in the caller's environment.
 fn test(ctx: &Ctx<'_>) -> Outcome {
     if let Err(why) = cmd::run(&mut ctx.ws.cargo(["build", "--release", "-p", "xs-host"])) {
         return Outcome::Fail(why);
@@ -185,7 +187,8 @@ fn test(ctx: &Ctx<'_>) -> Outcome {
         "XS_HOST_BIN",
         ctx.ws.target_dir.join("release").join("xs-host"),
     )
-    .env("XS_E2E_NO_SKIP", "1");
+    .env("XS_E2E_NO_SKIP", "1")
+    .env_remove("XS_STUBDOM_IMAGE");
     cmd::run(&mut c).into()
 }
 
