@@ -11,37 +11,15 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use xs_core::DomId;
-use xs_ring::layout::{Field, Ring};
-use xs_ring::{Page, SharedPage};
+use xs_ring::SharedPage;
 
 use crate::error::Error;
 use crate::hypercall::Errno;
 use crate::rng::weak_mix;
 use crate::services::{DomainState, Services};
 
-/// A fake domain's ring, shared with the test.
-#[derive(Debug, Clone)]
-pub struct FakeRing(pub Arc<SharedPage>);
-
-impl Page for FakeRing {
-    const RING: usize = xs_ring::RING_SIZE;
-
-    fn load(&self, field: Field) -> u32 {
-        self.0.load(field)
-    }
-
-    fn store(&self, field: Field, value: u32) {
-        self.0.store(field, value);
-    }
-
-    fn copy_out(&self, ring: Ring, offset: usize, dst: &mut [u8]) {
-        self.0.copy_out(ring, offset, dst);
-    }
-
-    fn copy_in(&self, ring: Ring, offset: usize, src: &[u8]) {
-        self.0.copy_in(ring, offset, src);
-    }
-}
+/// A fake domain's ring, shared with the test (a [`Page`](xs_ring::Page) through the `Arc`).
+pub type FakeRing = Arc<SharedPage>;
 
 #[derive(Debug)]
 struct FakeDomain {
@@ -180,7 +158,7 @@ impl Services for FakeServices {
             .filter(|d| d.state != DomainState::Dying)
             .ok_or(Error::Hypercall(Errno::ESRCH))?;
         d.maps = d.maps.saturating_add(1);
-        Ok(FakeRing(d.page.clone()))
+        Ok(d.page.clone())
     }
 
     fn unmap_ring(&mut self, domid: DomId, ring: FakeRing) {

@@ -11,11 +11,11 @@ use alloc::collections::{BTreeMap, VecDeque};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::ops::Deref;
 use core::ptr::NonNull;
 
 use xs_core::DomId;
-use xs_ring::layout::{Field, Ring};
-use xs_ring::{Page, RING_SIZE, RawPage};
+use xs_ring::{Page, RawPage};
 
 use crate::domctl;
 use crate::error::Error;
@@ -75,23 +75,12 @@ pub struct XenRing {
     slot: usize,
 }
 
-impl Page for XenRing {
-    const RING: usize = RING_SIZE;
+/// The ring is reached as its page: [`Page`] comes with the dereference.
+impl Deref for XenRing {
+    type Target = RawPage;
 
-    fn load(&self, field: Field) -> u32 {
-        self.page.load(field)
-    }
-
-    fn store(&self, field: Field, value: u32) {
-        self.page.store(field, value);
-    }
-
-    fn copy_out(&self, ring: Ring, offset: usize, dst: &mut [u8]) {
-        self.page.copy_out(ring, offset, dst);
-    }
-
-    fn copy_in(&self, ring: Ring, offset: usize, src: &[u8]) {
-        self.page.copy_in(ring, offset, src);
+    fn deref(&self) -> &RawPage {
+        &self.page
     }
 }
 
@@ -334,6 +323,7 @@ mod tests {
     use crate::grant::PAGE_SIZE;
     use crate::xenfake::{FakeXen, PageBuf};
     use std::boxed::Box;
+    use xs_ring::layout::Field;
 
     fn services<'s>(
         xen: FakeXen,

@@ -41,7 +41,7 @@ use core::mem;
 use xs_core::protocol::{Access, Connection, Host, Limits};
 use xs_core::store::{Introduced, Introduction, features};
 use xs_core::{ConnId, DomId, Store, StoreConfig};
-use xs_ring::layout::{FEATURE_ERROR, FEATURE_RECONNECTION, Field, Ring};
+use xs_ring::layout::{FEATURE_ERROR, FEATURE_RECONNECTION, Field};
 use xs_ring::pump::pump;
 use xs_ring::{Page, Server, order};
 
@@ -99,36 +99,13 @@ pub struct StubConfig {
     pub limits: Limits,
 }
 
-/// A ring page shared by the [`Server`] and the record that unmaps it, so that it is unmapped
-/// only once nothing refers to it any more.
-#[derive(Debug)]
-struct Shared<R>(Rc<R>);
-
-impl<R: Page> Page for Shared<R> {
-    const RING: usize = R::RING;
-
-    fn load(&self, field: Field) -> u32 {
-        self.0.load(field)
-    }
-
-    fn store(&self, field: Field, value: u32) {
-        self.0.store(field, value);
-    }
-
-    fn copy_out(&self, ring: Ring, offset: usize, dst: &mut [u8]) {
-        self.0.copy_out(ring, offset, dst);
-    }
-
-    fn copy_in(&self, ring: Ring, offset: usize, src: &[u8]) {
-        self.0.copy_in(ring, offset, src);
-    }
-}
-
 /// A served domain.
 #[derive(Debug)]
 struct Served<R: Page> {
+    /// Shared with the server, so that the ring is unmapped only once nothing refers to it
+    /// any more.
     ring: Rc<R>,
-    server: Server<Shared<R>>,
+    server: Server<Rc<R>>,
     conn: Connection,
     local_port: u32,
     /// The ring is broken (reported once).
@@ -389,7 +366,7 @@ impl<S: Services> StubDomain<S> {
     fn install(&mut self, domid: DomId, ring: S::Ring, conn_id: ConnId, local_port: u32) {
         let ring = Rc::new(ring);
         let features = ring_features(&self.store, self.priv_conn, domid);
-        let server = Server::new(Shared(ring.clone()), features);
+        let server = Server::new(ring.clone(), features);
         let conn = Connection::new(conn_id, Access::default(), self.limits);
         self.ports.insert(local_port, domid);
         self.conns.insert(conn_id, domid);

@@ -1,8 +1,10 @@
 //! How the ring page is reached: a [`Page`] gives atomic access to the 32-bit fields and
 //! copies data bytes between the rings and private memory. Implementations: [`RawPage`] for a
 //! real page (a guest's page mapped by the hypervisor or by grant), [`SharedPage`] for two
-//! threads of one program (tests, benchmarks); a loom model lives in the loom tests.
+//! threads of one program (tests, benchmarks); a loom model lives in the loom tests. Anything
+//! that derefs to a page (a reference, `Arc`, a handle owning a mapping) is a page too.
 
+use core::ops::Deref;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 
@@ -28,8 +30,15 @@ pub trait Page {
     fn copy_in(&self, ring: Ring, offset: usize, src: &[u8]);
 }
 
-impl<P: Page + ?Sized> Page for &P {
-    const RING: usize = P::RING;
+/// A page reached through a pointer to it: a reference, a `Box`, `Rc` or `Arc`, or a handle
+/// that owns a mapping of the page and derefs to it. This is the one place where [`Page`] is
+/// forwarded; a type that is not such a pointer implements [`Page`] itself.
+impl<D> Page for D
+where
+    D: Deref,
+    D::Target: Page,
+{
+    const RING: usize = <D::Target as Page>::RING;
 
     fn load(&self, field: Field) -> u32 {
         (**self).load(field)

@@ -14,7 +14,7 @@ use crate::testutil::{Client, Msg, watch_event};
 
 /// A guest's client on a fake ring page.
 fn client(domid: DomId, page: &Arc<SharedPage>) -> Client<FakeRing> {
-    Client::new(domid, FakeRing(page.clone()))
+    Client::new(domid, page.clone())
 }
 
 /// A store with dom0 served, and dom0's client.
@@ -380,7 +380,7 @@ fn bootstrap_variants() {
         StubConfig::default(),
         Bootstrap {
             domid: DomId(2),
-            ring: BootRing::Mapped(FakeRing(page.clone())),
+            ring: BootRing::Mapped(page.clone()),
             port: BootPort::Local(77),
         },
     )
