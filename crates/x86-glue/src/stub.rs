@@ -33,7 +33,6 @@
 
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::format;
-use alloc::rc::Rc;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::mem;
@@ -102,10 +101,8 @@ pub struct StubConfig {
 /// A served domain.
 #[derive(Debug)]
 struct Served<R: Page> {
-    /// Shared with the server, so that the ring is unmapped only once nothing refers to it
-    /// any more.
-    ring: Rc<R>,
-    server: Server<Rc<R>>,
+    /// Owns the ring; [`Server::into_page`] gives it back to be unmapped.
+    server: Server<R>,
     conn: Connection,
     local_port: u32,
     /// The ring is broken (reported once).
@@ -364,16 +361,14 @@ impl<S: Services> StubDomain<S> {
 
     /// Starts serving a domain.
     fn install(&mut self, domid: DomId, ring: S::Ring, conn_id: ConnId, local_port: u32) {
-        let ring = Rc::new(ring);
         let features = ring_features(&self.store, self.priv_conn, domid);
-        let server = Server::new(ring.clone(), features);
+        let server = Server::new(ring, features);
         let conn = Connection::new(conn_id, Access::default(), self.limits);
         self.ports.insert(local_port, domid);
         self.conns.insert(conn_id, domid);
         self.served.insert(
             domid,
             Served {
-                ring,
                 server,
                 conn,
                 local_port,
@@ -542,7 +537,6 @@ impl<S: Services> StubDomain<S> {
             return;
         };
         let Served {
-            ring,
             server,
             conn,
             local_port,
@@ -553,14 +547,7 @@ impl<S: Services> StubDomain<S> {
         self.pending.remove(&domid);
         self.store.disconnect(conn.id());
         self.services.unbind(local_port);
-        drop(server);
-        match Rc::try_unwrap(ring) {
-            Ok(ring) => self.services.unmap_ring(domid, ring),
-            Err(_) => self
-                .host
-                .log
-                .push(format!("dom{domid}: ring still in use, not unmapped")),
-        }
+        self.services.unmap_ring(domid, server.into_page());
         self.host.log.push(format!("stopped serving dom{domid}"));
     }
 }

@@ -63,6 +63,12 @@ impl<P: Page> Server<P> {
         &self.page
     }
 
+    /// Stops serving and gives the page back (to be unmapped, for instance). Nothing is
+    /// written to the page: the guest sees the ring as the server left it.
+    pub fn into_page(self) -> P {
+        self.page
+    }
+
     /// Why the ring is no longer served, if it is not.
     pub fn fault(&self) -> Option<RingFault> {
         self.fault
@@ -166,5 +172,25 @@ impl<P: Page> Server<P> {
             .unread(&self.page)
             .map_or(true, |used| used < P::RING);
         input || (pending_output && room) || self.reconnect_requested()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SharedPage;
+
+    #[test]
+    fn into_page_gives_back_the_page_as_served() {
+        let features = Server::<SharedPage>::FEATURES;
+        let page: SharedPage = SharedPage::default();
+        let mut server = Server::new(page, features);
+        assert_eq!(server.write(b"reply"), Ok(5));
+        let page = server.into_page();
+        assert_eq!(page.load(Field::ServerFeatures), features);
+        assert_eq!(page.load(Field::RspProd), 5);
+        let mut reply = [0; 5];
+        page.copy_out(Ring::Rsp, 0, &mut reply);
+        assert_eq!(&reply, b"reply");
     }
 }
