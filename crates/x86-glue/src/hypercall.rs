@@ -6,9 +6,9 @@
 //! | arguments 1 to 5   | `rdi`, `rsi`, `rdx`, `r10`, `r8` |
 //! | result             | `rax`                         |
 //!
-//! [`ABI`] is that table as data; the three `asm!` blocks below (the hypercall page, `vmcall`,
-//! `vmmcall`) are the only places that name the hypercall registers, and a test runs the hypercall-page
-//! path against a recording stub to check them against [`ABI`].
+//! [`ABI`] is that table as data; the two `asm!` blocks below (the hypercall page, and
+//! `vmcall` / `vmmcall`) are the only places that name the hypercall registers, and a test runs
+//! the hypercall-page path against a recording stub to check them against [`ABI`].
 //!
 //! * A hypercall may clobber every argument register (a debug build of Xen poisons them), so
 //!   each is an `inlateout` operand whose output is discarded.
@@ -285,9 +285,9 @@ impl Hypercalls for XenHypercalls {
                 unsafe { call_stub(stub, op, args) }
             }
             // SAFETY: a Xen HVM/PVH guest on an Intel-compatible CPU (contract of `new`).
-            Transfer::Vmcall => unsafe { vmcall(op, args) },
+            Transfer::Vmcall => unsafe { direct_call::<VMCALL>(op, args) },
             // SAFETY: a Xen HVM/PVH guest on an AMD-compatible CPU (contract of `new`).
-            Transfer::Vmmcall => unsafe { vmmcall(op, args) },
+            Transfer::Vmmcall => unsafe { direct_call::<VMMCALL>(op, args) },
         }
     }
 }
@@ -326,43 +326,29 @@ pub(crate) unsafe fn call_stub(stub: *const u8, op: u64, args: [u64; 5]) -> i64 
     ret
 }
 
-/// `vmcall` with the ABI's registers.
-///
-/// # Safety
-///
-/// Only in a Xen HVM/PVH guest, in 64-bit mode and ring 0, on a VT-x CPU; whatever memory the
-/// hypercall accesses through the arguments must be valid for it.
-unsafe fn vmcall(op: u64, args: [u64; 5]) -> i64 {
-    let ret: i64;
-    // SAFETY: the caller vouches for the environment. Registers as in `ABI`; argument
-    // registers clobbered; no stack use; memory read and written by Xen.
-    unsafe {
-        asm!(
-            "vmcall",
-            inlateout("rax") op => ret,
-            inlateout("rdi") args[0] => _,
-            inlateout("rsi") args[1] => _,
-            inlateout("rdx") args[2] => _,
-            inlateout("r10") args[3] => _,
-            inlateout("r8") args[4] => _,
-            options(nostack),
-        );
-    }
-    ret
-}
+/// The last byte of `vmcall` (`0f 01 c1`, Intel VT-x).
+const VMCALL: u8 = 0xc1;
+/// The last byte of `vmmcall` (`0f 01 d9`, AMD SVM).
+const VMMCALL: u8 = 0xd9;
 
-/// `vmmcall` with the ABI's registers.
+/// `vmcall` or `vmmcall` with the ABI's registers: the instruction `0f 01 INSN`, `INSN` being
+/// [`VMCALL`] or [`VMMCALL`] (the two differ in that byte only).
 ///
 /// # Safety
 ///
-/// As [`vmcall`], on an SVM CPU.
-unsafe fn vmmcall(op: u64, args: [u64; 5]) -> i64 {
+/// Only in a Xen HVM/PVH guest, in 64-bit mode and ring 0, on a CPU of the instruction's
+/// vendor (VT-x for `vmcall`, SVM for `vmmcall`; the other one raises `#UD`); whatever memory
+/// the hypercall accesses through the arguments must be valid for it.
+unsafe fn direct_call<const INSN: u8>(op: u64, args: [u64; 5]) -> i64 {
+    const { assert!(INSN == VMCALL || INSN == VMMCALL) };
     let ret: i64;
-    // SAFETY: the caller vouches for the environment. Registers as in `ABI`; argument
-    // registers clobbered; no stack use; memory read and written by Xen.
+    // SAFETY: the caller vouches for the environment. The bytes are the instruction, as the
+    // assembler would encode its mnemonic. Registers as in `ABI`; argument registers
+    // clobbered; no stack use; memory read and written by Xen.
     unsafe {
         asm!(
-            "vmmcall",
+            ".byte 0x0f, 0x01, {insn}",
+            insn = const INSN,
             inlateout("rax") op => ret,
             inlateout("rdi") args[0] => _,
             inlateout("rsi") args[1] => _,
@@ -401,7 +387,7 @@ pub fn page_is_written(page: &[u8; 4096]) -> bool {
         stub[0] == 0xb8
             && stub[1..5] == nr
             && stub[5..7] == [0x0f, 0x01]
-            && (stub[7] == 0xc1 || stub[7] == 0xd9)
+            && (stub[7] == VMCALL || stub[7] == VMMCALL)
             && stub[8] == 0xc3
     })
 }
@@ -546,10 +532,10 @@ mod tests {
 
     #[test]
     fn recognises_xens_hypercall_page() {
-        assert!(page_is_written(&fake_page(0xc1)));
-        assert!(page_is_written(&fake_page(0xd9)));
+        assert!(page_is_written(&fake_page(VMCALL)));
+        assert!(page_is_written(&fake_page(VMMCALL)));
         assert!(!page_is_written(&[0; 4096]));
-        let mut wrong = fake_page(0xc1);
+        let mut wrong = fake_page(VMCALL);
         wrong[nr::SCHED_OP as usize * 32 + 1] = 0;
         assert!(!page_is_written(&wrong));
     }
