@@ -105,6 +105,7 @@ pub mod fake;
 pub mod grant;
 pub mod hvm;
 pub mod hypercall;
+mod lines;
 pub mod memory;
 pub mod rng;
 pub mod sched;

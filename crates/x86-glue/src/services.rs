@@ -7,7 +7,7 @@
 //! `event_channel_op`, `XEN_DOMCTL_get_domain_state` and RDRAND;
 //! `FakeServices` (feature `fake`, and this crate's tests) with heap pages.
 
-use alloc::collections::{BTreeMap, VecDeque};
+use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -22,6 +22,7 @@ use crate::error::Error;
 use crate::evtchn;
 use crate::grant::{self, GNTTAB_RESERVED_XENSTORE, MapArea, Mapping};
 use crate::hypercall::{Errno, Hypercalls};
+use crate::lines::BoundedLines;
 use crate::rng::Rng;
 use crate::shared_info::SharedInfo;
 
@@ -109,8 +110,7 @@ pub struct XenServices<'s, H: Hypercalls> {
     /// `unique_id` of each mapped domain when its ring was mapped.
     incarnation: BTreeMap<DomId, u64>,
     queries: StateQueries,
-    errors: VecDeque<String>,
-    errors_dropped: usize,
+    errors: BoundedLines<ERRORS_KEPT>,
 }
 
 impl<'s, H: Hypercalls> XenServices<'s, H> {
@@ -140,8 +140,7 @@ impl<'s, H: Hypercalls> XenServices<'s, H> {
             rng,
             incarnation: BTreeMap::new(),
             queries: StateQueries::Unknown,
-            errors: VecDeque::new(),
-            errors_dropped: 0,
+            errors: BoundedLines::default(),
         }
     }
 
@@ -181,20 +180,11 @@ impl<'s, H: Hypercalls> XenServices<'s, H> {
     /// Errors met in operations that cannot return them (unmap, unbind, notify), oldest
     /// first.
     pub fn take_errors(&mut self) -> Vec<String> {
-        let mut out: Vec<String> = self.errors.drain(..).collect();
-        if self.errors_dropped > 0 {
-            out.push(format!("({} more errors not kept)", self.errors_dropped));
-            self.errors_dropped = 0;
-        }
-        out
+        self.errors.take("more errors not kept")
     }
 
     fn error(&mut self, line: String) {
-        if self.errors.len() >= ERRORS_KEPT {
-            self.errors_dropped = self.errors_dropped.saturating_add(1);
-        } else {
-            self.errors.push_back(line);
-        }
+        self.errors.push(line);
     }
 
     fn unique_id(&mut self, domid: DomId) -> Option<u64> {

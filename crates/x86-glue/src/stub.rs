@@ -31,7 +31,7 @@
 //! grant `GNTTAB_RESERVED_XENSTORE` with its ring, which C xenstored maps at start
 //! (`init_domains` / `init_domain` in `tools/xenstored/domain.c`).
 
-use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -45,6 +45,7 @@ use xs_ring::pump::pump;
 use xs_ring::{Page, Server, order};
 
 use crate::error::Error;
+use crate::lines::BoundedLines;
 use crate::services::{DomainState, Services};
 
 /// Times one domain's ring is pumped and re-checked per event before the rest is left for
@@ -116,37 +117,11 @@ enum Change {
     Released(DomId),
 }
 
-/// Bounded log lines.
-#[derive(Debug, Default)]
-struct Log {
-    lines: VecDeque<String>,
-    dropped: usize,
-}
-
-impl Log {
-    fn push(&mut self, line: String) {
-        if self.lines.len() >= LOG_KEPT {
-            self.dropped = self.dropped.saturating_add(1);
-        } else {
-            self.lines.push_back(line);
-        }
-    }
-
-    fn take(&mut self) -> Vec<String> {
-        let mut out: Vec<String> = self.lines.drain(..).collect();
-        if self.dropped > 0 {
-            out.push(format!("({} log lines dropped)", self.dropped));
-            self.dropped = 0;
-        }
-        out
-    }
-}
-
 /// The [`Host`] the protocol calls: records domain changes and log text.
 #[derive(Debug, Default)]
 struct Recorder {
     changes: Vec<Change>,
-    log: Log,
+    log: BoundedLines<LOG_KEPT>,
 }
 
 impl Host for Recorder {
@@ -317,7 +292,7 @@ impl<S: Services> StubDomain<S> {
 
     /// Takes the log lines since the last call.
     pub fn take_log(&mut self) -> Vec<String> {
-        self.host.log.take()
+        self.host.log.take("log lines dropped")
     }
 
     /// An event on local `port`: serves the domain bound to it (unknown ports are ignored).
