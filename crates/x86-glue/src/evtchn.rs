@@ -249,10 +249,8 @@ pub fn unmask(
         return unmask_op(hc, port);
     }
     si.clear_mask(port);
-    if si.is_pending(port)
-        && vcpu.evtchn_pending_sel.fetch_or(1 << w, Ordering::SeqCst) & (1 << w) == 0
-    {
-        vcpu.evtchn_upcall_pending.store(1, Ordering::SeqCst);
+    if si.is_pending(port) {
+        vcpu.mark_word_pending(w);
     }
     Ok(())
 }

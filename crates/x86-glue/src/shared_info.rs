@@ -183,6 +183,21 @@ impl VcpuInfo {
     }
 }
 
+impl VcpuInfo {
+    /// Marks word `w` of `evtchn_pending` as holding an unmasked pending port for this vCPU,
+    /// as Xen does when it raises one (`evtchn_2l_set_pending`): sets selector bit `w` and,
+    /// if that was clear, `evtchn_upcall_pending`. (Words out of range are ignored.)
+    pub(crate) fn mark_word_pending(&self, w: usize) {
+        if w >= WORDS {
+            return;
+        }
+        let sel_bit = 1u64 << w;
+        if self.evtchn_pending_sel.fetch_or(sel_bit, Ordering::SeqCst) & sel_bit == 0 {
+            self.evtchn_upcall_pending.store(1, Ordering::SeqCst);
+        }
+    }
+}
+
 impl Default for SharedInfo {
     fn default() -> Self {
         SharedInfo::new()
@@ -303,10 +318,8 @@ impl SharedInfo {
         if pending.fetch_or(bit, Ordering::SeqCst) & bit != 0 {
             return;
         }
-        if mask.load(Ordering::SeqCst) & bit == 0
-            && v.evtchn_pending_sel.fetch_or(1 << w, Ordering::SeqCst) & (1 << w) == 0
-        {
-            v.evtchn_upcall_pending.store(1, Ordering::SeqCst);
+        if mask.load(Ordering::SeqCst) & bit == 0 {
+            v.mark_word_pending(w);
         }
     }
 
@@ -322,9 +335,8 @@ impl SharedInfo {
         };
         if mask.fetch_and(!bit, Ordering::SeqCst) & bit != 0
             && pending.load(Ordering::SeqCst) & bit != 0
-            && v.evtchn_pending_sel.fetch_or(1 << w, Ordering::SeqCst) & (1 << w) == 0
         {
-            v.evtchn_upcall_pending.store(1, Ordering::SeqCst);
+            v.mark_word_pending(w);
         }
     }
 }
