@@ -1,6 +1,6 @@
 //! Event channels: the `event_channel_op` hypercall (`xen/include/public/event_channel.h`)
-//! and the 2-level ABI over [`SharedInfo`] / [`VcpuInfo`]: a fair scan for pending ports,
-//! upcall handling, and unmasking.
+//! and the 2-level ABI over [`SharedInfo`] / [`VcpuInfo`]: the upcall flag, a fair scan for
+//! pending ports, and unmasking.
 //!
 //! The scan follows Xen's contract (the comment on `struct shared_info`, and
 //! `evtchn_2l_set_pending`): the guest clears `evtchn_upcall_pending` before it looks, takes
@@ -260,36 +260,6 @@ pub fn take_upcall(vcpu: &VcpuInfo) -> bool {
     vcpu.evtchn_upcall_pending.swap(0, Ordering::SeqCst) != 0
 }
 
-/// Handles an upcall (the event-callback interrupt, for a program that enables one): clears
-/// `evtchn_upcall_pending`, then hands each pending port to `handle`, until none is left or
-/// `budget` ports were handled; returns how many were. Events that arrive meanwhile set the
-/// flag again and are handled in the same call (within the budget) or the next.
-pub fn handle_upcall(
-    scan: &mut Scanner,
-    si: &SharedInfo,
-    vcpu: &VcpuInfo,
-    budget: usize,
-    handle: &mut dyn FnMut(u32),
-) -> usize {
-    let mut handled = 0;
-    while handled < budget {
-        take_upcall(vcpu);
-        let mut any = false;
-        while handled < budget {
-            let Some(port) = scan.next(si, vcpu) else {
-                break;
-            };
-            handle(port);
-            handled += 1;
-            any = true;
-        }
-        if !any && vcpu.evtchn_upcall_pending.load(Ordering::SeqCst) == 0 {
-            break;
-        }
-    }
-    handled
-}
-
 /// The fair scan of the 2-level bitmaps. It keeps the selector bits it took from Xen until
 /// their words hold no unmasked pending port, and the position after the last port served.
 #[derive(Clone, Debug, Default)]
@@ -482,33 +452,6 @@ mod tests {
         assert_eq!(scan.next(&si, vcpu), Some(9));
         assert_eq!(scan.next(&si, vcpu), None);
         assert!(!take_upcall(vcpu));
-    }
-
-    #[test]
-    fn upcalls_handle_events_raised_meanwhile() {
-        let si = SharedInfo::new();
-        let vcpu = si.vcpu(0).unwrap();
-        si.raise(0, 1);
-        si.raise(0, 2);
-        let mut scan = Scanner::new();
-        let mut seen = Vec::new();
-        let n = handle_upcall(&mut scan, &si, vcpu, 10, &mut |p| {
-            seen.push(p);
-            // Port 1's peer notifies again while we handle it, once.
-            if p == 1 && seen.len() == 1 {
-                si.raise(0, 1);
-            }
-        });
-        assert_eq!(n, 3);
-        assert_eq!(seen, [1, 2, 1]);
-        assert_eq!(vcpu.evtchn_upcall_pending.load(Ordering::SeqCst), 0);
-        // The budget bounds one call; the rest waits for the next.
-        for p in 0..5 {
-            si.raise(0, p);
-        }
-        assert_eq!(handle_upcall(&mut scan, &si, vcpu, 3, &mut |_| {}), 3);
-        assert_eq!(handle_upcall(&mut scan, &si, vcpu, 3, &mut |_| {}), 2);
-        assert_eq!(handle_upcall(&mut scan, &si, vcpu, 3, &mut |_| {}), 0);
     }
 
     #[test]
