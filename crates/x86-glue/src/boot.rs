@@ -28,7 +28,6 @@
 //! delivery" through the virtual interrupt path, so without an upcall vector and interrupts
 //! enabled, an event arriving just before the block would not wake the vCPU.)
 
-use alloc::vec::Vec;
 use core::fmt::{self, Write};
 use core::ptr::NonNull;
 
@@ -215,16 +214,19 @@ impl EventLoop {
         tsc: &mut dyn FnMut() -> u64,
         log: &mut dyn Write,
     ) {
-        let mut ports: Vec<u32> = Vec::with_capacity(POLL_MAX_PORTS);
-        ports.push(self.virq);
+        // On the stack: the loop sleeps whenever it is idle, and need not allocate to do so.
+        let mut named = [0u32; POLL_MAX_PORTS];
+        let mut len = 0;
         let mut all = true;
-        for p in stub.ports() {
-            if ports.len() == POLL_MAX_PORTS {
+        for p in core::iter::once(self.virq).chain(stub.ports()) {
+            let Some(slot) = named.get_mut(len) else {
                 all = false;
                 break;
-            }
-            ports.push(p);
+            };
+            *slot = p;
+            len += 1;
         }
+        let ports = named.get(..len).unwrap_or_default();
         let timeout = if all {
             0
         } else {
@@ -239,7 +241,7 @@ impl EventLoop {
                 }
             }
         };
-        if let Err(e) = sched::poll(stub.services_mut().hypercalls(), &ports, timeout) {
+        if let Err(e) = sched::poll(stub.services_mut().hypercalls(), ports, timeout) {
             let _ = writeln!(log, "xs: SCHEDOP_poll failed: {e}");
             let _ = sched::yield_now(stub.services_mut().hypercalls());
         }
