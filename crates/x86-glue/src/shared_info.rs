@@ -192,7 +192,11 @@ impl VcpuInfo {
             return;
         }
         let sel_bit = 1u64 << w;
+        // ORDERING: SeqCst, after the pending bit is set; pairs with the guest's swap of the
+        // selector (`Scanner::next`), after which it loads the pending bits.
         if self.evtchn_pending_sel.fetch_or(sel_bit, Ordering::SeqCst) & sel_bit == 0 {
+            // ORDERING: SeqCst, after the selector bit; pairs with the guest clearing the
+            // flag (`evtchn::take_upcall`) before it takes the selector.
             self.evtchn_upcall_pending.store(1, Ordering::SeqCst);
         }
     }
@@ -259,6 +263,9 @@ impl SharedInfo {
     fn bit(&self, map: &[AtomicU64; WORDS], port: u32) -> bool {
         locate(port)
             .and_then(|(w, bit)| {
+                // ORDERING: SeqCst; a pending bit pairs with the hypervisor setting it and then
+                // loading the mask (`raise`), as `evtchn::unmask` loads it after `clear_mask`:
+                // one side sees the other's write. Mask bits: only this guest writes them.
                 map.get(w)
                     .map(|word| word.load(Ordering::SeqCst) & bit != 0)
             })
@@ -270,6 +277,8 @@ impl SharedInfo {
     pub fn test_and_clear_pending(&self, port: u32) -> bool {
         locate(port)
             .and_then(|(w, bit)| {
+                // ORDERING: SeqCst (a locked read-modify-write); pairs with the hypervisor
+                // setting the bit (`raise`): a set after this clear is kept, not lost.
                 self.evtchn_pending
                     .get(w)
                     .map(|word| word.fetch_and(!bit, Ordering::SeqCst) & bit != 0)
@@ -282,6 +291,8 @@ impl SharedInfo {
         if let Some((w, bit)) = locate(port)
             && let Some(word) = self.evtchn_mask.get(w)
         {
+            // ORDERING: SeqCst; pairs with the hypervisor's load of the mask after it sets a
+            // pending bit (`raise`): an event raised after this sets no selector bit.
             word.fetch_or(bit, Ordering::SeqCst);
         }
     }
@@ -291,6 +302,9 @@ impl SharedInfo {
         if let Some((w, bit)) = locate(port)
             && let Some(word) = self.evtchn_mask.get(w)
         {
+            // ORDERING: SeqCst; pairs with the hypervisor setting a pending bit and then loading
+            // the mask (`raise`): `evtchn::unmask` loads the pending bit after this clear, so
+            // either the hypervisor sees the port unmasked or that load sees the bit set.
             word.fetch_and(!bit, Ordering::SeqCst);
         }
     }
@@ -298,6 +312,9 @@ impl SharedInfo {
     /// Unmasked pending ports of word `w` (0 for words out of range).
     pub fn live_word(&self, w: usize) -> u64 {
         match (self.evtchn_pending.get(w), self.evtchn_mask.get(w)) {
+            // ORDERING: SeqCst; pending pairs with the hypervisor setting it before the selector
+            // bit (`raise`), loaded after the scan took the selector (`Scanner::next`). Mask
+            // bits: only this guest writes them.
             (Some(p), Some(m)) => p.load(Ordering::SeqCst) & !m.load(Ordering::SeqCst),
             _ => 0,
         }
@@ -315,9 +332,13 @@ impl SharedInfo {
         else {
             return;
         };
+        // ORDERING: SeqCst, Xen's `lock bts`; pairs with the guest clearing the bit
+        // (`test_and_clear_pending`) and loading it (`is_pending`, `live_word`).
         if pending.fetch_or(bit, Ordering::SeqCst) & bit != 0 {
             return;
         }
+        // ORDERING: SeqCst, after the pending bit is set; pairs with the guest clearing the
+        // mask and then loading the pending bit (`clear_mask`, `evtchn::unmask`).
         if mask.load(Ordering::SeqCst) & bit == 0 {
             v.mark_word_pending(w);
         }
@@ -333,6 +354,9 @@ impl SharedInfo {
         else {
             return;
         };
+        // ORDERING: SeqCst, the clear before the load of the pending bit; pairs with `raise`
+        // (on another CPU) setting the bit and then loading the mask, and with the guest
+        // clearing the pending bit (`test_and_clear_pending`).
         if mask.fetch_and(!bit, Ordering::SeqCst) & bit != 0
             && pending.load(Ordering::SeqCst) & bit != 0
         {
