@@ -257,6 +257,9 @@ pub fn unmask(
 
 /// Takes `evtchn_upcall_pending` (the guest clears it before it scans).
 pub fn take_upcall(vcpu: &VcpuInfo) -> bool {
+    // ORDERING: SeqCst; clearing the flag comes before the scan takes the selector
+    // (`Scanner::next`), and pairs with Xen setting the selector bit and then the flag
+    // (`SharedInfo::mark_word_pending`): a port raised after this swap sets the flag again.
     vcpu.evtchn_upcall_pending.swap(0, Ordering::SeqCst) != 0
 }
 
@@ -281,6 +284,9 @@ impl Scanner {
     /// port served: that word first from the bit after it, then the others, then that word
     /// again below it.
     pub fn next(&mut self, si: &SharedInfo, vcpu: &VcpuInfo) -> Option<u32> {
+        // ORDERING: SeqCst; taking the selector comes before the loads of the pending words it
+        // names, and pairs with Xen setting a pending bit and then its selector bit
+        // (`SharedInfo::mark_word_pending`): a selector bit seen means its pending bit is seen.
         self.sel |= vcpu.evtchn_pending_sel.swap(0, Ordering::SeqCst);
         for step in 0..=WORDS {
             let w = (self.word + step) % WORDS;
