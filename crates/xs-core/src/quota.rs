@@ -155,13 +155,16 @@ impl QuotaOverrides {
         }
     }
 
+    /// One effective quota: the override if set, else the global value.
+    pub fn effective(&self, global: &Quotas, kind: QuotaKind) -> u32 {
+        self.get(kind).unwrap_or_else(|| global.get(kind))
+    }
+
     /// The effective quotas: these overrides on top of `global`.
     pub fn apply(&self, global: &Quotas) -> Quotas {
         let mut q = *global;
         for kind in QuotaKind::ALL {
-            if let Some(v) = self.get(kind) {
-                q.set(kind, v);
-            }
+            q.set(kind, self.effective(global, kind));
         }
         q
     }

@@ -348,10 +348,10 @@ impl Store {
     /// One quota in force for `domid` (0 = unlimited): its override, else the global value.
     /// (Checked on every request; [`Store::effective_quotas`] builds the whole set.)
     pub fn quota(&self, domid: DomId, kind: QuotaKind) -> u32 {
+        let global = &self.config.quotas;
         self.domains
             .get(&domid)
-            .and_then(|d| d.overrides.get(kind))
-            .unwrap_or_else(|| self.config.quotas.get(kind))
+            .map_or(global.get(kind), |d| d.overrides.effective(global, kind))
     }
 
     /// How many messages a connection may have waiting to be sent before it takes no more
@@ -373,9 +373,8 @@ impl Store {
         // One record look-up: this runs on every request (path length at least).
         let record = self.domains.get(&caller.domid);
         if !caller.privileged {
-            let limit = record
-                .and_then(|d| d.overrides.get(kind))
-                .unwrap_or_else(|| self.config.quotas.get(kind));
+            let global = &self.config.quotas;
+            let limit = record.map_or(global.get(kind), |d| d.overrides.effective(global, kind));
             if limit != 0 && value > u64::from(limit) {
                 // Xen's errors since its quota checks were unified (C xenstored commit
                 // 70fcc25, 2026): ENOSPC for every count and size, ENOMEM for memory. (Xen
@@ -859,11 +858,12 @@ impl Store {
         if watcher.privileged {
             return true;
         }
-        let global = self.config.quotas.get(QuotaKind::Memory);
         let Some(d) = self.domains.get_mut(&watcher.domid) else {
             return true;
         };
-        let limit = d.overrides.get(QuotaKind::Memory).unwrap_or(global);
+        let limit = d
+            .overrides
+            .effective(&self.config.quotas, QuotaKind::Memory);
         let after = d.usage.memory.saturating_add(bytes);
         if limit != 0 && after > u64::from(limit) {
             return false;
