@@ -79,13 +79,8 @@ impl Tree {
         Err(first.saturating_add(ties.len()))
     }
 
-    /// The child of `parent` called `name`.
-    pub(crate) fn child(&self, parent: u32, name: &[u8]) -> Option<u32> {
-        self.child_keyed(parent, name_key(name), name)
-    }
-
     /// The child of `parent` called `name`, whose key is `key`.
-    fn child_keyed(&self, parent: u32, key: u64, name: &[u8]) -> Option<u32> {
+    pub(crate) fn child_keyed(&self, parent: u32, key: u64, name: &[u8]) -> Option<u32> {
         let node = self.nodes.get(parent)?;
         let position = self.search_child_keyed(node, key, name).ok()?;
         node.children().get(position).map(|c| c.index)
@@ -187,23 +182,24 @@ impl Tree {
 
 /// One segment of a canonical node path, with its name key and where it ends in the path.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-struct KeyedSegment<'a> {
-    name: &'a [u8],
-    key: u64,
-    end: usize,
+pub(crate) struct KeyedSegment<'a> {
+    pub(crate) name: &'a [u8],
+    pub(crate) key: u64,
+    /// Offset just past the segment: `path[..end]` is the prefix naming this node.
+    pub(crate) end: usize,
 }
 
 /// The segments of a canonical node path with their name keys, found eight bytes at a time:
 /// every request walks its path, and a byte loop looking for `/` followed by a second pass
 /// building the key was a third of a cached read's time.
-struct KeyedSegments<'a> {
+pub(crate) struct KeyedSegments<'a> {
     path: &'a [u8],
     /// Offset of the next segment's first byte.
     pos: usize,
 }
 
 impl<'a> KeyedSegments<'a> {
-    fn new(path: &'a [u8]) -> Self {
+    pub(crate) fn new(path: &'a [u8]) -> Self {
         // Canonical node paths start with the `/` of the root; `/` alone has no segments.
         KeyedSegments { path, pos: 1 }
     }

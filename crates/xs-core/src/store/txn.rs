@@ -44,6 +44,7 @@ use bitflags::bitflags;
 use super::access::{Caller, Rights};
 use super::arena::Id;
 use super::ops::WriteKind;
+use super::tree::KeyedSegments;
 use super::{ConnId, Match, Store, TxId, node_charge};
 use crate::error::{XsError, XsResult};
 use crate::path;
@@ -400,12 +401,10 @@ impl Store {
         let mut live = Some(root);
         let mut hidden = false;
         let mut under_created = false;
-        let mut offset = 1usize;
-        let rest = path.get(1..).unwrap_or_default();
-        for seg in rest.split(|&b| b == b'/').filter(|s| !s.is_empty()) {
-            let end = offset.saturating_add(seg.len());
+        for seg in KeyedSegments::new(path) {
+            let end = seg.end;
             let prefix = path.get(..end).unwrap_or_default();
-            live = live.and_then(|m| self.tree.child(m, seg));
+            live = live.and_then(|m| self.tree.child_keyed(m, seg.key, seg.name));
             let entry = if every_prefix {
                 t.overlay.get(prefix)
             } else {
@@ -432,7 +431,6 @@ impl Store {
             r.nearest_len = end;
             r.nearest = src;
             r.nearest_origin = origin;
-            offset = end.saturating_add(1);
         }
         r.under_created = under_created;
         r.exists = r.nearest_len == path.len();
@@ -1056,13 +1054,10 @@ impl Store {
             TxEntry::Deleted { .. } => None,
         };
         // The node seen when the entry was made, if it is still there; else whatever is at
-        // the path now (walked once: `live_node` already walked it when nothing was seen).
-        let live = match known {
-            Some(_) => self
-                .live_node(path, known)
-                .or_else(|| self.tree.lookup(path)),
-            None => self.tree.lookup(path),
-        };
+        // the path now.
+        let live = known
+            .and_then(|id| self.tree.nodes.get_id(id).map(|_| id.index))
+            .or_else(|| self.tree.lookup(path));
         match entry {
             TxEntry::Deleted { event } => {
                 if let Some(i) = live.filter(|&i| i != self.tree.root) {
