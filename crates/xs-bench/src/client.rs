@@ -286,7 +286,18 @@ impl Client {
     /// The reply to `req_id` (blocking). Watch events that arrive first are queued; replies to
     /// other requests are kept for later.
     pub fn recv_reply(&mut self, req_id: u32) -> Result<Reply<'_>> {
-        if let Some(i) = self.early.iter().position(|(h, _)| h.req_id == req_id) {
+        self.recv_where(|h| h.req_id == req_id)
+    }
+
+    /// The next reply, whichever request it answers (blocking); watch events are queued.
+    pub fn recv_any_reply(&mut self) -> Result<Reply<'_>> {
+        self.recv_where(|_| true)
+    }
+
+    /// The first reply whose header is `wanted`: one kept earlier, else the next to arrive.
+    /// Watch events are queued, other replies kept (a bounded number).
+    fn recv_where(&mut self, wanted: impl Fn(&Header) -> bool) -> Result<Reply<'_>> {
+        if let Some(i) = self.early.iter().position(|(h, _)| wanted(h)) {
             let (header, payload) = self.early.swap_remove(i);
             self.early_payload = payload;
             return Ok(Reply {
@@ -298,7 +309,7 @@ impl Client {
             let (header, start, end) = self.next_message()?;
             if header.kind() == Some(MsgType::WatchEvent) {
                 self.keep_event(start, end);
-            } else if header.req_id == req_id {
+            } else if wanted(&header) {
                 break (header, start, end);
             } else {
                 if self.early.len() > 4096 {
@@ -307,29 +318,6 @@ impl Client {
                     ));
                 }
                 self.early.push((header, self.rbuf[start..end].to_vec()));
-            }
-        };
-        Ok(Reply {
-            header,
-            payload: &self.rbuf[start..end],
-        })
-    }
-
-    /// The next reply, whichever request it answers (blocking); watch events are queued.
-    pub fn recv_any_reply(&mut self) -> Result<Reply<'_>> {
-        if let Some((header, payload)) = self.early.pop() {
-            self.early_payload = payload;
-            return Ok(Reply {
-                header,
-                payload: &self.early_payload,
-            });
-        }
-        let (header, start, end) = loop {
-            let (header, start, end) = self.next_message()?;
-            if header.kind() == Some(MsgType::WatchEvent) {
-                self.keep_event(start, end);
-            } else {
-                break (header, start, end);
             }
         };
         Ok(Reply {
