@@ -19,7 +19,20 @@ use core::ffi::c_int;
 /// `dst` and `src` must be valid for `n` bytes and must not overlap (C's contract).
 #[unsafe(no_mangle)]
 pub(crate) unsafe extern "C" fn memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
-    // SAFETY: the caller guarantees both ranges are valid for `n` bytes.
+    // SAFETY: the caller guarantees both ranges are valid for `n` bytes and do not overlap.
+    unsafe { copy_forward(dst, src, n) };
+    dst
+}
+
+/// Copies `n` bytes from the first byte up (`rep movsb`).
+///
+/// # Safety
+///
+/// `dst` and `src` must be valid for `n` bytes, and if they overlap `dst` must not lie
+/// inside the source after `src` (a forward copy would read bytes it already overwrote).
+unsafe fn copy_forward(dst: *mut u8, src: *const u8, n: usize) {
+    // SAFETY: the caller guarantees both ranges are valid for `n` bytes, and an overlap
+    // only with `dst` below `src`, which a forward copy handles.
     unsafe {
         asm!(
             "rep movsb",
@@ -29,7 +42,6 @@ pub(crate) unsafe extern "C" fn memcpy(dst: *mut u8, src: *const u8, n: usize) -
             options(nostack, preserves_flags)
         );
     }
-    dst
 }
 
 /// # Safety
@@ -40,16 +52,9 @@ pub(crate) unsafe extern "C" fn memmove(dst: *mut u8, src: *const u8, n: usize) 
     if (dst as usize).wrapping_sub(src as usize) >= n {
         // `dst` is below `src`, or past the end of the source: a forward copy never reads a
         // byte it has already overwritten.
-        // SAFETY: the caller guarantees both ranges are valid for `n` bytes.
-        unsafe {
-            asm!(
-                "rep movsb",
-                inout("rcx") n => _,
-                inout("rdi") dst => _,
-                inout("rsi") src => _,
-                options(nostack, preserves_flags)
-            );
-        }
+        // SAFETY: the caller guarantees both ranges are valid for `n` bytes; any overlap has
+        // `dst` below `src`.
+        unsafe { copy_forward(dst, src, n) };
     } else {
         // `dst` overlaps the end of the source: copy backwards, from the last byte.
         // SAFETY: as above; `n > 0` here (else the first branch was taken), so the last
