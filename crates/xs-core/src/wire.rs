@@ -307,14 +307,19 @@ pub fn u32_arg(text: &[u8]) -> XsResult<u32> {
 
 /// Appends a whole message (header and payload) to `out`.
 pub fn push_message(out: &mut Vec<u8>, msg_type: u32, req_id: u32, tx_id: u32, payload: &[u8]) {
+    push_header(out, msg_type, req_id, tx_id, payload.len());
+    out.extend_from_slice(payload);
+}
+
+/// Appends the header of a message whose `len` payload bytes the caller appends next.
+pub fn push_header(out: &mut Vec<u8>, msg_type: u32, req_id: u32, tx_id: u32, len: usize) {
     let header = Header {
         msg_type,
         req_id,
         tx_id,
-        len: u32::try_from(payload.len()).unwrap_or(u32::MAX),
+        len: u32::try_from(len).unwrap_or(u32::MAX),
     };
     out.extend_from_slice(&header.encode());
-    out.extend_from_slice(payload);
 }
 
 #[cfg(test)]

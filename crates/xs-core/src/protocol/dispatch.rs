@@ -16,7 +16,7 @@ use crate::error::{XsError, XsResult};
 use crate::perms::{self, Perm};
 use crate::quota::QuotaKind;
 use crate::store::{ConnId, Introduction, PAYLOAD_MAX, Store};
-use crate::wire::{Args, Header, MsgType, domid_arg, push_message, u32_arg};
+use crate::wire::{Args, Header, MsgType, domid_arg, push_header, u32_arg};
 
 /// How a connection may use the store.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
@@ -341,12 +341,14 @@ fn get_quota(store: &mut Store, conn: ConnId, args: Args<'_>, out: &mut Vec<u8>)
 /// Appends a `WATCH_EVENT` message for `path` and `token` to `out` (events too long for one
 /// message never reach here: the store substitutes the watch's own path, see `Store`).
 pub fn push_event(out: &mut Vec<u8>, path: &[u8], token: &[u8]) {
-    let mut payload = Vec::with_capacity(path.len().saturating_add(token.len()).saturating_add(2));
-    payload.extend_from_slice(path);
-    payload.push(0);
-    payload.extend_from_slice(token);
-    payload.push(0);
-    if payload.len() <= PAYLOAD_MAX {
-        push_message(out, MsgType::WatchEvent as u32, 0, 0, &payload);
+    let len = path.len().saturating_add(token.len()).saturating_add(2);
+    if len > PAYLOAD_MAX {
+        return;
     }
+    // Written in place, without an intermediate payload buffer.
+    push_header(out, MsgType::WatchEvent as u32, 0, 0, len);
+    out.extend_from_slice(path);
+    out.push(0);
+    out.extend_from_slice(token);
+    out.push(0);
 }
