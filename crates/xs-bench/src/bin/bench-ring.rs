@@ -153,7 +153,6 @@ fn serve_floor(page: &SharedPage, stop: &AtomicBool, ready: &Barrier, traffic: &
             spin_loop();
             continue;
         }
-        server.consume(whole * req_len);
         for _ in 0..whole {
             let mut at = 0;
             while at < traffic.reply.len() {
@@ -162,6 +161,9 @@ fn serve_floor(page: &SharedPage, stop: &AtomicBool, ready: &Barrier, traffic: &
                     .unwrap_or_else(|f| fail(&format!("floor write: {f}")));
             }
         }
+        // After the replies, as the pump does (one store to the index line instead of two
+        // separated by the reply).
+        server.consume(whole * req_len);
     }
 }
 
@@ -313,10 +315,10 @@ fn one_thread(h: &mut Harness, name: &str, side: Side) {
             }
             Side::Floor => {
                 let n = server.peek(&mut buf).unwrap_or(0);
-                server.consume(n);
                 if server.write(&traffic.reply) != Ok(traffic.reply.len()) {
                     fail("reply ring full");
                 }
+                server.consume(n);
             }
         }
         let n = guest.read(&mut buf).unwrap_or(0);
