@@ -182,6 +182,18 @@ impl Bucket {
     }
 }
 
+/// Prefixes [`WatchTable::match_subtree`] hashes before probing any (deeper paths are done
+/// in several batches): more than typical XenStore paths have levels.
+const PROBE_BATCH: usize = 16;
+
+/// A prefix of a changed path, staged for probing.
+#[derive(Clone, Copy, Default)]
+struct Prefix {
+    end: usize,
+    level: usize,
+    hash: u64,
+}
+
 /// Keyed SipHash-1-3 over path bytes.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct PathHasher {
@@ -306,20 +318,24 @@ impl WatchTable {
             return;
         }
         let total = segments(path).count();
+        // The prefixes' hashes are computed a batch at a time before any bucket is probed, so
+        // that the probes (each a likely cache miss in a large table, independent of one
+        // another) overlap instead of each waiting behind the previous one's compare and
+        // branch.
+        let mut staged = [Prefix::default(); PROBE_BATCH];
+        let mut count = 0usize;
         let mut h = self.hasher.start();
         h.write(b"/");
         let mut level = 0usize;
         let mut end = 1usize;
         loop {
-            let prefix = path.get(..end).unwrap_or(path);
-            if let Some(bucket) = self.bucket(prefix, h.finish()) {
-                let below = u32::try_from(total.saturating_sub(level)).unwrap_or(u32::MAX);
-                out.extend(
-                    bucket
-                        .watches()
-                        .filter(|l| below <= l.depth)
-                        .map(|l| l.watch),
-                );
+            if let Some(slot) = staged.get_mut(count) {
+                *slot = Prefix {
+                    end,
+                    level,
+                    hash: h.finish(),
+                };
+                count = count.saturating_add(1);
             }
             // Extend the prefix by the next segment (with its separating slash, except
             // right after the root).
@@ -327,7 +343,24 @@ impl WatchTable {
             let skip = usize::from(rest.first() == Some(&b'/'));
             let seg = rest.get(skip..).unwrap_or_default();
             let seg_len = seg.iter().position(|&b| b == b'/').unwrap_or(seg.len());
-            if seg_len == 0 {
+            let last = seg_len == 0;
+            if last || count == PROBE_BATCH {
+                for p in staged.get(..count).unwrap_or_default() {
+                    let prefix = path.get(..p.end).unwrap_or(path);
+                    if let Some(bucket) = self.bucket(prefix, p.hash) {
+                        let below =
+                            u32::try_from(total.saturating_sub(p.level)).unwrap_or(u32::MAX);
+                        out.extend(
+                            bucket
+                                .watches()
+                                .filter(|l| below <= l.depth)
+                                .map(|l| l.watch),
+                        );
+                    }
+                }
+                count = 0;
+            }
+            if last {
                 break;
             }
             h.write(rest.get(..skip.saturating_add(seg_len)).unwrap_or_default());
@@ -451,6 +484,45 @@ mod tests {
         t.match_exact(long.as_bytes(), &mut out);
         assert_eq!(out, [b]);
         assert!(core::mem::size_of::<Bucket>() <= 80);
+    }
+
+    /// Paths deeper than one probe batch: every ancestor is still matched once, with its
+    /// depth limit, checked against a plain prefix comparison.
+    #[test]
+    fn paths_deeper_than_a_probe_batch() {
+        let c = Id {
+            index: 0,
+            generation: 0,
+        };
+        let mut t = WatchTable::new([7, 8]);
+        let levels = 3 * PROBE_BATCH + 2;
+        let path_at = |level: usize| -> alloc::string::String {
+            if level == 0 {
+                return "/".into();
+            }
+            (0..level).map(|i| alloc::format!("/s{i}")).collect()
+        };
+        // A watch on every level, those on odd levels limited to one level below.
+        let mut registered = Vec::new();
+        for level in 0..=levels {
+            let depth = (level % 2 == 1).then_some(1);
+            let w = t.add(watch(c, &path_at(level), depth)).unwrap();
+            registered.push((level, depth, w));
+        }
+        for changed in [1, PROBE_BATCH - 1, PROBE_BATCH, PROBE_BATCH + 1, levels] {
+            let mut out = Vec::new();
+            t.match_subtree(path_at(changed).as_bytes(), &mut out);
+            out.sort();
+            let mut want: Vec<u32> = registered
+                .iter()
+                .filter(|&&(level, depth, _)| {
+                    level <= changed && depth.is_none_or(|d| changed - level <= d as usize)
+                })
+                .map(|&(_, _, w)| w)
+                .collect();
+            want.sort();
+            assert_eq!(out, want, "change at level {changed}");
+        }
     }
 
     #[test]
