@@ -19,7 +19,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::ring::RingGuest;
-use crate::skip::{Skip, tool};
+use crate::skip::{Skip, note, tool};
 use crate::wire::{Client, Wire};
 
 // `kill(2)` is safe to call with any arguments: it touches no memory of ours.
@@ -27,8 +27,12 @@ unsafe extern "C" {
     safe fn kill(pid: i32, sig: i32) -> i32;
 }
 
-const SIGKILL: i32 = 9;
-const SIGTERM: i32 = 15;
+/// `SIGINT`.
+pub const SIGINT: i32 = 2;
+/// `SIGKILL`.
+pub const SIGKILL: i32 = 9;
+/// `SIGTERM`.
+pub const SIGTERM: i32 = 15;
 
 /// Sends `sig` to `pid`.
 pub fn signal(pid: u32, sig: i32) {
@@ -265,22 +269,29 @@ impl Daemon {
     /// Same, with extra options for each daemon (`cxs_extra` goes to C xenstored through
     /// `ANCHOR_CXS_ARGS`).
     pub fn start_with_args(xs_host_extra: &[&str], cxs_extra: &[&str]) -> Result<Daemon, Skip> {
+        Daemon::start_in(TempDir::new(), xs_host_extra, cxs_extra)
+    }
+
+    /// Same, in `dir` (the socket is `dir/sock`), where the test may have put files first.
+    pub fn start_in(
+        dir: TempDir,
+        xs_host_extra: &[&str],
+        cxs_extra: &[&str],
+    ) -> Result<Daemon, Skip> {
         match Kind::from_env() {
-            Kind::XsHost => Ok(Daemon::start_xs_host(xs_host_extra)),
-            Kind::CXenstored => Daemon::start_cxenstored(cxs_extra),
+            Kind::XsHost => Ok(Daemon::start_xs_host(dir, xs_host_extra)),
+            Kind::CXenstored => Daemon::start_cxenstored(dir, cxs_extra),
         }
     }
 
-    fn start_xs_host(extra: &[&str]) -> Daemon {
+    fn start_xs_host(dir: TempDir, extra: &[&str]) -> Daemon {
         let bin = xs_host_bin();
-        let dir = TempDir::new();
         let socket = dir.path().join("sock");
         let domain_dir = dir.path().join("domains");
-        let log = fs::File::create(dir.path().join("daemon.log"))
-            .unwrap_or_else(|e| panic!("creating the daemon log: {e}"));
-        let log2 = log
-            .try_clone()
-            .unwrap_or_else(|e| panic!("dup of the daemon log: {e}"));
+        let create = |name: &str| {
+            fs::File::create(dir.path().join(name))
+                .unwrap_or_else(|e| panic!("creating the daemon's {name}: {e}"))
+        };
         let child = Command::new(&bin)
             .arg("-s")
             .arg(&socket)
@@ -289,8 +300,8 @@ impl Daemon {
             .arg("-N")
             .args(extra)
             .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
+            .stdout(create("daemon.stdout"))
+            .stderr(create("daemon.log"))
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         let mut d = Daemon {
@@ -307,7 +318,7 @@ impl Daemon {
         d
     }
 
-    fn start_cxenstored(extra: &[&str]) -> Result<Daemon, Skip> {
+    fn start_cxenstored(dir: TempDir, extra: &[&str]) -> Result<Daemon, Skip> {
         let anchors = anchors_dir()?;
         let xenstored = Path::new("/usr/lib/xen-4.17/bin/xenstored");
         if !xenstored.is_file() {
@@ -317,7 +328,6 @@ impl Daemon {
             )));
         }
         tool("xenstore-exists")?; // start-anchor.sh probes with it
-        let dir = TempDir::new();
         let socket = dir.path().join("sock");
         let out = run_with_timeout(
             {
@@ -383,17 +393,25 @@ impl Daemon {
             .and_then(|c| c.try_wait().ok().flatten())
     }
 
-    /// The daemon's log (stdout and stderr).
+    /// The daemon's log: its standard error, then (xs-host) its standard output if any.
     pub fn log(&self) -> String {
-        let p = match self.kind {
-            Kind::XsHost => self.dir.path().join("daemon.log"),
-            Kind::CXenstored => PathBuf::from(format!("{}.d/daemon.log", self.socket.display())),
-        };
-        let mut s = String::new();
-        if let Ok(mut f) = fs::File::open(p) {
-            let _ = f.read_to_string(&mut s);
+        let mut s = self.stderr();
+        if self.kind == Kind::XsHost {
+            let out = read_or_empty(&self.dir.path().join("daemon.stdout"));
+            if !out.is_empty() {
+                s.push_str("--- stdout:\n");
+                s.push_str(&out);
+            }
         }
         s
+    }
+
+    /// What the daemon wrote to its standard error (C xenstored: its log file).
+    pub fn stderr(&self) -> String {
+        read_or_empty(&match self.kind {
+            Kind::XsHost => self.dir.path().join("daemon.log"),
+            Kind::CXenstored => PathBuf::from(format!("{}.d/daemon.log", self.socket.display())),
+        })
     }
 
     /// Which daemon this is.
@@ -478,8 +496,10 @@ impl Daemon {
         match self.kind {
             Kind::XsHost => {
                 let mut dom0 = self.connect();
-                dom0.introduce(domid)
+                let reply = dom0
+                    .introduce(domid)
                     .unwrap_or_else(|e| panic!("INTRODUCE {domid} failed: {e}"));
+                assert_eq!(reply, b"OK\0", "reply to INTRODUCE {domid}");
                 let path = self
                     .domain_socket(domid)
                     .unwrap_or_else(|| panic!("xs-host started without --domain-sockets"));
@@ -503,16 +523,23 @@ impl Daemon {
     /// Stops the daemon: SIGTERM, and for xs-host asserts that it exits with status 0
     /// within 10 s.
     pub fn stop(mut self) {
-        self.stop_inner();
+        self.stop_inner(SIGTERM);
     }
 
-    fn stop_inner(&mut self) {
+    /// Stops the daemon as [`Daemon::stop`] does, with `sig` instead of SIGTERM for
+    /// xs-host, and keeps its directory so that the test can look at what it left behind.
+    pub fn stop_with_signal(&mut self, sig: i32) {
+        assert!(!self.stopped, "daemon already stopped");
+        self.stop_inner(sig);
+    }
+
+    fn stop_inner(&mut self, sig: i32) {
         if self.stopped {
             return;
         }
         self.stopped = true;
         if let Some(mut child) = self.child.take() {
-            signal(self.pid, SIGTERM);
+            signal(self.pid, sig);
             let deadline = Instant::now() + Duration::from_secs(10);
             let status = loop {
                 match child.try_wait() {
@@ -526,14 +553,14 @@ impl Daemon {
             match status {
                 Some(s) if s.success() => {}
                 Some(s) => panic!(
-                    "xs-host exited with {s} on SIGTERM (expected 0); log:\n{}",
+                    "xs-host exited with {s} on signal {sig} (expected 0); log:\n{}",
                     self.log()
                 ),
                 None => {
                     let _ = child.kill();
                     let _ = child.wait();
                     panic!(
-                        "xs-host did not exit within 10 s of SIGTERM; log:\n{}",
+                        "xs-host did not exit within 10 s of signal {sig}; log:\n{}",
                         self.log()
                     );
                 }
@@ -564,6 +591,25 @@ impl Drop for Daemon {
             }
             return;
         }
-        self.stop_inner();
+        self.stop_inner(SIGTERM);
     }
+}
+
+/// Whether `d` is xs-host; otherwise notes that the calling test is xs-host only (it then
+/// returns, passing).
+pub fn xs_host_only(d: &Daemon) -> bool {
+    if d.kind() == Kind::XsHost {
+        return true;
+    }
+    note("xs-host only");
+    false
+}
+
+/// The contents of `path`, or nothing if it cannot be read.
+fn read_or_empty(path: &Path) -> String {
+    let mut s = String::new();
+    if let Ok(mut f) = fs::File::open(path) {
+        let _ = f.read_to_string(&mut s);
+    }
+    s
 }

@@ -20,6 +20,6 @@ pub mod skip;
 pub mod stubdom;
 pub mod wire;
 
-pub use daemon::{Daemon, Kind, Output};
+pub use daemon::{Daemon, Kind, Output, xs_host_only};
 pub use skip::{Skip, note, tool, tools};
 pub use wire::{Client, Wire, XsResult};

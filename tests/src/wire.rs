@@ -37,6 +37,8 @@ pub mod ty {
     pub const WATCH_EVENT: u32 = 15;
     pub const ERROR: u32 = 16;
     pub const IS_DOMAIN_INTRODUCED: u32 = 17;
+    /// Xen 4.19's `XS_GET_QUOTA` (not in C xenstored 4.17).
+    pub const GET_QUOTA: u32 = 25;
 }
 
 /// Largest payload the protocol allows (`XENSTORE_PAYLOAD_MAX`).
@@ -119,7 +121,7 @@ pub trait Client: Transport {
     /// The next request id.
     fn next_req_id(&mut self) -> u32;
 
-    /// Sends a request and waits for its reply.
+    /// Sends a request and waits for its reply (which must echo its `req_id` and `tx_id`).
     fn request_tx(&mut self, ty: u32, tx_id: u32, payload: &[u8]) -> XsResult {
         let req_id = self.next_req_id();
         let msg = Msg {
@@ -141,6 +143,10 @@ pub trait Client: Transport {
             assert_eq!(
                 reply.req_id, req_id,
                 "reply to request type {ty} has another req_id: {reply:?}"
+            );
+            assert_eq!(
+                reply.tx_id, tx_id,
+                "reply to request type {ty} has another tx_id: {reply:?}"
             );
             if reply.ty == ty::ERROR {
                 let name = reply.payload.split(|&b| b == 0).next().unwrap_or_default();
