@@ -343,6 +343,7 @@ fn guest_permissions() {
     err(g.get_perms("/g/private"), "EACCES", "get_perms private");
     err(g.directory("/g/private"), "EACCES", "directory private");
     err(g.read("/g/other"), "EACCES", "read a node readable by dom6");
+    err(g.read("/tool/xenstored"), "EACCES", "read /tool/xenstored");
     assert_eq!(ok(g.read("/g/shared"), "read shared"), b"s");
     assert_eq!(ok(g.get_perms("/g/shared"), "perms shared"), ["n0", "r5"]);
     err(g.write("/g/shared", b"x"), "EACCES", "write shared");
@@ -371,12 +372,17 @@ fn guest_permissions() {
         g.request(xs_e2e::wire::ty::GET_DOMAIN_PATH, b"5\0"),
         "domain path",
     );
-    assert_eq!(
-        home.strip_suffix(b"\0").unwrap_or(&home),
-        b"/local/domain/5"
-    );
+    assert_eq!(home, b"/local/domain/5\0");
     ok(g.write("data/x", b"rel"), "relative write");
     assert_eq!(ok(dom0.read(&dom_path("data/x")), "dom0 reads it"), b"rel");
+    // A watch set by dom0 on the guest's home sees the guest's writes.
+    assert_eq!(
+        ok(dom0.watch(&dom_path("data"), "g"), "dom0 watches data"),
+        b"OK\0"
+    );
+    assert_eq!(dom0.next_event(), (dom_path("data"), "g".to_owned()));
+    ok(g.write("data/y", b"1"), "relative write");
+    assert_eq!(dom0.next_event(), (dom_path("data/y"), "g".to_owned()));
 
     // Privileged operations.
     err(g.introduce(6), "EACCES", "guest INTRODUCE");
@@ -417,7 +423,12 @@ fn introduce_creates_domain_nodes_and_socket_release_removes_it() {
         return;
     }
     let mut dom0 = d.connect();
-    let g = require!(d.guest(DOMID));
+    ok(dom0.write("/secret", b"dom0 only"), "setup");
+    let sock = d.domain_socket(DOMID).expect("domain socket dir");
+    assert!(!sock.exists(), "{} exists before INTRODUCE", sock.display());
+    let mut g = require!(d.guest(DOMID));
+    // The guest reads its own nodes, by relative path.
+    assert_eq!(ok(g.read("domid"), "guest reads domid"), b"5");
     drop(g);
     assert_eq!(ok(dom0.read(&dom_path("domid")), "domid"), b"5");
     let dom0_owned = [
@@ -463,20 +474,21 @@ fn introduce_creates_domain_nodes_and_socket_release_removes_it() {
         );
     }
 
-    let sock = d.domain_socket(DOMID).expect("domain socket dir");
     assert!(sock.exists());
     let mut g = Wire::connect(&sock).expect("connect to the domain socket");
     ok(g.write("data/alive", b"1"), "guest write");
-    ok(dom0.release(DOMID), "RELEASE");
-    let mut gone = false;
-    for _ in 0..100 {
-        if !sock.exists() {
-            gone = true;
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    assert!(gone, "{} still exists after RELEASE", sock.display());
+    assert_eq!(ok(dom0.release(DOMID), "RELEASE"), b"OK\0");
+    // Removed before RELEASE is answered.
+    assert!(
+        !sock.exists(),
+        "{} still exists after RELEASE",
+        sock.display()
+    );
+    assert!(
+        std::os::unix::net::UnixStream::connect(&sock).is_err(),
+        "{} still accepts connections after RELEASE",
+        sock.display()
+    );
     // The released domain's connection is closed.
     let r = g.send_msg(&xs_e2e::wire::Msg {
         ty: xs_e2e::wire::ty::READ,
@@ -491,6 +503,8 @@ fn introduce_creates_domain_nodes_and_socket_release_removes_it() {
         "IS_DOMAIN_INTRODUCED after RELEASE",
     );
     assert_eq!(introduced.strip_suffix(b"\0").unwrap_or(&introduced), b"F");
+    // dom0 is unaffected.
+    assert_eq!(ok(dom0.read("/secret"), "dom0 after RELEASE"), b"dom0 only");
     d.stop();
 }
 

@@ -1,13 +1,15 @@
-//! Hostile clients on raw sockets: garbage, truncated frames, oversized headers, a client
-//! that never reads its replies, and thousands of connections. After each, the daemon must
-//! be alive, answer a well-behaved client, and (xs-host) exit 0 on SIGTERM.
+//! Hostile clients on raw sockets: garbage, truncated frames, oversized headers, clients
+//! that never read their replies or read them late, clients that hang up early, and
+//! thousands of connections. After each, the daemon must be alive, answer a well-behaved
+//! client, and (xs-host) exit 0 on SIGTERM.
 
 use std::io::{ErrorKind, Read, Write};
+use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use xs_e2e::wire::{self, ty};
-use xs_e2e::{Client, Daemon, Kind, Wire, note, require};
+use xs_e2e::{Client, Daemon, Kind, Wire, note, require, xs_host_only};
 
 /// xorshift64*: deterministic pseudo-random bytes, no dependency.
 struct Rng(u64);
@@ -132,6 +134,23 @@ fn random_bytes() {
             }
         }
     }
+    // Noise with small length fields every 40 bytes, so that some of it parses as requests
+    // (of mostly unknown types); the client half-closes and reads until the daemon hangs up.
+    for _ in 0..50 {
+        let mut bytes = rng.bytes(2000);
+        for chunk in bytes.chunks_mut(40) {
+            if chunk.len() >= 16 {
+                let len = u32::from(chunk[12] % 24);
+                chunk[12..16].copy_from_slice(&len.to_le_bytes());
+            }
+        }
+        let mut s = UnixStream::connect(d.socket()).expect("connect");
+        s.set_write_timeout(Some(Duration::from_secs(5))).ok();
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        let _ = s.write_all(&bytes);
+        let _ = s.shutdown(Shutdown::Write);
+        let _ = s.read_to_end(&mut Vec::new());
+    }
     assert_eq!(
         good.read("/keep").as_deref(),
         Ok(&b"k"[..]),
@@ -200,8 +219,12 @@ fn oversized_header_closes_only_that_connection() {
         bad.write_all(&wire::header(ty::WRITE, 1, 0, len))
             .expect("send header");
         let _ = bad.write_all(b"/x\0y");
-        if let Err(e) = wait_closed(&mut bad, Duration::from_secs(5)) {
-            panic!("connection that sent len {len}: {e}");
+        match wait_closed(&mut bad, Duration::from_secs(5)) {
+            Ok(0) => {}
+            Ok(n) => {
+                panic!("connection that sent len {len}: {n} bytes received, no reply expected")
+            }
+            Err(e) => panic!("connection that sent len {len}: {e}"),
         }
         // A connection mid-way through a good request is not disturbed.
         good.write("/after", len.to_string().as_bytes())
@@ -355,24 +378,31 @@ fn thousands_of_connections() {
             assert_eq!(w.read("/conn").as_deref(), Ok(&b""[..]));
         }
     }
-    // 200 at once: all open, each writes its node, then all replies are read.
-    let mut conns: Vec<Wire> = (0..200)
-        .map(|i| {
-            Wire::connect(d.socket()).unwrap_or_else(|e| panic!("concurrent connection {i}: {e}"))
-        })
-        .collect();
-    for (i, w) in conns.iter_mut().enumerate() {
-        let payload = [format!("/conn/c{i}\0").as_bytes(), b"v"].concat();
-        w.stream()
-            .write_all(&wire::encode(ty::WRITE, 1, 0, &payload))
-            .expect("send");
+    // 400 at once, three times: all open, each writes its node, then all replies are read.
+    for round in 0..3 {
+        let mut conns: Vec<Wire> = (0..400)
+            .map(|i| {
+                Wire::connect(d.socket())
+                    .unwrap_or_else(|e| panic!("round {round}: concurrent connection {i}: {e}"))
+            })
+            .collect();
+        for (i, w) in conns.iter_mut().enumerate() {
+            let payload = [format!("/conn/c{i}\0").as_bytes(), b"v"].concat();
+            w.stream()
+                .write_all(&wire::encode(ty::WRITE, 1, 0, &payload))
+                .expect("send");
+        }
+        for (i, w) in conns.iter_mut().enumerate() {
+            let reply = wire::read_msg(w.stream())
+                .unwrap_or_else(|e| panic!("round {round}: reply {i}: {e}"));
+            assert_eq!(
+                (reply.ty, reply.req_id, &reply.payload[..]),
+                (ty::WRITE, 1, &b"OK\0"[..]),
+                "round {round}: reply {i}: {reply:?}"
+            );
+        }
+        assert_eq!(good.directory("/conn").map(|v| v.len()), Ok(400));
     }
-    for (i, w) in conns.iter_mut().enumerate() {
-        let reply = wire::read_msg(w.stream()).unwrap_or_else(|e| panic!("reply {i}: {e}"));
-        assert_eq!(reply.ty, ty::WRITE, "reply {i}: {reply:?}");
-    }
-    assert_eq!(good.directory("/conn").map(|v| v.len()), Ok(200));
-    drop(conns);
     // 4 threads opening and closing 250 connections each, concurrently.
     std::thread::scope(|s| {
         for t in 0..4 {
@@ -401,7 +431,135 @@ fn thousands_of_connections() {
         fds_after <= fds_before + 2,
         "daemon holds {fds_after} descriptors, {fds_before} before the connections"
     );
-    assert_eq!(good.read("/conn/c199").as_deref(), Ok(&b"v"[..]));
+    assert_eq!(good.read("/conn/c399").as_deref(), Ok(&b"v"[..]));
     assert_healthy(&mut d, "connections");
+    d.stop();
+}
+
+/// A client that sends many requests without reading its replies is held back while the
+/// others are served; when it reads, it gets every reply, in order.
+#[test]
+fn client_that_reads_its_replies_late_gets_them_all_in_order() {
+    const N: u32 = 50_000;
+    let mut d = require!(Daemon::start());
+    let mut good = d.connect();
+    good.write("/bp", b"value").expect("write");
+    let mut slow = d.connect();
+    let mut writer = slow.stream().try_clone().expect("clone the socket");
+    let sender = std::thread::spawn(move || {
+        let requests: Vec<u8> = (1..=N)
+            .flat_map(|req| wire::encode(ty::READ, req, 0, b"/bp\0"))
+            .collect();
+        // Blocks once the daemon stops reading.
+        writer.write_all(&requests).expect("send the requests");
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let mut other = d.connect();
+    let started = Instant::now();
+    for _ in 0..100 {
+        assert_eq!(other.read("/bp").as_deref(), Ok(&b"value"[..]));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "100 reads took {:?}",
+        started.elapsed()
+    );
+    for req in 1..=N {
+        let msg = wire::read_msg(slow.stream()).unwrap_or_else(|e| panic!("reply {req}: {e}"));
+        assert_eq!(
+            (msg.ty, msg.req_id, &msg.payload[..]),
+            (ty::READ, req, &b"value"[..]),
+            "reply {req}"
+        );
+    }
+    sender.join().expect("sender thread");
+    drop((slow, other));
+    assert_healthy(&mut d, "late-reader");
+    d.stop();
+}
+
+/// A client that sends its requests and shuts down its sending side still gets every
+/// reply, then the end of the connection (xs-host only: C xenstored 4.17 closes the
+/// connection when it reads the end, dropping the replies not yet sent).
+#[test]
+fn half_closed_client_gets_its_replies() {
+    const N: u32 = 1000;
+    let mut d = require!(Daemon::start());
+    if !xs_host_only(&d) {
+        return;
+    }
+    let value = [b'v'; 2000];
+    d.connect().write("/half", &value).expect("write");
+    let mut c = d.connect();
+    let requests: Vec<u8> = (1..=N)
+        .flat_map(|req| wire::encode(ty::READ, req, 0, b"/half\0"))
+        .collect();
+    c.stream().write_all(&requests).expect("send the requests");
+    c.stream().shutdown(Shutdown::Write).expect("shutdown");
+    for req in 1..=N {
+        let msg = wire::read_msg(c.stream()).unwrap_or_else(|e| panic!("reply {req}: {e}"));
+        assert_eq!((msg.ty, msg.req_id), (ty::READ, req), "reply {req}");
+        assert_eq!(msg.payload, value, "reply {req}");
+    }
+    assert_eq!(
+        wait_closed(c.stream(), Duration::from_secs(10)),
+        Ok(0),
+        "after the last reply"
+    );
+    assert_healthy(&mut d, "half-closed");
+    d.stop();
+}
+
+/// A client whose hang-up arrives with its request gets the reply, then the end (xs-host
+/// only: C xenstored 4.17 drops the reply).
+#[test]
+fn client_that_hangs_up_after_its_request_gets_the_reply_then_eof() {
+    let mut d = require!(Daemon::start());
+    if !xs_host_only(&d) {
+        return;
+    }
+    d.connect().write("/hup", b"bye").expect("write");
+    let request = wire::encode(ty::READ, 7, 0, b"/hup\0");
+    for i in 0..20 {
+        let mut s = UnixStream::connect(d.socket()).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        s.write_all(&request).expect("send");
+        s.shutdown(Shutdown::Write).expect("shutdown");
+        let mut got = Vec::new();
+        s.read_to_end(&mut got)
+            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        assert_eq!(
+            got,
+            wire::encode(ty::READ, 7, 0, b"bye"),
+            "connection {i}: one reply, then the end"
+        );
+    }
+    assert_healthy(&mut d, "hang-up");
+    d.stop();
+}
+
+/// Clients gone half-way through a header are noticed: the daemon closes its end and keeps
+/// no descriptor for them.
+#[test]
+fn clients_gone_mid_header_leave_no_descriptor() {
+    let mut d = require!(Daemon::start());
+    d.connect().write("/hup", b"bye").expect("write");
+    let fds_before = open_fds(d.pid());
+    assert!(fds_before > 0, "cannot count the daemon's descriptors");
+    let header = wire::header(ty::READ, 7, 0, 5);
+    for _ in 0..200 {
+        // Part of a header, then gone: the daemon must notice and close its end.
+        send_and_close(&d, &header[..6]);
+    }
+    let start = Instant::now();
+    while open_fds(d.pid()) > fds_before {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the daemon holds {} descriptors, {fds_before} before",
+            open_fds(d.pid())
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_healthy(&mut d, "mid-header");
     d.stop();
 }
