@@ -642,12 +642,8 @@ impl Store {
         let nearest_path = path.get(..r.nearest_len).unwrap_or(path);
         let (rights, perms, stamp, child_bytes) = {
             let info = self.info(t, nearest_path, r.nearest).ok_or(XsError::Io)?;
-            (
-                self.info_rights(caller, &info),
-                info.perms.clone(),
-                info.stamp,
-                info.child_name_bytes,
-            )
+            let rights = self.info_rights(caller, &info);
+            (rights, info.perms, info.stamp, info.child_name_bytes)
         };
         if !rights.contains(Rights::WRITE) {
             if !r.exists {
@@ -1077,9 +1073,12 @@ impl Store {
     }
 
     fn apply_update(&mut self, index: u32, path: &[u8], n: &TxNode, now: u64) -> XsResult<()> {
+        // The permissions before the change, for watchers who could read the node only
+        // before it (needed only when the permissions change).
         let old = self
             .tree
             .node(index)
+            .filter(|_| n.perms_set && n.event)
             .map(|node| (node.perm_vec(), node.data_gen));
         if n.value_set {
             self.set_node_value(index, path, &n.value, now)?;
@@ -1089,10 +1088,7 @@ impl Store {
             self.set_node_perms(index, path, &perms, now)?;
         }
         if n.event {
-            let old_perms = old
-                .as_ref()
-                .filter(|_| n.perms_set)
-                .map(|(p, s)| (p.as_slice(), *s));
+            let old_perms = old.as_ref().map(|(p, s)| (p.as_slice(), *s));
             self.fire(path, Match::Subtree, Some(index), old_perms);
         }
         Ok(())
