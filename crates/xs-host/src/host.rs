@@ -83,8 +83,13 @@ impl HostCtx {
     }
 
     fn write_line(&mut self, line: &str) {
+        self.with_trace(|t| t.line(line));
+    }
+
+    /// Runs `write` on the trace file, if there is one; an error stops tracing.
+    fn with_trace(&mut self, write: impl FnOnce(&mut TraceFile) -> std::io::Result<()>) {
         if let Some(t) = self.trace.as_mut()
-            && let Err(e) = t.line(line)
+            && let Err(e) = write(t)
         {
             log::warn!("trace file {}: {e}; tracing stopped", t.path().display());
             self.trace = None;
@@ -93,12 +98,7 @@ impl HostCtx {
 
     /// Pushes buffered trace lines to the file (once per loop iteration).
     pub(crate) fn flush(&mut self) {
-        if let Some(t) = self.trace.as_mut()
-            && let Err(e) = t.flush()
-        {
-            log::warn!("trace file {}: {e}; tracing stopped", t.path().display());
-            self.trace = None;
-        }
+        self.with_trace(TraceFile::flush);
     }
 
     /// Reopens the trace file (`SIGHUP`, after log rotation).
@@ -152,7 +152,7 @@ impl Host for HostCtx {
         let text = String::from_utf8_lossy(text);
         log::info!("print: {text}");
         if self.trace.is_some() {
-            let line = format!("{} PRINT {text}", trace::timestamp(SystemTime::now()));
+            let line = format!("{} PRINT {text}", trace::Timestamp(SystemTime::now()));
             self.write_line(&line);
         }
     }
@@ -216,8 +216,7 @@ impl Host for HostCtx {
             .conns
             .get(&conn)
             .map_or((0, DomId::INVALID), |c| (c.number, c.domid));
-        let line = trace::message_line(SystemTime::now(), number, domid, incoming, header, payload);
-        self.write_line(&line);
+        self.with_trace(|t| t.message(SystemTime::now(), number, domid, incoming, header, payload));
     }
 
     fn tracing(&self) -> bool {

@@ -1,7 +1,7 @@
 //! The trace file: one readable line per request, reply, watch event, and connection opened
 //! or closed (the format is documented in the crate's README).
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -11,19 +11,24 @@ use xs_core::DomId;
 use xs_core::wire::{Header, MsgType};
 
 /// `2026-11-21T20:00:00.123456Z`: UTC with microseconds.
-pub(crate) fn timestamp(t: SystemTime) -> String {
-    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        since.subsec_micros()
-    )
+pub(crate) struct Timestamp(pub(crate) SystemTime);
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let since = self.0.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let secs = since.as_secs();
+        let days = secs / 86_400;
+        let rem = secs % 86_400;
+        let (y, m, d) = civil_from_days(days);
+        write!(
+            f,
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
+            rem / 3600,
+            rem / 60 % 60,
+            rem % 60,
+            since.subsec_micros()
+        )
+    }
 }
 
 /// The proleptic Gregorian date `days` after 1970-01-01 (Howard Hinnant's `civil_from_days`,
@@ -60,40 +65,44 @@ pub(crate) fn push_quoted(out: &mut String, bytes: &[u8]) {
 }
 
 /// The name of a message type, or `TYPE_<n>` for a number that is none.
-pub(crate) fn type_name(msg_type: u32) -> String {
-    match MsgType::try_from(msg_type) {
-        Ok(t) => t.name().to_owned(),
-        Err(n) => format!("TYPE_{n}"),
+pub(crate) struct TypeName(pub(crate) u32);
+
+impl fmt::Display for TypeName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match MsgType::try_from(self.0) {
+            Ok(t) => f.write_str(t.name()),
+            Err(n) => write!(f, "TYPE_{n}"),
+        }
     }
 }
 
-/// One line (without the newline) for a message: `IN` for a request, `OUT` for a reply or a
-/// watch event.
-pub(crate) fn message_line(
+/// Appends one line (without the newline) for a message to `out`: `IN` for a request, `OUT`
+/// for a reply or a watch event.
+pub(crate) fn push_message_line(
+    out: &mut String,
     at: SystemTime,
     conn: u64,
     domid: DomId,
     incoming: bool,
     header: &Header,
     payload: &[u8],
-) -> String {
-    let mut s = String::with_capacity(80usize.saturating_add(payload.len()));
+) {
+    out.reserve(80usize.saturating_add(payload.len()));
     let _ = write!(
-        s,
+        out,
         "{} conn={conn} dom={domid} {} {} req={} tx={} ",
-        timestamp(at),
+        Timestamp(at),
         if incoming { "IN " } else { "OUT" },
-        type_name(header.msg_type),
+        TypeName(header.msg_type),
         header.req_id,
         header.tx_id,
     );
-    push_quoted(&mut s, payload);
-    s
+    push_quoted(out, payload);
 }
 
 /// One line for a connection's life: `OPEN <socket kind>` or `CLOSE <reason>`.
 pub(crate) fn conn_line(at: SystemTime, conn: u64, domid: DomId, what: &str) -> String {
-    format!("{} conn={conn} dom={domid} {what}", timestamp(at))
+    format!("{} conn={conn} dom={domid} {what}", Timestamp(at))
 }
 
 /// The open trace file.
@@ -101,6 +110,8 @@ pub(crate) fn conn_line(at: SystemTime, conn: u64, domid: DomId, what: &str) -> 
 pub(crate) struct TraceFile {
     path: PathBuf,
     out: BufWriter<File>,
+    /// The message line being formatted, kept so that tracing a message allocates nothing.
+    scratch: String,
 }
 
 impl TraceFile {
@@ -110,6 +121,7 @@ impl TraceFile {
         Ok(TraceFile {
             path: path.to_owned(),
             out: BufWriter::with_capacity(64 * 1024, file),
+            scratch: String::new(),
         })
     }
 
@@ -122,6 +134,24 @@ impl TraceFile {
     pub(crate) fn line(&mut self, line: &str) -> io::Result<()> {
         self.out.write_all(line.as_bytes())?;
         self.out.write_all(b"\n")
+    }
+
+    /// Writes the line of a message (see [`push_message_line`]).
+    pub(crate) fn message(
+        &mut self,
+        at: SystemTime,
+        conn: u64,
+        domid: DomId,
+        incoming: bool,
+        header: &Header,
+        payload: &[u8],
+    ) -> io::Result<()> {
+        let mut line = std::mem::take(&mut self.scratch);
+        line.clear();
+        push_message_line(&mut line, at, conn, domid, incoming, header, payload);
+        let written = self.line(&line);
+        self.scratch = line;
+        written
     }
 
     /// Writes a block of text as is.
@@ -142,6 +172,7 @@ mod tests {
 
     #[test]
     fn timestamps() {
+        let timestamp = |t: SystemTime| Timestamp(t).to_string();
         assert_eq!(timestamp(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
         // 2000-02-29 (a leap day in a century year) 12:34:56.789012
         let t = UNIX_EPOCH + Duration::new(951_827_696, 789_012_345);
@@ -157,6 +188,19 @@ mod tests {
         let mut s = String::new();
         push_quoted(&mut s, b"/a b\0\x01\xff\\\"~\n");
         assert_eq!(s, r#""/a b\0\x01\xff\\\"~\x0a""#);
+    }
+
+    fn message_line(
+        at: SystemTime,
+        conn: u64,
+        domid: DomId,
+        incoming: bool,
+        header: &Header,
+        payload: &[u8],
+    ) -> String {
+        let mut s = String::new();
+        push_message_line(&mut s, at, conn, domid, incoming, header, payload);
+        s
     }
 
     #[test]
@@ -195,6 +239,38 @@ mod tests {
         assert_eq!(
             conn_line(t, 4, DomId(1), "CLOSE eof"),
             "2026-11-21T20:00:00.123456Z conn=4 dom=1 CLOSE eof"
+        );
+    }
+
+    #[test]
+    fn message_lines_reuse_one_buffer() {
+        let dir = std::env::temp_dir().join(format!("xs-trace-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("trace");
+        let _ = std::fs::remove_file(&path);
+        let mut t = TraceFile::open(&path).unwrap();
+        let at = UNIX_EPOCH + Duration::from_secs(1_795_291_200);
+        let h = Header {
+            msg_type: MsgType::Write as u32,
+            req_id: 1,
+            tx_id: 0,
+            len: 6,
+        };
+        t.message(at, 1, DomId(0), true, &h, b"/a\0xyz").unwrap();
+        let buffer = t.scratch.as_ptr();
+        t.message(at, 1, DomId(0), false, &h, b"OK\0").unwrap();
+        assert_eq!(
+            t.scratch.as_ptr(),
+            buffer,
+            "the second line reused the buffer"
+        );
+        t.flush().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            text,
+            "2026-11-21T20:00:00.000000Z conn=1 dom=0 IN  WRITE req=1 tx=0 \"/a\\0xyz\"\n\
+             2026-11-21T20:00:00.000000Z conn=1 dom=0 OUT WRITE req=1 tx=0 \"OK\\0\"\n"
         );
     }
 }
