@@ -322,8 +322,9 @@ impl SharedInfo {
 
     /// What Xen does to deliver an event on `port` to `vcpu` (`evtchn_2l_set_pending` in
     /// `xen/common/event_2l.c`): set pending; if it was clear and the port is unmasked, set
-    /// the selector bit and, if that was clear, `evtchn_upcall_pending`. Host tests and fakes
-    /// stand in for Xen with it; a guest never calls it.
+    /// the selector bit and, if that was clear, `evtchn_upcall_pending`. For whoever plays
+    /// Xen's part: a Rust hypervisor that embeds the store and delivers events to its guests'
+    /// `shared_info` pages, and the host tests' fakes. A guest never calls it.
     pub fn raise(&self, vcpu: usize, port: u32) {
         let (Some((w, bit)), Some(v)) = (locate(port), self.vcpu(vcpu)) else {
             return;
@@ -345,7 +346,8 @@ impl SharedInfo {
     }
 
     /// What Xen does on `EVTCHNOP_unmask` (`evtchn_2l_unmask`): clear the mask and, if it was
-    /// set and the port is pending, set the selector bit and the upcall flag. For fakes.
+    /// set and the port is pending, set the selector bit and the upcall flag. For whoever
+    /// plays Xen's part, as [`SharedInfo::raise`].
     pub fn xen_unmask(&self, vcpu: usize, port: u32) {
         let (Some((w, bit)), Some(v)) = (locate(port), self.vcpu(vcpu)) else {
             return;
