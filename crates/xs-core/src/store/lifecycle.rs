@@ -271,17 +271,24 @@ impl Store {
         }
     }
 
-    /// Whether a proper ancestor of the node at `index` is owned by `domid`.
+    /// Whether a proper ancestor of the node at `index`, other than the root, is owned by
+    /// `domid`.
     fn has_ancestor_owned_by(&self, index: u32, domid: DomId) -> bool {
-        let mut cur = self.tree.node(index).map(|n| n.parent);
-        while let Some(i) = cur {
-            let Some(node) = self.tree.node(i) else {
+        // The root never counts: it is handed back to dom0, not removed, so it does not take
+        // the nodes below it along (and it is its own parent).
+        let root = self.tree.root;
+        let mut cur = index;
+        while cur != root {
+            let Some(parent) = self.tree.node(cur).map(|n| n.parent) else {
                 return false;
             };
-            if node.owner() == domid {
+            if parent == root {
+                return false;
+            }
+            if self.tree.node(parent).is_some_and(|p| p.owner() == domid) {
                 return true;
             }
-            cur = (i != self.tree.root).then_some(node.parent);
+            cur = parent;
         }
         false
     }

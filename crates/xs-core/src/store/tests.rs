@@ -1139,3 +1139,25 @@ fn a_transactions_read_set_is_charged_to_the_readers_memory() {
     assert_eq!(h.store.usage(DomId(3)).unwrap().memory, before);
     h.checked();
 }
+
+/// Found by the store_ops fuzz harness: dom0 gives the root to a guest, the guest creates
+/// nodes below it, the guest is released. The root is handed back to dom0 (it cannot be
+/// removed) and must not shelter the guest's nodes below it: they are removed as any
+/// other nodes the guest owned, so nothing is left owned by a domain that is gone.
+#[test]
+fn releasing_the_owner_of_the_root_removes_its_nodes_below_it() {
+    let mut h = Host::new();
+    let g = h.guest(1);
+    h.d0().set_perms("/", &perms(&["w1", "r0"])).unwrap();
+    h.s(g).write("/a/d", b"x").unwrap();
+    // dom0's own node there survives (created under the guest's root it inherits the guest
+    // as owner, so dom0 takes it).
+    h.d0().write("/kept", b"y").unwrap();
+    h.d0().set_perms("/kept", &perms(&["n0"])).unwrap();
+    assert_eq!(h.d0().get_perms("/a").unwrap(), perms(&["w1", "r0"]));
+    h.store.release(h.dom0, DomId(1)).unwrap();
+    h.checked();
+    assert_eq!(h.d0().get_perms("/").unwrap(), perms(&["n0"]));
+    assert_eq!(h.d0().read("/a"), Err(XsError::NoEnt));
+    assert_eq!(h.d0().read("/kept").unwrap(), b"y");
+}
