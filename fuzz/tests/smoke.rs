@@ -1,6 +1,9 @@
 //! The fuzz harnesses on stable, without coverage guidance: seeded pseudo-random inputs and
 //! every saved input under `fuzz/corpus/` and `fuzz/regressions/`, so that the harnesses
-//! cannot rot and past crashes stay fixed. Real fuzzing: `cargo +nightly fuzz run <target>`.
+//! cannot rot and past crashes stay fixed. Real fuzzing: `cargo +nightly fuzz run <target>`;
+//! on stable, a longer run with other inputs than CI's:
+//! `XS_FUZZ_SMOKE_RUNS=2000000 XS_FUZZ_SMOKE_SEED=<n> cargo test --release --manifest-path
+//! fuzz/Cargo.toml`.
 
 use std::path::Path;
 
@@ -8,6 +11,18 @@ use std::path::Path;
 struct Rng(u64);
 
 impl Rng {
+    /// A generator for one harness: `base`, mixed with `XS_FUZZ_SMOKE_SEED` when set, so that
+    /// long runs (`XS_FUZZ_SMOKE_RUNS`) can explore other inputs than CI's.
+    fn seeded(base: u64) -> Rng {
+        let extra = std::env::var("XS_FUZZ_SMOKE_SEED")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        let seed = base ^ extra.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        // Never zero: xorshift would stay at zero.
+        Rng(if seed == 0 { base } else { seed })
+    }
+
     fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
@@ -36,6 +51,8 @@ fn saved_inputs(target: &str) -> Vec<Vec<u8>> {
     out
 }
 
+/// Random inputs per harness (scaled per harness by its cost); `XS_FUZZ_SMOKE_RUNS` for a
+/// longer run.
 fn runs() -> usize {
     std::env::var("XS_FUZZ_SMOKE_RUNS")
         .ok()
@@ -45,7 +62,7 @@ fn runs() -> usize {
 
 #[test]
 fn wire() {
-    let mut rng = Rng(0x5eed_0001);
+    let mut rng = Rng::seeded(0x5eed_0001);
     for input in saved_inputs("wire") {
         xs_fuzz::wire(&input);
     }
@@ -65,7 +82,7 @@ fn wire() {
 
 #[test]
 fn connection() {
-    let mut rng = Rng(0x5eed_0002);
+    let mut rng = Rng::seeded(0x5eed_0002);
     for input in saved_inputs("connection") {
         xs_fuzz::connection(&input);
     }
@@ -107,7 +124,7 @@ fn connection() {
 
 #[test]
 fn store_ops() {
-    let mut rng = Rng(0x5eed_0003);
+    let mut rng = Rng::seeded(0x5eed_0003);
     for input in saved_inputs("store_ops") {
         xs_fuzz::store_ops(&xs_fuzz::decode_ops(&input));
     }
@@ -129,7 +146,7 @@ fn smoke_inputs_are_not_empty() {
 
 #[test]
 fn ring() {
-    let mut rng = Rng(0x5eed_0004);
+    let mut rng = Rng::seeded(0x5eed_0004);
     for input in saved_inputs("ring") {
         xs_fuzz::ring(&input);
     }
