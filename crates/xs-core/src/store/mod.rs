@@ -1041,7 +1041,7 @@ impl Store {
             let index = s.watches.add(watch::Watch {
                 conn: conn.0,
                 path: canonical.into(),
-                token: token.into(),
+                token: watch::Token::new(token),
                 depth,
                 relative_prefix: canon.relative_prefix,
                 missed: false,

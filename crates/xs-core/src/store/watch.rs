@@ -43,7 +43,64 @@ pub struct WatchEvent {
     /// The event path, relative if the watch was registered with a relative path.
     pub path: EventPath,
     /// The watch's token.
-    pub token: Rc<[u8]>,
+    pub token: Token,
+}
+
+/// A watch's token: inline when short (Linux's xenbus tokens are 16 hex digits), else shared
+/// with the watch. Queueing an event then copies a short token from the watch (which
+/// matching has just loaded) instead of touching a separate reference count: one cache miss
+/// fewer per event when the table is large.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Token(Small<30, Rc<[u8]>>);
+
+impl Token {
+    pub(crate) fn new(token: &[u8]) -> Token {
+        Token(Small::new(token))
+    }
+}
+
+impl core::ops::Deref for Token {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.0.get()
+    }
+}
+
+impl AsRef<[u8]> for Token {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+/// Bytes stored inline when at most `N` (`N` < 256), else in `H` on the heap.
+#[derive(Clone, PartialEq, Eq, Debug)]
+enum Small<const N: usize, H> {
+    Inline { len: u8, bytes: [u8; N] },
+    Heap(H),
+}
+
+impl<const N: usize, H> Small<N, H>
+where
+    H: for<'a> From<&'a [u8]> + core::ops::Deref<Target = [u8]>,
+{
+    fn new(data: &[u8]) -> Small<N, H> {
+        let mut bytes = [0u8; N];
+        match (bytes.get_mut(..data.len()), u8::try_from(data.len())) {
+            (Some(head), Ok(len)) => {
+                head.copy_from_slice(data);
+                Small::Inline { len, bytes }
+            }
+            _ => Small::Heap(H::from(data)),
+        }
+    }
+
+    fn get(&self) -> &[u8] {
+        match self {
+            Small::Inline { len, bytes } => bytes.get(..usize::from(*len)).unwrap_or_default(),
+            Small::Heap(h) => h,
+        }
+    }
 }
 
 /// A path stored inline when short (most are: 46 bytes hold
@@ -53,31 +110,7 @@ pub struct WatchEvent {
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct EventPath(SmallPath);
 
-#[derive(Clone, PartialEq, Eq, Debug)]
-enum SmallPath {
-    Inline { len: u8, bytes: [u8; 46] },
-    Heap(Box<[u8]>),
-}
-
-impl SmallPath {
-    fn new(path: &[u8]) -> SmallPath {
-        let mut bytes = [0u8; 46];
-        match (bytes.get_mut(..path.len()), u8::try_from(path.len())) {
-            (Some(head), Ok(len)) => {
-                head.copy_from_slice(path);
-                SmallPath::Inline { len, bytes }
-            }
-            _ => SmallPath::Heap(path.into()),
-        }
-    }
-
-    fn get(&self) -> &[u8] {
-        match self {
-            SmallPath::Inline { len, bytes } => bytes.get(..usize::from(*len)).unwrap_or_default(),
-            SmallPath::Heap(b) => b,
-        }
-    }
-}
+type SmallPath = Small<46, Box<[u8]>>;
 
 impl EventPath {
     pub(crate) fn new(path: &[u8]) -> EventPath {
@@ -105,7 +138,7 @@ pub(crate) struct Watch {
     pub(crate) conn: Id,
     /// Canonical absolute path, or a special path starting with `@`.
     pub(crate) path: Box<[u8]>,
-    pub(crate) token: Rc<[u8]>,
+    pub(crate) token: Token,
     /// Levels below `path` that still match (`XENSTORE_SERVER_FEATURE_WATCHDEPTH`).
     pub(crate) depth: Option<u32>,
     /// Length of `/local/domain/<domid>/` if the watch was registered relative.
@@ -419,7 +452,7 @@ mod tests {
         Watch {
             conn,
             path: path.as_bytes().into(),
-            token: Rc::from(&b"t"[..]),
+            token: Token::new(b"t"),
             depth,
             relative_prefix: 0,
             missed: false,
@@ -484,6 +517,29 @@ mod tests {
         t.match_exact(long.as_bytes(), &mut out);
         assert_eq!(out, [b]);
         assert!(core::mem::size_of::<Bucket>() <= 80);
+    }
+
+    #[test]
+    fn tokens_and_event_paths_inline_or_on_the_heap() {
+        for len in [0usize, 1, 16, 30, 31, 200, 300] {
+            let bytes: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            let token = Token::new(&bytes);
+            assert_eq!(&*token, &bytes[..]);
+            assert_eq!(
+                matches!(token.0, Small::Inline { .. }),
+                len <= 30,
+                "token of {len}"
+            );
+            assert_eq!(token.clone(), token);
+            let path = EventPath::new(&bytes);
+            assert_eq!(&*path, &bytes[..]);
+            assert_eq!(
+                matches!(path.0, Small::Inline { .. }),
+                len <= 46,
+                "path of {len}"
+            );
+        }
+        assert!(core::mem::size_of::<WatchEvent>() <= 80);
     }
 
     /// Paths deeper than one probe batch: every ancestor is still matched once, with its
