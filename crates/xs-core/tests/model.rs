@@ -156,17 +156,10 @@ fn tx_sel() -> impl Strategy<Value = u8> {
 fn op() -> impl Strategy<Value = Op> {
     let conn = 0u8..5;
     prop_oneof![
-        60 => (conn.clone(), tx_sel(), node_path(), node_op()).prop_map(|(c, tx, path, op)| {
-            // Only dom0 may own the root; keep it that way (C xenstored cannot remove it).
-            let op = match op {
-                NodeOp::SetPerms(mut p) if path == "/" => {
-                    p[0].domid = DomId(0);
-                    NodeOp::SetPerms(p)
-                }
-                other => other,
-            };
-            Op::Node { c, tx, path, op }
-        }),
+        // Any owner, the root's included: dom0 may give the root to a guest, which the
+        // guest's release hands back to dom0.
+        60 => (conn.clone(), tx_sel(), node_path(), node_op())
+            .prop_map(|(c, tx, path, op)| Op::Node { c, tx, path, op }),
         8 => conn.clone().prop_map(|c| Op::TxStart { c }),
         6 => (conn.clone(), prop_oneof![20 => 1u8..50, 1 => Just(u8::MAX)], prop::bool::weighted(0.8))
             .prop_map(|(c, tx, commit)| Op::TxEnd { c, tx, commit }),

@@ -1391,6 +1391,15 @@ impl Model {
             self.log_removed(&removed);
             events.extend(self.fire_removed(&removed));
         }
+        // The root cannot be removed: if it owned it, it goes back to dom0 (as the store's
+        // `domain_gone` does), with dom0's default list.
+        if let Some(root) = self.tree.get_mut("/")
+            && root.perms.first().map(|p| p.domid.0) == Some(dom)
+        {
+            root.perms = vec![Perm::owner(DomId(0))];
+            self.log.push(Change::Touched("/".to_string()));
+            self.log.push(Change::Data("/".to_string()));
+        }
         // Permission entries naming it stop counting (and are no longer shown).
         let strip = |perms: &mut Vec<Perm>| {
             let before = perms.len();
