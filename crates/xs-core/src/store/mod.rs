@@ -820,40 +820,26 @@ impl Store {
             return;
         };
         let conn_id = watch.conn;
-        let mut reported = watch.event_path(path);
-        if reported
-            .len()
-            .saturating_add(watch.token.len())
-            .saturating_add(2)
-            > PAYLOAD_MAX
-        {
-            // The event would not fit one message (Xen XSA-324): report the watch's own
-            // path, which fits (its WATCH request did) and still says "look below here".
-            reported = watch.event_path(&watch.path);
-        }
-        let event = WatchEvent {
-            path: watch::EventPath::new(reported),
-            token: watch.token.clone(),
-        };
-        let charge = watch::charge_event(&event);
+        let charge = watch::charge_event_of(watch.reported_path(path).len(), watch.token.len());
         let queue_len = self.config.event_queue_len;
         let Some(conn) = self.conns.get_id(conn_id) else {
             return;
         };
         let watcher = conn.caller;
         let fits = conn.events.len() < queue_len && self.try_charge(&watcher, charge);
-        let Some(conn) = self.conns.get_id_mut(conn_id) else {
+        let (Some(watch), Some(conn)) = (
+            self.watches.watches.get_mut(w),
+            self.conns.get_id_mut(conn_id),
+        ) else {
             return;
         };
         if fits {
-            conn.events.push_back(event);
+            watch::enqueue(&mut conn.events, watch.reported_path(path), &watch.token);
             if !conn.notify {
                 conn.notify = true;
                 self.notify.push(ConnId(conn_id));
             }
-        } else if let Some(watch) = self.watches.watches.get_mut(w)
-            && !watch.missed
-        {
+        } else if !watch.missed {
             watch.missed = true;
             conn.missed.push_back(w);
         }
@@ -908,18 +894,17 @@ impl Store {
                 }
                 continue;
             };
-            let event = WatchEvent {
-                path: watch::EventPath::new(watch.event_path(&watch.path)),
-                token: watch.token.clone(),
-            };
-            if !self.try_charge(&watcher, watch::charge_event(&event)) {
+            let charge =
+                watch::charge_event_of(watch.event_path(&watch.path).len(), watch.token.len());
+            if !self.try_charge(&watcher, charge) {
                 return;
             }
-            if let Some(c) = self.conns.get_id_mut(conn.0) {
+            if let (Some(c), Some(watch)) = (
+                self.conns.get_id_mut(conn.0),
+                self.watches.watches.get_mut(w),
+            ) {
                 c.missed.pop_front();
-                c.events.push_back(event);
-            }
-            if let Some(watch) = self.watches.watches.get_mut(w) {
+                watch::enqueue(&mut c.events, watch.event_path(&watch.path), &watch.token);
                 watch.missed = false;
             }
         }

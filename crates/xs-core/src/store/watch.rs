@@ -25,6 +25,7 @@
 //! from the connection.)
 
 use alloc::boxed::Box;
+use alloc::collections::VecDeque;
 use alloc::rc::Rc;
 use alloc::vec::Vec;
 
@@ -33,6 +34,7 @@ use core::hash::Hasher;
 use hashbrown::HashTable;
 use siphasher::sip::SipHasher13;
 
+use super::PAYLOAD_MAX;
 use super::arena::{Id, Slab};
 use crate::error::XsResult;
 use crate::path::segments;
@@ -101,6 +103,30 @@ where
             Small::Heap(h) => h,
         }
     }
+
+    /// Becomes a copy of `other`: its inline bytes copied straight across (a derived clone
+    /// goes through a temporary on the stack), else its heap part cloned.
+    fn copy_from(&mut self, other: &Self)
+    where
+        H: Clone,
+    {
+        match other {
+            Small::Inline { .. } => self.set(other.get()),
+            Small::Heap(h) => *self = Small::Heap(h.clone()),
+        }
+    }
+
+    /// Replaces the bytes, in place when they fit inline.
+    fn set(&mut self, data: &[u8]) {
+        if let (Small::Inline { len, bytes }, Ok(new_len)) = (&mut *self, u8::try_from(data.len()))
+            && let Some(head) = bytes.get_mut(..data.len())
+        {
+            head.copy_from_slice(data);
+            *len = new_len;
+            return;
+        }
+        *self = Small::new(data);
+    }
 }
 
 /// A path stored inline when short (most are: 46 bytes hold
@@ -113,6 +139,7 @@ pub struct EventPath(SmallPath);
 type SmallPath = Small<46, Box<[u8]>>;
 
 impl EventPath {
+    #[cfg(test)]
     pub(crate) fn new(path: &[u8]) -> EventPath {
         EventPath(SmallPath::new(path))
     }
@@ -153,6 +180,23 @@ impl Watch {
         path.get(self.relative_prefix..).unwrap_or(path)
     }
 
+    /// The path an event at `path` reports: [`Watch::event_path`], or the watch's own path
+    /// when the event would not fit one message (Xen XSA-324), which fits (its WATCH request
+    /// did) and still says "look below here".
+    pub(crate) fn reported_path<'a>(&'a self, path: &'a [u8]) -> &'a [u8] {
+        let reported = self.event_path(path);
+        let fits = reported
+            .len()
+            .saturating_add(self.token.len())
+            .saturating_add(2)
+            <= PAYLOAD_MAX;
+        if fits {
+            reported
+        } else {
+            self.event_path(&self.path)
+        }
+    }
+
     /// The bytes charged to the watching domain.
     pub(crate) fn charge(&self) -> u64 {
         charge_watch(self.path.len(), self.token.len())
@@ -169,10 +213,35 @@ pub(crate) fn charge_watch(path_len: usize, token_len: usize) -> u64 {
 
 /// Memory charged for a queued event.
 pub(crate) fn charge_event(event: &WatchEvent) -> u64 {
+    charge_event_of(event.path.len(), event.token.len())
+}
+
+/// Memory charged for a queued event with a path and token of these lengths.
+pub(crate) fn charge_event_of(path_len: usize, token_len: usize) -> u64 {
     const OVERHEAD: u64 = 48;
     OVERHEAD
-        .saturating_add(event.path.len() as u64)
-        .saturating_add(event.token.len() as u64)
+        .saturating_add(path_len as u64)
+        .saturating_add(token_len as u64)
+}
+
+/// Appends the event `path`/`token` to a connection's queue, written in place in the
+/// queue's slot: an event built on the stack and then moved in was copied with
+/// variable-length stores and reloaded in fixed pieces, a store-forwarding stall per event.
+pub(crate) fn enqueue(queue: &mut VecDeque<WatchEvent>, path: &[u8], token: &Token) {
+    queue.push_back(WatchEvent {
+        path: EventPath(Small::Inline {
+            len: 0,
+            bytes: [0; 46],
+        }),
+        token: Token(Small::Inline {
+            len: 0,
+            bytes: [0; 30],
+        }),
+    });
+    if let Some(event) = queue.back_mut() {
+        event.path.0.set(path);
+        event.token.0.copy_from(&token.0);
+    }
 }
 
 /// A watch as the index lists it: its index and depth limit (`u32::MAX` for none), so that
