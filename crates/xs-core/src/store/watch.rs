@@ -75,17 +75,38 @@ impl AsRef<[u8]> for Token {
     }
 }
 
-/// Bytes stored inline when at most `N` (`N` < 256), else in `H` on the heap.
-#[derive(Clone, PartialEq, Eq, Debug)]
+/// Bytes stored inline when at most `N` (`N` < 256), else in `H` on the heap: tokens and
+/// event paths. Equal when their bytes are (whatever the inline array holds past `len`).
+#[derive(Clone, Debug)]
 enum Small<const N: usize, H> {
     Inline { len: u8, bytes: [u8; N] },
     Heap(H),
+}
+
+impl<const N: usize, H> PartialEq for Small<N, H>
+where
+    H: for<'a> From<&'a [u8]> + core::ops::Deref<Target = [u8]>,
+{
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl<const N: usize, H> Eq for Small<N, H> where
+    H: for<'a> From<&'a [u8]> + core::ops::Deref<Target = [u8]>
+{
 }
 
 impl<const N: usize, H> Small<N, H>
 where
     H: for<'a> From<&'a [u8]> + core::ops::Deref<Target = [u8]>,
 {
+    /// No bytes.
+    const EMPTY: Self = Small::Inline {
+        len: 0,
+        bytes: [0; N],
+    };
+
     fn new(data: &[u8]) -> Small<N, H> {
         let mut bytes = [0u8; N];
         match (bytes.get_mut(..data.len()), u8::try_from(data.len())) {
@@ -229,14 +250,8 @@ pub(crate) fn charge_event_of(path_len: usize, token_len: usize) -> u64 {
 /// variable-length stores and reloaded in fixed pieces, a store-forwarding stall per event.
 pub(crate) fn enqueue(queue: &mut VecDeque<WatchEvent>, path: &[u8], token: &Token) {
     queue.push_back(WatchEvent {
-        path: EventPath(Small::Inline {
-            len: 0,
-            bytes: [0; 46],
-        }),
-        token: Token(Small::Inline {
-            len: 0,
-            bytes: [0; 30],
-        }),
+        path: EventPath(Small::EMPTY),
+        token: Token(Small::EMPTY),
     });
     if let Some(event) = queue.back_mut() {
         event.path.0.set(path);
@@ -609,6 +624,16 @@ mod tests {
             );
         }
         assert!(core::mem::size_of::<WatchEvent>() <= 80);
+        // Written over in place, shorter: equal to a fresh one with the same bytes.
+        let mut reused: SmallPath = Small::new(b"/a/longer/path");
+        reused.set(b"/a");
+        assert_eq!(reused, Small::new(b"/a"));
+        let mut queue = VecDeque::new();
+        let long_token = Token::new(&[b't'; 40]);
+        enqueue(&mut queue, b"/p", &Token::new(b"tok"));
+        enqueue(&mut queue, b"/q", &long_token);
+        let got: Vec<(&[u8], &[u8])> = queue.iter().map(|e| (&*e.path, &*e.token)).collect();
+        assert_eq!(got, [(&b"/p"[..], &b"tok"[..]), (b"/q", &[b't'; 40])]);
     }
 
     /// Paths deeper than one probe batch: every ancestor is still matched once, with its
