@@ -7,7 +7,7 @@ use xs_core::wire::{HEADER_LEN, Header, MsgType, push_message};
 use xs_core::{DomId, Store, StoreConfig};
 use xs_ring::layout::{
     CONNECTED, ERROR_NONE, ERROR_PROTO, ERROR_RINGIDX, FEATURE_ERROR, FEATURE_RECONNECTION, Field,
-    RECONNECT,
+    RECONNECT, Ring,
 };
 use xs_ring::pump::{PUMP_PASSES, Pumped, pump};
 use xs_ring::{Guest, Page, RING_SIZE, Server, SharedPage};
@@ -20,7 +20,7 @@ fn pair(page: &SharedPage) -> (Server<&SharedPage>, Guest<&SharedPage>) {
 
 #[test]
 fn features_are_offered_before_anything_else() {
-    let page = SharedPage::default();
+    let page: SharedPage = SharedPage::default();
     let (_s, g) = pair(&page);
     assert_eq!(g.server_features(), FEATURE_RECONNECTION | FEATURE_ERROR);
     assert_eq!(g.error(), ERROR_NONE);
@@ -28,7 +28,7 @@ fn features_are_offered_before_anything_else() {
 
 #[test]
 fn peek_request_sees_what_peek_sees_and_consumes_nothing() {
-    let page = SharedPage::default();
+    let page: SharedPage = SharedPage::default();
     for f in [Field::ReqCons, Field::ReqProd] {
         page.store(f, 1000);
     }
@@ -52,7 +52,7 @@ fn peek_request_sees_what_peek_sees_and_consumes_nothing() {
 
 #[test]
 fn bytes_cross_in_order_with_wrap_around_and_a_full_ring() {
-    let page = SharedPage::default();
+    let page: SharedPage = SharedPage::default();
     // Indices need not start at zero: start near the end of the ring and of u32.
     for f in [
         Field::ReqCons,
@@ -93,7 +93,7 @@ fn bytes_cross_in_order_with_wrap_around_and_a_full_ring() {
 
 #[test]
 fn a_producer_more_than_a_ring_ahead_breaks_the_ring() {
-    let page = SharedPage::default();
+    let page: SharedPage = SharedPage::default();
     let (mut s, g) = pair(&page);
     page.store(Field::ReqProd, RING_SIZE as u32 + 1);
     let mut buf = [0u8; 16];
@@ -108,7 +108,7 @@ fn a_producer_more_than_a_ring_ahead_breaks_the_ring() {
 
 #[test]
 fn indices_moving_backwards_break_the_ring() {
-    let page = SharedPage::default();
+    let page: SharedPage = SharedPage::default();
     let (mut s, mut g) = pair(&page);
     g.write(b"hello").unwrap();
     let mut buf = [0u8; 16];
@@ -119,7 +119,7 @@ fn indices_moving_backwards_break_the_ring() {
     assert_eq!(s.peek(&mut buf).unwrap_err().code, ERROR_RINGIDX);
 
     // A consumer index beyond what was produced.
-    let page = SharedPage::default();
+    let page: SharedPage = SharedPage::default();
     let (mut s, _g) = pair(&page);
     s.write(b"abc").unwrap();
     page.store(Field::RspCons, 10);
@@ -128,7 +128,7 @@ fn indices_moving_backwards_break_the_ring() {
 
 #[test]
 fn a_guest_rewriting_the_servers_indices_changes_nothing() {
-    let page = SharedPage::default();
+    let page: SharedPage = SharedPage::default();
     let (mut s, mut g) = pair(&page);
     g.write(b"0123456789").unwrap();
     let mut buf = [0u8; 4];
@@ -142,7 +142,7 @@ fn a_guest_rewriting_the_servers_indices_changes_nothing() {
 
 #[test]
 fn reconnection_empties_both_rings() {
-    let page = SharedPage::default();
+    let page: SharedPage = SharedPage::default();
     let (mut s, mut g) = pair(&page);
     g.write(b"half a request").unwrap();
     s.write(b"an unread reply").unwrap();
@@ -162,7 +162,7 @@ fn reconnection_empties_both_rings() {
 
 #[test]
 fn a_broken_ring_recovers_by_reconnection() {
-    let page = SharedPage::default();
+    let page: SharedPage = SharedPage::default();
     let (mut s, mut g) = pair(&page);
     page.store(Field::ReqProd, 5000);
     assert!(s.peek(&mut [0u8; 8]).is_err());
@@ -177,27 +177,26 @@ fn a_broken_ring_recovers_by_reconnection() {
 }
 
 /// A store serving domain 5's ring through the pump.
-struct Served<'p> {
+struct Served<'p, P: Page = SharedPage> {
     store: Store,
     conn: Connection,
-    server: Server<&'p SharedPage>,
-    guest: Guest<&'p SharedPage>,
+    server: Server<&'p P>,
+    guest: Guest<&'p P>,
 }
 
-impl<'p> Served<'p> {
-    fn new(page: &'p SharedPage) -> Served<'p> {
+impl<'p, P: Page> Served<'p, P> {
+    fn new(page: &'p P) -> Served<'p, P> {
         let mut store = Store::new(StoreConfig::default()).unwrap();
         let d0 = store.connect(DomId::DOM0).unwrap();
         store
             .introduce(d0, DomId(5), Introduction { gfn: 1, evtchn: 1 })
             .unwrap();
         let id = store.connect(DomId(5)).unwrap();
-        let (server, guest) = pair(page);
         Served {
             conn: Connection::new(id, Access::default(), Limits::default()),
             store,
-            server,
-            guest,
+            server: Server::new(page, Server::<&P>::FEATURES),
+            guest: Guest::new(page),
         }
     }
 
@@ -234,7 +233,7 @@ impl<'p> Served<'p> {
 
 #[test]
 fn the_pump_serves_a_guest() {
-    let page = SharedPage::default();
+    let page: SharedPage = SharedPage::default();
     let mut s = Served::new(&page);
     assert_eq!(
         s.call(MsgType::Read, b"domid\0"),
@@ -258,9 +257,55 @@ fn the_pump_serves_a_guest() {
     );
 }
 
+/// A shared page that records which fields are stored to, in order.
+#[derive(Default)]
+struct Recording {
+    page: SharedPage,
+    stores: std::cell::RefCell<Vec<Field>>,
+}
+
+impl Page for Recording {
+    const RING: usize = <SharedPage as Page>::RING;
+
+    fn load(&self, field: Field) -> u32 {
+        self.page.load(field)
+    }
+
+    fn store(&self, field: Field, value: u32) {
+        self.stores.borrow_mut().push(field);
+        self.page.store(field, value);
+    }
+
+    fn copy_out(&self, ring: Ring, offset: usize, dst: &mut [u8]) {
+        self.page.copy_out(ring, offset, dst);
+    }
+
+    fn copy_in(&self, ring: Ring, offset: usize, src: &[u8]) {
+        self.page.copy_in(ring, offset, src);
+    }
+}
+
+/// The pump publishes a reply before it consumes the request: the two index stores hit the
+/// index cache line together (see `pump`).
+#[test]
+fn a_request_is_consumed_after_its_reply_is_published() {
+    let page = Recording::default();
+    let mut s = Served::new(&page);
+    let mut req = Vec::new();
+    push_message(&mut req, MsgType::Read as u32, 1, 0, b"domid\0");
+    assert_eq!(s.guest.write(&req), Ok(req.len()));
+    page.stores.borrow_mut().clear();
+    let done = s.pump();
+    assert!(done.notify && done.fault.is_none());
+    assert_eq!(*page.stores.borrow(), [Field::RspProd, Field::ReqCons]);
+    let mut reply = [0u8; 64];
+    let n = s.guest.read(&mut reply).unwrap();
+    assert_eq!(&reply[n - 1..n], b"5");
+}
+
 #[test]
 fn an_overlong_header_sets_the_protocol_error() {
-    let page = SharedPage::default();
+    let page: SharedPage = SharedPage::default();
     let mut s = Served::new(&page);
     let bad = Header {
         msg_type: MsgType::Read as u32,
@@ -284,7 +329,7 @@ fn an_overlong_header_sets_the_protocol_error() {
 
 #[test]
 fn a_guest_that_never_reads_fills_its_rings_not_the_store() {
-    let page = SharedPage::default();
+    let page: SharedPage = SharedPage::default();
     let mut s = Served::new(&page);
     let mut req = Vec::new();
     push_message(&mut req, MsgType::Read as u32, 1, 0, b"domid\0");
@@ -361,11 +406,11 @@ impl Page for RestlessGuest<'_> {
         self.page.store(field, value);
     }
 
-    fn copy_out(&self, ring: xs_ring::layout::Ring, offset: usize, dst: &mut [u8]) {
+    fn copy_out(&self, ring: Ring, offset: usize, dst: &mut [u8]) {
         self.page.copy_out(ring, offset, dst);
     }
 
-    fn copy_in(&self, ring: xs_ring::layout::Ring, offset: usize, src: &[u8]) {
+    fn copy_in(&self, ring: Ring, offset: usize, src: &[u8]) {
         self.page.copy_in(ring, offset, src);
     }
 }
@@ -373,7 +418,7 @@ impl Page for RestlessGuest<'_> {
 #[test]
 fn a_guest_that_never_rests_cannot_hold_the_pump() {
     for reconnecting in [false, true] {
-        let page = SharedPage::default();
+        let page: SharedPage = SharedPage::default();
         let mut request = Vec::new();
         push_message(&mut request, MsgType::Read as u32, 1, 0, b"domid\0");
         let restless = RestlessGuest {
