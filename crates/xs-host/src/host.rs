@@ -216,7 +216,15 @@ impl Host for HostCtx {
             .conns
             .get(&conn)
             .map_or((0, DomId::INVALID), |c| (c.number, c.domid));
-        self.with_trace(|t| t.message(SystemTime::now(), number, domid, incoming, header, payload));
+        let line = trace::MessageLine {
+            at: SystemTime::now(),
+            conn: number,
+            domid,
+            incoming,
+            header,
+            payload,
+        };
+        self.with_trace(|t| t.message(&line));
     }
 
     fn tracing(&self) -> bool {

@@ -46,22 +46,24 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (y, m, d)
 }
 
-/// Appends `bytes` in double quotes, printable ASCII as is and everything else escaped:
-/// `\0`, `\\`, `\"`, `\xNN`.
-pub(crate) fn push_quoted(out: &mut String, bytes: &[u8]) {
-    out.push('"');
-    for &b in bytes {
-        match b {
-            0 => out.push_str("\\0"),
-            b'\\' => out.push_str("\\\\"),
-            b'"' => out.push_str("\\\""),
-            0x20..=0x7e => out.push(char::from(b)),
-            _ => {
-                let _ = write!(out, "\\x{b:02x}");
+/// Bytes in double quotes, printable ASCII as is and everything else escaped: `\0`, `\\`,
+/// `\"`, `\xNN`.
+pub(crate) struct Quoted<'a>(pub(crate) &'a [u8]);
+
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_char('"')?;
+        for &b in self.0 {
+            match b {
+                0 => f.write_str("\\0")?,
+                b'\\' => f.write_str("\\\\")?,
+                b'"' => f.write_str("\\\"")?,
+                0x20..=0x7e => f.write_char(char::from(b))?,
+                _ => write!(f, "\\x{b:02x}")?,
             }
         }
+        f.write_char('"')
     }
-    out.push('"');
 }
 
 /// The name of a message type, or `TYPE_<n>` for a number that is none.
@@ -76,28 +78,32 @@ impl fmt::Display for TypeName {
     }
 }
 
-/// Appends one line (without the newline) for a message to `out`: `IN` for a request, `OUT`
-/// for a reply or a watch event.
-pub(crate) fn push_message_line(
-    out: &mut String,
-    at: SystemTime,
-    conn: u64,
-    domid: DomId,
-    incoming: bool,
-    header: &Header,
-    payload: &[u8],
-) {
-    out.reserve(80usize.saturating_add(payload.len()));
-    let _ = write!(
-        out,
-        "{} conn={conn} dom={domid} {} {} req={} tx={} ",
-        Timestamp(at),
-        if incoming { "IN " } else { "OUT" },
-        TypeName(header.msg_type),
-        header.req_id,
-        header.tx_id,
-    );
-    push_quoted(out, payload);
+/// The line (without the newline) of a message: `IN` for a request, `OUT` for a reply or a
+/// watch event.
+pub(crate) struct MessageLine<'a> {
+    pub(crate) at: SystemTime,
+    pub(crate) conn: u64,
+    pub(crate) domid: DomId,
+    pub(crate) incoming: bool,
+    pub(crate) header: &'a Header,
+    pub(crate) payload: &'a [u8],
+}
+
+impl fmt::Display for MessageLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} conn={} dom={} {} {} req={} tx={} {}",
+            Timestamp(self.at),
+            self.conn,
+            self.domid,
+            if self.incoming { "IN " } else { "OUT" },
+            TypeName(self.header.msg_type),
+            self.header.req_id,
+            self.header.tx_id,
+            Quoted(self.payload),
+        )
+    }
 }
 
 /// One line for a connection's life: `OPEN <socket kind>` or `CLOSE <reason>`.
@@ -136,21 +142,13 @@ impl TraceFile {
         self.out.write_all(b"\n")
     }
 
-    /// Writes the line of a message (see [`push_message_line`]).
-    pub(crate) fn message(
-        &mut self,
-        at: SystemTime,
-        conn: u64,
-        domid: DomId,
-        incoming: bool,
-        header: &Header,
-        payload: &[u8],
-    ) -> io::Result<()> {
-        let mut line = std::mem::take(&mut self.scratch);
-        line.clear();
-        push_message_line(&mut line, at, conn, domid, incoming, header, payload);
-        let written = self.line(&line);
-        self.scratch = line;
+    /// Writes the line of a message, formatted in a buffer kept for the next one.
+    pub(crate) fn message(&mut self, line: &MessageLine<'_>) -> io::Result<()> {
+        let mut text = std::mem::take(&mut self.scratch);
+        text.clear();
+        let _ = write!(text, "{line}");
+        let written = self.line(&text);
+        self.scratch = text;
         written
     }
 
@@ -185,8 +183,7 @@ mod tests {
 
     #[test]
     fn quoting() {
-        let mut s = String::new();
-        push_quoted(&mut s, b"/a b\0\x01\xff\\\"~\n");
+        let s = Quoted(b"/a b\0\x01\xff\\\"~\n").to_string();
         assert_eq!(s, r#""/a b\0\x01\xff\\\"~\x0a""#);
     }
 
@@ -198,9 +195,15 @@ mod tests {
         header: &Header,
         payload: &[u8],
     ) -> String {
-        let mut s = String::new();
-        push_message_line(&mut s, at, conn, domid, incoming, header, payload);
-        s
+        MessageLine {
+            at,
+            conn,
+            domid,
+            incoming,
+            header,
+            payload,
+        }
+        .to_string()
     }
 
     #[test]
@@ -256,9 +259,17 @@ mod tests {
             tx_id: 0,
             len: 6,
         };
-        t.message(at, 1, DomId(0), true, &h, b"/a\0xyz").unwrap();
+        let line = |incoming, payload| MessageLine {
+            at,
+            conn: 1,
+            domid: DomId(0),
+            incoming,
+            header: &h,
+            payload,
+        };
+        t.message(&line(true, b"/a\0xyz")).unwrap();
         let buffer = t.scratch.as_ptr();
-        t.message(at, 1, DomId(0), false, &h, b"OK\0").unwrap();
+        t.message(&line(false, b"OK\0")).unwrap();
         assert_eq!(
             t.scratch.as_ptr(),
             buffer,
