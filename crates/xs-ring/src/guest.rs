@@ -48,9 +48,21 @@ impl<P: Page> Guest<P> {
 
     /// Reads waiting reply bytes into `dst`; returns how many.
     pub fn read(&mut self, dst: &mut [u8]) -> Result<usize, RingFault> {
-        let n = self.rsp.peek(&self.page, dst)?;
-        self.rsp.consume(&self.page, n);
+        let n = self.peek(dst)?;
+        self.consume(n);
         Ok(n)
+    }
+
+    /// Copies waiting reply bytes into `dst` without consuming them; returns how many.
+    pub fn peek(&mut self, dst: &mut [u8]) -> Result<usize, RingFault> {
+        self.rsp.peek(&self.page, dst)
+    }
+
+    /// Frees `n` reply bytes for the server (at most what [`Guest::peek`] returned). A guest
+    /// that sends its next request before consuming the reply to the last one stores both
+    /// indices to the index cache line at once, as the server's pump does.
+    pub fn consume(&mut self, n: usize) {
+        self.rsp.consume(&self.page, n);
     }
 
     /// Asks the server to reset the ring (`XENSTORE_RECONNECT`). Poll

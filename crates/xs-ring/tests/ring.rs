@@ -51,6 +51,23 @@ fn peek_request_sees_what_peek_sees_and_consumes_nothing() {
 }
 
 #[test]
+fn the_guest_peeks_replies_and_consumes_them_when_it_says() {
+    let page: SharedPage = SharedPage::default();
+    let (mut s, mut g) = pair(&page);
+    assert_eq!(s.write(b"reply").unwrap(), 5);
+    let mut buf = [0u8; 16];
+    assert_eq!(g.peek(&mut buf).unwrap(), 5);
+    assert_eq!(g.peek(&mut buf).unwrap(), 5);
+    assert_eq!(&buf[..5], b"reply");
+    assert_eq!(page.load(Field::RspCons), 0, "peeking frees nothing");
+    g.consume(3);
+    assert_eq!(page.load(Field::RspCons), 3);
+    assert_eq!(g.read(&mut buf).unwrap(), 2);
+    assert_eq!(&buf[..2], b"ly");
+    assert_eq!(page.load(Field::RspCons), 5);
+}
+
+#[test]
 fn bytes_cross_in_order_with_wrap_around_and_a_full_ring() {
     let page: SharedPage = SharedPage::default();
     // Indices need not start at zero: start near the end of the ring and of u32.

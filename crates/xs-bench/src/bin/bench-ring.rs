@@ -1,6 +1,9 @@
 //! `bench-ring`: the shared-page ring (xs-ring) between two threads, one per core: a guest
 //! thread writing requests through the guest end and a server thread serving them, busy
-//! polling on both sides.
+//! polling on both sides. Both ends store their two indices to the index cache line
+//! together: the server publishes a reply before it consumes the request (the pump), the
+//! guest sends its next request before it consumes the reply (`Guest::peek`, then
+//! `Guest::consume`); each order measured about 10-15% more round trips than the other.
 //!
 //! * `ring_read_roundtrips`: one small `READ` (of `domid`) at a time, served by the pump
 //!   through a real store (guest 5's connection).
@@ -197,7 +200,7 @@ fn drive(
             outstanding += 1;
         }
         let n = guest
-            .read(&mut buf)
+            .peek(&mut buf)
             .unwrap_or_else(|f| fail(&format!("guest read: {f}")));
         if n == 0 {
             spin_loop();
@@ -225,6 +228,19 @@ fn drive(
                 done += 1;
             }
         }
+        // The next requests go out before the reply bytes are freed, so that the two index
+        // stores (req_prod, rsp_cons) hit the index cache line together (as the server's pump
+        // publishes its reply before consuming the request).
+        while outstanding < in_flight {
+            let w = guest
+                .write(req)
+                .unwrap_or_else(|f| fail(&format!("guest write: {f}")));
+            if w != req.len() {
+                fail(&format!("request ring full after {w} bytes"));
+            }
+            outstanding += 1;
+        }
+        guest.consume(n);
         spins = 0;
         if done >= next_check {
             next_check = done + 64;
