@@ -275,6 +275,11 @@ struct Listed {
 struct Bucket {
     path: SmallPath,
     first: Listed,
+    #[expect(
+        clippy::box_collection,
+        reason = "a thin pointer keeps the bucket in one cache line; only paths with several \
+                  watches allocate it"
+    )]
     more: Option<Box<Vec<Listed>>>,
 }
 
