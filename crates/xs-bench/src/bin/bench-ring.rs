@@ -3,7 +3,7 @@
 //! polling on both sides. Both ends store their two indices to the index cache line
 //! together: the server publishes a reply before it consumes the request (the pump), the
 //! guest sends its next request before it consumes the reply (`Guest::peek`, then
-//! `Guest::consume`); each order measured about 10-15% more round trips than the other.
+//! `Guest::consume`); each order measured 10-20% more round trips than the other.
 //!
 //! * `ring_read_roundtrips`: one small `READ` (of `domid`) at a time, served by the pump
 //!   through a real store (guest 5's connection).
