@@ -229,38 +229,22 @@ impl<'a> Iterator for KeyedSegments<'a> {
     fn next(&mut self) -> Option<KeyedSegment<'a>> {
         let start = self.pos;
         let rest = self.path.get(start..).filter(|r| !r.is_empty())?;
-        let (len, key) = match rest.first_chunk::<8>() {
-            Some(head) => {
-                let word = u64::from_le_bytes(*head);
-                match first_slash(word) {
-                    // A short name: the key is the name's bytes, the rest zeroed.
-                    n @ 1..=7 => {
-                        let keep =
-                            u64::MAX.wrapping_shl(64u32.wrapping_sub(8u32.wrapping_mul(n as u32)));
-                        (n, word.swap_bytes() & keep)
-                    }
-                    // A long name (only a non-canonical path has an empty one).
-                    _ => {
-                        let len = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
-                        let name = rest.get(..len).unwrap_or_default();
-                        (
-                            len,
-                            if len >= 8 {
-                                word.swap_bytes()
-                            } else {
-                                name_key(name)
-                            },
-                        )
-                    }
-                }
-            }
-            // The last few bytes of the path.
-            None => {
-                let len = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
-                let name = rest.get(..len).unwrap_or_default();
-                (len, name_key(name))
-            }
-        };
+        // A name of 1 to 7 bytes followed by `/` (most of them): found and keyed from one
+        // word, the key being the name's bytes with the rest zeroed.
+        let short = rest.first_chunk::<8>().and_then(|head| {
+            let word = u64::from_le_bytes(*head);
+            let n = first_slash(word);
+            (1..8).contains(&n).then(|| {
+                let keep = u64::MAX.wrapping_shl(64u32.wrapping_sub(8u32.wrapping_mul(n as u32)));
+                (n, word.swap_bytes() & keep)
+            })
+        });
+        // Otherwise (a long name, the path's last few bytes, or the empty name of a
+        // non-canonical path) a plain search.
+        let (len, key) = short.unwrap_or_else(|| {
+            let len = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
+            (len, name_key(rest.get(..len).unwrap_or_default()))
+        });
         let name = rest.get(..len).unwrap_or_default();
         let end = start.saturating_add(len);
         self.pos = end.saturating_add(1);

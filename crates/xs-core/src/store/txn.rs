@@ -980,9 +980,15 @@ impl Store {
     /// The live node at `path`, through `live` when it is still that node.
     fn live_node(&self, path: &[u8], live: Option<Id>) -> Option<u32> {
         match live {
-            Some(id) => self.tree.nodes.get_id(id).map(|_| id.index),
+            Some(id) => self.still_there(id),
             None => self.tree.lookup(path),
         }
+    }
+
+    /// The index of node `id` if it is still that node (nodes never move; a removed one's
+    /// slot has a new generation).
+    fn still_there(&self, id: Id) -> Option<u32> {
+        self.tree.nodes.get_id(id).map(|_| id.index)
     }
 
     /// Whether everything the transaction relied on is unchanged since its snapshot.
@@ -1052,7 +1058,7 @@ impl Store {
         // The node seen when the entry was made, if it is still there; else whatever is at
         // the path now.
         let live = known
-            .and_then(|id| self.tree.nodes.get_id(id).map(|_| id.index))
+            .and_then(|id| self.still_there(id))
             .or_else(|| self.tree.lookup(path));
         match entry {
             TxEntry::Deleted { event } => {
