@@ -85,7 +85,7 @@ pub(crate) const BOOT_STACK_SIZE: usize = 256 * 1024;
 pub(crate) struct Stack<const N: usize>(core::cell::UnsafeCell<[u8; N]>);
 
 // SAFETY: only the CPU uses a stack's bytes (as the stack of one context at a time); Rust
-// code only takes the address, and reads it in `stack_high_water` (a diagnostic that tolerates
+// code only takes the address, and reads it in `Stack::high_water` (a diagnostic that tolerates
 // any value it sees).
 unsafe impl<const N: usize> Sync for Stack<N> {}
 

@@ -13,6 +13,8 @@
 //! Without the device (on Xen, or QEMU started without it) the write goes nowhere and the
 //! CPU halts for good.
 
+use core::sync::atomic::{AtomicBool, Ordering};
+
 use x86_64::instructions::port::PortWriteOnly;
 use x86_64::instructions::{hlt, interrupts};
 
@@ -36,6 +38,17 @@ pub(crate) fn exit(value: u32) -> ! {
     halt()
 }
 
+/// Set by the first fatal report (a panic or an unexpected vector).
+static REPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Starts the report of a fatal error; if one is already under way (a fault or a panic met
+/// while reporting), exits at once without another word.
+pub(crate) fn begin_fatal_report() {
+    if REPORTING.swap(true, Ordering::SeqCst) {
+        fatal_quietly();
+    }
+}
+
 /// Exits after a fatal error that has been reported.
 pub(crate) fn fatal() -> ! {
     exit(FATAL)
@@ -43,7 +56,7 @@ pub(crate) fn fatal() -> ! {
 
 /// Exits after a fatal error met while reporting another: nothing more is printed or
 /// recorded.
-pub(crate) fn fatal_quietly() -> ! {
+fn fatal_quietly() -> ! {
     // SAFETY: as in `exit`.
     unsafe { PortWriteOnly::<u32>::new(PORT).write(FATAL) };
     halt()

@@ -291,8 +291,6 @@ fn name(vector: u64) -> &'static str {
 static EXPECT_BREAKPOINT: AtomicBool = AtomicBool::new(false);
 /// The `%rsp` at which the last expected `#BP` was handled.
 static BREAKPOINT_RSP: AtomicU64 = AtomicU64::new(0);
-/// Set on the first fatal vector: a fault while reporting one must not report again.
-static FATAL: AtomicBool = AtomicBool::new(false);
 
 /// Raises `#BP` with `int3` and returns the `%rsp` its handler ran at (0 if it did not run),
 /// and whether that lies on the breakpoint's IST stack.
@@ -318,10 +316,8 @@ extern "C" fn xs_vector(frame: &mut Frame) {
         return;
     }
     trace::record(Event::Vector, frame.vector);
-    if FATAL.swap(true, Ordering::SeqCst) {
-        // A fault while reporting one: leave without another word.
-        exit::fatal_quietly();
-    }
+    // A fault while reporting one (or a panic) leaves without another word.
+    exit::begin_fatal_report();
     let mut out = Console;
     println!();
     let _ = writeln!(

@@ -42,9 +42,10 @@ fn read<T: Copy>(addr: u64) -> Option<T> {
         return None;
     }
     // SAFETY: the range is in the identity-mapped low memory (checked above), where the
-    // loader placed the structure; it is plain memory that no Rust object occupies (it lies
-    // outside the image), read once, unaligned-tolerant, as the integer types `T` is used
-    // with here (any bit pattern is valid).
+    // loader (Xen, or QEMU's PVH loader) placed the structure. The loader is trusted to have
+    // put it outside the image, so no Rust object occupies it; it is read once,
+    // unaligned-tolerant, as the integer types `T` is used with here (any bit pattern is
+    // valid).
     Some(unsafe { ptr::read_unaligned(addr as *const T) })
 }
 
@@ -97,10 +98,14 @@ impl StartInfo {
         info
     }
 
-    /// The command line (`-append` under QEMU), lossily as text.
+    /// The command line's bytes (`-append` under QEMU).
+    pub(crate) fn cmdline_bytes(&self) -> &[u8] {
+        &self.cmdline[..self.cmdline_len]
+    }
+
+    /// The command line as text, for messages (`<not UTF-8>` if it is not).
     pub(crate) fn cmdline(&self) -> &str {
-        let bytes = &self.cmdline[..self.cmdline_len];
-        core::str::from_utf8(bytes).unwrap_or("<not UTF-8>")
+        core::str::from_utf8(self.cmdline_bytes()).unwrap_or("<not UTF-8>")
     }
 
     /// The value of `key=value` on the command line.

@@ -6,7 +6,7 @@
 //! 0x16 (base frequency in MHz), and last a 10 ms calibration against PIT channel 2.
 
 use core::arch::x86_64::{__cpuid_count, __get_cpuid_max, _rdtsc};
-use core::fmt;
+use core::fmt::{self, Write as _};
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use x86_64::instructions::port::Port;
@@ -62,26 +62,15 @@ pub(crate) struct Span(pub(crate) u64);
 
 impl fmt::Display for Span {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let text = match micros(self.0) {
-            Some(us) if us >= 10_000 => Formatted::Ms(us / 1000, us % 1000 / 100),
-            Some(us) => Formatted::Us(us),
-            None => Formatted::Ticks(self.0),
-        };
-        // Through `pad` so that width and alignment apply.
+        // Into a buffer, then through `pad`, so that width and alignment apply.
         let mut buf = Buf::default();
-        let _ = match text {
-            Formatted::Ms(ms, tenth) => fmt::write(&mut buf, format_args!("{ms}.{tenth} ms")),
-            Formatted::Us(us) => fmt::write(&mut buf, format_args!("{us} us")),
-            Formatted::Ticks(t) => fmt::write(&mut buf, format_args!("{t} ticks")),
+        let _ = match micros(self.0) {
+            Some(us) if us >= 10_000 => write!(buf, "{}.{} ms", us / 1000, us % 1000 / 100),
+            Some(us) => write!(buf, "{us} us"),
+            None => write!(buf, "{} ticks", self.0),
         };
         f.pad(buf.as_str())
     }
-}
-
-enum Formatted {
-    Ms(u64, u64),
-    Us(u64),
-    Ticks(u64),
 }
 
 /// A small stack buffer for formatting without the heap (a fatal report must not allocate).

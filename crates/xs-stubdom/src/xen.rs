@@ -121,7 +121,7 @@ pub(crate) fn run(mut xen: XenInfo, info: &StartInfo) -> ! {
         xen.base,
         info.cmdline()
     );
-    xen.boot = x86_glue::BootArgs::parse(info.cmdline().as_bytes());
+    xen.boot = x86_glue::BootArgs::parse(info.cmdline_bytes());
     let area = match map_area(info) {
         Ok(area) => area,
         Err(why) => panic!("xen: cannot place the grant-mapping area: {why}"),
