@@ -78,19 +78,22 @@ pub fn tool(name: &str) -> Result<PathBuf, Skip> {
     }
     if name != "xenstore-control"
         && name != "test-xenstore"
-        && let Some(path) = std::env::var_os("PATH")
+        && let Some(p) = on_path(name)
     {
-        for dir in std::env::split_paths(&path) {
-            let p = dir.join(name);
-            if p.is_file() {
-                return Ok(p);
-            }
-        }
+        return Ok(p);
     }
     Err(Skip(format!(
         "`{name}` not found (Debian package {}; `cargo xtask test` installs it)",
         package_of(name)
     )))
+}
+
+/// The program `name` in a directory of `PATH`, if there is one.
+pub fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
 }
 
 /// All of `names`, or a skip naming the first missing one.

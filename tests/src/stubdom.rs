@@ -34,7 +34,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::daemon::{own_target_dir, workspace_root};
-use crate::skip::Skip;
+use crate::skip::{Skip, on_path};
 
 /// The QEMU binary.
 pub const QEMU: &str = "qemu-system-x86_64";
@@ -126,8 +126,7 @@ pub fn image() -> PathBuf {
 
 /// QEMU is on `PATH`, or a skip.
 pub fn qemu_installed() -> Result<(), Skip> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    if std::env::split_paths(&path).any(|dir| dir.join(QEMU).is_file()) {
+    if on_path(QEMU).is_some() {
         return Ok(());
     }
     Err(Skip(format!(

@@ -15,7 +15,8 @@
 //!    `core` relies on;
 //! 5. the boot GDT is loaded and a far jump enters its 64-bit code segment;
 //! 6. the data segments are reloaded, the boot stack set, the x87 unit initialised, and
-//!    [`crate::stubdom_main`] called with the start-info address and the entry TSC.
+//!    [`crate::stubdom_main`] called with the start-info address (the entry TSC stays in
+//!    `xs_boot_tsc`, read by [`entry_tsc`]).
 //!
 //! The boot GDT (null, code, data) only serves the switch to long mode: it must be loaded
 //! before any Rust runs, so it is assembler data, its descriptors `x86_64`'s flag constants.
@@ -290,7 +291,6 @@ _start32:
     outb %al, $0x21
     outb %al, $0xa1
     movq xs_boot_info(%rip), %rdi
-    movq xs_boot_tsc(%rip), %rsi
     call stubdom_main
 3:
     cli

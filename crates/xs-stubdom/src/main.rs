@@ -38,9 +38,9 @@ use startinfo::StartInfo;
 use trace::Event;
 
 /// The first Rust code, called by the boot code in 64-bit mode on the boot stack, with the
-/// physical address of the PVH start-info structure and the TSC value at the entry.
+/// physical address of the PVH start-info structure.
 #[unsafe(no_mangle)]
-extern "C" fn stubdom_main(start_info: u64, entry_tsc: u64) -> ! {
+extern "C" fn stubdom_main(start_info: u64) -> ! {
     console::init();
     trace::record(Event::Entry, start_info);
     // The firmware leaves the cursor mid-line ("Booting from ROM.."): start a fresh one.
@@ -67,6 +67,6 @@ extern "C" fn stubdom_main(start_info: u64, entry_tsc: u64) -> ! {
     );
     match xen::detect() {
         Some(xen) => xen::run(xen, &info),
-        None => selftest::run(&info, entry_tsc),
+        None => selftest::run(&info),
     }
 }

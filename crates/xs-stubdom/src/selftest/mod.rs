@@ -83,7 +83,7 @@ fn hash_key() -> ([u64; 2], &'static str) {
 }
 
 /// Runs the self-test and exits through `isa-debug-exit`.
-pub(crate) fn run(info: &StartInfo, entry_tsc: u64) -> ! {
+pub(crate) fn run(info: &StartInfo) -> ! {
     let (key, key_source) = hash_key();
     let config = StoreConfig {
         hash_key: key,
@@ -100,8 +100,9 @@ pub(crate) fn run(info: &StartInfo, entry_tsc: u64) -> ! {
             exit::exit(exit::FAILURE);
         }
     };
-    let ready = time::rdtsc();
-    trace::record(Event::Ready, ready.wrapping_sub(entry_tsc));
+    let entry_tsc = boot::entry_tsc();
+    let boot_ticks = time::rdtsc().wrapping_sub(entry_tsc);
+    trace::record(Event::Ready, boot_ticks);
     // At once: `cargo xtask stubdom --run` times QEMU's start to this line.
     println!("xs-stubdom: ready: the store serves dom0's ring (watch hash key from {key_source})");
     // Only now: calibrating may take 10 ms (PIT), and serving does not need it.
@@ -109,13 +110,12 @@ pub(crate) fn run(info: &StartInfo, entry_tsc: u64) -> ! {
     match time::tsc_hz() {
         Some(hz) => println!(
             "boot: {} from the PVH entry to ready (TSC {} kHz, from {})",
-            Span(ready.wrapping_sub(entry_tsc)),
+            Span(boot_ticks),
             hz / 1000,
             time::source()
         ),
         None => println!(
-            "boot: {} TSC ticks from the PVH entry to ready (TSC frequency unknown)",
-            ready.wrapping_sub(entry_tsc)
+            "boot: {boot_ticks} TSC ticks from the PVH entry to ready (TSC frequency unknown)"
         ),
     }
 
@@ -141,7 +141,7 @@ pub(crate) fn run(info: &StartInfo, entry_tsc: u64) -> ! {
     ));
     figures.push(format!(
         "boot to ready: {} from the PVH entry to the store serving (TSC {}); the entry came {} after the vCPU's reset (firmware and loader)",
-        Span(ready.wrapping_sub(entry_tsc)),
+        Span(boot_ticks),
         time::tsc_hz().map_or_else(|| "frequency unknown".to_string(), |hz| format!("{} kHz from {}", hz / 1000, time::source())),
         Span(entry_tsc)
     ));
