@@ -10,17 +10,7 @@ use std::time::{Duration, Instant};
 
 use xs_e2e::daemon::{SIGINT, SIGTERM, TempDir, run_with_timeout, xs_host_bin};
 use xs_e2e::wire::ty;
-use xs_e2e::{Client, Daemon, Kind, Output, Wire, note, require, tools, xs_host_only};
-
-/// Whether the run is against xs-host, for tests that run the xs-host binary themselves;
-/// otherwise notes that the test is xs-host only.
-fn xs_host_selected() -> bool {
-    if Kind::from_env() == Kind::XsHost {
-        return true;
-    }
-    note("xs-host only");
-    false
-}
+use xs_e2e::{Client, Daemon, Output, Wire, require, tools, xs_host_only};
 
 /// Runs the xs-host binary with `args` (20 s at most).
 fn run_xs_host(args: &[&str]) -> Output {
@@ -32,10 +22,10 @@ fn run_xs_host(args: &[&str]) -> Output {
 /// `--socket-ro` defaults to `<socket>_ro`: reads work there, changes get `EROFS`.
 #[test]
 fn read_only_socket() {
-    let d = require!(Daemon::start());
-    if !xs_host_only(&d) {
+    if !xs_host_only() {
         return;
     }
+    let d = require!(Daemon::start());
     let mut rw = d.connect();
     rw.write("/ro/node", b"v").expect("write");
     let ro_path = d.dir().join("sock_ro");
@@ -75,7 +65,7 @@ fn read_only_socket() {
 /// removes its socket files and the pid file.
 #[test]
 fn pid_file_and_sigterm() {
-    if !xs_host_selected() {
+    if !xs_host_only() {
         return;
     }
     let dir = TempDir::new();
@@ -105,10 +95,10 @@ fn pid_file_and_sigterm() {
 /// SIGINT: the same clean exit.
 #[test]
 fn sigint_exits_cleanly() {
-    let mut d = require!(Daemon::start());
-    if !xs_host_only(&d) {
+    if !xs_host_only() {
         return;
     }
+    let mut d = require!(Daemon::start());
     // Asserts exit status 0.
     d.stop_with_signal(SIGINT);
     assert!(!d.socket().exists(), "socket left behind after exit");
@@ -122,7 +112,7 @@ fn sigint_exits_cleanly() {
 /// after a timestamp; `CONTROL log -io` / `+io` turn the request lines off and on.
 #[test]
 fn trace_file_and_log_switch() {
-    if !xs_host_selected() {
+    if !xs_host_only() {
         return;
     }
     let dir = TempDir::new();
@@ -170,7 +160,7 @@ fn trace_file_and_log_switch() {
 /// `/local/domain/<N>` to the toolstack.
 #[test]
 fn quota_option_and_no_domain_nodes() {
-    if !xs_host_selected() {
+    if !xs_host_only() {
         return;
     }
     let d = require!(Daemon::start_with(&["-Q", "nodes=42", "--no-domain-nodes"]));
@@ -223,7 +213,7 @@ fn priv_domid_is_privileged() {
 /// values `GET_QUOTA` reports and a guest runs into.
 #[test]
 fn quotas_from_the_command_line() {
-    if !xs_host_selected() {
+    if !xs_host_only() {
         return;
     }
     let d = require!(Daemon::start_with(&[
@@ -259,7 +249,7 @@ fn quotas_from_the_command_line() {
 /// missing, or the pid file cannot be written) exits 1 and leaves no socket file behind.
 #[test]
 fn a_failed_start_leaves_no_socket_files() {
-    if !xs_host_selected() {
+    if !xs_host_only() {
         return;
     }
     let dir = TempDir::new();
@@ -287,7 +277,7 @@ fn a_failed_start_leaves_no_socket_files() {
 /// `--socket-ro PATH` moves the read-only socket; `--socket-ro none` disables it.
 #[test]
 fn read_only_socket_can_be_disabled_or_moved() {
-    if !xs_host_selected() {
+    if !xs_host_only() {
         return;
     }
     let dir = TempDir::new();
@@ -310,10 +300,10 @@ fn read_only_socket_can_be_disabled_or_moved() {
 /// `--help` prints the usage (exit 0); bad options exit 2.
 #[test]
 fn start_message_and_help() {
-    let d = require!(Daemon::start());
-    if !xs_host_only(&d) {
+    if !xs_host_only() {
         return;
     }
+    let d = require!(Daemon::start());
     let stderr = d.stderr();
     let socket = d.socket().display().to_string();
     assert!(
@@ -339,10 +329,10 @@ fn start_message_and_help() {
 /// serving; a stale socket file (nobody listening) is replaced.
 #[test]
 fn refuses_a_live_socket_and_replaces_a_stale_one() {
-    let d = require!(Daemon::start());
-    if !xs_host_only(&d) {
+    if !xs_host_only() {
         return;
     }
+    let d = require!(Daemon::start());
     let second = run_xs_host(&["-s", d.socket().to_str().expect("utf-8 path")]);
     assert_eq!(second.code(), Some(1), "{second:?}");
     assert!(second.stderr.contains("another daemon"), "{second:?}");
@@ -364,10 +354,10 @@ fn refuses_a_live_socket_and_replaces_a_stale_one() {
 /// `CONTROL memreport FILE` writes the report to FILE.
 #[test]
 fn control_memreport_to_file() {
-    let d = require!(Daemon::start());
-    if !xs_host_only(&d) {
+    if !xs_host_only() {
         return;
     }
+    let d = require!(Daemon::start());
     let report = d.dir().join("memreport");
     let mut c = d.connect();
     assert_eq!(
