@@ -102,12 +102,10 @@ impl Stash {
         }
     }
 
-    /// Keeps `input` after what is pending (only ever called when nothing is).
+    /// Keeps `input` (only ever called when nothing is pending, which `consume` leaves as
+    /// no bytes at offset 0).
     fn keep(&mut self, input: &[u8]) {
-        if self.is_empty() {
-            self.bytes.clear();
-            self.at = 0;
-        }
+        debug_assert!(self.bytes.is_empty() && self.at == 0);
         self.bytes.extend_from_slice(input);
     }
 }
@@ -348,7 +346,7 @@ impl Server {
                 if e.kind() == ErrorKind::Interrupted {
                     continue;
                 }
-                self.remove_sockets();
+                // The sockets go when the server is dropped.
                 return Err(e);
             }
             for event in events.iter() {
