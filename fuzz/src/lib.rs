@@ -344,6 +344,26 @@ pub struct RingStats {
     pub reconnects: usize,
 }
 
+impl core::ops::AddAssign for RingStats {
+    fn add_assign(&mut self, other: RingStats) {
+        // Destructured, so that a new field does not compile until it is added here.
+        let RingStats {
+            pumps,
+            consumed,
+            produced,
+            index_faults,
+            proto_faults,
+            reconnects,
+        } = other;
+        self.pumps += pumps;
+        self.consumed += consumed;
+        self.produced += produced;
+        self.index_faults += index_faults;
+        self.proto_faults += proto_faults;
+        self.reconnects += reconnects;
+    }
+}
+
 const RING_FIELDS: [xs_ring::layout::Field; 8] = {
     use xs_ring::layout::Field;
     [

@@ -153,13 +153,7 @@ fn ring() {
     let mut total = xs_fuzz::RingStats::default();
     for _ in 0..runs() / 4 {
         let steps = xs_fuzz::decode_ring_steps(&rng.bytes(400));
-        let s = xs_fuzz::ring_stats(&steps);
-        total.pumps += s.pumps;
-        total.consumed += s.consumed;
-        total.produced += s.produced;
-        total.index_faults += s.index_faults;
-        total.proto_faults += s.proto_faults;
-        total.reconnects += s.reconnects;
+        total += xs_fuzz::ring_stats(&steps);
     }
     // Mostly well-formed traffic with now and then one hostile step, so that runs get far
     // before the ring breaks.
@@ -199,13 +193,7 @@ fn ring() {
             };
             steps.push(step);
         }
-        let s = xs_fuzz::ring_stats(&steps);
-        total.pumps += s.pumps;
-        total.consumed += s.consumed;
-        total.produced += s.produced;
-        total.index_faults += s.index_faults;
-        total.proto_faults += s.proto_faults;
-        total.reconnects += s.reconnects;
+        total += xs_fuzz::ring_stats(&steps);
     }
     // The seeded runs reach every interesting state.
     let t = total;

@@ -24,6 +24,7 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use xs_core::store::PAYLOAD_MAX;
+use xs_core::wire::push_header;
 pub use xs_core::wire::{HEADER_LEN, Header, MsgType};
 
 /// What can go wrong talking to a daemon.
@@ -190,13 +191,7 @@ impl Client {
         let req_id = self.next_req_id;
         // Request ids are ours to choose; 0 is avoided so that it stays the watch events'.
         self.next_req_id = self.next_req_id.checked_add(1).unwrap_or(1);
-        let header = Header {
-            msg_type: ty as u32,
-            req_id,
-            tx_id,
-            len: len as u32,
-        };
-        self.wbuf.extend_from_slice(&header.encode());
+        push_header(&mut self.wbuf, ty as u32, req_id, tx_id, len);
         for s in payload.strings {
             self.wbuf.extend_from_slice(s);
             self.wbuf.push(0);
@@ -247,7 +242,7 @@ impl Client {
             return Ok(None);
         };
         let header = Header::decode(head);
-        if header.len as usize > PAYLOAD_MAX {
+        if header.check().is_err() {
             return Err(ClientError::Protocol(format!(
                 "message of type {} with a payload of {} bytes",
                 header.msg_type, header.len

@@ -189,16 +189,20 @@ fn drive(
     let mut spins = 0u32;
     let mut waiting_since = start;
     let mut next_check = 64u64;
-    loop {
-        while outstanding < in_flight {
-            let n = guest
+    // Keeps `in_flight` requests outstanding.
+    let fill = |guest: &mut Guest<&SharedPage>, outstanding: &mut usize| {
+        while *outstanding < in_flight {
+            let w = guest
                 .write(req)
                 .unwrap_or_else(|f| fail(&format!("guest write: {f}")));
-            if n != req.len() {
-                fail(&format!("request ring full after {n} bytes"));
+            if w != req.len() {
+                fail(&format!("request ring full after {w} bytes"));
             }
-            outstanding += 1;
+            *outstanding += 1;
         }
+    };
+    fill(guest, &mut outstanding);
+    loop {
         let n = guest
             .peek(&mut buf)
             .unwrap_or_else(|f| fail(&format!("guest read: {f}")));
@@ -231,15 +235,7 @@ fn drive(
         // The next requests go out before the reply bytes are freed, so that the two index
         // stores (req_prod, rsp_cons) hit the index cache line together (as the server's pump
         // publishes its reply before consuming the request).
-        while outstanding < in_flight {
-            let w = guest
-                .write(req)
-                .unwrap_or_else(|f| fail(&format!("guest write: {f}")));
-            if w != req.len() {
-                fail(&format!("request ring full after {w} bytes"));
-            }
-            outstanding += 1;
-        }
+        fill(guest, &mut outstanding);
         guest.consume(n);
         spins = 0;
         if done >= next_check {
