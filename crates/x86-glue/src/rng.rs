@@ -28,7 +28,8 @@ pub struct Rng {
 impl Rng {
     /// RDRAND if the CPU has it, else the weak fallback.
     pub fn detect() -> Rng {
-        Rng::with_rdrand(cpuid::has_rdrand())
+        // `with_rdrand` asks the CPU itself.
+        Rng::with_rdrand(true)
     }
 
     /// A source that uses RDRAND only if `rdrand` (which must be false unless the CPU has

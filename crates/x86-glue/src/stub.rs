@@ -106,8 +106,6 @@ struct Served<R: Page> {
     server: Server<R>,
     conn: Connection,
     local_port: u32,
-    /// The ring is broken (reported once).
-    faulted: bool,
 }
 
 /// What `INTRODUCE` / `RELEASE` asked for, applied once the request is answered.
@@ -157,7 +155,6 @@ pub struct StubDomain<S: Services> {
     services: S,
     served: BTreeMap<DomId, Served<S::Ring>>,
     ports: BTreeMap<u32, DomId>,
-    conns: BTreeMap<ConnId, DomId>,
     host: Recorder,
     /// Domains with work left over after their service rounds.
     pending: BTreeSet<DomId>,
@@ -201,27 +198,20 @@ impl<S: Services> StubDomain<S> {
             BootRing::Mapped(r) => r,
             BootRing::Grant { gfn } => services.map_ring(domid, gfn)?,
         };
-        let remote = match boot.port {
-            BootPort::Local(_) => None,
-            BootPort::Remote(p) => Some(p),
+        let bound = match boot.port {
+            BootPort::Local(p) => Ok(p),
+            BootPort::Remote(r) => services.bind_interdomain(domid, r),
             BootPort::FromRing => match ring.load(Field::EvtchnPort) {
-                0 => {
-                    services.unmap_ring(domid, ring);
-                    return Err(Error::NoEventChannel);
-                }
-                p => Some(p),
+                0 => Err(Error::NoEventChannel),
+                r => services.bind_interdomain(domid, r),
             },
         };
-        let local_port = match (boot.port, remote) {
-            (BootPort::Local(p), _) => p,
-            (_, Some(r)) => match services.bind_interdomain(domid, r) {
-                Ok(p) => p,
-                Err(e) => {
-                    services.unmap_ring(domid, ring);
-                    return Err(e);
-                }
-            },
-            (_, None) => return Err(Error::NoEventChannel),
+        let local_port = match bound {
+            Ok(p) => p,
+            Err(e) => {
+                services.unmap_ring(domid, ring);
+                return Err(e);
+            }
         };
         let conn_id = match store.connect(domid) {
             Ok(c) => c,
@@ -236,7 +226,6 @@ impl<S: Services> StubDomain<S> {
             services,
             served: BTreeMap::new(),
             ports: BTreeMap::new(),
-            conns: BTreeMap::new(),
             host: Recorder::default(),
             pending: BTreeSet::new(),
             priv_conn: conn_id,
@@ -340,14 +329,12 @@ impl<S: Services> StubDomain<S> {
         let server = Server::new(ring, features);
         let conn = Connection::new(conn_id, Access::default(), self.limits);
         self.ports.insert(local_port, domid);
-        self.conns.insert(conn_id, domid);
         self.served.insert(
             domid,
             Served {
                 server,
                 conn,
                 local_port,
-                faulted: false,
             },
         );
     }
@@ -358,6 +345,8 @@ impl<S: Services> StubDomain<S> {
             let Some(s) = self.served.get_mut(&domid) else {
                 return;
             };
+            // A broken ring is reported once, when it breaks.
+            let was_broken = s.server.fault().is_some();
             let done = pump(&mut s.server, &mut s.conn, &mut self.store, &mut self.host);
             if done.notify {
                 self.services.notify(s.local_port);
@@ -367,16 +356,13 @@ impl<S: Services> StubDomain<S> {
                 self.host.changes.push(Change::Released(domid));
                 return;
             }
-            match (done.fault, s.faulted) {
-                (Some(fault), false) => {
-                    s.faulted = true;
-                    self.host.log.push(format!(
-                        "dom{domid}: ring no longer served: error {}",
-                        fault.code
-                    ));
-                }
-                (None, true) => s.faulted = false,
-                _ => {}
+            if let Some(fault) = done.fault
+                && !was_broken
+            {
+                self.host.log.push(format!(
+                    "dom{domid}: ring no longer served: error {}",
+                    fault.code
+                ));
             }
             if done.fault.is_some() {
                 // Served again only when the guest asks for a reconnection (and notifies).
@@ -414,23 +400,22 @@ impl<S: Services> StubDomain<S> {
                 }
             }
             for domid in self.store.take_warnings() {
-                self.host
-                    .log
-                    .push(format!("dom{domid} exceeds its soft memory quota"));
+                self.host.soft_quota_reached(domid);
             }
             let notified = self.store.take_notifications();
             if notified.is_empty() && self.host.changes.is_empty() {
                 return;
             }
+            // Every connection is a served domain's (the store knows whose).
             for conn in notified {
-                if let Some(&domid) = self.conns.get(&conn) {
+                if let Some(domid) = self.store.conn_domid(conn) {
                     self.service(domid);
                 }
             }
         }
         // Still busy: the rest is done by `run_pending`.
         for conn in self.store.take_notifications() {
-            if let Some(&domid) = self.conns.get(&conn) {
+            if let Some(domid) = self.store.conn_domid(conn) {
                 self.pending.insert(domid);
             }
         }
@@ -518,7 +503,6 @@ impl<S: Services> StubDomain<S> {
             ..
         } = s;
         self.ports.remove(&local_port);
-        self.conns.remove(&conn.id());
         self.pending.remove(&domid);
         self.store.disconnect(conn.id());
         self.services.unbind(local_port);
