@@ -196,25 +196,16 @@ impl Elf {
         const PT_NOTE: u32 = 4;
         const PF_X: u32 = 1;
         const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
-        let u16_at = |o: usize| -> Result<u16, String> {
-            b.get(o..o + 2)
-                .map(|s| u16::from_le_bytes([s[0], s[1]]))
+        /// The `N` bytes at offset `o`.
+        fn at<const N: usize>(b: &[u8], o: usize) -> Result<[u8; N], String> {
+            o.checked_add(N)
+                .and_then(|end| b.get(o..end))
+                .and_then(|s| s.try_into().ok())
                 .ok_or_else(|| "truncated ELF".to_owned())
-        };
-        let u32_at = |o: usize| -> Result<u32, String> {
-            b.get(o..o + 4)
-                .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-                .ok_or_else(|| "truncated ELF".to_owned())
-        };
-        let u64_at = |o: usize| -> Result<u64, String> {
-            b.get(o..o + 8)
-                .map(|s| {
-                    let mut w = [0u8; 8];
-                    w.copy_from_slice(s);
-                    u64::from_le_bytes(w)
-                })
-                .ok_or_else(|| "truncated ELF".to_owned())
-        };
+        }
+        let u16_at = |o| at(b, o).map(u16::from_le_bytes);
+        let u32_at = |o| at(b, o).map(u32::from_le_bytes);
+        let u64_at = |o| at(b, o).map(u64::from_le_bytes);
         if b.get(..4) != Some(b"\x7fELF".as_slice()) || b.get(4) != Some(&2) || b.get(5) != Some(&1)
         {
             return Err("not a little-endian ELF64 file".into());

@@ -65,7 +65,8 @@ extern "C" fn stubdom_main(start_info: u64) -> ! {
         heap_end,
         (heap_end - heap_start) >> 20
     );
-    match xen::detect() {
+    // Xen, if this runs on it.
+    match x86_glue::cpuid::detect() {
         Some(xen) => xen::run(xen, &info),
         None => selftest::run(&info),
     }

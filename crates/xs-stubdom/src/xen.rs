@@ -69,11 +69,6 @@ pub(crate) static HYPERCALL_PAGE: Pages<4096> = Pages::new();
 /// Where Xen maps `shared_info`.
 pub(crate) static SHARED_INFO: Pages<4096> = Pages::new();
 
-/// Xen, if this runs on it.
-pub(crate) fn detect() -> Option<XenInfo> {
-    x86_glue::cpuid::detect()
-}
-
 /// Writes to Xen's debug console port (`XEN_HVM_DEBUGCONS_IOPORT`).
 fn debug_port(bytes: &[u8]) {
     // SAFETY: on Xen, port 0xE9 is the hypervisor's debug console for HVM/PVH domains
