@@ -17,6 +17,16 @@ fn client(domid: DomId, page: &Arc<SharedPage>) -> Client<FakeRing> {
     Client::new(domid, page.clone())
 }
 
+/// Starts a stub domain on `fake` serving `domid` through `ring` and `port` first.
+fn boot(
+    fake: FakeServices,
+    domid: DomId,
+    ring: BootRing<FakeRing>,
+    port: BootPort,
+) -> Result<StubDomain<FakeServices>, Error> {
+    StubDomain::new(fake, StubConfig::default(), Bootstrap { domid, ring, port })
+}
+
 /// A store with dom0 served, and dom0's client.
 struct Rig {
     stub: StubDomain<FakeServices>,
@@ -28,14 +38,11 @@ impl Rig {
     fn new() -> Rig {
         let mut fake = FakeServices::new();
         let page = fake.create_domain(DomId::DOM0);
-        let stub = StubDomain::new(
+        let stub = boot(
             fake,
-            StubConfig::default(),
-            Bootstrap {
-                domid: DomId::DOM0,
-                ring: BootRing::Grant { gfn: 0 },
-                port: BootPort::Remote(1),
-            },
+            DomId::DOM0,
+            BootRing::Grant { gfn: 0 },
+            BootPort::Remote(1),
         )
         .unwrap();
         Rig {
@@ -344,14 +351,11 @@ fn bootstrap_variants() {
     let mut fake = FakeServices::new();
     let page = fake.create_domain(DomId::DOM0);
     page.store(Field::EvtchnPort, 12);
-    let stub = StubDomain::new(
+    let stub = boot(
         fake,
-        StubConfig::default(),
-        Bootstrap {
-            domid: DomId::DOM0,
-            ring: BootRing::Grant { gfn: 0 },
-            port: BootPort::FromRing,
-        },
+        DomId::DOM0,
+        BootRing::Grant { gfn: 0 },
+        BootPort::FromRing,
     )
     .unwrap();
     let port = stub.local_port(DomId::DOM0).unwrap();
@@ -360,14 +364,11 @@ fn bootstrap_variants() {
     // No port anywhere: refused, and the ring unmapped again.
     let mut fake = FakeServices::new();
     fake.create_domain(DomId::DOM0);
-    let err = StubDomain::new(
+    let err = boot(
         fake,
-        StubConfig::default(),
-        Bootstrap {
-            domid: DomId::DOM0,
-            ring: BootRing::Grant { gfn: 0 },
-            port: BootPort::FromRing,
-        },
+        DomId::DOM0,
+        BootRing::Grant { gfn: 0 },
+        BootPort::FromRing,
     )
     .unwrap_err();
     assert_eq!(err, Error::NoEventChannel);
@@ -375,14 +376,11 @@ fn bootstrap_variants() {
     // An already mapped ring and bound port, for a privileged domain other than dom0.
     let mut fake = FakeServices::new();
     let page = fake.create_domain(DomId(2));
-    let stub = StubDomain::new(
+    let stub = boot(
         fake,
-        StubConfig::default(),
-        Bootstrap {
-            domid: DomId(2),
-            ring: BootRing::Mapped(page.clone()),
-            port: BootPort::Local(77),
-        },
+        DomId(2),
+        BootRing::Mapped(page.clone()),
+        BootPort::Local(77),
     )
     .unwrap();
     assert_eq!(stub.local_port(DomId(2)), Some(77));
@@ -394,14 +392,11 @@ fn bootstrap_variants() {
     assert_eq!(c.receive()[0].text(), "OK\0");
 
     // A domain that cannot be mapped.
-    let err = StubDomain::new(
+    let err = boot(
         FakeServices::new(),
-        StubConfig::default(),
-        Bootstrap {
-            domid: DomId::DOM0,
-            ring: BootRing::<FakeRing>::Grant { gfn: 0 },
-            port: BootPort::Remote(1),
-        },
+        DomId::DOM0,
+        BootRing::Grant { gfn: 0 },
+        BootPort::Remote(1),
     )
     .unwrap_err();
     assert!(matches!(err, Error::Hypercall(_)));
