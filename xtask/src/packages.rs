@@ -40,7 +40,7 @@ pub(crate) const NEEDS: &[(&str, &[Package])] = &[
             debian("xen-utils-4.17"),
             debian("python3-pyxs"),
             debian("gcc"),
-            stubdom::PACKAGES[0],
+            stubdom::QEMU_PACKAGE,
         ],
     ),
     ("stubdom", stubdom::PACKAGES),
@@ -71,7 +71,8 @@ pub(crate) fn step(ctx: &Ctx<'_>) -> Outcome {
         }
         return Outcome::Fail(format!("missing packages: {}", names.join(" ")));
     }
-    for release in missing.iter().filter_map(|p| p.release) {
+    let releases: BTreeSet<&str> = missing.iter().filter_map(|p| p.release).collect();
+    for release in releases {
         if let Err(e) = ensure_source(release) {
             return Outcome::Fail(e);
         }

@@ -32,10 +32,13 @@ use crate::steps::{Ctx, Outcome};
 /// The Debian packages booting the image needs (for `packages::NEEDS`, steps `test` and
 /// `stubdom`) (QEMU 10 from backports: the default suite's QEMU conflicts with the backported
 /// `qemu-utils` already installed).
-pub(crate) const PACKAGES: &[Package] = &[Package {
+pub(crate) const PACKAGES: &[Package] = &[QEMU_PACKAGE];
+
+/// QEMU, which boots the image (the `test` step's stub-domain boots need it too).
+pub(crate) const QEMU_PACKAGE: Package = Package {
     name: "qemu-system-x86",
     release: Some("bookworm-backports"),
-}];
+};
 
 /// The largest stripped image we accept (the target).
 const MAX_STRIPPED: u64 = 512 * 1024;
