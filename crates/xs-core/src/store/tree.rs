@@ -4,6 +4,7 @@
 //! as deep as the path length allows (Xen XSA-418 was a stack exhaustion).
 
 use alloc::vec::Vec;
+use core::cell::Cell;
 use core::cmp::Ordering;
 
 use super::arena::{Arena, NIL};
@@ -16,7 +17,42 @@ use crate::perms::Perm;
 pub(crate) struct Tree {
     pub(crate) nodes: Arena<NodeSlot>,
     pub(crate) root: u32,
+    /// Nodes freed so far: while it is unchanged, every node index still names the node it
+    /// named (nodes never move, and a slot is reused only after a free).
+    removals: u64,
+    /// Where the last lookup ended (see [`Cursor`]).
+    cursor: Cursor,
 }
+
+/// The directory the last lookup ended in, so that the next lookup in it walks one level
+/// instead of the whole path: requests come in runs on one directory (a frontend reading
+/// `device/vif/0/state`, then `.../backend-id`, ...; a toolstack writing a device's nodes),
+/// and most of a cached lookup's time is the walk down from `/`. Like the dentry cache a
+/// kernel's path walk starts from, with a single entry.
+///
+/// Lookups take `&self`, hence the cells; the tree is used from one thread at a time.
+#[derive(Default)]
+struct Cursor {
+    /// The directory's path (canonical, not `/`); empty when there is none.
+    dir: Cell<Vec<u8>>,
+    /// Its node's index.
+    node: Cell<u32>,
+    /// [`Tree::removals`] when the cursor was set: the cursor holds only while it is equal.
+    removals: Cell<u64>,
+}
+
+impl core::fmt::Debug for Cursor {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Cursor")
+            .field("node", &self.node.get())
+            .field("removals", &self.removals.get())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Longest directory path the cursor keeps (longer ones are walked from `/` each time),
+/// bounding its buffer.
+const CURSOR_DIR_MAX: usize = 256;
 
 impl Tree {
     /// A tree holding only the root, with `perms`.
@@ -25,7 +61,18 @@ impl Tree {
         let root = nodes
             .insert(Node::new(b"", b"", root_perms, NIL, generation)?)?
             .index;
-        Ok(Tree { nodes, root })
+        Ok(Tree {
+            nodes,
+            root,
+            removals: 0,
+            cursor: Cursor::default(),
+        })
+    }
+
+    /// Frees the node in slot `index` (every removal goes through here, to count it).
+    fn free(&mut self, index: u32) -> Option<Node> {
+        self.removals = self.removals.wrapping_add(1);
+        self.nodes.remove(index)
     }
 
     pub(crate) fn node(&self, index: u32) -> Option<&Node> {
@@ -88,23 +135,59 @@ impl Tree {
 
     /// The node at a canonical node path.
     pub(crate) fn lookup(&self, path: &[u8]) -> Option<u32> {
-        KeyedSegments::new(path).try_fold(self.root, |cur, s| self.child_keyed(cur, s.key, s.name))
+        let (index, covered) = self.lookup_nearest(path);
+        (covered == path.len()).then_some(index)
     }
 
     /// The deepest existing node on a canonical node path, and the length of the path prefix
     /// it stands for (equal to `path.len()` when the whole path exists).
+    ///
+    /// The walk starts at the cursor when `path` lies below it, else at `/`; it leaves the
+    /// cursor at the directory it ended in: the found node's parent, or the nearest node when
+    /// the path does not exist (where a write will create it).
     pub(crate) fn lookup_nearest(&self, path: &[u8]) -> (u32, usize) {
-        let mut cur = self.root;
-        let mut covered = 1usize.min(path.len());
-        for s in KeyedSegments::new(path) {
+        let mut dir = self.cursor.dir.take();
+        let below_cursor = self.cursor.removals.get() == self.removals
+            && !dir.is_empty()
+            && path.get(dir.len()) == Some(&b'/')
+            && path.starts_with(&dir);
+        let (mut cur, mut covered) = if below_cursor {
+            (self.cursor.node.get(), dir.len())
+        } else {
+            (self.root, 1usize.min(path.len()))
+        };
+        // The node above `cur` and the length of its path, once the walk has moved.
+        let mut above = None;
+        for s in KeyedSegments::below(path, covered) {
             match self.child_keyed(cur, s.key, s.name) {
                 Some(next) => {
+                    above = Some((cur, covered));
                     cur = next;
                     covered = s.end;
                 }
                 None => break,
             }
         }
+        let ended_in = if covered == path.len() {
+            above
+        } else {
+            Some((cur, covered))
+        };
+        match ended_in {
+            Some((node, len)) if len > 1 && len <= CURSOR_DIR_MAX => {
+                if !(below_cursor && len == dir.len()) {
+                    dir.clear();
+                    dir.extend_from_slice(path.get(..len).unwrap_or_default());
+                    self.cursor.node.set(node);
+                    self.cursor.removals.set(self.removals);
+                }
+            }
+            // Still in the cursor's directory (a lookup of the directory itself), or nowhere
+            // worth keeping.
+            _ if below_cursor => {}
+            _ => dir.clear(),
+        }
+        self.cursor.dir.set(dir);
         (cur, covered)
     }
 
@@ -120,7 +203,7 @@ impl Tree {
         };
         let index = self.nodes.insert(node)?.index;
         let Some(parent_node) = self.nodes.get_mut(parent) else {
-            self.nodes.remove(index);
+            self.free(index);
             return Err(XsError::Io);
         };
         parent_node.insert_child(position, key, index, name_len, generation);
@@ -140,7 +223,7 @@ impl Tree {
         self.nodes
             .get_mut(parent)?
             .remove_child(position, name_len, generation);
-        self.nodes.remove(index)
+        self.free(index)
     }
 
     /// Frees a node without unlinking it from its parent: only for nodes whose parent is
@@ -150,7 +233,7 @@ impl Tree {
         if index == self.root {
             return None;
         }
-        self.nodes.remove(index)
+        self.free(index)
     }
 
     /// Writes the canonical path of `index` to `out`.
@@ -202,6 +285,17 @@ impl<'a> KeyedSegments<'a> {
     pub(crate) fn new(path: &'a [u8]) -> Self {
         // Canonical node paths start with the `/` of the root; `/` alone has no segments.
         KeyedSegments { path, pos: 1 }
+    }
+
+    /// The segments below the node that `path[..covered]` names (`covered` being 1 for `/`).
+    pub(crate) fn below(path: &'a [u8], covered: usize) -> Self {
+        // Past the `/` that follows the prefix; the root's prefix is that `/`.
+        let pos = if covered <= 1 {
+            1
+        } else {
+            covered.saturating_add(1)
+        };
+        KeyedSegments { path, pos }
     }
 }
 
@@ -259,6 +353,7 @@ mod tests {
     use alloc::format;
     use alloc::string::String;
     use alloc::vec;
+    use proptest::prelude::*;
 
     fn leaf(name: &[u8], parent: u32) -> Node {
         Node::new(name, b"v", &[Perm::owner(DomId(0))], parent, 1).unwrap()
@@ -374,6 +469,99 @@ mod tests {
         #[test]
         fn keyed_segments_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40)) {
             let _ = keyed(&bytes);
+        }
+    }
+
+    /// `lookup_nearest` without the cursor: a walk from `/`.
+    fn nearest_from_root(t: &Tree, path: &[u8]) -> (u32, usize) {
+        let mut cur = t.root;
+        let mut covered = 1usize.min(path.len());
+        for s in KeyedSegments::new(path) {
+            match t.child_keyed(cur, s.key, s.name) {
+                Some(next) => {
+                    cur = next;
+                    covered = s.end;
+                }
+                None => break,
+            }
+        }
+        (cur, covered)
+    }
+
+    /// Creates the missing nodes of `path`; returns the last.
+    fn add_path(t: &mut Tree, path: &[u8]) -> u32 {
+        let (mut cur, covered) = nearest_from_root(t, path);
+        for s in KeyedSegments::below(path, covered) {
+            cur = t.add_child(cur, leaf(s.name, cur), 1).unwrap();
+        }
+        cur
+    }
+
+    #[test]
+    fn cursor_survives_growth_and_not_removal() {
+        let mut t = Tree::new(&[Perm::owner(DomId(0))], 0).unwrap();
+        let c = add_path(&mut t, b"/a/b/c");
+        let b = t.lookup(b"/a/b").unwrap();
+        assert_eq!(t.lookup(b"/a/b/c"), Some(c));
+        // Growth keeps the cursor (at /a/b): a new sibling is found through it.
+        let d = add_path(&mut t, b"/a/b/d");
+        assert_eq!(t.lookup(b"/a/b/d"), Some(d));
+        assert_eq!(t.lookup_nearest(b"/a/b/x/y"), (b, 4));
+        // /a/b freed while the cursor is on it, its slot reused by /a/e (which has a child
+        // c too): the cursor must not lead to /a/e/c.
+        t.remove_leaf(c, 2).unwrap();
+        t.remove_leaf(d, 2).unwrap();
+        t.remove_leaf(b, 2).unwrap();
+        let e = add_path(&mut t, b"/a/e");
+        assert_eq!(e, b, "the freed slot is reused");
+        let ec = add_path(&mut t, b"/a/e/c");
+        assert_eq!(t.lookup(b"/a/b/c"), None);
+        assert_eq!(t.lookup_nearest(b"/a/b/c"), (t.lookup(b"/a").unwrap(), 2));
+        assert_eq!(t.lookup(b"/a/e/c"), Some(ec));
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Add(Vec<u8>),
+        Remove(Vec<u8>),
+        Look(Vec<u8>),
+    }
+
+    fn small_path() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(prop_oneof![Just("a"), Just("b"), Just("long-name-1")], 1..5)
+            .prop_map(|segs| format!("/{}", segs.join("/")).into_bytes())
+    }
+
+    proptest::proptest! {
+        /// Whatever the history of additions and removals, a lookup through the cursor finds
+        /// what a walk from `/` finds.
+        #[test]
+        fn cursor_lookups_match_walks_from_the_root(ops in proptest::collection::vec(
+            proptest::prop_oneof![
+                small_path().prop_map(Op::Add),
+                small_path().prop_map(Op::Remove),
+                small_path().prop_map(Op::Look),
+            ],
+            1..60,
+        )) {
+            let mut t = Tree::new(&[Perm::owner(DomId(0))], 0).unwrap();
+            for op in ops {
+                match op {
+                    Op::Add(p) => {
+                        add_path(&mut t, &p);
+                    }
+                    Op::Remove(p) => {
+                        // Found without the cursor, which may well stay on the node.
+                        let (i, covered) = nearest_from_root(&t, &p);
+                        if covered == p.len() {
+                            t.remove_leaf(i, 2);
+                        }
+                    }
+                    Op::Look(p) => {
+                        prop_assert_eq!(t.lookup_nearest(&p), nearest_from_root(&t, &p));
+                    }
+                }
+            }
         }
     }
 
