@@ -826,7 +826,8 @@ impl Store {
             return;
         };
         let watcher = conn.caller;
-        let fits = conn.events.len() < queue_len && self.try_charge(&watcher, charge);
+        let (has_room, empty) = (conn.events.len() < queue_len, conn.events.is_empty());
+        let fits = has_room && self.try_charge(&watcher, charge, empty);
         let (Some(watch), Some(conn)) = (
             self.watches.watches.get_mut(w),
             self.conns.get_id_mut(conn_id),
@@ -847,7 +848,12 @@ impl Store {
 
     /// Charges `bytes` of queued events to an unprivileged watcher if its memory quota allows
     /// (one look-up for both); privileged watchers' queues are bounded by length alone.
-    fn try_charge(&mut self, watcher: &Caller, bytes: u64) -> bool {
+    ///
+    /// An event for an empty queue is always taken (`into_empty`), over the quota if need
+    /// be: otherwise a watcher whose memory is used up by other things would be owed events
+    /// that no later pop ever delivers (catch-up events are queued when an event is popped).
+    /// A domain's memory stays bounded, by its quota plus one event.
+    fn try_charge(&mut self, watcher: &Caller, bytes: u64, into_empty: bool) -> bool {
         if watcher.privileged {
             return true;
         }
@@ -858,7 +864,7 @@ impl Store {
             .overrides
             .effective(&self.config.quotas, QuotaKind::Memory);
         let after = d.usage.memory.saturating_add(bytes);
-        if limit != 0 && after > u64::from(limit) {
+        if limit != 0 && after > u64::from(limit) && !into_empty {
             return false;
         }
         d.usage.memory = after;
@@ -887,7 +893,7 @@ impl Store {
             let Some(&w) = c.missed.front() else {
                 return;
             };
-            let watcher = c.caller;
+            let (watcher, into_empty) = (c.caller, c.events.is_empty());
             let Some(watch) = self.watches.watches.get(w) else {
                 if let Some(c) = self.conns.get_id_mut(conn.0) {
                     c.missed.pop_front();
@@ -896,7 +902,7 @@ impl Store {
             };
             let charge =
                 watch::charge_event_of(watch.event_path(&watch.path).len(), watch.token.len());
-            if !self.try_charge(&watcher, charge) {
+            if !self.try_charge(&watcher, charge, into_empty) {
                 return;
             }
             if let (Some(c), Some(watch)) = (

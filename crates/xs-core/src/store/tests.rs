@@ -757,6 +757,31 @@ fn unprivileged_event_queues_are_bounded_by_memory_quota() {
     assert!(h.store.queued_events(g) < 1000);
 }
 
+#[test]
+fn a_watcher_out_of_memory_quota_still_gets_its_events_one_at_a_time() {
+    let mut h = Host::new();
+    let g = h.guest(2);
+    h.d0().mkdir("/shared").unwrap();
+    h.d0().set_perms("/shared", &perms(&["n0", "r2"])).unwrap();
+    h.s(g).watch("/shared", "d").unwrap();
+    assert_eq!(h.events(g), [ev("/shared", "d")]);
+    // The guest's nodes and watch use up its memory quota exactly.
+    let used = h.store.usage(DomId(2)).unwrap().memory;
+    h.store
+        .set_quota(h.dom0, Some(DomId(2)), QuotaKind::Memory, used as u32)
+        .unwrap();
+    h.d0().write("/shared/a", b"").unwrap();
+    h.d0().write("/shared/b", b"").unwrap();
+    // An empty queue always takes one event (memory stays bounded: the quota plus one
+    // event), so the watch is not owed an event that no later pop would ever deliver. The
+    // second event did not fit; the watch's catch-up event follows once the first is taken.
+    assert!(h.store.usage(DomId(2)).unwrap().memory > used);
+    assert_eq!(h.events(g), [ev("/shared/a", "d"), ev("/shared", "d")]);
+    assert_eq!(h.events(g), []);
+    assert_eq!(h.store.usage(DomId(2)).unwrap().memory, used);
+    h.checked();
+}
+
 // ----- domains -------------------------------------------------------------------------
 
 #[test]

@@ -20,7 +20,10 @@
 //! has room again the watch gets one event for its own path. XenStore clients must already
 //! treat any event as "something at or below this path changed, re-read it" (events may be
 //! spurious, `docs/misc/xenstore.txt`), so a client that falls behind loses detail but never a
-//! notification, and memory stays bounded by the queue length plus one flag per watch.
+//! notification, and memory stays bounded by the queue length plus one flag per watch. An
+//! empty queue always takes one event, even over the memory quota (by one event at most):
+//! catch-up events are queued as events are popped, so a watcher whose memory is used up by
+//! its nodes would otherwise never get the events it is owed.
 //! (C xenstored instead drops events after a timeout or over quota; oxenstored stops reading
 //! from the connection.)
 
