@@ -25,7 +25,19 @@ pub fn wire(data: &[u8]) {
     let _ = xs_core::wire::u32_arg(data);
     let _ = DomId::parse(data);
     let mut buf = Vec::new();
+    let mut reused = path::PathBuffer::default();
     for allow_special in [false, true] {
+        // The store's reused buffer, after another domain's path and then this one's, agrees
+        // with a fresh canonicalization.
+        for domid in [DomId(3), DomId(7)] {
+            let _ = reused.canonicalize(b"x", domid, false);
+        }
+        let fresh = path::canonicalize(data, DomId(7), allow_special, &mut buf)
+            .map(|(p, c)| (p.to_vec(), c));
+        let again = reused
+            .canonicalize(data, DomId(7), allow_special)
+            .map(|(p, c)| (p.to_vec(), c));
+        assert_eq!(fresh, again);
         if let Ok((p, canon)) = path::canonicalize(data, DomId(7), allow_special, &mut buf) {
             assert!(p.len() <= path::ABS_PATH_MAX);
             assert!(canon.relative_prefix <= p.len());

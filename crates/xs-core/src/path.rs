@@ -85,6 +85,27 @@ pub fn canonicalize<'a>(
     allow_special: bool,
     buf: &'a mut Vec<u8>,
 ) -> XsResult<(&'a [u8], Canonical)> {
+    match check(raw, allow_special)? {
+        Sent::Absolute(canonical) => Ok((raw, canonical)),
+        Sent::Relative => {
+            buf.clear();
+            push_home(buf, caller);
+            buf.push(b'/');
+            join(buf, raw)
+        }
+    }
+}
+
+/// How a valid path was sent.
+enum Sent {
+    /// Absolute or special: canonical as it is.
+    Absolute(Canonical),
+    /// Relative to the caller's home.
+    Relative,
+}
+
+/// Validates `raw` (see [`canonicalize`]).
+fn check(raw: &[u8], allow_special: bool) -> XsResult<Sent> {
     let first = *raw.first().ok_or(XsError::Inval)?;
     let special = first == b'@';
     if (special && !allow_special) || !well_formed(raw, special) {
@@ -99,20 +120,19 @@ pub fn canonicalize<'a>(
         } else {
             PathKind::Node
         };
-        return Ok((
-            raw,
-            Canonical {
-                kind,
-                relative_prefix: 0,
-            },
-        ));
+        return Ok(Sent::Absolute(Canonical {
+            kind,
+            relative_prefix: 0,
+        }));
     }
     if raw.len() > REL_PATH_MAX {
         return Err(XsError::Inval);
     }
-    buf.clear();
-    push_home(buf, caller);
-    buf.push(b'/');
+    Ok(Sent::Relative)
+}
+
+/// Appends relative `raw` to `buf`, which holds a home and its trailing `/`.
+fn join<'a>(buf: &'a mut Vec<u8>, raw: &[u8]) -> XsResult<(&'a [u8], Canonical)> {
     let relative_prefix = buf.len();
     buf.extend_from_slice(raw);
     if buf.len() > ABS_PATH_MAX {
@@ -125,6 +145,42 @@ pub fn canonicalize<'a>(
             relative_prefix,
         },
     ))
+}
+
+/// A buffer for [`canonicalize`] that keeps the home prefix it last wrote: a connection's
+/// requests mostly come relative and from one domain, and writing `/local/domain/<domid>/`
+/// anew was a quarter of canonicalizing a short relative path.
+#[derive(Debug, Default)]
+pub struct PathBuffer {
+    bytes: Vec<u8>,
+    /// The domain whose home (and `/`) `bytes` starts with, and its length.
+    home: Option<(DomId, usize)>,
+}
+
+impl PathBuffer {
+    /// [`canonicalize`], with this buffer.
+    pub fn canonicalize<'a>(
+        &'a mut self,
+        raw: &'a [u8],
+        caller: DomId,
+        allow_special: bool,
+    ) -> XsResult<(&'a [u8], Canonical)> {
+        match check(raw, allow_special)? {
+            Sent::Absolute(canonical) => Ok((raw, canonical)),
+            Sent::Relative => {
+                match self.home {
+                    Some((domid, len)) if domid == caller => self.bytes.truncate(len),
+                    _ => {
+                        self.bytes.clear();
+                        push_home(&mut self.bytes, caller);
+                        self.bytes.push(b'/');
+                        self.home = Some((caller, self.bytes.len()));
+                    }
+                }
+                join(&mut self.bytes, raw)
+            }
+        }
+    }
 }
 
 /// Writes `/local/domain/<domid>` (a domain's home) to `out`.
@@ -216,6 +272,30 @@ mod tests {
         assert_eq!(c.kind, PathKind::Node);
         let (p, c) = canon("@releaseDomain", 3).unwrap();
         assert_eq!((p.as_str(), c.kind), ("@releaseDomain", PathKind::Special));
+    }
+
+    proptest::proptest! {
+        /// A `PathBuffer` reused across callers and paths gives what `canonicalize` gives.
+        #[test]
+        fn a_reused_buffer_canonicalizes_as_a_fresh_one(
+            requests in proptest::collection::vec(
+                (proptest::prop_oneof![
+                    proptest::strategy::Just(0u16), proptest::strategy::Just(7), proptest::strategy::Just(65),
+                ], "[a-z/@]{0,12}", proptest::bool::ANY),
+                1..20,
+            )
+        ) {
+            let mut reused = PathBuffer::default();
+            for (dom, raw, special) in requests {
+                let mut fresh = Vec::new();
+                let want = canonicalize(raw.as_bytes(), DomId(dom), special, &mut fresh)
+                    .map(|(p, c)| (p.to_vec(), c));
+                let got = reused
+                    .canonicalize(raw.as_bytes(), DomId(dom), special)
+                    .map(|(p, c)| (p.to_vec(), c));
+                proptest::prop_assert_eq!(got, want);
+            }
+        }
     }
 
     #[test]

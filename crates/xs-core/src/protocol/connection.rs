@@ -205,11 +205,16 @@ impl Connection {
     }
 
     /// Moves queued watch events into the output, while there is room.
+    #[inline]
     pub fn pull_events(&mut self, store: &mut Store, host: &mut dyn Host) {
-        // The idle case (nothing queued) is on every pump's path: skip the quota lookup.
-        if self.fault.is_some() || store.queued_events(self.id) == 0 {
-            return;
+        // The idle case (nothing queued) is on every pump's path: inline, without the quota
+        // lookup or the event loop's stack frame.
+        if self.fault.is_none() && store.queued_events(self.id) != 0 {
+            self.move_events(store, host);
         }
+    }
+
+    fn move_events(&mut self, store: &mut Store, host: &mut dyn Host) {
         let max = self.max_pending(store);
         while self.pending() < max {
             let Some(event) = store.pop_event(self.id) else {

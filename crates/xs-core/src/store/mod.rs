@@ -165,7 +165,7 @@ pub struct Store {
     open_txs: BTreeMap<u64, (ConnId, TxId)>,
     specials: [SpecialNode; 2],
     notify: Vec<ConnId>,
-    path_buf: Vec<u8>,
+    path_buf: path::PathBuffer,
     match_buf: Vec<u32>,
     /// The matched watches' watchers (`fire`), kept to reuse the allocation.
     watcher_buf: Vec<(u32, Caller)>,
@@ -225,7 +225,7 @@ impl Store {
                 },
             ],
             notify: Vec::new(),
-            path_buf: Vec::new(),
+            path_buf: path::PathBuffer::default(),
             match_buf: Vec::new(),
             watcher_buf: Vec::new(),
             listing: None,
@@ -493,7 +493,7 @@ impl Store {
         f: impl FnOnce(&mut Self, &[u8], Canonical) -> XsResult<R>,
     ) -> XsResult<R> {
         let mut buf = mem::take(&mut self.path_buf);
-        let result = match path::canonicalize(raw, caller.domid, allow_special, &mut buf) {
+        let result = match buf.canonicalize(raw, caller.domid, allow_special) {
             Ok((canonical, canon)) => {
                 let within = canon.kind != PathKind::Node
                     || self
@@ -994,6 +994,7 @@ impl Store {
     }
 
     /// Number of events queued for a connection.
+    #[inline]
     pub fn queued_events(&self, conn: ConnId) -> usize {
         self.conns.get_id(conn.0).map_or(0, |c| c.events.len())
     }
