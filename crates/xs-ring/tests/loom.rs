@@ -198,6 +198,21 @@ fn write_all(mut write: impl FnMut(&[u8]) -> Result<usize, RingFault>, data: &[u
     }
 }
 
+/// Reads `len` bytes with `read` (which takes what it returns off the ring) in pieces of 3,
+/// to consume at odd offsets, yielding whenever the ring is empty.
+fn read_all(len: usize, mut read: impl FnMut(&mut [u8]) -> Result<usize, RingFault>) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 3];
+    while got.len() < len {
+        let n = read(&mut buf).expect("ring fault");
+        if n == 0 {
+            thread::yield_now();
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
+
 /// Guest to server: more bytes than the ring holds, so the ring fills and wraps around
 /// (the indices themselves wrap past `u32::MAX` too); the server reads in pieces of 3 to
 /// consume at odd offsets.
@@ -208,19 +223,14 @@ fn guest_to_server() {
         let (mut server, mut guest) = ends(u32::MAX - 1);
         let sent = data.clone();
         let writer = thread::spawn(move || write_all(|b| guest.write(b), &sent));
-        let mut got = Vec::new();
-        let mut buf = [0u8; 3];
-        while got.len() < data.len() {
-            let n = server.peek(&mut buf).expect("ring fault");
-            if n == 0 {
-                thread::yield_now();
-            }
-            got.extend_from_slice(&buf[..n]);
+        let got = read_all(data.len(), |buf| {
+            let n = server.peek(buf)?;
             server.consume(n);
-        }
+            Ok(n)
+        });
         writer.join().unwrap();
         assert_eq!(got, data);
-        assert_eq!(server.peek(&mut buf), Ok(0));
+        assert_eq!(server.peek(&mut [0u8; 3]), Ok(0));
     });
 }
 
@@ -232,18 +242,10 @@ fn server_to_guest() {
         let (mut server, mut guest) = ends(u32::MAX - 1);
         let sent = data.clone();
         let writer = thread::spawn(move || write_all(|b| server.write(b), &sent));
-        let mut got = Vec::new();
-        let mut buf = [0u8; 3];
-        while got.len() < data.len() {
-            let n = guest.read(&mut buf).expect("ring fault");
-            if n == 0 {
-                thread::yield_now();
-            }
-            got.extend_from_slice(&buf[..n]);
-        }
+        let got = read_all(data.len(), |buf| guest.read(buf));
         writer.join().unwrap();
         assert_eq!(got, data);
-        assert_eq!(guest.read(&mut buf), Ok(0));
+        assert_eq!(guest.read(&mut [0u8; 3]), Ok(0));
     });
 }
 
