@@ -9,6 +9,18 @@ use std::time::{Duration, Instant};
 
 use crate::CountingAlloc;
 
+/// Ends a benchmark program that cannot go on (a failed setup step, a wrong reply), saying
+/// why on stderr.
+pub fn fatal(program: &str, message: &str) -> ! {
+    eprintln!("{program}: FATAL: {message}");
+    std::process::exit(1)
+}
+
+/// How a goal's line reads.
+pub fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "NOT MET" }
+}
+
 /// Unit of a reported value.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Unit {

@@ -10,6 +10,7 @@ use std::hint::black_box;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use xs_bench::harness::verdict;
 use xs_bench::host::{self, Base, Host, TEMPLATE};
 use xs_bench::{CountingAlloc, Harness, Unit, XorShift, latency};
 use xs_core::{ConnId, DomId, Store, StoreConfig, XsError, XsResult};
@@ -104,8 +105,7 @@ fn ok<T>(result: XsResult<T>, what: &str) -> T {
 }
 
 fn fail(message: &str) -> ! {
-    eprintln!("bench-core: FATAL: {message}");
-    std::process::exit(1)
+    xs_bench::harness::fatal("bench-core", message)
 }
 
 /// A store as a toolstack-managed host has it: the toolstack creates the domains' nodes.
@@ -554,10 +554,6 @@ fn watches(h: &mut Harness) {
 }
 
 // ----- goals -----------------------------------------------------------------------------------
-
-fn verdict(met: bool) -> &'static str {
-    if met { "met" } else { "NOT MET" }
-}
 
 /// The goals next to the figures (and, for scale, QEMU's emulated store on this
 /// machine at 100k nodes).

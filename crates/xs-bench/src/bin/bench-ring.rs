@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use xs_bench::harness::verdict;
 use xs_bench::{CountingAlloc, Harness, Unit, daemon};
 use xs_core::protocol::{Access, Connection, Limits, NoHost};
 use xs_core::store::Introduction;
@@ -90,8 +91,7 @@ impl Traffic {
 }
 
 fn fail(message: &str) -> ! {
-    eprintln!("bench-ring: FATAL: {message}");
-    std::process::exit(1)
+    xs_bench::harness::fatal("bench-ring", message)
 }
 
 fn pin(cpu: Option<usize>, who: &str) {
@@ -361,10 +361,6 @@ fn measure(
     if let Some(max) = allocs.iter().copied().reduce(f64::max) {
         eprintln!("    allocations per op: at most {max:.2}");
     }
-}
-
-fn verdict(met: bool) -> &'static str {
-    if met { "met" } else { "NOT MET" }
 }
 
 fn goals(h: &Harness) {
