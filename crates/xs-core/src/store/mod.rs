@@ -1206,6 +1206,9 @@ impl Store {
         if seen != self.tree.len() {
             return Err("unreachable nodes");
         }
+        if !self.tree.cursor_is_sound() {
+            return Err("lookup cursor names the wrong node");
+        }
         if counted.keys().any(|d| !self.domains.contains_key(d)) {
             return Err("node owned by an unknown domain");
         }

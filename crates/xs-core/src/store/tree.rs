@@ -191,6 +191,18 @@ impl Tree {
         (cur, covered)
     }
 
+    /// Whether the cursor, while it holds, names the node a walk from `/` finds at its
+    /// directory (for [`crate::Store::check`]).
+    pub(crate) fn cursor_is_sound(&self) -> bool {
+        let dir = self.cursor.dir.take();
+        let holds = self.cursor.removals.get() == self.removals && !dir.is_empty();
+        let found = KeyedSegments::new(&dir)
+            .try_fold(self.root, |cur, s| self.child_keyed(cur, s.key, s.name));
+        let sound = !holds || found == Some(self.cursor.node.get());
+        self.cursor.dir.set(dir);
+        sound
+    }
+
     /// Inserts `node` as a child of `parent` (which must not already have a child of that
     /// name), stamping the parent's child set with `generation`.
     pub(crate) fn add_child(&mut self, parent: u32, node: Node, generation: u64) -> XsResult<u32> {
