@@ -159,7 +159,12 @@ impl Page for RawPage {
 /// A page two threads of one program share (tests, the threaded stress test, benchmarks).
 /// Data bytes are relaxed atomics: the protocol's fences order them, and even a misbehaving
 /// peer thread cannot cause undefined behaviour.
+///
+/// Laid out as the real page is (`repr(C)`: the request ring, the reply ring, then the
+/// indices) and page-aligned, so that the indices share one cache line with nothing else,
+/// as they do in a guest's page: the traffic between the threads is the real protocol's.
 #[derive(Debug)]
+#[repr(C, align(4096))]
 pub struct SharedPage<const N: usize = RING_SIZE> {
     req: [AtomicU8; N],
     rsp: [AtomicU8; N],
