@@ -351,10 +351,13 @@ impl Store {
     /// One quota in force for `domid` (0 = unlimited): its override, else the global value.
     /// (Checked on every request; [`Store::effective_quotas`] builds the whole set.)
     pub fn quota(&self, domid: DomId, kind: QuotaKind) -> u32 {
+        self.quota_in(self.domains.get(&domid), kind)
+    }
+
+    /// [`Store::quota`] for a domain whose record (if any) was already looked up.
+    fn quota_in(&self, record: Option<&Domain>, kind: QuotaKind) -> u32 {
         let global = &self.config.quotas;
-        self.domains
-            .get(&domid)
-            .map_or(global.get(kind), |d| d.overrides.effective(global, kind))
+        record.map_or(global.get(kind), |d| d.overrides.effective(global, kind))
     }
 
     /// How many messages a connection may have waiting to be sent before it takes no more
@@ -376,8 +379,7 @@ impl Store {
         // One record look-up: this runs on every request (path length at least).
         let record = self.domains.get(&caller.domid);
         if !caller.privileged {
-            let global = &self.config.quotas;
-            let limit = record.map_or(global.get(kind), |d| d.overrides.effective(global, kind));
+            let limit = self.quota_in(record, kind);
             if limit != 0 && value > u64::from(limit) {
                 // Xen's errors since its quota checks were unified (C xenstored commit
                 // 70fcc25, 2026): ENOSPC for every count and size, ENOMEM for memory. (Xen
