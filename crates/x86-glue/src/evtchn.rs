@@ -259,7 +259,7 @@ pub fn unmask(
 pub fn take_upcall(vcpu: &VcpuInfo) -> bool {
     // ORDERING: SeqCst; clearing the flag comes before the scan takes the selector
     // (`Scanner::next`), and pairs with Xen setting the selector bit and then the flag
-    // (`SharedInfo::mark_word_pending`): a port raised after this swap sets the flag again.
+    // (`VcpuInfo::mark_word_pending`): a port raised after this swap sets the flag again.
     vcpu.evtchn_upcall_pending.swap(0, Ordering::SeqCst) != 0
 }
 
@@ -286,7 +286,7 @@ impl Scanner {
     pub fn next(&mut self, si: &SharedInfo, vcpu: &VcpuInfo) -> Option<u32> {
         // ORDERING: SeqCst; taking the selector comes before the loads of the pending words it
         // names, and pairs with Xen setting a pending bit and then its selector bit
-        // (`SharedInfo::mark_word_pending`): a selector bit seen means its pending bit is seen.
+        // (`VcpuInfo::mark_word_pending`): a selector bit seen means its pending bit is seen.
         self.sel |= vcpu.evtchn_pending_sel.swap(0, Ordering::SeqCst);
         for step in 0..=WORDS {
             let w = (self.word + step) % WORDS;

@@ -183,10 +183,6 @@ impl<'s, H: Hypercalls> XenServices<'s, H> {
         self.errors.take("more errors not kept")
     }
 
-    fn error(&mut self, line: String) {
-        self.errors.push(line);
-    }
-
     fn unique_id(&mut self, domid: DomId) -> Option<u64> {
         if self.queries == StateQueries::Unsupported {
             return None;
@@ -243,7 +239,9 @@ impl<H: Hypercalls> Services for XenServices<'_, H> {
         match grant::unmap_grant_ref(&mut self.hc, mapping) {
             Ok(()) => self.area.give(slot),
             // The frame may still be there: never hand the slot out again.
-            Err(e) => self.error(format!("dom{domid}: unmapping the ring failed: {e}")),
+            Err(e) => self
+                .errors
+                .push(format!("dom{domid}: unmapping the ring failed: {e}")),
         }
     }
 
@@ -252,20 +250,23 @@ impl<H: Hypercalls> Services for XenServices<'_, H> {
         if let Some(vcpu) = self.shared.vcpu(self.vcpu)
             && let Err(e) = evtchn::unmask(&mut self.hc, self.shared, vcpu, local)
         {
-            self.error(format!("dom{domid}: unmasking port {local} failed: {e}"));
+            self.errors
+                .push(format!("dom{domid}: unmasking port {local} failed: {e}"));
         }
         Ok(local)
     }
 
     fn unbind(&mut self, local_port: u32) {
         if let Err(e) = evtchn::close(&mut self.hc, local_port) {
-            self.error(format!("closing port {local_port} failed: {e}"));
+            self.errors
+                .push(format!("closing port {local_port} failed: {e}"));
         }
     }
 
     fn notify(&mut self, local_port: u32) {
         if let Err(e) = evtchn::send(&mut self.hc, local_port) {
-            self.error(format!("notifying port {local_port} failed: {e}"));
+            self.errors
+                .push(format!("notifying port {local_port} failed: {e}"));
         }
     }
 
@@ -296,7 +297,8 @@ impl<H: Hypercalls> Services for XenServices<'_, H> {
                 DomainState::Dying
             }
             Err(e) => {
-                self.error(format!("dom{domid}: domain state unknown: {e}"));
+                self.errors
+                    .push(format!("dom{domid}: domain state unknown: {e}"));
                 DomainState::Running
             }
         }

@@ -181,9 +181,7 @@ impl VcpuInfo {
             time: VcpuTimeInfo::new(),
         }
     }
-}
 
-impl VcpuInfo {
     /// Marks word `w` of `evtchn_pending` as holding an unmasked pending port for this vCPU,
     /// as Xen does when it raises one (`evtchn_2l_set_pending`): sets selector bit `w` and,
     /// if that was clear, `evtchn_upcall_pending`. (Words out of range are ignored.)
@@ -265,7 +263,8 @@ impl SharedInfo {
             .and_then(|(w, bit)| {
                 // ORDERING: SeqCst; a pending bit pairs with the hypervisor setting it and then
                 // loading the mask (`raise`), as `evtchn::unmask` loads it after `clear_mask`:
-                // one side sees the other's write. Mask bits: only this guest writes them.
+                // one side sees the other's write. Mask bits are written by this guest and by
+                // Xen's `EVTCHNOP_unmask`, ordered the same way.
                 map.get(w)
                     .map(|word| word.load(Ordering::SeqCst) & bit != 0)
             })
@@ -314,7 +313,7 @@ impl SharedInfo {
         match (self.evtchn_pending.get(w), self.evtchn_mask.get(w)) {
             // ORDERING: SeqCst; pending pairs with the hypervisor setting it before the selector
             // bit (`raise`), loaded after the scan took the selector (`Scanner::next`). Mask
-            // bits: only this guest writes them.
+            // bits are written by this guest and by Xen's `EVTCHNOP_unmask`, ordered as above.
             (Some(p), Some(m)) => p.load(Ordering::SeqCst) & !m.load(Ordering::SeqCst),
             _ => 0,
         }

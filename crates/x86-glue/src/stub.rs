@@ -500,7 +500,6 @@ impl<S: Services> StubDomain<S> {
             server,
             conn,
             local_port,
-            ..
         } = s;
         self.ports.remove(&local_port);
         self.pending.remove(&domid);
