@@ -74,29 +74,23 @@ impl<const N: usize> LoomPage<N> {
     }
 }
 
-/// A loom page shared by the threads of a model.
-#[derive(Clone)]
-struct Shared<const N: usize>(Arc<LoomPage<N>>);
+/// A loom page as the threads of a model share it (a page through `Arc`, like any pointer
+/// to a page, is a page).
+type Shared<const N: usize> = Arc<LoomPage<N>>;
 
-impl<const N: usize> Shared<N> {
-    fn new() -> Shared<N> {
-        Shared(Arc::new(LoomPage::new()))
-    }
-}
-
-impl<const N: usize> Page for Shared<N> {
+impl<const N: usize> Page for LoomPage<N> {
     const RING: usize = N;
 
     fn load(&self, field: Field) -> u32 {
-        self.0.fields[field.index()].load(Ordering::Relaxed)
+        self.fields[field.index()].load(Ordering::Relaxed)
     }
 
     fn store(&self, field: Field, value: u32) {
-        self.0.fields[field.index()].store(value, Ordering::Relaxed);
+        self.fields[field.index()].store(value, Ordering::Relaxed);
     }
 
     fn copy_out(&self, ring: Ring, offset: usize, dst: &mut [u8]) {
-        let cells = self.0.cells(ring, offset, dst.len());
+        let cells = self.cells(ring, offset, dst.len());
         for (d, cell) in dst.iter_mut().zip(cells) {
             // SAFETY: loom checks this read against every write of the cell: it fails the
             // model (instead of reading) unless the write happened before it.
@@ -105,7 +99,7 @@ impl<const N: usize> Page for Shared<N> {
     }
 
     fn copy_in(&self, ring: Ring, offset: usize, src: &[u8]) {
-        for (s, cell) in src.iter().zip(self.0.cells(ring, offset, src.len())) {
+        for (s, cell) in src.iter().zip(self.cells(ring, offset, src.len())) {
             // SAFETY: loom checks this write against every access to the cell: it fails the
             // model (instead of writing) unless they all happened before it.
             cell.with_mut(|p| unsafe { *p = *s });
@@ -163,7 +157,7 @@ impl Drop for Report {
 /// Both ends on a fresh page whose four indices all start at `start` (a guest may not
 /// assume they start at zero; near `u32::MAX` they also wrap around).
 fn ends(start: u32) -> (Server<Shared<N>>, Guest<Shared<N>>) {
-    let page = Shared::<N>::new();
+    let page: Shared<N> = Arc::new(LoomPage::new());
     for f in [
         Field::ReqCons,
         Field::ReqProd,
