@@ -53,14 +53,24 @@ pub(crate) struct Quoted<'a>(pub(crate) &'a [u8]);
 impl fmt::Display for Quoted<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_char('"')?;
-        for &b in self.0 {
+        let plain = |b: &u8| matches!(b, 0x20..=0x7e) && !matches!(b, b'\\' | b'"');
+        let mut rest = self.0;
+        while !rest.is_empty() {
+            // A run of bytes printed as they are goes out in one write, not one per byte (each
+            // write passes through the formatter to the trace file's buffer).
+            let run = rest.iter().position(|b| !plain(b)).unwrap_or(rest.len());
+            let (text, tail) = rest.split_at(run);
+            f.write_str(core::str::from_utf8(text).map_err(|_| fmt::Error)?)?;
+            let Some((&b, tail)) = tail.split_first() else {
+                break;
+            };
             match b {
                 0 => f.write_str("\\0")?,
                 b'\\' => f.write_str("\\\\")?,
                 b'"' => f.write_str("\\\"")?,
-                0x20..=0x7e => f.write_char(char::from(b))?,
                 _ => write!(f, "\\x{b:02x}")?,
             }
+            rest = tail;
         }
         f.write_char('"')
     }
