@@ -185,6 +185,14 @@ fn drive(
 ) -> (u64, Duration) {
     let req = traffic.request.as_slice();
     let rep = traffic.reply.as_slice();
+    // Both servers consume a request only after replying to it, and the guest refills as
+    // replies arrive, so the request ring may hold twice the requests in flight.
+    if 2 * in_flight * req.len() > RING_SIZE {
+        fail(&format!(
+            "{in_flight} requests in flight of {} bytes may not fit the request ring",
+            req.len()
+        ));
+    }
     let mut buf = [0u8; RING_SIZE];
     // Bytes of the reply being assembled (replies may arrive in pieces).
     let mut partial = 0usize;
