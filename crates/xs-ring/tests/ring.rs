@@ -201,16 +201,25 @@ struct Served<'p, P: Page = SharedPage> {
     guest: Guest<&'p P>,
 }
 
+/// A store with guest 5 introduced, and a protocol connection acting for it.
+fn dom5() -> (Store, Connection) {
+    let mut store = Store::new(StoreConfig::default()).unwrap();
+    let d0 = store.connect(DomId::DOM0).unwrap();
+    store
+        .introduce(d0, DomId(5), Introduction { gfn: 1, evtchn: 1 })
+        .unwrap();
+    let id = store.connect(DomId(5)).unwrap();
+    (
+        store,
+        Connection::new(id, Access::default(), Limits::default()),
+    )
+}
+
 impl<'p, P: Page> Served<'p, P> {
     fn new(page: &'p P) -> Served<'p, P> {
-        let mut store = Store::new(StoreConfig::default()).unwrap();
-        let d0 = store.connect(DomId::DOM0).unwrap();
-        store
-            .introduce(d0, DomId(5), Introduction { gfn: 1, evtchn: 1 })
-            .unwrap();
-        let id = store.connect(DomId(5)).unwrap();
+        let (store, conn) = dom5();
         Served {
-            conn: Connection::new(id, Access::default(), Limits::default()),
+            conn,
             store,
             server: Server::new(page, Server::<&P>::FEATURES),
             guest: Guest::new(page),
@@ -274,22 +283,24 @@ fn the_pump_serves_a_guest() {
     );
 }
 
-/// A shared page that records which fields are stored to, in order.
-#[derive(Default)]
-struct Recording {
-    page: SharedPage,
-    stores: std::cell::RefCell<Vec<Field>>,
+/// A shared page seen through hooks: `before_load` runs before each field load and may
+/// answer in its place, `on_store` is told of each field store; data bytes pass straight
+/// through.
+struct Spy<'p, L, S> {
+    page: &'p SharedPage,
+    before_load: L,
+    on_store: S,
 }
 
-impl Page for Recording {
-    const RING: usize = <SharedPage as Page>::RING;
+impl<L: Fn(Field) -> Option<u32>, S: Fn(Field)> Page for Spy<'_, L, S> {
+    const RING: usize = RING_SIZE;
 
     fn load(&self, field: Field) -> u32 {
-        self.page.load(field)
+        (self.before_load)(field).unwrap_or_else(|| self.page.load(field))
     }
 
     fn store(&self, field: Field, value: u32) {
-        self.stores.borrow_mut().push(field);
+        (self.on_store)(field);
         self.page.store(field, value);
     }
 
@@ -306,15 +317,21 @@ impl Page for Recording {
 /// index cache line together (see `pump`).
 #[test]
 fn a_request_is_consumed_after_its_reply_is_published() {
-    let page = Recording::default();
+    let shared: SharedPage = SharedPage::default();
+    let stores = std::cell::RefCell::new(Vec::new());
+    let page = Spy {
+        page: &shared,
+        before_load: |_| None,
+        on_store: |field| stores.borrow_mut().push(field),
+    };
     let mut s = Served::new(&page);
     let mut req = Vec::new();
     push_message(&mut req, MsgType::Read as u32, 1, 0, b"domid\0");
     assert_eq!(s.guest.write(&req), Ok(req.len()));
-    page.stores.borrow_mut().clear();
+    stores.borrow_mut().clear();
     let done = s.pump();
     assert!(done.notify && done.fault.is_none());
-    assert_eq!(*page.stores.borrow(), [Field::RspProd, Field::ReqCons]);
+    assert_eq!(*stores.borrow(), [Field::RspProd, Field::ReqCons]);
     let mut reply = [0u8; 64];
     let n = s.guest.read(&mut reply).unwrap();
     assert_eq!(&reply[n - 1..n], b"5");
@@ -382,89 +399,49 @@ fn a_guest_that_never_reads_fills_its_rings_not_the_store() {
     assert_eq!(s.store.usage(DomId(5)).unwrap().memory, before);
 }
 
-/// A page with a guest vCPU that never rests: each time the server looks at `req_prod`, the
-/// guest has read every reply and written one more request, and (if `reconnecting`) asked
-/// for a reconnection again.
-struct RestlessGuest<'p> {
-    page: &'p SharedPage,
-    guest: std::cell::RefCell<Guest<&'p SharedPage>>,
-    request: Vec<u8>,
-    written: std::cell::Cell<usize>,
-    /// Times the server looked at `connection` (once per pass of the pump).
-    looks: std::cell::Cell<usize>,
-    reconnecting: bool,
-}
-
-impl Page for RestlessGuest<'_> {
-    const RING: usize = RING_SIZE;
-
-    fn load(&self, field: Field) -> u32 {
-        match field {
-            Field::ReqProd => {
-                let mut g = self.guest.borrow_mut();
-                let mut buf = [0u8; RING_SIZE];
-                while g.read(&mut buf).unwrap() > 0 {}
-                if g.write(&self.request).unwrap() == self.request.len() {
-                    self.written.set(self.written.get() + 1);
-                }
-            }
-            Field::Connection => {
-                self.looks.set(self.looks.get() + 1);
-                if self.reconnecting {
-                    return RECONNECT;
-                }
-            }
-            _ => {}
-        }
-        self.page.load(field)
-    }
-
-    fn store(&self, field: Field, value: u32) {
-        self.page.store(field, value);
-    }
-
-    fn copy_out(&self, ring: Ring, offset: usize, dst: &mut [u8]) {
-        self.page.copy_out(ring, offset, dst);
-    }
-
-    fn copy_in(&self, ring: Ring, offset: usize, src: &[u8]) {
-        self.page.copy_in(ring, offset, src);
-    }
-}
-
 #[test]
 fn a_guest_that_never_rests_cannot_hold_the_pump() {
     for reconnecting in [false, true] {
         let page: SharedPage = SharedPage::default();
         let mut request = Vec::new();
         push_message(&mut request, MsgType::Read as u32, 1, 0, b"domid\0");
-        let restless = RestlessGuest {
+        let guest = std::cell::RefCell::new(Guest::new(&page));
+        let written = std::cell::Cell::new(0usize);
+        // Times the server looked at `connection` (once per pass of the pump).
+        let looks = std::cell::Cell::new(0usize);
+        // A guest vCPU that never rests: each time the server looks at `req_prod`, the guest
+        // has read every reply and written one more request, and (if `reconnecting`) asked
+        // for a reconnection again.
+        let restless = Spy {
             page: &page,
-            guest: std::cell::RefCell::new(Guest::new(&page)),
-            request,
-            written: std::cell::Cell::new(0),
-            looks: std::cell::Cell::new(0),
-            reconnecting,
+            before_load: |field| match field {
+                Field::ReqProd => {
+                    let mut g = guest.borrow_mut();
+                    let mut buf = [0u8; RING_SIZE];
+                    while g.read(&mut buf).unwrap() > 0 {}
+                    if g.write(&request).unwrap() == request.len() {
+                        written.set(written.get() + 1);
+                    }
+                    None
+                }
+                Field::Connection => {
+                    looks.set(looks.get() + 1);
+                    reconnecting.then_some(RECONNECT)
+                }
+                _ => None,
+            },
+            on_store: |_| {},
         };
-        let mut served = Served::new(&page);
+        let (mut store, mut conn) = dom5();
         let mut server = Server::new(&restless, Server::<&SharedPage>::FEATURES);
-        let done = pump(
-            &mut server,
-            &mut served.conn,
-            &mut served.store,
-            &mut NoHost,
-        );
+        let done = pump(&mut server, &mut conn, &mut store, &mut NoHost);
         // The pump came back although there was always more to do, after its passes.
         assert!(done.notify, "reconnecting={reconnecting}");
         assert_eq!(done.fault, None);
-        assert_eq!(
-            restless.looks.get(),
-            PUMP_PASSES,
-            "reconnecting={reconnecting}"
-        );
+        assert_eq!(looks.get(), PUMP_PASSES, "reconnecting={reconnecting}");
         if !reconnecting {
             // One request answered per pass.
-            assert_eq!(restless.written.get(), PUMP_PASSES);
+            assert_eq!(written.get(), PUMP_PASSES);
         }
     }
 }
