@@ -162,6 +162,18 @@ pub trait Client: Transport {
         self.request_tx(ty, 0, payload)
     }
 
+    /// `TRANSACTION_START`, as the transaction id (a reply that is no number panics).
+    fn transaction_start(&mut self) -> Result<u32, String> {
+        let id = self.request(ty::TRANSACTION_START, b"\0")?;
+        let id = id
+            .strip_suffix(b"\0")
+            .expect("NUL-terminated transaction id");
+        Ok(std::str::from_utf8(id)
+            .ok()
+            .and_then(|id| id.parse().ok())
+            .unwrap_or_else(|| panic!("transaction id {id:?} is not a number")))
+    }
+
     /// `READ path`.
     fn read(&mut self, path: &str) -> XsResult {
         self.request(ty::READ, &strings(&[path.as_bytes()]))

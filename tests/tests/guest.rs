@@ -390,13 +390,7 @@ fn guest_permissions() {
     err(g.release(6), "EACCES", "guest RELEASE");
 
     // A guest transaction.
-    let tx = ok(
-        g.request(xs_e2e::wire::ty::TRANSACTION_START, b"\0"),
-        "tx start",
-    );
-    let tx: u32 = String::from_utf8_lossy(tx.strip_suffix(b"\0").unwrap_or(&tx))
-        .parse()
-        .expect("transaction id");
+    let tx = ok(g.transaction_start(), "tx start");
     let mut p = b"/g/rw/child\0".to_vec();
     p.extend_from_slice(b"in tx");
     ok(g.request_tx(xs_e2e::wire::ty::WRITE, tx, &p), "tx write");
@@ -417,12 +411,10 @@ fn guest_permissions() {
 /// does not have: the domain's default nodes, and its per-domain socket.
 #[test]
 fn introduce_creates_domain_nodes_and_socket_release_removes_it() {
-    let d = require!(Daemon::start());
-    if d.kind() != Kind::XsHost {
-        note("xs-host only: C xenstored creates no domain nodes and has no per-domain sockets");
-        d.stop();
+    if !xs_e2e::xs_host_only() {
         return;
     }
+    let d = require!(Daemon::start());
     let mut dom0 = d.connect();
     ok(dom0.write("/secret", b"dom0 only"), "setup");
     let sock = d.domain_socket(DOMID).expect("domain socket dir");
@@ -652,7 +644,7 @@ fn guest_limits() {
             opened <= 11,
             "opened {opened} transactions under a quota of 10"
         );
-        match g.request(xs_e2e::wire::ty::TRANSACTION_START, b"\0") {
+        match g.transaction_start() {
             Ok(_) => opened += 1,
             Err(e) => break e,
         }

@@ -5,19 +5,7 @@
 use std::io::Write;
 
 use xs_e2e::wire::{self, Transport, strings, ty};
-use xs_e2e::{Client, Daemon, Kind, Wire, require};
-
-/// `TRANSACTION_START`, as the transaction id.
-fn transaction_start(c: &mut Wire) -> u32 {
-    let id = c
-        .request(ty::TRANSACTION_START, b"\0")
-        .expect("TRANSACTION_START");
-    let id = id.strip_suffix(b"\0").expect("NUL-terminated id");
-    std::str::from_utf8(id)
-        .expect("utf-8 id")
-        .parse()
-        .expect("numeric id")
-}
+use xs_e2e::{Client, Daemon, Kind, require};
 
 #[test]
 fn write_read_directory() {
@@ -103,7 +91,7 @@ fn transaction() {
     let d = require!(Daemon::start());
     let mut c = d.connect();
     let mut other = d.connect();
-    let tx = transaction_start(&mut c);
+    let tx = c.transaction_start().expect("TRANSACTION_START");
     assert_ne!(tx, 0);
     assert_eq!(
         c.request_tx(ty::WRITE, tx, b"/t/a\0in-tx").as_deref(),
@@ -124,7 +112,7 @@ fn transaction() {
         c.request_tx(ty::READ, tx, b"/t/a\0"),
         Err("ENOENT".to_owned())
     );
-    let tx = transaction_start(&mut c);
+    let tx = c.transaction_start().expect("TRANSACTION_START");
     assert_eq!(
         c.request_tx(ty::WRITE, tx, b"/t/a\0dropped").as_deref(),
         Ok(&b"OK\0"[..])
