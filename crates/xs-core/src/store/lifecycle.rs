@@ -113,7 +113,7 @@ impl Store {
             return Err(XsError::Inval);
         }
         let privileged = self.is_privileged(domid);
-        let record = self.ensure_domain(domid);
+        let record = self.ensure_domain(domid).ok_or(XsError::Io)?;
         if record.introduced.is_some() || (privileged && domid == DomId::DOM0) {
             record.introduced = Some(intro);
             return Ok(Introduced::Rebind);
@@ -260,7 +260,7 @@ impl Store {
             .filter(|(_, d)| d.target == Some(domid))
             .map(|(id, d)| {
                 d.target = None;
-                *id
+                id
             })
             .collect();
         for d in targeting {
@@ -372,7 +372,7 @@ impl Store {
         if self.is_introduced(domid) {
             return Err(XsError::IsConn);
         }
-        self.ensure_domain(domid).features = bits;
+        self.ensure_domain(domid).ok_or(XsError::Io)?.features = bits;
         Ok(())
     }
 }

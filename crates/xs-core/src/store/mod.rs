@@ -44,7 +44,7 @@ pub use watch::{EventPath, WatchEvent};
 use access::{Caller, Rights};
 use arena::{Id, NIL, Slab};
 use conn::Conn;
-use domain::Domain;
+use domain::{Domain, DomainTable};
 use history::History;
 use tree::Tree;
 use watch::WatchTable;
@@ -157,7 +157,7 @@ pub struct Store {
     config: StoreConfig,
     generation: u64,
     tree: Tree,
-    domains: BTreeMap<DomId, Domain>,
+    domains: DomainTable,
     conns: Slab<Conn>,
     watches: WatchTable,
     history: History,
@@ -203,7 +203,7 @@ impl Store {
         let mut store = Store {
             tree: Tree::new(&owner, 1)?,
             generation: 1,
-            domains: BTreeMap::new(),
+            domains: DomainTable::default(),
             conns: Slab::default(),
             watches: WatchTable::new(config.hash_key),
             history: History::default(),
@@ -475,12 +475,12 @@ impl Store {
         }
     }
 
-    /// The record of `domid`, created if the store did not know the domain yet.
-    fn ensure_domain(&mut self, domid: DomId) -> &mut Domain {
+    /// The record of `domid`, created if the store did not know the domain yet (`None`
+    /// only if the table could not place it, which every domid fits).
+    fn ensure_domain(&mut self, domid: DomId) -> Option<&mut Domain> {
         let now = self.generation;
         self.domains
-            .entry(domid)
-            .or_insert_with(|| Domain::new(now, features::ALL))
+            .get_or_insert_with(domid, || Domain::new(now, features::ALL))
     }
 
     // ----- paths ---------------------------------------------------------------------------
@@ -527,7 +527,9 @@ impl Store {
         let owner = node.owner();
         let charge = node_charge(node.name().len(), node.value().len(), node.perm_count());
         let listed = !self.is_privileged(owner);
-        let domain = self.ensure_domain(owner);
+        let Some(domain) = self.ensure_domain(owner) else {
+            return;
+        };
         domain.usage.nodes = domain.usage.nodes.saturating_add(1);
         domain.usage.memory = domain.usage.memory.saturating_add(charge);
         let mut position = NIL;
@@ -1130,7 +1132,7 @@ impl Store {
 
     /// Domains the store knows, in domid order.
     pub fn known_domains(&self) -> impl Iterator<Item = DomId> + '_ {
-        self.domains.keys().copied()
+        self.domains.keys()
     }
 
     // ----- introspection -------------------------------------------------------------------
@@ -1214,12 +1216,12 @@ impl Store {
         if counted.keys().any(|d| !self.domains.contains_key(d)) {
             return Err("node owned by an unknown domain");
         }
-        for (domid, d) in &self.domains {
-            let counted = counted.get(domid).copied().unwrap_or(0);
+        for (domid, d) in self.domains.iter() {
+            let counted = counted.get(&domid).copied().unwrap_or(0);
             if counted != d.usage.nodes {
                 return Err("node count does not match the owner's usage");
             }
-            let listed = !self.is_privileged(*domid);
+            let listed = !self.is_privileged(domid);
             if listed && d.owned.len() as u64 != counted {
                 return Err("owner list does not match node count");
             }
@@ -1228,7 +1230,7 @@ impl Store {
                     .tree
                     .node(index)
                     .ok_or("owner list names a free slot")?;
-                if node.owner() != *domid {
+                if node.owner() != domid {
                     return Err("node in the wrong owner list");
                 }
                 if node.owner_pos as usize != position {
