@@ -37,6 +37,7 @@
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
+use core::mem;
 use core::ops::Bound;
 
 use bitflags::bitflags;
@@ -167,7 +168,7 @@ enum Src {
 }
 
 /// A path resolved in a transaction's view.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 struct Resolved {
     /// The whole path exists.
     exists: bool,
@@ -350,11 +351,25 @@ impl Store {
         tx: TxId,
         f: impl FnOnce(&mut Self, &mut Transaction) -> XsResult<R>,
     ) -> XsResult<R> {
-        let c = self.conns.get_id_mut(conn.0).ok_or(XsError::Inval)?;
-        let mut t = c.transactions.remove(&tx).ok_or(XsError::NoEnt)?;
+        // The transaction is moved out for `f` (which needs the whole store) and back, an
+        // empty placeholder (which allocates nothing) holding its place in the map: cheaper
+        // than a removal and a re-insertion. Operations inside a transaction change nothing
+        // live, so nothing looks at the placeholder meanwhile.
+        let slot = self
+            .conns
+            .get_id_mut(conn.0)
+            .ok_or(XsError::Inval)?
+            .transactions
+            .get_mut(&tx)
+            .ok_or(XsError::NoEnt)?;
+        let mut t = mem::replace(slot, Transaction::new(0));
         let result = f(self, &mut t);
-        if let Some(c) = self.conns.get_id_mut(conn.0) {
-            c.transactions.insert(tx, t);
+        if let Some(slot) = self
+            .conns
+            .get_id_mut(conn.0)
+            .and_then(|c| c.transactions.get_mut(&tx))
+        {
+            *slot = t;
         }
         result
     }
@@ -380,7 +395,19 @@ impl Store {
         None
     }
 
+    /// `path` in the transaction's view.
     fn resolve(&self, t: &Transaction, path: &[u8]) -> Resolved {
+        if t.hiding == 0
+            && let Some(r) = self.resolve_unhidden(t, path)
+        {
+            return r;
+        }
+        self.resolve_walk(t, path)
+    }
+
+    /// [`Store::resolve`] prefix by prefix, each checked in the overlay (when it hides parts
+    /// of the live tree), in the live tree and in the history.
+    fn resolve_walk(&self, t: &Transaction, path: &[u8]) -> Resolved {
         let at = t.view_at();
         let root = self.tree.root;
         let mut r = Resolved {
@@ -442,6 +469,43 @@ impl Store {
             }
         }
         r
+    }
+
+    /// [`Store::resolve`] in the common case, with one walk of the live tree (which the
+    /// tree's cursor shortens): nothing in the overlay hides the live tree, and the deepest
+    /// live node on the path is unchanged since the snapshot. Its ancestors then existed at
+    /// the snapshot and ever since (a node is created after its parent and removed with it),
+    /// so every prefix down to it is in the view, each either live and unchanged or kept by
+    /// the history. With no history, the first missing segment was missing at the snapshot
+    /// too. `None` when these do not hold: the full walk decides.
+    fn resolve_unhidden(&self, t: &Transaction, path: &[u8]) -> Option<Resolved> {
+        let (node, nearest_len) = self.tree.lookup_nearest(path);
+        if self.tree.node(node)?.data_gen > t.view_at() {
+            return None;
+        }
+        let exists = nearest_len == path.len();
+        let missing_from_snapshot = if exists {
+            None
+        } else if self.history.is_empty() {
+            KeyedSegments::below(path, nearest_len)
+                .next()
+                .map(|s| s.end)
+        } else {
+            return None;
+        };
+        let mut r = Resolved {
+            exists,
+            nearest_len,
+            nearest: Src::Main(node),
+            nearest_origin: None,
+            missing_from_snapshot,
+            under_created: false,
+        };
+        if let Some(n) = t.present(path.get(..nearest_len).unwrap_or_default()) {
+            r.nearest = Src::Overlay;
+            r.nearest_origin = Some(n.origin);
+        }
+        Some(r)
     }
 
     fn info<'a>(&'a self, t: &'a Transaction, path: &[u8], src: Src) -> Option<Info<'a>> {
@@ -1110,5 +1174,93 @@ impl Store {
             self.fire(path, Match::Subtree, Some(index), None);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use alloc::format;
+    use alloc::string::String;
+    use alloc::vec::Vec;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::domid::DomId;
+    use crate::store::StoreConfig;
+
+    /// Paths over a small name space, so that operations collide.
+    fn path() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(proptest::sample::select(&["a", "b", "c"][..]), 1..4)
+            .prop_map(|segs| format!("/{}", segs.join("/")).into_bytes())
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Write(Vec<u8>),
+        Rm(Vec<u8>),
+        Start,
+        TxWrite(usize, Vec<u8>),
+        TxRm(usize, Vec<u8>),
+        End(usize, bool),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            path().prop_map(Op::Write),
+            path().prop_map(Op::Rm),
+            Just(Op::Start),
+            (0..3usize, path()).prop_map(|(t, p)| Op::TxWrite(t, p)),
+            (0..3usize, path()).prop_map(|(t, p)| Op::TxRm(t, p)),
+            (0..3usize, any::<bool>()).prop_map(|(t, c)| Op::End(t, c)),
+        ]
+    }
+
+    proptest! {
+        /// Whenever the one-walk resolution applies, it agrees with the prefix-by-prefix
+        /// walk, for every path of the name space in every open transaction, over live
+        /// changes (which fill the history) and transactions' own writes and removals.
+        #[test]
+        fn resolving_in_one_walk_matches_the_full_walk(
+            ops in proptest::collection::vec(op(), 1..40)
+        ) {
+            let mut store = Store::new(StoreConfig::default()).unwrap();
+            let conn = store.connect(DomId::DOM0).unwrap();
+            let mut txs: Vec<TxId> = Vec::new();
+            let all: Vec<Vec<u8>> = ["a", "b", "c"]
+                .iter()
+                .flat_map(|x| ["a", "b", "c"].iter().map(move |y| format!("/{x}/{y}")))
+                .chain(["/", "/a", "/b", "/c", "/a/b/c", "/c/c/c"].iter().map(|p| (*p).into()))
+                .map(String::into_bytes)
+                .collect();
+            for op in ops {
+                let _ = match op {
+                    Op::Write(p) => store.write(conn, 0, &p, b"v"),
+                    Op::Rm(p) => store.rm(conn, 0, &p),
+                    Op::Start => store.transaction_start(conn).map(|t| txs.push(t)),
+                    Op::TxWrite(i, p) => match txs.get(i) {
+                        Some(&t) => store.write(conn, t, &p, b"t"),
+                        None => Ok(()),
+                    },
+                    Op::TxRm(i, p) => match txs.get(i) {
+                        Some(&t) => store.rm(conn, t, &p),
+                        None => Ok(()),
+                    },
+                    Op::End(i, commit) if i < txs.len() => {
+                        let t = txs.remove(i);
+                        store.transaction_end(conn, t, commit)
+                    }
+                    Op::End(..) => Ok(()),
+                };
+                let c = store.conns.get_id(conn.0).unwrap();
+                for t in c.transactions.values().filter(|t| t.hiding == 0) {
+                    for p in &all {
+                        if let Some(fast) = store.resolve_unhidden(t, p) {
+                            prop_assert_eq!(fast, store.resolve_walk(t, p), "{:?}", p);
+                        }
+                    }
+                }
+            }
+        }
     }
 }
