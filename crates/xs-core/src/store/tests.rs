@@ -427,6 +427,31 @@ fn only_changes_to_what_was_read_conflict() {
     assert_eq!(h.d0().transaction_end(tx, true), Err(XsError::Again));
 }
 
+/// A transaction that overwrites a node relied on its permissions; the overlay entry carries
+/// that read, and when the transaction then removes the node (or its parent) the read must
+/// stay: a concurrent change of the node's permissions still makes the commit fail.
+#[test]
+fn a_write_then_rm_in_a_transaction_still_conflicts_with_a_permission_change() {
+    for removed in ["data/x", "data"] {
+        let mut h = Host::new();
+        let g = h.guest(5);
+        h.s(g).write("data/x", b"1").unwrap();
+        let tx = h.s(g).transaction_start().unwrap();
+        h.s(g).in_tx(tx).write("data/x", b"2").unwrap();
+        h.s(g).in_tx(tx).rm(removed).unwrap();
+        h.d0()
+            .set_perms("/local/domain/5/data/x", &perms(&["n0"]))
+            .unwrap();
+        assert_eq!(
+            h.s(g).transaction_end(tx, true),
+            Err(XsError::Again),
+            "rm {removed}"
+        );
+        assert!(h.d0().read("/local/domain/5/data/x").is_ok());
+        h.checked();
+    }
+}
+
 /// Two toolstack transactions creating device directories for two domains under the same
 /// backend parent both commit, whether or not the parent existed before.
 #[test]

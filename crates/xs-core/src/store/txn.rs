@@ -237,7 +237,13 @@ impl Transaction {
         if new_hides {
             self.hiding = self.hiding.saturating_add(1);
         }
-        delta(new_charge, old_charge)
+        let kept = match (&old, self.overlay.get(path)) {
+            // Replaced by another entry that carries the same read.
+            (_, Some(TxEntry::Present(n))) if n.origin == Origin::Snapshot => 0,
+            (Some(old), _) => self.keep_read(path, old),
+            (None, _) => 0,
+        };
+        delta(new_charge.saturating_add(kept), old_charge)
     }
 
     /// Removes an overlay entry; returns the change in charged bytes.
@@ -247,9 +253,40 @@ impl Transaction {
                 if old.hides() {
                     self.hiding = self.hiding.saturating_sub(1);
                 }
-                delta(0, old.charge(path.len()))
+                let kept = self.keep_read(path, &old);
+                delta(kept, old.charge(path.len()))
             }
             None => 0,
+        }
+    }
+
+    /// A `Snapshot` entry stands for the read of its node that the operation putting it
+    /// relied on (its check at commit is that read's, see `validate`), which is then not in
+    /// the read set; when the entry goes, the read moves there. Returns the bytes to charge
+    /// for it (less than the entry's, which are refunded).
+    fn keep_read(&mut self, path: &[u8], old: &TxEntry) -> u64 {
+        let TxEntry::Present(n) = old else {
+            return 0;
+        };
+        if n.origin != Origin::Snapshot {
+            return 0;
+        }
+        match self.reads.get_mut(path) {
+            Some(r) => {
+                r.aspects |= Aspects::DATA;
+                r.live = r.live.or(n.live);
+                0
+            }
+            None => {
+                self.reads.insert(
+                    path.into(),
+                    Read {
+                        aspects: Aspects::DATA,
+                        live: n.live,
+                    },
+                );
+                entry_charge(path.len())
+            }
         }
     }
 }
@@ -718,17 +755,27 @@ impl Store {
             return Err(XsError::Acces);
         }
         // What the outcome relies on: the permissions checked (unprivileged callers) or the
-        // node written to / created under still being there.
+        // node written to / created under still being there. A write to an existing node
+        // records nothing here: the `Snapshot` overlay entry it puts is checked at commit
+        // exactly as this read would be, and keeps it if it goes (`Transaction::put`).
         let aspect = if caller.privileged {
             Aspects::EXISTS
         } else {
             Aspects::DATA
         };
-        self.note(t, caller, nearest_path, r.nearest, aspect)?;
         let value = match kind {
-            WriteKind::Value(v) => v,
-            WriteKind::Mkdir if r.exists => return Ok(()),
-            WriteKind::Mkdir => b"",
+            WriteKind::Value(v) if r.exists => v,
+            WriteKind::Mkdir if r.exists => {
+                return self.note(t, caller, nearest_path, r.nearest, aspect);
+            }
+            WriteKind::Value(v) => {
+                self.note(t, caller, nearest_path, r.nearest, aspect)?;
+                v
+            }
+            WriteKind::Mkdir => {
+                self.note(t, caller, nearest_path, r.nearest, aspect)?;
+                b""
+            }
         };
         if r.exists {
             let size = value.len().saturating_add(child_bytes);
