@@ -39,8 +39,8 @@ use siphasher::sip::SipHasher13;
 
 use super::PAYLOAD_MAX;
 use super::arena::{Id, Slab};
+use super::tree::KeyedSegments;
 use crate::error::XsResult;
-use crate::path::segments;
 
 /// An event waiting to be sent: `WATCH_EVENT <path>|<token>|`.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -356,6 +356,29 @@ pub(crate) struct WatchTable {
     hasher: PathHasher,
     /// Watches on node paths (the others are special): none means changes need no matching.
     node_watches: usize,
+    /// Node watches per level of their path (`/` is level 0; levels from 63 share the last
+    /// count), so that matching hashes and probes only the prefixes at levels some watch is
+    /// on: watches are on device, backend and control nodes, rarely on `/`, `/local` or
+    /// `/local/domain`.
+    per_level: [u32; LEVELS],
+    /// Bit `l` set when `per_level[l]` is not zero.
+    levels: u64,
+}
+
+/// Levels [`WatchTable::per_level`] counts apart.
+const LEVELS: usize = 64;
+
+/// The level of a canonical node path: its number of segments.
+fn level_of(path: &[u8]) -> usize {
+    if path.len() <= 1 {
+        return 0;
+    }
+    path.iter().filter(|&&b| b == b'/').count()
+}
+
+/// The bit of [`WatchTable::levels`] (and index of [`WatchTable::per_level`]) for `level`.
+fn level_slot(level: usize) -> usize {
+    level.min(LEVELS.saturating_sub(1))
 }
 
 impl WatchTable {
@@ -365,6 +388,26 @@ impl WatchTable {
             index: HashTable::new(),
             hasher: PathHasher::new(hash_key),
             node_watches: 0,
+            per_level: [0; LEVELS],
+            levels: 0,
+        }
+    }
+
+    /// Counts a node watch on `path` in (`add`) or out of its level.
+    fn count_level(&mut self, path: &[u8], add: bool) {
+        let level = level_slot(level_of(path));
+        if let Some(n) = self.per_level.get_mut(level) {
+            *n = if add {
+                n.saturating_add(1)
+            } else {
+                n.saturating_sub(1)
+            };
+            let bit = 1u64 << level;
+            if *n == 0 {
+                self.levels &= !bit;
+            } else {
+                self.levels |= bit;
+            }
         }
     }
 
@@ -388,6 +431,7 @@ impl WatchTable {
         let index = self.watches.insert(watch)?.index;
         if !special {
             self.node_watches = self.node_watches.saturating_add(1);
+            self.count_level(&path, true);
         }
         let listed = Listed {
             watch: index,
@@ -417,6 +461,7 @@ impl WatchTable {
         let watch = self.watches.remove(index)?;
         if !is_special(&watch.path) {
             self.node_watches = self.node_watches.saturating_sub(1);
+            self.count_level(&watch.path, false);
         }
         let hash = self.hasher.hash(&watch.path);
         if let Ok(mut entry) = self
@@ -447,18 +492,26 @@ impl WatchTable {
         if self.node_watches == 0 {
             return;
         }
-        let total = segments(path).count();
+        let total = level_of(path);
         // The prefixes' hashes are computed a batch at a time before any bucket is probed, so
         // that the probes (each a likely cache miss in a large table, independent of one
         // another) overlap instead of each waiting behind the previous one's compare and
-        // branch.
+        // branch. One streaming hash covers all prefixes; only those at a level some watch
+        // is on are finished and probed.
         let mut staged = [Prefix::default(); PROBE_BATCH];
         let mut count = 0usize;
         let mut h = self.hasher.start();
         h.write(b"/");
-        let mut level = 0usize;
-        let mut end = 1usize;
-        loop {
+        let mut hashed = 1usize;
+        let segments = KeyedSegments::new(path).map(|s| s.end);
+        for (level, end) in core::iter::once(1usize).chain(segments).enumerate() {
+            if end > hashed {
+                h.write(path.get(hashed..end).unwrap_or_default());
+                hashed = end;
+            }
+            if self.levels & (1u64 << level_slot(level)) == 0 {
+                continue;
+            }
             if let Some(slot) = staged.get_mut(count) {
                 *slot = Prefix {
                     end,
@@ -467,35 +520,26 @@ impl WatchTable {
                 };
                 count = count.saturating_add(1);
             }
-            // Extend the prefix by the next segment (with its separating slash, except
-            // right after the root).
-            let rest = path.get(end..).unwrap_or_default();
-            let skip = usize::from(rest.first() == Some(&b'/'));
-            let seg = rest.get(skip..).unwrap_or_default();
-            let seg_len = seg.iter().position(|&b| b == b'/').unwrap_or(seg.len());
-            let last = seg_len == 0;
-            if last || count == PROBE_BATCH {
-                for p in staged.get(..count).unwrap_or_default() {
-                    let prefix = path.get(..p.end).unwrap_or(path);
-                    if let Some(bucket) = self.bucket(prefix, p.hash) {
-                        let below =
-                            u32::try_from(total.saturating_sub(p.level)).unwrap_or(u32::MAX);
-                        out.extend(
-                            bucket
-                                .watches()
-                                .filter(|l| below <= l.depth)
-                                .map(|l| l.watch),
-                        );
-                    }
-                }
+            if count == PROBE_BATCH {
+                self.probe(path, total, &staged, out);
                 count = 0;
             }
-            if last {
-                break;
+        }
+        self.probe(path, total, staged.get(..count).unwrap_or_default(), out);
+    }
+
+    /// Adds the watches on the staged prefixes of `path` (at level `total`) that reach it.
+    fn probe(&self, path: &[u8], total: usize, staged: &[Prefix], out: &mut Vec<u32>) {
+        for p in staged {
+            let prefix = path.get(..p.end).unwrap_or(path);
+            if let Some(bucket) = self.bucket(prefix, p.hash) {
+                let below = u32::try_from(total.saturating_sub(p.level)).unwrap_or(u32::MAX);
+                for l in bucket.watches() {
+                    if below <= l.depth {
+                        out.push(l.watch);
+                    }
+                }
             }
-            h.write(rest.get(..skip.saturating_add(seg_len)).unwrap_or_default());
-            end = end.saturating_add(skip).saturating_add(seg_len);
-            level = level.saturating_add(1);
         }
     }
 
@@ -594,6 +638,7 @@ mod tests {
         }
         assert!(t.is_empty());
         assert!(!t.any_node_watches());
+        assert_eq!(t.levels, 0, "no level left to probe");
     }
 
     #[test]
@@ -659,7 +704,8 @@ mod tests {
             generation: 0,
         };
         let mut t = WatchTable::new([7, 8]);
-        let levels = 3 * PROBE_BATCH + 2;
+        // Past the levels counted apart, too.
+        let levels = LEVELS + PROBE_BATCH + 2;
         let path_at = |level: usize| -> alloc::string::String {
             if level == 0 {
                 return "/".into();
@@ -673,7 +719,16 @@ mod tests {
             let w = t.add(watch(c, &path_at(level), depth)).unwrap();
             registered.push((level, depth, w));
         }
-        for changed in [1, PROBE_BATCH - 1, PROBE_BATCH, PROBE_BATCH + 1, levels] {
+        for changed in [
+            1,
+            PROBE_BATCH - 1,
+            PROBE_BATCH,
+            PROBE_BATCH + 1,
+            LEVELS - 1,
+            LEVELS,
+            LEVELS + 1,
+            levels,
+        ] {
             let mut out = Vec::new();
             t.match_subtree(path_at(changed).as_bytes(), &mut out);
             out.sort();
@@ -687,6 +742,47 @@ mod tests {
             want.sort();
             assert_eq!(out, want, "change at level {changed}");
         }
+    }
+
+    /// Watches at a few levels, added and removed at random: matching (which probes only
+    /// the levels some watch is on) agrees with a plain prefix comparison over all of them.
+    #[test]
+    fn matching_skips_only_levels_without_watches() {
+        use proptest::prelude::*;
+        let c = Id {
+            index: 0,
+            generation: 0,
+        };
+        let path = proptest::collection::vec(proptest::sample::select(&["a", "b"][..]), 0..5)
+            .prop_map(|segs| alloc::format!("/{}", segs.join("/")));
+        let op = (any::<bool>(), path.clone(), proptest::option::of(0u32..3));
+        proptest!(|(ops in proptest::collection::vec(op, 1..30), changed in path)| {
+            let mut t = WatchTable::new([9, 10]);
+            let mut live: Vec<(u32, alloc::string::String, Option<u32>)> = Vec::new();
+            for (add, p, depth) in ops {
+                if add || live.is_empty() {
+                    let w = t.add(watch(c, &p, depth)).unwrap();
+                    live.push((w, p, depth));
+                } else {
+                    let (w, ..) = live.swap_remove(p.len() % live.len());
+                    t.remove(w).unwrap();
+                }
+            }
+            let level = |p: &str| p.split('/').filter(|s| !s.is_empty()).count();
+            let mut want: Vec<u32> = live
+                .iter()
+                .filter(|(_, p, depth)| {
+                    let under = p == "/" || changed == *p || changed.starts_with(&alloc::format!("{p}/"));
+                    under && depth.is_none_or(|d| level(&changed) - level(p) <= d as usize)
+                })
+                .map(|(w, ..)| *w)
+                .collect();
+            want.sort();
+            let mut out = Vec::new();
+            t.match_subtree(changed.as_bytes(), &mut out);
+            out.sort();
+            prop_assert_eq!(out, want);
+        });
     }
 
     #[test]
