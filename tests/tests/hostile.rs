@@ -56,21 +56,27 @@ fn send_and_close(d: &Daemon, bytes: &[u8]) {
 /// Reads until the daemon closes the connection; `Ok(bytes received)`, or `Err` if it is
 /// still open after `timeout`.
 fn wait_closed(s: &mut UnixStream, timeout: Duration) -> Result<usize, String> {
+    read_until_closed(s, timeout).map(|bytes| bytes.len())
+}
+
+/// [`wait_closed`], keeping what was received.
+fn read_until_closed(s: &mut UnixStream, timeout: Duration) -> Result<Vec<u8>, String> {
     s.set_read_timeout(Some(Duration::from_millis(100))).ok();
     let deadline = Instant::now() + timeout;
-    let mut got = 0;
+    let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
         match s.read(&mut buf) {
             Ok(0) => return Ok(got),
-            Ok(n) => got += n,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == ErrorKind::ConnectionReset => return Ok(got),
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
             Err(e) => return Err(format!("read: {e}")),
         }
         if Instant::now() > deadline {
             return Err(format!(
-                "still open after {timeout:?} ({got} bytes received)"
+                "still open after {timeout:?} ({} bytes received)",
+                got.len()
             ));
         }
     }
@@ -147,22 +153,52 @@ fn random_bytes() {
             }
         }
     }
-    // Noise with small length fields every 40 bytes, so that some of it parses as requests
-    // (of mostly unknown types); the client half-closes and reads until the daemon hangs up.
-    for _ in 0..50 {
-        let mut bytes = rng.bytes(2000);
-        for chunk in bytes.chunks_mut(40) {
-            if chunk.len() >= 16 {
-                let len = u32::from(chunk[12] % 24);
-                chunk[12..16].copy_from_slice(&len.to_le_bytes());
+    // Runs of short frames that line up (random payloads, the types above), sent at once;
+    // the client half-closes and reads until the daemon hangs up, which it must do within
+    // the timeout, after answering every request, in order. xs-host only: Debian's C
+    // xenstored 4.17 aborts within a few rounds ("consider_message: Assertion
+    // `conn->in == NULL' failed", with or without the half-close).
+    let rounds = if Kind::from_env() == Kind::XsHost {
+        50
+    } else {
+        note("C xenstored: the aligned-frames rounds are skipped (it aborts on them)");
+        0
+    };
+    for round in 0..rounds {
+        let mut bytes = Vec::new();
+        let mut sent = Vec::new();
+        for _ in 0..50 {
+            let t = types[rng.below(types.len() as u64) as usize];
+            let req = rng.next() as u32;
+            let len = rng.below(41) as usize;
+            let mut payload = rng.bytes(len);
+            for b in payload.iter_mut() {
+                if rng.below(4) == 0 {
+                    *b = 0;
+                }
             }
+            bytes.extend(wire::encode(t, req, rng.below(3) as u32, &payload));
+            sent.push(req);
         }
         let mut s = UnixStream::connect(d.socket()).expect("connect");
         s.set_write_timeout(Some(Duration::from_secs(5))).ok();
-        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
         let _ = s.write_all(&bytes);
         let _ = s.shutdown(Shutdown::Write);
-        let _ = s.read_to_end(&mut Vec::new());
+        let received = read_until_closed(&mut s, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let mut rest = &received[..];
+        let mut replied = Vec::new();
+        while !rest.is_empty() {
+            let msg = wire::read_msg(&mut rest)
+                .unwrap_or_else(|e| panic!("round {round}: a broken message: {e}"));
+            if msg.ty != ty::WATCH_EVENT {
+                replied.push(msg.req_id);
+            }
+        }
+        assert_eq!(
+            replied, sent,
+            "round {round}: one reply per request, in order"
+        );
     }
     assert_eq!(
         good.read("/keep").as_deref(),
@@ -458,7 +494,22 @@ fn client_that_reads_its_replies_late_gets_them_all_in_order() {
         // Blocks once the daemon stops reading.
         writer.write_all(&requests).expect("send the requests");
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // The daemon is taking the slow client's requests once its first reply arrives.
+    let check_reply = |msg: wire::Msg, req: u32| {
+        assert_eq!(
+            (msg.ty, msg.req_id, &msg.payload[..]),
+            (ty::READ, req, &b"value"[..]),
+            "reply {req}"
+        );
+    };
+    slow.stream()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok();
+    check_reply(
+        wire::read_msg(slow.stream()).expect("the first reply, within 10 s"),
+        1,
+    );
+    slow.stream().set_read_timeout(None).ok();
     let mut other = d.connect();
     let started = Instant::now();
     for _ in 0..100 {
@@ -469,13 +520,25 @@ fn client_that_reads_its_replies_late_gets_them_all_in_order() {
         "100 reads took {:?}",
         started.elapsed()
     );
-    for req in 1..=N {
+    // Held back: its requests (1 MB, more than the sockets buffer) are not all taken while
+    // it reads no reply. A daemon reading on regardless would have let the sender finish.
+    // (Debian's C xenstored 4.17 does: it takes them all and queues every reply, for a
+    // privileged socket client without limit.)
+    if Kind::from_env() == Kind::XsHost {
+        let watch_until = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < watch_until {
+            assert!(
+                !sender.is_finished(),
+                "the daemon took all {N} requests of a client that reads no reply"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    } else {
+        note("C xenstored does not hold back a client that reads no reply");
+    }
+    for req in 2..=N {
         let msg = wire::read_msg(slow.stream()).unwrap_or_else(|e| panic!("reply {req}: {e}"));
-        assert_eq!(
-            (msg.ty, msg.req_id, &msg.payload[..]),
-            (ty::READ, req, &b"value"[..]),
-            "reply {req}"
-        );
+        check_reply(msg, req);
     }
     sender.join().expect("sender thread");
     drop((slow, other));
@@ -548,7 +611,10 @@ fn client_that_hangs_up_after_its_request_gets_the_reply_then_eof() {
 #[test]
 fn clients_gone_mid_header_leave_no_descriptor() {
     let mut d = require!(Daemon::start());
-    d.connect().write("/hup", b"bye").expect("write");
+    // The baseline with one client connected and answered (no connection is being closed
+    // while it is taken, so it counts exactly what the daemon keeps).
+    let mut kept = d.connect();
+    kept.write("/hup", b"bye").expect("write");
     let fds_before = open_fds(d.pid());
     assert!(fds_before > 0, "cannot count the daemon's descriptors");
     let header = wire::header(ty::READ, 7, 0, 5);
@@ -561,6 +627,8 @@ fn clients_gone_mid_header_leave_no_descriptor() {
         fds <= fds_before,
         "the daemon holds {fds} descriptors, {fds_before} before"
     );
+    assert_eq!(kept.read("/hup").as_deref(), Ok(&b"bye"[..]), "kept client");
+    drop(kept);
     assert_healthy(&mut d, "mid-header");
     d.stop();
 }
