@@ -119,6 +119,11 @@ impl TxEntry {
         }
     }
 
+    /// Whether the entry stands for a read of its node (see `Transaction::keep_read`).
+    fn carries_read(&self) -> bool {
+        matches!(self, TxEntry::Present(n) if n.origin == Origin::Snapshot)
+    }
+
     fn charge(&self, path_len: usize) -> u64 {
         let payload = match self {
             TxEntry::Deleted { .. } => 0,
@@ -229,6 +234,7 @@ impl Transaction {
     fn put(&mut self, path: &[u8], entry: TxEntry) -> i64 {
         let new_charge = entry.charge(path.len());
         let new_hides = entry.hides();
+        let carries_read = entry.carries_read();
         let old = self.overlay.insert(path.into(), entry);
         let old_charge = old.as_ref().map_or(0, |e| e.charge(path.len()));
         if old.as_ref().is_some_and(TxEntry::hides) {
@@ -237,11 +243,10 @@ impl Transaction {
         if new_hides {
             self.hiding = self.hiding.saturating_add(1);
         }
-        let kept = match (&old, self.overlay.get(path)) {
-            // Replaced by another entry that carries the same read.
-            (_, Some(TxEntry::Present(n))) if n.origin == Origin::Snapshot => 0,
-            (Some(old), _) => self.keep_read(path, old),
-            (None, _) => 0,
+        let kept = match &old {
+            // Unless the new entry carries the same read.
+            Some(old) if !carries_read => self.keep_read(path, old),
+            _ => 0,
         };
         delta(new_charge.saturating_add(kept), old_charge)
     }
@@ -268,7 +273,7 @@ impl Transaction {
         let TxEntry::Present(n) = old else {
             return 0;
         };
-        if n.origin != Origin::Snapshot {
+        if !old.carries_read() {
             return 0;
         }
         match self.reads.get_mut(path) {
