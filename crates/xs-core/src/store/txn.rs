@@ -19,7 +19,9 @@
 //!
 //! Every snapshot fact the transaction relied on is recorded in its read set: values and
 //! permissions it read or checked (`DATA`), child lists it listed (`CHILDREN`), nodes it
-//! needed to exist (`EXISTS`), paths it found missing (`ABSENT`). The commit fails with
+//! needed to exist (`EXISTS`), paths it found missing (`ABSENT`). (An overwritten node's
+//! `Snapshot` overlay entry records its read itself: the entry is checked at commit as the
+//! read would be, and the read moves to the read set if the entry goes.) The commit fails with
 //! `EAGAIN` exactly when one of those changed since `S`; otherwise the overlay is applied in
 //! path order (parents before children) at one new generation, and watches fire then.
 //! Validation and application cost what the transaction touched, not the size of the store.
