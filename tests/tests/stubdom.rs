@@ -135,3 +135,25 @@ fn a_fatal_error_is_reported() {
         context(&run)
     );
 }
+
+#[test]
+fn a_fault_while_reporting_a_panic_is_reported_too() {
+    require!(stubdom::qemu_installed());
+    // `selftest.fault=panic-page-fault` panics with a message whose formatting reads
+    // unmapped memory: the panic report begins, the #PF handler reports the fault as a
+    // second, nested report (which says why the first broke off), and the run exits with 37.
+    let run = boot(Some("selftest.fault=panic-page-fault"));
+    assert_eq!(run.status, Some(STATUS_FATAL), "{}", context(&run));
+    for wanted in [
+        "PANIC: panicked at ",
+        "FATAL: while reporting an earlier fatal error:",
+        "FATAL: vector 14 (#PF page fault)",
+        "trace: ",
+    ] {
+        assert!(
+            run.has_line_starting(wanted),
+            "no line starting {wanted:?}; {}",
+            context(&run)
+        );
+    }
+}

@@ -13,7 +13,7 @@
 //! Without the device (on Xen, or QEMU started without it) the write goes nowhere and the
 //! CPU halts for good.
 
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicU8, Ordering};
 
 use x86_64::instructions::port::PortWriteOnly;
 use x86_64::instructions::{hlt, interrupts};
@@ -38,14 +38,20 @@ pub(crate) fn exit(value: u32) -> ! {
     halt()
 }
 
-/// Set by the first fatal report (a panic or an unexpected vector).
-static REPORTING: AtomicBool = AtomicBool::new(false);
+/// Fatal reports begun (a panic or an unexpected vector, and any met while reporting).
+static REPORTS: AtomicU8 = AtomicU8::new(0);
 
-/// Starts the report of a fatal error; if one is already under way (a fault or a panic met
-/// while reporting), exits at once without another word.
+/// Starts the report of a fatal error. A second one, met while reporting the first (a fault
+/// in the panic message's formatting, say), is reported too, as it tells why the first
+/// report broke off; a third exits at once without another word, so a report that faults
+/// every time cannot loop.
 pub(crate) fn begin_fatal_report() {
-    if REPORTING.swap(true, Ordering::SeqCst) {
-        fatal_quietly();
+    match REPORTS.fetch_add(1, Ordering::SeqCst) {
+        0 => {}
+        1 => {
+            crate::console::println!("\nFATAL: while reporting an earlier fatal error:");
+        }
+        _ => fatal_quietly(),
     }
 }
 

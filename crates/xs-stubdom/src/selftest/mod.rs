@@ -12,8 +12,9 @@
 //!
 //! Command-line switches (QEMU's `-append`), for testing the harness itself:
 //! `selftest.break=<name>` marks that check failed whatever it found (a failing check must
-//! fail the run); `selftest.fault=panic|ud2|page-fault` provokes that fatal error once the
-//! store is ready (the report, the trace dump and exit status 37 must follow).
+//! fail the run); `selftest.fault=panic|ud2|page-fault|panic-page-fault` provokes that fatal
+//! error once the store is ready (the report, the trace dump and exit status 37 must follow;
+//! the last one faults while the panic is reported, and both reports must be there).
 
 mod rig;
 
@@ -173,14 +174,28 @@ fn provoke(kind: &str) {
         "panic" => panic!("provoked by selftest.fault=panic"),
         // SAFETY: `ud2` raises #UD, which the IDT handles (report, exit); nothing returns.
         "ud2" => unsafe { core::arch::asm!("ud2") },
-        "page-fault" => {
-            // Above the identity-mapped 4 GiB: not present.
-            let unmapped = (boot::MAPPED + (1 << 30)) as *const u64;
-            // SAFETY: the read faults (#PF, handled by the IDT: report, exit) before it could
-            // read anything; no Rust object lives there.
-            let _ = unsafe { unmapped.read_volatile() };
-        }
+        "page-fault" => read_unmapped(),
+        // The panic report faults while formatting its message: both are reported.
+        "panic-page-fault" => panic!("provoked by selftest.fault=panic-page-fault: {}", Unmapped),
         _ => println!("selftest.fault={kind}: unknown kind, ignored"),
+    }
+}
+
+/// Reads above the identity-mapped 4 GiB, which is not present: a #PF.
+fn read_unmapped() {
+    let unmapped = (boot::MAPPED + (1 << 30)) as *const u64;
+    // SAFETY: the read faults (#PF, handled by the IDT: report, exit) before it could read
+    // anything; no Rust object lives there.
+    let _ = unsafe { unmapped.read_volatile() };
+}
+
+/// Displays by reading unmapped memory (`selftest.fault=panic-page-fault`).
+struct Unmapped;
+
+impl core::fmt::Display for Unmapped {
+    fn fmt(&self, _: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        read_unmapped();
+        Ok(())
     }
 }
 
