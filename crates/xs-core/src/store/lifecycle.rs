@@ -239,13 +239,20 @@ impl Store {
             })
             .collect();
         tops.sort();
+        let mut owned_root = false;
         for (node_path, index) in tops {
             if index == self.tree.root {
-                // Nobody but dom0 may own the root: hand it back rather than remove it.
-                let _ = self.set_node_perms(index, b"/", &[Perm::owner(DomId::DOM0)], now);
+                owned_root = true;
             } else if self.tree.node(index).is_some() {
                 self.delete_subtree(index, &node_path, now, true);
             }
+        }
+        if owned_root {
+            // Nobody but dom0 may own the root: hand it back rather than remove it. Last, so
+            // that the removals above are reported to whoever could read the root before
+            // (a removed node's watchers may read it or its parent, as in C xenstored).
+            let root = self.tree.root;
+            let _ = self.set_node_perms(root, b"/", &[Perm::owner(DomId::DOM0)], now);
         }
         if self.config.remove_home_on_release {
             let home = Store::domain_path(domid);

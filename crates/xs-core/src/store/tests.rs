@@ -1194,6 +1194,26 @@ fn a_transactions_read_set_is_charged_to_the_readers_memory() {
 /// nodes below it, the guest is released. The root is handed back to dom0 (it cannot be
 /// removed) and must not shelter the guest's nodes below it: they are removed as any
 /// other nodes the guest owned, so nothing is left owned by a domain that is gone.
+/// The root goes back to dom0 only after the released owner's nodes below it are removed:
+/// a watcher who could read the root (and so list the removed node) is told of the removal,
+/// as it would be if the nodes went one by one.
+#[test]
+fn removals_at_release_are_reported_with_the_permissions_before_it() {
+    let mut h = Host::new();
+    let _g1 = h.guest(1);
+    let g2 = h.guest(2);
+    h.d0().mkdir("/a").unwrap();
+    h.d0().set_perms("/a", &perms(&["n1"])).unwrap();
+    h.d0().set_perms("/", &perms(&["r1"])).unwrap();
+    h.s(g2).watch("/a", "t").unwrap();
+    assert_eq!(h.events(g2).len(), 1, "the initial event");
+    h.store.release(h.dom0, DomId(1)).unwrap();
+    h.checked();
+    assert_eq!(h.d0().read("/a"), Err(XsError::NoEnt));
+    assert_eq!(h.d0().get_perms("/").unwrap(), perms(&["n0"]));
+    assert_eq!(h.events(g2), [ev("/a", "t")]);
+}
+
 #[test]
 fn releasing_the_owner_of_the_root_removes_its_nodes_below_it() {
     let mut h = Host::new();
