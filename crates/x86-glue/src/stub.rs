@@ -179,6 +179,65 @@ fn ring_features(store: &Store, priv_conn: ConnId, domid: DomId) -> u32 {
     out
 }
 
+/// The event channel of a domain about to be served.
+enum Port {
+    /// Already bound here, to this local port.
+    Bound(u32),
+    /// The domain's unbound port, to bind to.
+    Remote(u32),
+    /// None was given.
+    Missing,
+}
+
+/// What [`bind_and_connect`] could not do.
+#[derive(Debug)]
+enum SetUpFailed {
+    /// Binding (or finding) the domain's event channel.
+    Bind(Error),
+    /// Opening its store connection.
+    Connect(Error),
+}
+
+impl SetUpFailed {
+    fn into_error(self) -> Error {
+        match self {
+            SetUpFailed::Bind(e) | SetUpFailed::Connect(e) => e,
+        }
+    }
+}
+
+/// Binds `domid`'s event channel (unless bound already) and opens its store connection,
+/// for a mapped `ring`; on failure, undoes what was done (the port bound here, the ring
+/// mapped).
+fn bind_and_connect<S: Services>(
+    services: &mut S,
+    store: &mut Store,
+    domid: DomId,
+    ring: S::Ring,
+    port: Port,
+) -> Result<(S::Ring, u32, ConnId), SetUpFailed> {
+    let bound = match port {
+        Port::Bound(p) => Ok(p),
+        Port::Remote(r) => services.bind_interdomain(domid, r),
+        Port::Missing => Err(Error::NoEventChannel),
+    };
+    let local_port = match bound {
+        Ok(p) => p,
+        Err(e) => {
+            services.unmap_ring(domid, ring);
+            return Err(SetUpFailed::Bind(e));
+        }
+    };
+    match store.connect(domid) {
+        Ok(conn) => Ok((ring, local_port, conn)),
+        Err(e) => {
+            services.unbind(local_port);
+            services.unmap_ring(domid, ring);
+            Err(SetUpFailed::Connect(Error::Store(e)))
+        }
+    }
+}
+
 impl<S: Services> StubDomain<S> {
     /// Starts the store and serves the privileged domain's ring.
     pub fn new(
@@ -198,29 +257,17 @@ impl<S: Services> StubDomain<S> {
             BootRing::Mapped(r) => r,
             BootRing::Grant { gfn } => services.map_ring(domid, gfn)?,
         };
-        let bound = match boot.port {
-            BootPort::Local(p) => Ok(p),
-            BootPort::Remote(r) => services.bind_interdomain(domid, r),
+        let port = match boot.port {
+            BootPort::Local(p) => Port::Bound(p),
+            BootPort::Remote(r) => Port::Remote(r),
             BootPort::FromRing => match ring.load(Field::EvtchnPort) {
-                0 => Err(Error::NoEventChannel),
-                r => services.bind_interdomain(domid, r),
+                0 => Port::Missing,
+                r => Port::Remote(r),
             },
         };
-        let local_port = match bound {
-            Ok(p) => p,
-            Err(e) => {
-                services.unmap_ring(domid, ring);
-                return Err(e);
-            }
-        };
-        let conn_id = match store.connect(domid) {
-            Ok(c) => c,
-            Err(e) => {
-                services.unbind(local_port);
-                services.unmap_ring(domid, ring);
-                return Err(Error::Store(e));
-            }
-        };
+        let (ring, local_port, conn_id) =
+            bind_and_connect(&mut services, &mut store, domid, ring, port)
+                .map_err(SetUpFailed::into_error)?;
         let mut stub = StubDomain {
             store,
             services,
@@ -460,25 +507,22 @@ impl<S: Services> StubDomain<S> {
             0 => intro.evtchn,
             p => p,
         };
-        let local_port = match self.services.bind_interdomain(domid, remote) {
-            Ok(p) => p,
-            Err(e) => {
-                self.host
-                    .log
-                    .push(format!("dom{domid}: binding its port {remote} failed: {e}"));
-                self.services.unmap_ring(domid, ring);
-                self.store.domain_gone(domid);
-                return;
-            }
-        };
-        let conn_id = match self.store.connect(domid) {
-            Ok(c) => c,
-            Err(e) => {
-                self.host
-                    .log
-                    .push(format!("dom{domid}: no connection: {e}"));
-                self.services.unbind(local_port);
-                self.services.unmap_ring(domid, ring);
+        let bound = bind_and_connect(
+            &mut self.services,
+            &mut self.store,
+            domid,
+            ring,
+            Port::Remote(remote),
+        );
+        let (ring, local_port, conn_id) = match bound {
+            Ok(b) => b,
+            Err(failed) => {
+                self.host.log.push(match failed {
+                    SetUpFailed::Bind(e) => {
+                        format!("dom{domid}: binding its port {remote} failed: {e}")
+                    }
+                    SetUpFailed::Connect(e) => format!("dom{domid}: no connection: {e}"),
+                });
                 self.store.domain_gone(domid);
                 return;
             }
