@@ -530,6 +530,28 @@ fn concurrently_created_parents_with_different_permissions_conflict() {
     assert_eq!(h.d0().transaction_end(tx, true), Err(XsError::Again));
 }
 
+/// A node the transaction created, created below and then set permissions on, does not
+/// merge with the same node created meanwhile: the child inherited the permissions the node
+/// was created with, which the other creation did not have (the commit would otherwise leave
+/// the child with permissions no serial order gives it).
+#[test]
+fn a_created_node_whose_permissions_the_transaction_set_does_not_merge() {
+    let mut h = Host::new();
+    let other = h.store.connect(DomId::DOM0).unwrap();
+    let tx = h.d0().transaction_start().unwrap();
+    h.d0().in_tx(tx).write("/n/child", b"1").unwrap();
+    h.d0()
+        .in_tx(tx)
+        .set_perms("/n", &perms(&["n0", "r5"]))
+        .unwrap();
+    h.s(other).mkdir("/n").unwrap();
+    h.s(other).set_perms("/n", &perms(&["n0", "r7"])).unwrap();
+    assert_eq!(h.d0().transaction_end(tx, true), Err(XsError::Again));
+    assert_eq!(h.d0().read("/n/child"), Err(XsError::NoEnt));
+    assert_eq!(h.d0().get_perms("/n").unwrap(), perms(&["n0", "r7"]));
+    h.checked();
+}
+
 #[test]
 fn rm_then_recreate_in_a_transaction_replaces_the_subtree() {
     let mut h = Host::new();

@@ -1142,30 +1142,25 @@ impl Store {
 
     /// Whether a node the transaction created may merge with the same node created
     /// meanwhile by someone else, as if the transaction ran after that creation. Its
-    /// operations must then be allowed on that node: with the permissions the transaction
-    /// did not set itself being the same (so that everything it did below was checked
-    /// against the right ones), its value written only with write access, and its permissions
-    /// set only by the node's owner, without changing the owner unless privileged.
+    /// operations must then be allowed on that node: with the same permissions (so that
+    /// everything it did below was checked against, and everything it created below
+    /// inherited, the right ones), and its value written only with write access.
+    ///
+    /// A node whose permissions the transaction set does not merge: what it did below before
+    /// setting them relied on the permissions it was created with, which are no longer known
+    /// (a child it created then inherited them, not the other node's). The boot-storm case
+    /// merges parents created on the way, whose permissions it never sets.
     fn merge_allowed(&self, caller: &Caller, n: &TxNode, live: &super::node::Node) -> bool {
-        let rights = self.rights_for(caller, live.perms(), live.data_gen);
-        if !n.perms_set
-            && self.sanitize_perms(live.perms(), live.data_gen)
+        if n.perms_set
+            || self.sanitize_perms(live.perms(), live.data_gen)
                 != self.sanitize_perms(n.perms.iter().copied(), n.stamp)
         {
             return false;
         }
-        if n.value_set && !rights.contains(Rights::WRITE) {
-            return false;
-        }
-        if n.perms_set {
-            let keeps_owner = n.perms.first().map(|p| p.domid) == Some(live.owner());
-            if !rights.contains(Rights::WRITE | Rights::OWNER)
-                || !(caller.privileged || keeps_owner)
-            {
-                return false;
-            }
-        }
-        true
+        !n.value_set
+            || self
+                .rights_for(caller, live.perms(), live.data_gen)
+                .contains(Rights::WRITE)
     }
 
     fn apply(&mut self, path: &[u8], entry: &TxEntry, now: u64) -> XsResult<()> {
