@@ -389,19 +389,18 @@ fn expect_ringidx(server: &mut Server<Shared<N>>, sent: &[u8]) {
     assert_eq!(server.write(b"x"), Err(fault));
 }
 
-/// A hostile guest publishes a producer index more than a ring ahead of what the server
-/// consumed, after some honest traffic.
-#[test]
-fn hostile_req_prod_ahead() {
-    model("hostile_req_prod_ahead", || {
+/// A guest sends two honest bytes, then `tamper`s with its producer index (given the page and
+/// the index it published): the server must fault with `ERROR_RINGIDX` after reading only
+/// real bytes ([`expect_ringidx`]), and the guest must see the fault.
+fn hostile_req_prod(name: &'static str, tamper: fn(&Shared<N>, u32)) {
+    model(name, move || {
         let data = payload(2, 1);
         let (mut server, mut guest) = ends(u32::MAX - 1);
         let sent = data.clone();
         let page = guest.page().clone();
         let hostile = thread::spawn(move || {
             assert_eq!(guest.write(&sent), Ok(sent.len()));
-            let prod = page.load(Field::ReqProd);
-            page.store(Field::ReqProd, prod.wrapping_add(N as u32 + 1));
+            tamper(&page, page.load(Field::ReqProd));
             while guest.error() == ERROR_NONE {
                 thread::yield_now();
             }
@@ -412,28 +411,23 @@ fn hostile_req_prod_ahead() {
     });
 }
 
+/// A hostile guest publishes a producer index more than a ring ahead of what the server
+/// consumed, after some honest traffic.
+#[test]
+fn hostile_req_prod_ahead() {
+    hostile_req_prod("hostile_req_prod_ahead", |page, prod| {
+        page.store(Field::ReqProd, prod.wrapping_add(N as u32 + 1));
+    });
+}
+
 /// A hostile guest moves its producer index backwards, behind what the server consumed.
 #[test]
 fn hostile_req_prod_backwards() {
-    model("hostile_req_prod_backwards", || {
-        let data = payload(2, 1);
-        let (mut server, mut guest) = ends(u32::MAX - 1);
-        let sent = data.clone();
-        let page = guest.page().clone();
-        let hostile = thread::spawn(move || {
-            assert_eq!(guest.write(&sent), Ok(sent.len()));
-            let prod = page.load(Field::ReqProd);
-            while page.load(Field::ReqCons) != prod {
-                thread::yield_now();
-            }
-            page.store(Field::ReqProd, prod.wrapping_sub(1));
-            while guest.error() == ERROR_NONE {
-                thread::yield_now();
-            }
-            assert_eq!(guest.error(), ERROR_RINGIDX);
-        });
-        expect_ringidx(&mut server, &data);
-        hostile.join().unwrap();
+    hostile_req_prod("hostile_req_prod_backwards", |page, prod| {
+        while page.load(Field::ReqCons) != prod {
+            thread::yield_now();
+        }
+        page.store(Field::ReqProd, prod.wrapping_sub(1));
     });
 }
 
