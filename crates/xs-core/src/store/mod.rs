@@ -824,7 +824,8 @@ impl Store {
             return;
         };
         let conn_id = watch.conn;
-        let charge = watch::charge_event_of(watch.reported_path(path).len(), watch.token.len());
+        let reported = self.watches.reported_path(w, path);
+        let charge = watch::charge_event_of(reported.len(), watch.token.len());
         let queue_len = self.config.event_queue_len;
         let Some(conn) = self.conns.get_id(conn_id) else {
             return;
@@ -839,7 +840,7 @@ impl Store {
             return;
         };
         if fits {
-            watch::enqueue(&mut conn.events, watch.reported_path(path), &watch.token);
+            watch::enqueue(&mut conn.events, &reported, &watch.token);
             if !conn.notify {
                 conn.notify = true;
                 self.notify.push(ConnId(conn_id));
@@ -904,8 +905,8 @@ impl Store {
                 }
                 continue;
             };
-            let charge =
-                watch::charge_event_of(watch.event_path(&watch.path).len(), watch.token.len());
+            let own = self.watches.own_event_path(w);
+            let charge = watch::charge_event_of(own.len(), watch.token.len());
             if !self.try_charge(&watcher, charge, into_empty) {
                 return;
             }
@@ -914,7 +915,7 @@ impl Store {
                 self.watches.watches.get_mut(w),
             ) {
                 c.missed.pop_front();
-                watch::enqueue(&mut c.events, watch.event_path(&watch.path), &watch.token);
+                watch::enqueue(&mut c.events, &own, &watch.token);
                 watch.missed = false;
             }
         }
@@ -1034,14 +1035,9 @@ impl Store {
             s.check_quota(&caller, QuotaKind::Watches, usage.watches.saturating_add(1))?;
             let charge = watch::charge_watch(canonical.len(), token.len());
             s.check_memory(&caller, charge)?;
-            let index = s.watches.add(watch::Watch {
-                conn: conn.0,
-                path: canonical.into(),
-                token: watch::Token::new(token),
-                depth,
-                relative_prefix: canon.relative_prefix,
-                missed: false,
-            })?;
+            let index = s
+                .watches
+                .add(conn.0, canonical, token, depth, canon.relative_prefix)?;
             if let Some(c) = s.conns.get_id_mut(conn.0) {
                 c.watches.push(index);
             }

@@ -27,6 +27,7 @@
 //! (C xenstored instead drops events after a timeout or over quota; oxenstored stops reading
 //! from the connection.)
 
+use alloc::borrow::Cow;
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::rc::Rc;
@@ -40,7 +41,7 @@ use siphasher::sip::SipHasher13;
 use super::PAYLOAD_MAX;
 use super::arena::{Id, Slab};
 use super::tree::KeyedSegments;
-use crate::error::XsResult;
+use crate::error::{XsError, XsResult};
 
 /// An event waiting to be sent: `WATCH_EVENT <path>|<token>|`.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -183,17 +184,21 @@ impl AsRef<[u8]> for EventPath {
     }
 }
 
-/// A registered watch.
+/// A registered watch. Its path is kept once, in its bucket of the index (found again
+/// through `hash`): the bucket must hold it for matching anyway, and a second copy per
+/// watch was a heap allocation more.
 #[derive(Debug)]
 pub(crate) struct Watch {
     pub(crate) conn: Id,
-    /// Canonical absolute path, or a special path starting with `@`.
-    pub(crate) path: Box<[u8]>,
+    /// The hash of its path (canonical absolute, or special: `@...`).
+    hash: u64,
+    /// The length of its path.
+    path_len: u32,
     pub(crate) token: Token,
-    /// Levels below `path` that still match (`XENSTORE_SERVER_FEATURE_WATCHDEPTH`).
+    /// Levels below its path that still match (`XENSTORE_SERVER_FEATURE_WATCHDEPTH`).
     pub(crate) depth: Option<u32>,
     /// Length of `/local/domain/<domid>/` if the watch was registered relative.
-    pub(crate) relative_prefix: usize,
+    relative_prefix: u32,
     /// Events were dropped at the queue bound; one catch-up event is owed.
     pub(crate) missed: bool,
 }
@@ -201,29 +206,21 @@ pub(crate) struct Watch {
 impl Watch {
     /// The path to report for an event at `path` (relative if the watch is).
     pub(crate) fn event_path<'a>(&self, path: &'a [u8]) -> &'a [u8] {
-        path.get(self.relative_prefix..).unwrap_or(path)
+        path.get(self.relative_prefix as usize..).unwrap_or(path)
     }
 
-    /// The path an event at `path` reports: [`Watch::event_path`], or the watch's own path
-    /// when the event would not fit one message (Xen XSA-324), which fits (its WATCH request
-    /// did) and still says "look below here".
-    pub(crate) fn reported_path<'a>(&'a self, path: &'a [u8]) -> &'a [u8] {
-        let reported = self.event_path(path);
-        let fits = reported
+    /// Whether an event at `path` fits one message with this watch's token.
+    fn fits(&self, path: &[u8]) -> bool {
+        self.event_path(path)
             .len()
             .saturating_add(self.token.len())
             .saturating_add(2)
-            <= PAYLOAD_MAX;
-        if fits {
-            reported
-        } else {
-            self.event_path(&self.path)
-        }
+            <= PAYLOAD_MAX
     }
 
     /// The bytes charged to the watching domain.
     pub(crate) fn charge(&self) -> u64 {
-        charge_watch(self.path.len(), self.token.len())
+        charge_watch(self.path_len as usize, self.token.len())
     }
 }
 
@@ -289,6 +286,10 @@ struct Bucket {
 impl Bucket {
     fn watches(&self) -> impl Iterator<Item = &Listed> {
         core::iter::once(&self.first).chain(self.more.iter().flat_map(|more| more.iter()))
+    }
+
+    fn contains(&self, watch: u32) -> bool {
+        self.watches().any(|l| l.watch == watch)
     }
 
     fn push(&mut self, listed: Listed) {
@@ -393,9 +394,9 @@ impl WatchTable {
         }
     }
 
-    /// Counts a node watch on `path` in (`add`) or out of its level.
-    fn count_level(&mut self, path: &[u8], add: bool) {
-        let level = level_slot(level_of(path));
+    /// Counts a node watch in (`add`) or out of `level`.
+    fn count_level(&mut self, level: usize, add: bool) {
+        let level = level_slot(level);
         if let Some(n) = self.per_level.get_mut(level) {
             *n = if add {
                 n.saturating_add(1)
@@ -423,29 +424,44 @@ impl WatchTable {
         self.index.find(hash, |b| b.path.get() == path)
     }
 
-    /// Registers a watch and returns its index.
-    pub(crate) fn add(&mut self, watch: Watch) -> XsResult<u32> {
-        let special = is_special(&watch.path);
-        let listed_depth = watch.depth.unwrap_or(u32::MAX);
-        let path = watch.path.clone();
+    /// Registers a watch of `conn` on `path` (canonical absolute, or special) and returns its
+    /// index. `relative_prefix` is the length of `/local/domain/<domid>/` if it was
+    /// registered relative.
+    pub(crate) fn add(
+        &mut self,
+        conn: Id,
+        path: &[u8],
+        token: &[u8],
+        depth: Option<u32>,
+        relative_prefix: usize,
+    ) -> XsResult<u32> {
+        let hash = self.hasher.hash(path);
+        let watch = Watch {
+            conn,
+            hash,
+            path_len: u32::try_from(path.len()).map_err(|_| XsError::Inval)?,
+            token: Token::new(token),
+            depth,
+            relative_prefix: u32::try_from(relative_prefix).map_err(|_| XsError::Inval)?,
+            missed: false,
+        };
         let index = self.watches.insert(watch)?.index;
-        if !special {
+        if !is_special(path) {
             self.node_watches = self.node_watches.saturating_add(1);
-            self.count_level(&path, true);
+            self.count_level(level_of(path), true);
         }
         let listed = Listed {
             watch: index,
-            depth: listed_depth,
+            depth: depth.unwrap_or(u32::MAX),
         };
-        let hash = self.hasher.hash(&path);
-        match self.index.find_mut(hash, |b| b.path.get() == &*path) {
+        match self.index.find_mut(hash, |b| b.path.get() == path) {
             Some(bucket) => bucket.push(listed),
             None => {
                 let hasher = self.hasher;
                 self.index.insert_unique(
                     hash,
                     Bucket {
-                        path: SmallPath::new(&path),
+                        path: SmallPath::new(path),
                         first: listed,
                         more: None,
                     },
@@ -459,19 +475,47 @@ impl WatchTable {
     /// Unregisters a watch.
     pub(crate) fn remove(&mut self, index: u32) -> Option<Watch> {
         let watch = self.watches.remove(index)?;
-        if !is_special(&watch.path) {
-            self.node_watches = self.node_watches.saturating_sub(1);
-            self.count_level(&watch.path, false);
-        }
-        let hash = self.hasher.hash(&watch.path);
-        if let Ok(mut entry) = self
-            .index
-            .find_entry(hash, |b| b.path.get() == &*watch.path)
-            && entry.get_mut().remove(index)
-        {
-            entry.remove();
+        if let Ok(mut entry) = self.index.find_entry(watch.hash, |b| b.contains(index)) {
+            let path = entry.get().path.get();
+            let node_level = (!is_special(path)).then(|| level_of(path));
+            if entry.get_mut().remove(index) {
+                entry.remove();
+            }
+            if let Some(level) = node_level {
+                self.node_watches = self.node_watches.saturating_sub(1);
+                self.count_level(level, false);
+            }
         }
         Some(watch)
+    }
+
+    /// The path watch `index` is registered on.
+    pub(crate) fn path_of(&self, index: u32) -> Option<&[u8]> {
+        let watch = self.watches.get(index)?;
+        self.index
+            .find(watch.hash, |b| b.contains(index))
+            .map(|b| b.path.get())
+    }
+
+    /// The path an event of watch `index` at `path` reports: [`Watch::event_path`], or the
+    /// watch's own path when the event would not fit one message (Xen XSA-324), which fits
+    /// (its WATCH request did) and still says "look below here". That rare case copies it.
+    pub(crate) fn reported_path<'a>(&self, index: u32, path: &'a [u8]) -> Cow<'a, [u8]> {
+        let Some(watch) = self.watches.get(index) else {
+            return Cow::Borrowed(path);
+        };
+        if watch.fits(path) {
+            return Cow::Borrowed(watch.event_path(path));
+        }
+        Cow::Owned(self.own_event_path(index))
+    }
+
+    /// The event path of watch `index` at its own path (a catch-up event), copied.
+    pub(crate) fn own_event_path(&self, index: u32) -> Vec<u8> {
+        match (self.watches.get(index), self.path_of(index)) {
+            (Some(watch), Some(own)) => watch.event_path(own).to_vec(),
+            _ => Vec::new(),
+        }
     }
 
     /// The watch of `conn` on `path` with `token`, if registered.
@@ -589,15 +633,9 @@ fn is_special(path: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    fn watch(conn: Id, path: &str, depth: Option<u32>) -> Watch {
-        Watch {
-            conn,
-            path: path.as_bytes().into(),
-            token: Token::new(b"t"),
-            depth,
-            relative_prefix: 0,
-            missed: false,
-        }
+    /// Registers a watch of `conn` on `path` with token `t`.
+    fn add(t: &mut WatchTable, conn: Id, path: &str, depth: Option<u32>) -> XsResult<u32> {
+        t.add(conn, path.as_bytes(), b"t", depth, 0)
     }
 
     #[test]
@@ -607,10 +645,10 @@ mod tests {
             generation: 0,
         };
         let mut t = WatchTable::new([1, 2]);
-        let root = t.add(watch(c, "/", None)).unwrap();
-        let a = t.add(watch(c, "/a", None)).unwrap();
-        let ab = t.add(watch(c, "/a/b", Some(0))).unwrap();
-        let a1 = t.add(watch(c, "/a", Some(1))).unwrap();
+        let root = add(&mut t, c, "/", None).unwrap();
+        let a = add(&mut t, c, "/a", None).unwrap();
+        let ab = add(&mut t, c, "/a/b", Some(0)).unwrap();
+        let a1 = add(&mut t, c, "/a", Some(1)).unwrap();
         let mut out = Vec::new();
         t.match_subtree(b"/a/b", &mut out);
         out.sort();
@@ -649,8 +687,8 @@ mod tests {
         };
         let mut t = WatchTable::new([3, 4]);
         let long = alloc::format!("/{}", "x".repeat(100));
-        let a = t.add(watch(c, &long, None)).unwrap();
-        let b = t.add(watch(c, &long, None)).unwrap();
+        let a = add(&mut t, c, &long, None).unwrap();
+        let b = add(&mut t, c, &long, None).unwrap();
         let mut out = Vec::new();
         t.match_subtree(alloc::format!("{long}/y").as_bytes(), &mut out);
         assert_eq!(out, [a, b]);
@@ -716,7 +754,7 @@ mod tests {
         let mut registered = Vec::new();
         for level in 0..=levels {
             let depth = (level % 2 == 1).then_some(1);
-            let w = t.add(watch(c, &path_at(level), depth)).unwrap();
+            let w = add(&mut t, c, &path_at(level), depth).unwrap();
             registered.push((level, depth, w));
         }
         for changed in [
@@ -759,9 +797,9 @@ mod tests {
         proptest!(|(ops in proptest::collection::vec(op, 1..30), changed in path)| {
             let mut t = WatchTable::new([9, 10]);
             let mut live: Vec<(u32, alloc::string::String, Option<u32>)> = Vec::new();
-            for (add, p, depth) in ops {
-                if add || live.is_empty() {
-                    let w = t.add(watch(c, &p, depth)).unwrap();
+            for (adding, p, depth) in ops {
+                if adding || live.is_empty() {
+                    let w = add(&mut t, c, &p, depth).unwrap();
                     live.push((w, p, depth));
                 } else {
                     let (w, ..) = live.swap_remove(p.len() % live.len());
@@ -785,6 +823,38 @@ mod tests {
         });
     }
 
+    /// A watch's path is found through its bucket, also after the table grew (its buckets
+    /// moved) and after other watches on the same path went; removing a special watch
+    /// leaves the node-watch counts alone.
+    #[test]
+    fn a_watch_finds_its_path_in_its_bucket() {
+        let c = Id {
+            index: 0,
+            generation: 0,
+        };
+        let mut t = WatchTable::new([11, 12]);
+        let path = |i: u32| alloc::format!("/local/domain/{}/device/vif/{}/state", i / 3, i % 3);
+        let ids: Vec<u32> = (0..3000)
+            .map(|i| add(&mut t, c, &path(i), None).unwrap())
+            .collect();
+        let shared = add(&mut t, c, &path(7), None).unwrap();
+        let special = add(&mut t, c, "@releaseDomain", None).unwrap();
+        for (i, &w) in ids.iter().enumerate().filter(|(i, _)| i % 2 == 0) {
+            assert_eq!(t.path_of(w), Some(path(i as u32).as_bytes()));
+            t.remove(w).unwrap();
+            assert_eq!(t.path_of(w), None, "removed");
+        }
+        for (i, &w) in ids.iter().enumerate().filter(|(i, _)| i % 2 == 1) {
+            assert_eq!(t.path_of(w), Some(path(i as u32).as_bytes()));
+        }
+        assert_eq!(t.path_of(shared), Some(path(7).as_bytes()));
+        assert_eq!(t.path_of(special), Some(&b"@releaseDomain"[..]));
+        let nodes = t.node_watches;
+        t.remove(special).unwrap();
+        assert_eq!(t.node_watches, nodes);
+        assert_eq!(t.own_event_path(shared), path(7).into_bytes());
+    }
+
     #[test]
     fn special_depth_rules() {
         let c = Id {
@@ -792,11 +862,11 @@ mod tests {
             generation: 0,
         };
         let mut t = WatchTable::new([1, 2]);
-        let plain = t.add(watch(c, "@releaseDomain", None)).unwrap();
-        let deep = t.add(watch(c, "@releaseDomain", Some(1))).unwrap();
-        let zero = t.add(watch(c, "@releaseDomain", Some(0))).unwrap();
-        let one = t.add(watch(c, "@releaseDomain/5", None)).unwrap();
-        let other = t.add(watch(c, "@releaseDomain/6", None)).unwrap();
+        let plain = add(&mut t, c, "@releaseDomain", None).unwrap();
+        let deep = add(&mut t, c, "@releaseDomain", Some(1)).unwrap();
+        let zero = add(&mut t, c, "@releaseDomain", Some(0)).unwrap();
+        let one = add(&mut t, c, "@releaseDomain/5", None).unwrap();
+        let other = add(&mut t, c, "@releaseDomain/6", None).unwrap();
         let mut out = Vec::new();
         t.match_special(b"@releaseDomain", b"@releaseDomain/5", &mut out);
         assert_eq!(out, [(plain, false), (deep, true), (one, true)]);
@@ -817,7 +887,7 @@ mod tests {
             } else {
                 "@releaseDomain/7"
             };
-            ids.push(t.add(watch(conn(i), path, None)).unwrap());
+            ids.push(add(&mut t, conn(i), path, None).unwrap());
         }
         assert!(!t.any_node_watches());
         let mut out = Vec::new();
