@@ -316,7 +316,7 @@ extern "C" fn xs_vector(frame: &mut Frame) {
         return;
     }
     trace::record(Event::Vector, frame.vector);
-    // A fault while reporting one (or a panic) leaves without another word.
+    // Met while reporting another fatal error, this one is reported once more at most.
     exit::begin_fatal_report();
     let mut out = Console;
     println!();

@@ -8,7 +8,7 @@ use crate::trace::{self, Event};
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    // A panic while reporting one (or a fault) exits without another word.
+    // Met while reporting another fatal error, this one is reported once more at most.
     exit::begin_fatal_report();
     trace::record(Event::Panic, 0);
     let mut out = Console;
