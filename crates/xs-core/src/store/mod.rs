@@ -824,7 +824,7 @@ impl Store {
             return;
         };
         let conn_id = watch.conn;
-        let reported = self.watches.reported_path(w, path);
+        let reported = self.watches.reported_path(w, watch, path);
         let charge = watch::charge_event_of(reported.len(), watch.token.len());
         let queue_len = self.config.event_queue_len;
         let Some(conn) = self.conns.get_id(conn_id) else {

@@ -355,14 +355,13 @@ pub(crate) struct WatchTable {
     pub(crate) watches: Slab<Watch>,
     index: HashTable<Bucket>,
     hasher: PathHasher,
-    /// Watches on node paths (the others are special): none means changes need no matching.
-    node_watches: usize,
-    /// Node watches per level of their path (`/` is level 0; levels from 63 share the last
+    /// Node watches (those not special) per level of their path (`/` is level 0; levels from 63 share the last
     /// count), so that matching hashes and probes only the prefixes at levels some watch is
     /// on: watches are on device, backend and control nodes, rarely on `/`, `/local` or
     /// `/local/domain`.
     per_level: [u32; LEVELS],
-    /// Bit `l` set when `per_level[l]` is not zero.
+    /// Bit `l` set when `per_level[l]` is not zero: none set means no node watches, and
+    /// changes need no matching.
     levels: u64,
 }
 
@@ -388,7 +387,6 @@ impl WatchTable {
             watches: Slab::default(),
             index: HashTable::new(),
             hasher: PathHasher::new(hash_key),
-            node_watches: 0,
             per_level: [0; LEVELS],
             levels: 0,
         }
@@ -447,7 +445,6 @@ impl WatchTable {
         };
         let index = self.watches.insert(watch)?.index;
         if !is_special(path) {
-            self.node_watches = self.node_watches.saturating_add(1);
             self.count_level(level_of(path), true);
         }
         let listed = Listed {
@@ -482,7 +479,6 @@ impl WatchTable {
                 entry.remove();
             }
             if let Some(level) = node_level {
-                self.node_watches = self.node_watches.saturating_sub(1);
                 self.count_level(level, false);
             }
         }
@@ -500,10 +496,12 @@ impl WatchTable {
     /// The path an event of watch `index` at `path` reports: [`Watch::event_path`], or the
     /// watch's own path when the event would not fit one message (Xen XSA-324), which fits
     /// (its WATCH request did) and still says "look below here". That rare case copies it.
-    pub(crate) fn reported_path<'a>(&self, index: u32, path: &'a [u8]) -> Cow<'a, [u8]> {
-        let Some(watch) = self.watches.get(index) else {
-            return Cow::Borrowed(path);
-        };
+    pub(crate) fn reported_path<'a>(
+        &self,
+        index: u32,
+        watch: &Watch,
+        path: &'a [u8],
+    ) -> Cow<'a, [u8]> {
         if watch.fits(path) {
             return Cow::Borrowed(watch.event_path(path));
         }
@@ -533,7 +531,7 @@ impl WatchTable {
     /// Watches matching a change at `path` that affects its subtree: watches on `path` and on
     /// its ancestors, within their depth limits.
     pub(crate) fn match_subtree(&self, path: &[u8], out: &mut Vec<u32>) {
-        if self.node_watches == 0 {
+        if self.levels == 0 {
             return;
         }
         let total = level_of(path);
@@ -589,7 +587,7 @@ impl WatchTable {
 
     /// Watches registered exactly on `path`.
     pub(crate) fn match_exact(&self, path: &[u8], out: &mut Vec<u32>) {
-        if self.node_watches == 0 {
+        if self.levels == 0 {
             return;
         }
         if let Some(bucket) = self.bucket(path, self.hasher.hash(path)) {
@@ -599,7 +597,7 @@ impl WatchTable {
 
     /// Whether any watch is registered on a node path (so removals must look for them).
     pub(crate) fn any_node_watches(&self) -> bool {
-        self.node_watches > 0
+        self.levels != 0
     }
 
     /// Special watches matching the special event `name` about `domid`, each with whether the
@@ -849,9 +847,9 @@ mod tests {
         }
         assert_eq!(t.path_of(shared), Some(path(7).as_bytes()));
         assert_eq!(t.path_of(special), Some(&b"@releaseDomain"[..]));
-        let nodes = t.node_watches;
+        let nodes = t.per_level;
         t.remove(special).unwrap();
-        assert_eq!(t.node_watches, nodes);
+        assert_eq!(t.per_level, nodes);
         assert_eq!(t.own_event_path(shared), path(7).into_bytes());
     }
 
