@@ -88,9 +88,7 @@ pub fn canonicalize<'a>(
     match check(raw, allow_special)? {
         Sent::Absolute(canonical) => Ok((raw, canonical)),
         Sent::Relative => {
-            buf.clear();
-            push_home(buf, caller);
-            buf.push(b'/');
+            start_home(buf, caller);
             join(buf, raw)
         }
     }
@@ -129,6 +127,13 @@ fn check(raw: &[u8], allow_special: bool) -> XsResult<Sent> {
         return Err(XsError::Inval);
     }
     Ok(Sent::Relative)
+}
+
+/// Makes `buf` hold `caller`'s home and a `/`, for [`join`].
+fn start_home(buf: &mut Vec<u8>, caller: DomId) {
+    buf.clear();
+    push_home(buf, caller);
+    buf.push(b'/');
 }
 
 /// Appends relative `raw` to `buf`, which holds a home and its trailing `/`.
@@ -171,9 +176,7 @@ impl PathBuffer {
                 match self.home {
                     Some((domid, len)) if domid == caller => self.bytes.truncate(len),
                     _ => {
-                        self.bytes.clear();
-                        push_home(&mut self.bytes, caller);
-                        self.bytes.push(b'/');
+                        start_home(&mut self.bytes, caller);
                         self.home = Some((caller, self.bytes.len()));
                     }
                 }
