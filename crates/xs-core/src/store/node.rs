@@ -281,6 +281,11 @@ impl Node {
     }
 
     /// Inserts a child link at `position` among the children.
+    ///
+    /// The array stays exact-size (a capacity field would cost every node 8 bytes), so it is
+    /// grown by one in place: `realloc` usually extends the block without copying it, and the
+    /// links after `position` move once. A directory of n children then costs O(n) per
+    /// insert in moved bytes, as C xenstored's rewrite of the parent's record does.
     pub(crate) fn insert_child(
         &mut self,
         position: usize,
@@ -293,30 +298,35 @@ impl Node {
             .child_name_bytes()
             .saturating_add(name_len)
             .saturating_add(1);
-        let mut entries = Vec::with_capacity(self.children().len().saturating_add(2));
-        entries.push(header(generation, bytes));
-        let children = self.children();
-        let (before, after) = children.split_at(position.min(children.len()));
-        entries.extend_from_slice(before);
-        entries.push(ChildRef::new(key, index));
-        entries.extend_from_slice(after);
+        let mut entries = core::mem::take(&mut self.children).into_vec();
+        if entries.is_empty() {
+            entries.reserve_exact(2);
+            entries.push(header(generation, bytes));
+        } else {
+            entries.reserve_exact(1);
+            if let Some(h) = entries.first_mut() {
+                *h = header(generation, bytes);
+            }
+        }
+        let at = position.saturating_add(1).min(entries.len());
+        entries.insert(at, ChildRef::new(key, index));
         self.children = entries.into_boxed_slice();
     }
 
-    /// Removes the child link at `position`.
+    /// Removes the child link at `position`, shrinking the array in place.
     pub(crate) fn remove_child(&mut self, position: usize, name_len: usize, generation: u64) {
         let bytes = self
             .child_name_bytes()
             .saturating_sub(name_len.saturating_add(1));
-        let mut entries = Vec::with_capacity(self.children().len());
-        entries.push(header(generation, bytes));
-        entries.extend(
-            self.children()
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| *i != position)
-                .map(|(_, c)| *c),
-        );
+        let mut entries = core::mem::take(&mut self.children).into_vec();
+        match entries.first_mut() {
+            Some(h) => *h = header(generation, bytes),
+            None => entries.push(header(generation, bytes)),
+        }
+        let at = position.saturating_add(1);
+        if at < entries.len() {
+            entries.remove(at);
+        }
         self.children = entries.into_boxed_slice();
     }
 
