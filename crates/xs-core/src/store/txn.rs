@@ -770,19 +770,14 @@ impl Store {
         } else {
             Aspects::DATA
         };
+        let overwrite = r.exists && matches!(kind, WriteKind::Value(_));
+        if !overwrite {
+            self.note(t, caller, nearest_path, r.nearest, aspect)?;
+        }
         let value = match kind {
-            WriteKind::Value(v) if r.exists => v,
-            WriteKind::Mkdir if r.exists => {
-                return self.note(t, caller, nearest_path, r.nearest, aspect);
-            }
-            WriteKind::Value(v) => {
-                self.note(t, caller, nearest_path, r.nearest, aspect)?;
-                v
-            }
-            WriteKind::Mkdir => {
-                self.note(t, caller, nearest_path, r.nearest, aspect)?;
-                b""
-            }
+            WriteKind::Value(v) => v,
+            WriteKind::Mkdir if r.exists => return Ok(()),
+            WriteKind::Mkdir => b"",
         };
         if r.exists {
             let size = value.len().saturating_add(child_bytes);

@@ -355,10 +355,10 @@ pub(crate) struct WatchTable {
     pub(crate) watches: Slab<Watch>,
     index: HashTable<Bucket>,
     hasher: PathHasher,
-    /// Node watches (those not special) per level of their path (`/` is level 0; levels from 63 share the last
-    /// count), so that matching hashes and probes only the prefixes at levels some watch is
-    /// on: watches are on device, backend and control nodes, rarely on `/`, `/local` or
-    /// `/local/domain`.
+    /// Node watches (those not special) per level of their path (`/` is level 0; levels
+    /// from 63 share the last count), so that matching hashes and probes only the prefixes
+    /// at levels some watch is on: watches are on device, backend and control nodes, rarely
+    /// on `/`, `/local` or `/local/domain`.
     per_level: [u32; LEVELS],
     /// Bit `l` set when `per_level[l]` is not zero: none set means no node watches, and
     /// changes need no matching.
