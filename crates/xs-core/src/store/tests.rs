@@ -6,6 +6,7 @@ use alloc::vec::Vec;
 
 use super::*;
 use crate::perms::Access;
+use crate::quota::QuotaKind;
 
 fn p(s: &str) -> Perm {
     Perm::parse(s.as_bytes()).unwrap()
