@@ -1,0 +1,167 @@
+//! Commit: validating the read set against the live tree and applying the overlay at one
+//! new generation, firing watches then.
+
+use super::{Aspects, Origin, Transaction, TxEntry, TxNode};
+use crate::error::{XsError, XsResult};
+use crate::path;
+use crate::quota::QuotaKind;
+use crate::store::access::{Caller, Rights};
+use crate::store::arena::Id;
+use crate::store::{ConnId, Match, Store};
+
+impl Store {
+    // ----- commit --------------------------------------------------------------------------
+
+    pub(super) fn commit(&mut self, conn: ConnId, t: &Transaction) -> XsResult<()> {
+        let caller = self.caller(conn)?;
+        if t.doomed || !self.validate(t, &caller) {
+            return Err(XsError::Again);
+        }
+        if t.created_nodes > 0 {
+            // A domain over its quota may go on as long as it does not create more.
+            let usage = self.usage_of(caller.domid);
+            self.check_quota(
+                &caller,
+                QuotaKind::Nodes,
+                usage.nodes.saturating_add(t.created_nodes),
+            )?;
+            self.check_memory(&caller, t.created_bytes)?;
+        }
+        let now = self.next_gen();
+        let mut ok = true;
+        for (path, entry) in &t.overlay {
+            ok &= self.apply(path, entry, now).is_ok();
+        }
+        if ok { Ok(()) } else { Err(XsError::Io) }
+    }
+
+    /// The live node at `path`, through `live` when it is still that node.
+    fn live_node(&self, path: &[u8], live: Option<Id>) -> Option<u32> {
+        match live {
+            Some(id) => self.still_there(id),
+            None => self.tree.lookup(path),
+        }
+    }
+
+    /// The index of node `id` if it is still that node (nodes never move; a removed one's
+    /// slot has a new generation).
+    fn still_there(&self, id: Id) -> Option<u32> {
+        self.tree.nodes.get_id(id).map(|_| id.index)
+    }
+
+    /// Whether everything the transaction relied on is unchanged since its snapshot.
+    fn validate(&self, t: &Transaction, caller: &Caller) -> bool {
+        let s = t.snapshot;
+        let unchanged = |path: &[u8], aspects: Aspects, live: Option<Id>| -> bool {
+            if aspects.contains(Aspects::ABSENT) {
+                return self.tree.lookup(path).is_none();
+            }
+            // A node seen in the live tree and since removed has a stale id: changed.
+            self.live_node(path, live)
+                .and_then(|i| self.tree.node(i))
+                .is_some_and(|n| {
+                    n.data_gen <= s && (!aspects.contains(Aspects::CHILDREN) || n.gencnt() <= s)
+                })
+        };
+        if !t.reads.iter().all(|(p, r)| unchanged(p, r.aspects, r.live)) {
+            return false;
+        }
+        t.overlay.iter().all(|(path, entry)| match entry {
+            TxEntry::Present(n) if n.origin == Origin::Snapshot => {
+                unchanged(path, Aspects::EXISTS, n.live)
+            }
+            TxEntry::Present(n) if n.origin == Origin::Created => {
+                match self.tree.lookup(path).and_then(|i| self.tree.node(i)) {
+                    None => true,
+                    Some(live) => self.merge_allowed(caller, n, live),
+                }
+            }
+            _ => true,
+        })
+    }
+
+    /// Whether a node the transaction created may merge with the same node created
+    /// meanwhile by someone else, as if the transaction ran after that creation. Its
+    /// operations must then be allowed on that node: with the same permissions (so that
+    /// everything it did below was checked against, and everything it created below
+    /// inherited, the right ones), and its value written only with write access.
+    ///
+    /// A node whose permissions the transaction set does not merge: what it did below before
+    /// setting them relied on the permissions it was created with, which are no longer known
+    /// (a child it created then inherited them, not the other node's). The boot-storm case
+    /// merges parents created on the way, whose permissions it never sets.
+    fn merge_allowed(&self, caller: &Caller, n: &TxNode, live: &crate::store::node::Node) -> bool {
+        if n.perms_set
+            || self.sanitize_perms(live.perms(), live.data_gen)
+                != self.sanitize_perms(n.perms.iter().copied(), n.stamp)
+        {
+            return false;
+        }
+        !n.value_set
+            || self
+                .rights_for(caller, live.perms(), live.data_gen)
+                .contains(Rights::WRITE)
+    }
+
+    fn apply(&mut self, path: &[u8], entry: &TxEntry, now: u64) -> XsResult<()> {
+        let known = match entry {
+            TxEntry::Present(n) => n.live,
+            TxEntry::Deleted { .. } => None,
+        };
+        // The node seen when the entry was made, if it is still there; else whatever is at
+        // the path now.
+        let live = known
+            .and_then(|id| self.still_there(id))
+            .or_else(|| self.tree.lookup(path));
+        match entry {
+            TxEntry::Deleted { event } => {
+                if let Some(i) = live.filter(|&i| i != self.tree.root) {
+                    self.delete_subtree(i, path, now, *event);
+                }
+                Ok(())
+            }
+            TxEntry::Present(n) => match (n.origin, live) {
+                (Origin::Recreated, Some(i)) if i != self.tree.root => {
+                    self.delete_subtree(i, path, now, false);
+                    self.apply_create(path, n, now)
+                }
+                (_, Some(i)) => self.apply_update(i, path, n, now),
+                (_, None) => self.apply_create(path, n, now),
+            },
+        }
+    }
+
+    fn apply_update(&mut self, index: u32, path: &[u8], n: &TxNode, now: u64) -> XsResult<()> {
+        // The permissions before the change, for watchers who could read the node only
+        // before it (needed only when the permissions change).
+        let old = self
+            .tree
+            .node(index)
+            .filter(|_| n.perms_set && n.event)
+            .map(|node| (node.perm_vec(), node.data_gen));
+        if n.value_set {
+            self.set_node_value(index, path, &n.value, now)?;
+        }
+        if n.perms_set {
+            let perms = self.sanitize_perms(n.perms.iter().copied(), n.stamp);
+            self.set_node_perms(index, path, &perms, now)?;
+        }
+        if n.event {
+            let old_perms = old.as_ref().map(|(p, s)| (p.as_slice(), *s));
+            self.fire(path, Match::Subtree, Some(index), old_perms);
+        }
+        Ok(())
+    }
+
+    fn apply_create(&mut self, path: &[u8], n: &TxNode, now: u64) -> XsResult<()> {
+        let parent = path::parent(path)
+            .and_then(|p| self.tree.lookup(p))
+            .ok_or(XsError::Io)?;
+        let perms = self.sanitize_perms(n.perms.iter().copied(), n.stamp);
+        let index = self.create_node(parent, path::basename(path), &n.value, &perms, now)?;
+        if n.event {
+            self.fire(path, Match::Subtree, Some(index), None);
+        }
+        Ok(())
+    }
+}

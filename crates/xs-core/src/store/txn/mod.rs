@@ -1,0 +1,392 @@
+//! Transactions: a snapshot view, a copy-on-write overlay, and validation at commit.
+//!
+//! ## The view
+//!
+//! A transaction sees the store as it was at its start (generation `S`), with its own
+//! changes on top:
+//!
+//! * the **snapshot**: live nodes last changed at or before `S`, and for nodes changed or
+//!   deleted since, the versions the [`super::history`] kept for open transactions;
+//! * the **overlay**: the transaction's own writes, keyed by path. An entry is either
+//!   `Deleted` or a present node with its value and permissions. Entries whose node did not
+//!   exist in the snapshot (or was deleted and created again in the transaction) hide
+//!   whatever the live tree holds below them.
+//!
+//! Starting a transaction allocates one record: it costs the same with a thousand nodes or a
+//! million.
+//!
+//! ## Commit
+//!
+//! Every snapshot fact the transaction relied on is recorded in its read set: values and
+//! permissions it read or checked (`DATA`), child lists it listed (`CHILDREN`), nodes it
+//! needed to exist (`EXISTS`), paths it found missing (`ABSENT`). (An overwritten node's
+//! `Snapshot` overlay entry records its read itself: the entry is checked at commit as the
+//! read would be, and the read moves to the read set if the entry goes.) The commit fails with
+//! `EAGAIN` exactly when one of those changed since `S`; otherwise the overlay is applied in
+//! path order (parents before children) at one new generation, and watches fire then.
+//! Validation and application cost what the transaction touched, not the size of the store.
+//!
+//! Writes the transaction did not read are not conflicts: the commit behaves as if it ran
+//! after the concurrent change (serializable), so transactions creating disjoint subtrees
+//! under a shared parent both commit. Nodes created on the way (missing parents) merge with
+//! the same node created concurrently when both got the same permissions (the boot-storm
+//! case of two toolstack transactions creating `/local/domain/0/backend/vif/<domid>/0` for
+//! different domids). This is stricter than C xenstored in one way: a node the transaction
+//! read and then wrote is still checked (C lets such a write silently overwrite a concurrent
+//! one), and more permissive in another: C treats any change to a parent's child list as a
+//! conflict.
+
+mod commit;
+mod operations;
+mod view;
+
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+use core::mem;
+
+use bitflags::bitflags;
+
+use super::arena::Id;
+use super::{ConnId, Store, TxId};
+use crate::error::{XsError, XsResult};
+use crate::perms::Perm;
+use crate::quota::QuotaKind;
+
+bitflags! {
+    /// What a transaction relied on about one path of its snapshot.
+    #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+    pub(crate) struct Aspects: u8 {
+        /// The node existed (and is the same node).
+        const EXISTS = 0x01;
+        /// Its value and permissions.
+        const DATA = 0x02;
+        /// Its set of children.
+        const CHILDREN = 0x04;
+        /// The path did not exist.
+        const ABSENT = 0x08;
+    }
+}
+
+/// Where an overlay node came from, which decides how it is applied at commit.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Origin {
+    /// Existed in the snapshot; the transaction changed its value or permissions.
+    Snapshot,
+    /// Did not exist in the snapshot; created by the transaction. Merges with a node created
+    /// concurrently at the same path if their permissions agree.
+    Created,
+    /// Existed in the snapshot, was deleted and created again: replaces the live subtree.
+    Recreated,
+    /// Created below a `Recreated` node: the live counterpart is removed with it.
+    Fresh,
+}
+
+/// What a transaction relied on about one path, and the live node it saw there (nodes never
+/// move, so the id stands for the path at commit without walking the tree again).
+#[derive(Clone, Copy, Debug)]
+struct Read {
+    aspects: Aspects,
+    live: Option<Id>,
+}
+
+#[derive(Debug)]
+pub(crate) struct TxNode {
+    value: Vec<u8>,
+    perms: Vec<Perm>,
+    /// Generation the permissions were taken at (for the liveness of their entries).
+    stamp: u64,
+    origin: Origin,
+    value_set: bool,
+    perms_set: bool,
+    /// The node was the target of an operation: its change fires watches at commit.
+    event: bool,
+    /// For a `Snapshot` node seen in the live tree: that node.
+    live: Option<Id>,
+}
+
+#[derive(Debug)]
+pub(crate) enum TxEntry {
+    Deleted { event: bool },
+    Present(TxNode),
+}
+
+impl TxEntry {
+    /// Whether the live tree below this entry is invisible in the transaction's view.
+    fn hides(&self) -> bool {
+        match self {
+            TxEntry::Deleted { .. } => true,
+            TxEntry::Present(n) => n.origin != Origin::Snapshot,
+        }
+    }
+
+    /// Whether the entry stands for a read of its node (see `Transaction::keep_read`).
+    fn carries_read(&self) -> bool {
+        matches!(self, TxEntry::Present(n) if n.origin == Origin::Snapshot)
+    }
+
+    fn charge(&self, path_len: usize) -> u64 {
+        let payload = match self {
+            TxEntry::Deleted { .. } => 0,
+            TxEntry::Present(n) => {
+                (n.value.len() as u64).saturating_add((n.perms.len() as u64).saturating_mul(4))
+            }
+        };
+        entry_charge(path_len).saturating_add(payload)
+    }
+}
+
+/// Memory charged for an entry of a transaction's overlay or read set, besides its payload:
+/// the path it is keyed by and a share of the map's bookkeeping.
+fn entry_charge(path_len: usize) -> u64 {
+    const OVERHEAD: u64 = 64;
+    OVERHEAD.saturating_add(path_len as u64)
+}
+
+/// Memory charged for a transaction besides its entries.
+const TX_CHARGE: u64 = 256;
+
+/// An open transaction.
+#[derive(Debug)]
+pub(crate) struct Transaction {
+    pub(crate) snapshot: u64,
+    /// Its snapshot could not be kept (history limit): the commit will fail.
+    pub(crate) doomed: bool,
+    overlay: BTreeMap<Box<[u8]>, TxEntry>,
+    reads: BTreeMap<Box<[u8]>, Read>,
+    /// Number of overlay entries that hide the live tree below them.
+    hiding: usize,
+    /// Nodes and bytes the commit will create for the caller's own domain (for its quota).
+    created_nodes: u64,
+    created_bytes: u64,
+    /// Memory charged for the overlay.
+    charged: u64,
+    /// Generation of the transaction's last change (its view's `DIRECTORY_PART` gencnt).
+    last_change: u64,
+}
+
+/// Where a node of the view comes from.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Src {
+    Main(u32),
+    History,
+    Overlay,
+}
+
+/// A path resolved in a transaction's view.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Resolved {
+    /// The whole path exists.
+    exists: bool,
+    /// Length of the deepest existing prefix (the whole path if it exists).
+    nearest_len: usize,
+    nearest: Src,
+    /// Origin of the deepest existing node if it is an overlay node.
+    nearest_origin: Option<Origin>,
+    /// Length of the first missing prefix, if that absence could be undone by others: it
+    /// comes from the snapshot, or from below a node the transaction created (which, if
+    /// someone creates it meanwhile, the commit merges with). Not when the transaction
+    /// deleted it (its commit deletes it again).
+    missing_from_snapshot: Option<usize>,
+    /// The deepest existing node is one the transaction created, or lies below one.
+    under_created: bool,
+}
+
+/// What an operation needs to know of a node of the view.
+struct Info<'a> {
+    value: &'a [u8],
+    perms: Vec<Perm>,
+    stamp: u64,
+    child_name_bytes: usize,
+}
+
+impl Transaction {
+    fn new(snapshot: u64) -> Transaction {
+        Transaction {
+            snapshot,
+            doomed: false,
+            overlay: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            hiding: 0,
+            created_nodes: 0,
+            created_bytes: 0,
+            charged: TX_CHARGE,
+            last_change: snapshot,
+        }
+    }
+
+    /// The generation the view reads at: everything live if the snapshot was given up.
+    fn view_at(&self) -> u64 {
+        if self.doomed { u64::MAX } else { self.snapshot }
+    }
+
+    fn accessed(&self) -> u64 {
+        (self.overlay.len() as u64).saturating_add(self.reads.len() as u64)
+    }
+
+    fn present(&self, path: &[u8]) -> Option<&TxNode> {
+        match self.overlay.get(path) {
+            Some(TxEntry::Present(n)) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// Sets an overlay entry; returns the change in charged bytes.
+    fn put(&mut self, path: &[u8], entry: TxEntry) -> i64 {
+        let new_charge = entry.charge(path.len());
+        let new_hides = entry.hides();
+        let carries_read = entry.carries_read();
+        let old = self.overlay.insert(path.into(), entry);
+        let old_charge = old.as_ref().map_or(0, |e| e.charge(path.len()));
+        if old.as_ref().is_some_and(TxEntry::hides) {
+            self.hiding = self.hiding.saturating_sub(1);
+        }
+        if new_hides {
+            self.hiding = self.hiding.saturating_add(1);
+        }
+        let kept = match &old {
+            // Unless the new entry carries the same read.
+            Some(old) if !carries_read => self.keep_read(path, old),
+            _ => 0,
+        };
+        delta(new_charge.saturating_add(kept), old_charge)
+    }
+
+    /// Removes an overlay entry; returns the change in charged bytes.
+    fn take(&mut self, path: &[u8]) -> i64 {
+        match self.overlay.remove(path) {
+            Some(old) => {
+                if old.hides() {
+                    self.hiding = self.hiding.saturating_sub(1);
+                }
+                let kept = self.keep_read(path, &old);
+                delta(kept, old.charge(path.len()))
+            }
+            None => 0,
+        }
+    }
+
+    /// A `Snapshot` entry stands for the read of its node that the operation putting it
+    /// relied on (its check at commit is that read's, see `validate`), which is then not in
+    /// the read set; when the entry goes, the read moves there. Returns the bytes to charge
+    /// for it (less than the entry's, which are refunded).
+    fn keep_read(&mut self, path: &[u8], old: &TxEntry) -> u64 {
+        let TxEntry::Present(n) = old else {
+            return 0;
+        };
+        if !old.carries_read() {
+            return 0;
+        }
+        match self.reads.get_mut(path) {
+            Some(r) => {
+                r.aspects |= Aspects::DATA;
+                r.live = r.live.or(n.live);
+                0
+            }
+            None => {
+                self.reads.insert(
+                    path.into(),
+                    Read {
+                        aspects: Aspects::DATA,
+                        live: n.live,
+                    },
+                );
+                entry_charge(path.len())
+            }
+        }
+    }
+}
+
+fn delta(new: u64, old: u64) -> i64 {
+    i64::try_from(new)
+        .unwrap_or(i64::MAX)
+        .saturating_sub(i64::try_from(old).unwrap_or(i64::MAX))
+}
+
+impl Store {
+    // ----- lifecycle -----------------------------------------------------------------------
+
+    /// `TRANSACTION_START`: opens a transaction on `conn` and returns its id.
+    pub fn transaction_start(&mut self, conn: ConnId) -> XsResult<TxId> {
+        let caller = self.caller(conn)?;
+        let usage = self.usage_of(caller.domid);
+        self.check_quota(
+            &caller,
+            QuotaKind::Transactions,
+            usage.transactions.saturating_add(1),
+        )?;
+        self.check_memory(&caller, TX_CHARGE)?;
+        let snapshot = self.next_gen();
+        let c = self.conns.get_id_mut(conn.0).ok_or(XsError::Inval)?;
+        let id = c.allocate_tx_id();
+        c.transactions.insert(id, Transaction::new(snapshot));
+        self.open_txs.insert(snapshot, (conn, id));
+        if let Some(d) = self.domains.get_mut(&caller.domid) {
+            d.usage.transactions = d.usage.transactions.saturating_add(1);
+        }
+        self.charge(caller.domid, i64::try_from(TX_CHARGE).unwrap_or(i64::MAX));
+        Ok(id)
+    }
+
+    /// `TRANSACTION_END`: commits (`commit`) or aborts the transaction. The transaction is
+    /// over either way; a failed commit (`EAGAIN`, or a quota error) changed nothing.
+    pub fn transaction_end(&mut self, conn: ConnId, tx: TxId, commit: bool) -> XsResult<()> {
+        let c = self.conns.get_id_mut(conn.0).ok_or(XsError::Inval)?;
+        let t = c.transactions.remove(&tx).ok_or(XsError::NoEnt)?;
+        let domid = c.domid();
+        self.open_txs.remove(&t.snapshot);
+        if let Some(d) = self.domains.get_mut(&domid) {
+            d.usage.transactions = d.usage.transactions.saturating_sub(1);
+        }
+        self.charge(
+            domid,
+            i64::try_from(t.charged)
+                .unwrap_or(i64::MAX)
+                .saturating_neg(),
+        );
+        let result = if commit {
+            self.commit(conn, &t)
+        } else {
+            Ok(())
+        };
+        let oldest = self.open_txs.first_key_value().map(|(s, _)| *s);
+        self.history.prune(oldest);
+        result
+    }
+
+    /// Runs `f` on transaction `tx` of `conn`.
+    pub(crate) fn in_tx<R>(
+        &mut self,
+        conn: ConnId,
+        tx: TxId,
+        f: impl FnOnce(&mut Self, &mut Transaction) -> XsResult<R>,
+    ) -> XsResult<R> {
+        // The transaction is moved out for `f` (which needs the whole store) and back, an
+        // empty placeholder (which allocates nothing) holding its place in the map: cheaper
+        // than a removal and a re-insertion. Operations inside a transaction change nothing
+        // live, so nothing looks at the placeholder meanwhile.
+        let slot = self
+            .conns
+            .get_id_mut(conn.0)
+            .ok_or(XsError::Inval)?
+            .transactions
+            .get_mut(&tx)
+            .ok_or(XsError::NoEnt)?;
+        let mut t = mem::replace(slot, Transaction::new(0));
+        let result = f(self, &mut t);
+        if let Some(slot) = self
+            .conns
+            .get_id_mut(conn.0)
+            .and_then(|c| c.transactions.get_mut(&tx))
+        {
+            *slot = t;
+        }
+        result
+    }
+
+    /// Applies a change of a transaction's overlay charge to it and to `domid`'s usage.
+    fn tx_charge(&mut self, t: &mut Transaction, domid: crate::domid::DomId, change: i64) {
+        t.charged = t.charged.saturating_add_signed(change);
+        self.charge(domid, change);
+    }
+}
