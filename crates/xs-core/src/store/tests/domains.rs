@@ -1,0 +1,156 @@
+//! Domains: introduction, release, shutdown and domid reuse.
+
+use super::*;
+
+// ----- domains -------------------------------------------------------------------------
+
+#[test]
+fn introduce_creates_the_default_nodes() {
+    let mut h = Host::new();
+    let g = h.guest(12);
+    let ro = perms(&["n0", "r12"]);
+    let rw = perms(&["n12"]);
+    for (path, want) in [
+        ("/local/domain/12", &ro),
+        ("/local/domain/12/domid", &ro),
+        (
+            "/local/domain/12/control/platform-feature-xs_reset_watches",
+            &ro,
+        ),
+        (
+            "/local/domain/12/control/platform-feature-multiprocessor-suspend",
+            &ro,
+        ),
+        ("/local/domain/12/platform/acpi", &ro),
+        ("/local/domain/12/platform/acpi_s3", &ro),
+        ("/local/domain/12/platform/acpi_s4", &ro),
+        ("/local/domain/12/platform/acpi_laptop_slate", &ro),
+        ("/local/domain/12/device", &ro),
+        ("/local/domain/12/attr", &rw),
+        ("/local/domain/12/control/shutdown", &rw),
+        ("/local/domain/12/control/feature-poweroff", &rw),
+        ("/local/domain/12/control/feature-reboot", &rw),
+        ("/local/domain/12/control/feature-suspend", &rw),
+        ("/local/domain/12/control/feature-s3", &rw),
+        ("/local/domain/12/control/feature-s4", &rw),
+        ("/local/domain/12/data", &rw),
+        ("/local/domain/12/drivers", &rw),
+        ("/local/domain/12/error", &rw),
+        ("/local/domain/12/feature", &rw),
+        ("/local/domain/12/device/suspend/event-channel", &rw),
+    ] {
+        assert_eq!(&h.d0().get_perms(path).unwrap(), want, "{path}");
+    }
+    assert_eq!(h.s(g).read("domid").unwrap(), b"12");
+    assert_eq!(h.s(g).write("domid", b"1"), Err(XsError::Acces));
+    assert_eq!(h.s(g).write("control/shutdown", b""), Ok(()));
+    assert_eq!(
+        h.store
+            .introduce(h.dom0, DomId(12), Introduction { gfn: 1, evtchn: 9 }),
+        Ok(Introduced::Rebind)
+    );
+    assert!(h.store.is_introduced(DomId(12)));
+    assert_eq!(
+        h.store
+            .introduce(g, DomId(13), Introduction { gfn: 1, evtchn: 9 }),
+        Err(XsError::Acces)
+    );
+    // As C xenstored: dom0 counts as introduced already; a special domid is no domain.
+    assert_eq!(
+        h.store
+            .introduce(h.dom0, DomId(0), Introduction { gfn: 1, evtchn: 9 }),
+        Ok(Introduced::Rebind)
+    );
+    assert_eq!(
+        h.store
+            .introduce(h.dom0, DomId::SELF, Introduction { gfn: 1, evtchn: 9 }),
+        Err(XsError::Inval)
+    );
+}
+
+#[test]
+fn toolstack_nodes_are_kept_when_it_turns_default_nodes_off() {
+    let mut h = Host::with(StoreConfig {
+        domain_nodes: false,
+        ..StoreConfig::default()
+    });
+    h.guest(3);
+    assert_eq!(h.d0().read("/local/domain/3"), Err(XsError::NoEnt));
+}
+
+/// Xen XSA-322/417/419/483: after a domain is released, a new domain with the same domid
+/// inherits none of its nodes, permissions, watches, transactions or quota usage.
+#[test]
+fn domid_reuse_inherits_nothing() {
+    let mut h = Host::new();
+    let g = h.guest(7);
+    // Old domain 7: its own nodes, a node elsewhere it owns, a grant naming it, a watch,
+    // an open transaction.
+    h.s(g).write("data/mine", b"old").unwrap();
+    h.d0().mkdir("/elsewhere").unwrap();
+    h.d0().set_perms("/elsewhere", &perms(&["n7"])).unwrap();
+    h.s(g).write("/elsewhere/child", b"x").unwrap();
+    h.d0().write("/granted", b"secret").unwrap();
+    h.d0().set_perms("/granted", &perms(&["n0", "b7"])).unwrap();
+    h.s(g).watch("/granted", "w").unwrap();
+    let tx = h.s(g).transaction_start().unwrap();
+    assert!(h.store.usage(DomId(7)).unwrap().nodes > 0);
+    let watcher = h.store.connect(DomId::DOM0).unwrap();
+    h.s(watcher).watch("/elsewhere", "gone").unwrap();
+    h.events(watcher);
+
+    h.store.release(h.dom0, DomId(7)).unwrap();
+    assert!(h.store.is_dead(g));
+    assert_eq!(h.store.transaction_end(g, tx, true), Err(XsError::NoEnt));
+    assert_eq!(h.store.watch_count(), 1);
+    assert_eq!(h.d0().read("/elsewhere"), Err(XsError::NoEnt));
+    assert_eq!(h.d0().read("/local/domain/7"), Err(XsError::NoEnt));
+    // The topmost owned node goes with its subtree: one event for the watch on it (no
+    // watch is on the child itself).
+    assert_eq!(h.events(watcher), [ev("/elsewhere", "gone")]);
+    assert_eq!(h.d0().get_perms("/granted").unwrap(), perms(&["n0"]));
+    assert_eq!(h.store.usage(DomId(7)), None);
+    assert_eq!(h.store.release(h.dom0, DomId(7)), Err(XsError::NoEnt));
+
+    // New domain 7.
+    let g2 = h.guest(7);
+    assert_eq!(h.s(g2).read("/granted"), Err(XsError::Acces));
+    assert_eq!(h.s(g2).read("data/mine"), Err(XsError::NoEnt));
+    assert_eq!(
+        h.store.usage(DomId(7)).unwrap().nodes,
+        13,
+        "just its default nodes"
+    );
+    assert_eq!(h.store.usage(DomId(7)).unwrap().watches, 0);
+    assert_eq!(h.store.usage(DomId(7)).unwrap().transactions, 0);
+    h.checked();
+}
+
+#[test]
+fn shutdown_fires_release_once_until_resume() {
+    let mut h = Host::new();
+    h.guest(3);
+    let d0 = h.dom0;
+    h.store.watch(d0, b"@releaseDomain", b"r", None).unwrap();
+    h.events(d0);
+    h.store.domain_shutdown(DomId(3));
+    h.store.domain_shutdown(DomId(3));
+    assert_eq!(h.events(d0), [ev("@releaseDomain", "r")]);
+    h.store.resume(d0, DomId(3)).unwrap();
+    h.store.domain_shutdown(DomId(3));
+    assert_eq!(h.events(d0), [ev("@releaseDomain", "r")]);
+}
+
+#[test]
+fn toolstack_may_set_permissions_before_introducing() {
+    let mut h = Host::with(StoreConfig {
+        domain_nodes: false,
+        ..StoreConfig::default()
+    });
+    h.d0().mkdir("/local/domain/20").unwrap();
+    h.d0()
+        .set_perms("/local/domain/20", &perms(&["n0", "r20"]))
+        .unwrap();
+    let g = h.guest(20);
+    assert_eq!(h.s(g).read("/local/domain/20").unwrap(), b"");
+}

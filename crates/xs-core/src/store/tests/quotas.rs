@@ -1,0 +1,304 @@
+//! Quotas and memory accounting, and the scenarios listed after them.
+
+use super::*;
+
+// ----- quotas --------------------------------------------------------------------------
+
+#[test]
+fn quota_errors_change_nothing() {
+    let mut h = Host::new();
+    let g = h.guest(3);
+    let d0 = h.dom0;
+    let used = h.store.usage(DomId(3)).unwrap().nodes;
+    h.store
+        .set_quota(d0, Some(DomId(3)), QuotaKind::Nodes, (used + 2) as u32)
+        .unwrap();
+    assert_eq!(h.s(g).write("data/a/b/c", b""), Err(XsError::NoSpc));
+    assert_eq!(h.s(g).read("data/a"), Err(XsError::NoEnt));
+    h.s(g).write("data/a/b", b"").unwrap();
+    assert_eq!(h.s(g).write("data/z", b""), Err(XsError::NoSpc));
+    h.s(g).rm("data/a").unwrap();
+    h.s(g).write("data/z", b"").unwrap();
+
+    h.store
+        .set_quota(d0, Some(DomId(3)), QuotaKind::NodeSize, 8)
+        .unwrap();
+    assert_eq!(h.s(g).write("data/z", b"123456789"), Err(XsError::NoSpc));
+    assert_eq!(h.s(g).read("data/z").unwrap(), b"");
+    h.s(g).write("data/z", b"12345678").unwrap();
+
+    h.store
+        .set_quota(d0, Some(DomId(3)), QuotaKind::Watches, 1)
+        .unwrap();
+    h.s(g).watch("data", "1").unwrap();
+    assert_eq!(h.s(g).watch("data", "2"), Err(XsError::NoSpc));
+    assert_eq!(h.store.usage(DomId(3)).unwrap().watches, 1);
+
+    // dom0 is never limited.
+    h.store.set_quota(d0, None, QuotaKind::Nodes, 1).unwrap();
+    h.d0().write("/many/a/b/c/d", b"").unwrap();
+    assert_eq!(h.store.get_quota(d0, None, QuotaKind::Nodes), Ok(1));
+    assert_eq!(
+        h.store.get_quota(g, None, QuotaKind::Nodes),
+        Err(XsError::Acces)
+    );
+    h.checked();
+}
+
+#[test]
+fn memory_quota_limits_a_domain() {
+    let mut h = Host::new();
+    let g = h.guest(3);
+    h.store
+        .set_quota(h.dom0, Some(DomId(3)), QuotaKind::Memory, 8192)
+        .unwrap();
+    let value = [b'x'; 1000];
+    let mut ok = 0;
+    for i in 0..100 {
+        match h.s(g).write(&alloc::format!("data/{i}"), &value) {
+            Ok(()) => ok += 1,
+            Err(e) => {
+                assert_eq!(e, XsError::NoMem);
+                break;
+            }
+        }
+    }
+    assert!(ok > 0 && ok < 10, "{ok}");
+    assert!(h.store.usage(DomId(3)).unwrap().memory <= 8192);
+}
+
+#[test]
+fn usage_follows_ownership_changes() {
+    let mut h = Host::new();
+    let _g = h.guest(3);
+    let before = h.store.usage(DomId(3)).unwrap().nodes;
+    h.d0().write("/given", b"").unwrap();
+    h.d0().set_perms("/given", &perms(&["n3"])).unwrap();
+    assert_eq!(h.store.usage(DomId(3)).unwrap().nodes, before + 1);
+    h.d0().rm("/given").unwrap();
+    assert_eq!(h.store.usage(DomId(3)).unwrap().nodes, before);
+    h.checked();
+}
+
+#[test]
+fn dead_and_unknown_connections_are_refused() {
+    let mut h = Host::new();
+    let g = h.guest(3);
+    h.store.release(h.dom0, DomId(3)).unwrap();
+    assert_eq!(h.s(g).read("/"), Err(XsError::Io));
+    h.store.disconnect(g);
+    assert_eq!(h.s(g).read("/"), Err(XsError::Inval));
+    assert_eq!(h.store.connect(DomId(0x7FF5)), Err(XsError::Inval));
+    let _ = Access::READ;
+    let _ = vec![0u8];
+}
+
+#[test]
+fn soft_memory_quota_is_reported_once() {
+    let mut h = Host::with(StoreConfig {
+        memory_soft: 4000,
+        ..StoreConfig::default()
+    });
+    let g = h.guest(3);
+    assert_eq!(h.store.take_warnings(), []);
+    for i in 0..40 {
+        h.s(g)
+            .write(&alloc::format!("data/{i}"), &[b'x'; 100])
+            .unwrap();
+    }
+    assert!(h.store.usage(DomId(3)).unwrap().memory >= 4000);
+    assert_eq!(h.store.take_warnings(), [DomId(3)]);
+    h.s(g).write("data/more", b"").unwrap();
+    assert_eq!(h.store.take_warnings(), [], "reported once");
+}
+
+#[test]
+fn soft_memory_quota_crossings_queue_one_warning_per_domain() {
+    let mut h = Host::with(StoreConfig {
+        memory_soft: 4000,
+        ..StoreConfig::default()
+    });
+    let g = h.guest(3);
+    for _ in 0..20 {
+        // Up across the soft quota, then back below, without anyone taking the warnings.
+        for i in 0..40 {
+            h.s(g)
+                .write(&alloc::format!("data/{i}"), &[b'x'; 100])
+                .unwrap();
+        }
+        assert!(h.store.usage(DomId(3)).unwrap().memory >= 4000);
+        for i in 0..40 {
+            h.s(g).rm(&alloc::format!("data/{i}")).unwrap();
+        }
+        h.s(g).write("data/small", b"").unwrap();
+    }
+    assert_eq!(h.store.take_warnings(), [DomId(3)]);
+}
+
+#[test]
+fn resetting_a_privileged_watcher_refunds_nothing_it_was_not_charged() {
+    let mut h = Host::new();
+    h.d0().write("/acct/a", b"1").unwrap();
+    let memory = |h: &Host| h.store.usage(DomId::DOM0).unwrap().memory;
+    let watcher = h.store.connect(DomId::DOM0).unwrap();
+    let unwatched = memory(&h);
+    h.store.watch(watcher, b"/acct", b"t", None).unwrap();
+    let watch_charge = memory(&h) - unwatched;
+    for i in 0..10 {
+        h.d0().write(&alloc::format!("/acct/{i}"), b"x").unwrap();
+    }
+    assert!(h.store.queued_events(watcher) > 0);
+    let before = memory(&h);
+    h.store.reset_connection(watcher);
+    assert_eq!(h.store.queued_events(watcher), 0);
+    // The watch is refunded; the queued events never were charged (privileged queues are
+    // bounded by length).
+    assert_eq!(memory(&h), before - watch_charge);
+}
+
+#[test]
+fn a_refused_set_perms_leaves_no_domain_records_behind() {
+    let mut h = Host::new();
+    let g = h.guest(3);
+    let known = |h: &Host| h.store.known_domains().collect::<Vec<_>>();
+    let before = known(&h);
+    assert_eq!(
+        h.s(g).set_perms("/", &perms(&["n0", "r100", "r200"])),
+        Err(XsError::Acces)
+    );
+    assert_eq!(known(&h), before);
+    // Allowed, the same request keeps them (for domains introduced later).
+    h.s(g).write("data/x", b"").unwrap();
+    h.s(g).set_perms("data/x", &perms(&["n3", "r100"])).unwrap();
+    assert!(known(&h).contains(&DomId(100)));
+    assert!(!known(&h).contains(&DomId(200)));
+}
+
+#[test]
+fn privileged_domains_can_be_introduced_but_not_released() {
+    let mut h = Host::with(StoreConfig {
+        privileged: alloc::vec![DomId(3)],
+        ..StoreConfig::default()
+    });
+    let intro = Introduction { gfn: 1, evtchn: 2 };
+    assert_eq!(
+        h.store.introduce(h.dom0, DomId(3), intro),
+        Ok(Introduced::New)
+    );
+    assert_eq!(
+        h.store.introduce(h.dom0, DomId(0), intro),
+        Ok(Introduced::Rebind)
+    );
+    let p = h.store.connect(DomId(3)).unwrap();
+    h.s(p).write("/anywhere", b"x").unwrap();
+    assert_eq!(h.store.release(h.dom0, DomId(3)), Err(XsError::Inval));
+    assert_eq!(h.store.release(h.dom0, DomId(0)), Err(XsError::Inval));
+}
+
+#[test]
+fn a_transactions_read_set_is_charged_to_the_readers_memory() {
+    let mut h = Host::new();
+    let g = h.guest(3);
+    let quota = 64 * 1024;
+    h.store
+        .set_quota(h.dom0, Some(DomId(3)), QuotaKind::Memory, quota)
+        .unwrap();
+    h.store
+        .set_quota(h.dom0, Some(DomId(3)), QuotaKind::TransactionNodes, 0)
+        .unwrap();
+    let before = h.store.usage(DomId(3)).unwrap().memory;
+    let tx = h.store.transaction_start(g).unwrap();
+    // Reads of long missing paths: each is remembered (for the commit's check) and costs
+    // the store its path; they must run into the memory quota, not grow without bound.
+    let long = "x".repeat(1500);
+    let mut out = Vec::new();
+    let mut refused = None;
+    for i in 0..1000 {
+        let path = alloc::format!("data/{long}{i}");
+        match h.store.read(g, tx, path.as_bytes(), &mut out) {
+            Err(XsError::NoEnt) => {}
+            other => {
+                refused = Some((i, other));
+                break;
+            }
+        }
+    }
+    let (i, result) = refused.expect("a thousand 1.5 KB reads fit a 64 KiB quota");
+    assert_eq!(result, Err(XsError::NoMem));
+    assert!(i > 10, "refused after {i} reads");
+    assert!(h.store.usage(DomId(3)).unwrap().memory <= u64::from(quota));
+    h.store.transaction_end(g, tx, false).unwrap();
+    assert_eq!(h.store.usage(DomId(3)).unwrap().memory, before);
+    h.checked();
+}
+
+/// Found by the store_ops fuzz harness: dom0 gives the root to a guest, the guest creates
+/// nodes below it, the guest is released. The root is handed back to dom0 (it cannot be
+/// removed) and must not shelter the guest's nodes below it: they are removed as any
+/// other nodes the guest owned, so nothing is left owned by a domain that is gone.
+/// The root goes back to dom0 only after the released owner's nodes below it are removed:
+/// a watcher who could read the root (and so list the removed node) is told of the removal,
+/// as it would be if the nodes went one by one.
+#[test]
+fn removals_at_release_are_reported_with_the_permissions_before_it() {
+    let mut h = Host::new();
+    let _g1 = h.guest(1);
+    let g2 = h.guest(2);
+    h.d0().mkdir("/a").unwrap();
+    h.d0().set_perms("/a", &perms(&["n1"])).unwrap();
+    h.d0().set_perms("/", &perms(&["r1"])).unwrap();
+    h.s(g2).watch("/a", "t").unwrap();
+    assert_eq!(h.events(g2).len(), 1, "the initial event");
+    h.store.release(h.dom0, DomId(1)).unwrap();
+    h.checked();
+    assert_eq!(h.d0().read("/a"), Err(XsError::NoEnt));
+    assert_eq!(h.d0().get_perms("/").unwrap(), perms(&["n0"]));
+    assert_eq!(h.events(g2), [ev("/a", "t")]);
+}
+
+#[test]
+fn releasing_the_owner_of_the_root_removes_its_nodes_below_it() {
+    let mut h = Host::new();
+    let g = h.guest(1);
+    h.d0().set_perms("/", &perms(&["w1", "r0"])).unwrap();
+    h.s(g).write("/a/d", b"x").unwrap();
+    // dom0's own node there survives (created under the guest's root it inherits the guest
+    // as owner, so dom0 takes it).
+    h.d0().write("/kept", b"y").unwrap();
+    h.d0().set_perms("/kept", &perms(&["n0"])).unwrap();
+    assert_eq!(h.d0().get_perms("/a").unwrap(), perms(&["w1", "r0"]));
+    h.store.release(h.dom0, DomId(1)).unwrap();
+    h.checked();
+    assert_eq!(h.d0().get_perms("/").unwrap(), perms(&["n0"]));
+    assert_eq!(h.d0().read("/a"), Err(XsError::NoEnt));
+    assert_eq!(h.d0().read("/kept").unwrap(), b"y");
+}
+
+/// A transaction that creates a node and removes it again changes nothing at its commit, so a
+/// transaction that listed the parent meanwhile still commits: the listing it saw is the
+/// committed one in either serial order. (C xenstored rewrites the parent at the first
+/// commit, so the second gets EAGAIN; fewer spurious conflicts is the point of comparing
+/// what was read.) A real change of the listed children still conflicts.
+#[test]
+fn a_create_then_rm_elsewhere_does_not_conflict_with_a_listing() {
+    let mut h = Host::new();
+    let other = h.store.connect(DomId::DOM0).unwrap();
+    for (then_write, expect) in [(false, Ok(())), (true, Err(XsError::Again))] {
+        let a = h.s(other).transaction_start().unwrap();
+        h.s(other).in_tx(a).write("/a", b"").unwrap();
+        h.s(other).in_tx(a).rm("/a").unwrap();
+        if then_write {
+            h.s(other).in_tx(a).write("/b", b"").unwrap();
+        }
+        let d = h.d0().transaction_start().unwrap();
+        let listed = h.d0().in_tx(d).directory("/").unwrap();
+        assert_eq!(names(listed), ["tool"]);
+        assert_eq!(h.s(other).transaction_end(a, true), Ok(()));
+        assert_eq!(
+            h.d0().directory("/").unwrap().len(),
+            1 + usize::from(then_write)
+        );
+        assert_eq!(h.d0().transaction_end(d, true), expect);
+        h.checked();
+    }
+}

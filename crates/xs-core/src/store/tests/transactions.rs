@@ -1,0 +1,267 @@
+//! Transactions: snapshots, conflicts at commit, merges and their quotas.
+
+use super::*;
+
+// ----- transactions --------------------------------------------------------------------
+
+#[test]
+fn transactions_see_a_snapshot_and_their_own_writes() {
+    let mut h = Host::new();
+    h.d0().write("/t/a", b"1").unwrap();
+    let other = h.store.connect(DomId::DOM0).unwrap();
+    let tx = h.d0().transaction_start().unwrap();
+    h.s(other).write("/t/a", b"2").unwrap();
+    h.s(other).write("/t/new", b"n").unwrap();
+    h.s(other).rm("/t/a").unwrap();
+    // The snapshot still has /t/a = 1 and no /t/new.
+    assert_eq!(h.d0().in_tx(tx).read("/t/a").unwrap(), b"1");
+    assert_eq!(h.d0().in_tx(tx).read("/t/new"), Err(XsError::NoEnt));
+    assert_eq!(names(h.d0().in_tx(tx).directory("/t").unwrap()), ["a"]);
+    // Its own writes are visible to it, not to others.
+    h.d0().in_tx(tx).write("/t/mine", b"m").unwrap();
+    assert_eq!(h.d0().in_tx(tx).read("/t/mine").unwrap(), b"m");
+    assert_eq!(
+        names(h.d0().in_tx(tx).directory("/t").unwrap()),
+        ["a", "mine"]
+    );
+    assert_eq!(h.s(other).read("/t/mine"), Err(XsError::NoEnt));
+    // It read /t/a, which changed: the commit fails and changes nothing.
+    assert_eq!(h.d0().transaction_end(tx, true), Err(XsError::Again));
+    assert_eq!(h.d0().read("/t/mine"), Err(XsError::NoEnt));
+    assert_eq!(
+        h.store.history_bytes(),
+        0,
+        "no open transaction, no history"
+    );
+    h.checked();
+}
+
+#[test]
+fn abort_discards_and_commit_publishes() {
+    let mut h = Host::new();
+    let tx = h.d0().transaction_start().unwrap();
+    h.d0().in_tx(tx).write("/x/y", b"1").unwrap();
+    h.d0().transaction_end(tx, false).unwrap();
+    assert_eq!(h.d0().read("/x"), Err(XsError::NoEnt));
+    let tx = h.d0().transaction_start().unwrap();
+    h.d0().in_tx(tx).write("/x/y", b"1").unwrap();
+    h.d0().in_tx(tx).rm("/tool").unwrap();
+    h.d0().transaction_end(tx, true).unwrap();
+    assert_eq!(h.d0().read("/x/y").unwrap(), b"1");
+    assert_eq!(h.d0().read("/tool"), Err(XsError::NoEnt));
+    assert_eq!(h.d0().transaction_end(tx, true), Err(XsError::NoEnt));
+    h.checked();
+}
+
+#[test]
+fn only_changes_to_what_was_read_conflict() {
+    let mut h = Host::new();
+    h.d0().write("/c/read", b"1").unwrap();
+    h.d0().write("/c/other", b"1").unwrap();
+    let other = h.store.connect(DomId::DOM0).unwrap();
+    let tx = h.d0().transaction_start().unwrap();
+    h.d0().in_tx(tx).read("/c/read").unwrap();
+    h.d0().in_tx(tx).write("/c/written", b"w").unwrap();
+    h.s(other).write("/c/other", b"2").unwrap();
+    h.s(other).write("/c/sibling", b"2").unwrap();
+    assert_eq!(h.d0().transaction_end(tx, true), Ok(()));
+    // A read node changed: conflict.
+    let tx = h.d0().transaction_start().unwrap();
+    h.d0().in_tx(tx).read("/c/read").unwrap();
+    h.s(other).write("/c/read", b"2").unwrap();
+    assert_eq!(h.d0().transaction_end(tx, true), Err(XsError::Again));
+    // A path found missing appeared: conflict.
+    let tx = h.d0().transaction_start().unwrap();
+    assert_eq!(h.d0().in_tx(tx).read("/c/ghost"), Err(XsError::NoEnt));
+    h.s(other).write("/c/ghost", b"boo").unwrap();
+    assert_eq!(h.d0().transaction_end(tx, true), Err(XsError::Again));
+    // A listed directory changed: conflict.
+    let tx = h.d0().transaction_start().unwrap();
+    h.d0().in_tx(tx).directory("/c").unwrap();
+    h.s(other).rm("/c/sibling").unwrap();
+    assert_eq!(h.d0().transaction_end(tx, true), Err(XsError::Again));
+}
+
+/// A transaction that overwrites a node relied on its permissions; the overlay entry carries
+/// that read, and when the transaction then removes the node (or its parent) the read must
+/// stay: a concurrent change of the node's permissions still makes the commit fail.
+#[test]
+fn a_write_then_rm_in_a_transaction_still_conflicts_with_a_permission_change() {
+    for removed in ["data/x", "data"] {
+        let mut h = Host::new();
+        let g = h.guest(5);
+        h.s(g).write("data/x", b"1").unwrap();
+        let tx = h.s(g).transaction_start().unwrap();
+        h.s(g).in_tx(tx).write("data/x", b"2").unwrap();
+        h.s(g).in_tx(tx).rm(removed).unwrap();
+        h.d0()
+            .set_perms("/local/domain/5/data/x", &perms(&["n0"]))
+            .unwrap();
+        assert_eq!(
+            h.s(g).transaction_end(tx, true),
+            Err(XsError::Again),
+            "rm {removed}"
+        );
+        assert!(h.d0().read("/local/domain/5/data/x").is_ok());
+        h.checked();
+    }
+}
+
+/// Two toolstack transactions creating device directories for two domains under the same
+/// backend parent both commit, whether or not the parent existed before.
+#[test]
+fn boot_storm_transactions_under_a_shared_parent_both_commit() {
+    for parent_exists in [true, false] {
+        let mut h = Host::new();
+        let other = h.store.connect(DomId::DOM0).unwrap();
+        if parent_exists {
+            h.d0().mkdir("/local/domain/0/backend/vif").unwrap();
+        }
+        let create = |h: &mut Host, conn: ConnId, tx: TxId, domid: u16| {
+            let mut s = h.store.session(conn);
+            let mut s = s.in_tx(tx);
+            let be = alloc::format!("/local/domain/0/backend/vif/{domid}/0");
+            let fe = alloc::format!("/local/domain/{domid}/device/vif/0");
+            // As libxl: remove whatever was there (ENOENT when the parent is missing too).
+            let _ = s.rm(&be);
+            s.mkdir(&be).unwrap();
+            s.set_perms(&be, &perms(&["n0", &alloc::format!("r{domid}")]))
+                .unwrap();
+            for (k, v) in [("frontend", fe.as_str()), ("state", "1"), ("online", "1")] {
+                s.write(&alloc::format!("{be}/{k}"), v.as_bytes()).unwrap();
+            }
+            let _ = s.rm(&fe);
+            s.mkdir(&fe).unwrap();
+            s.set_perms(&fe, &perms(&[&alloc::format!("n{domid}"), "r0"]))
+                .unwrap();
+            s.write(&alloc::format!("{fe}/backend"), be.as_bytes())
+                .unwrap();
+            s.write(&alloc::format!("{fe}/state"), b"1").unwrap();
+            let lib = alloc::format!("/libxl/{domid}/device/vif/0");
+            s.write(&alloc::format!("{lib}/frontend"), fe.as_bytes())
+                .unwrap();
+            s.write(&alloc::format!("{lib}/backend"), be.as_bytes())
+                .unwrap();
+        };
+        let t1 = h.d0().transaction_start().unwrap();
+        let t2 = h.s(other).transaction_start().unwrap();
+        let d0 = h.dom0;
+        create(&mut h, d0, t1, 1);
+        create(&mut h, other, t2, 2);
+        assert_eq!(
+            h.d0().transaction_end(t1, true),
+            Ok(()),
+            "parent_exists={parent_exists}"
+        );
+        assert_eq!(
+            h.s(other).transaction_end(t2, true),
+            Ok(()),
+            "parent_exists={parent_exists}"
+        );
+        assert_eq!(
+            names(h.d0().directory("/local/domain/0/backend/vif").unwrap()),
+            ["1", "2"]
+        );
+        assert_eq!(
+            h.d0().read("/local/domain/2/device/vif/0/state").unwrap(),
+            b"1"
+        );
+        assert_eq!(
+            h.d0().get_perms("/local/domain/1/device/vif/0").unwrap(),
+            perms(&["n1", "r0"])
+        );
+        h.checked();
+    }
+}
+
+#[test]
+fn concurrently_created_parents_with_different_permissions_conflict() {
+    let mut h = Host::new();
+    let other = h.store.connect(DomId::DOM0).unwrap();
+    let tx = h.d0().transaction_start().unwrap();
+    h.d0().in_tx(tx).write("/n/child", b"1").unwrap();
+    h.s(other).write("/n", b"").unwrap();
+    h.s(other).set_perms("/n", &perms(&["n0", "r5"])).unwrap();
+    assert_eq!(h.d0().transaction_end(tx, true), Err(XsError::Again));
+}
+
+/// A node the transaction created, created below and then set permissions on, does not
+/// merge with the same node created meanwhile: the child inherited the permissions the node
+/// was created with, which the other creation did not have (the commit would otherwise leave
+/// the child with permissions no serial order gives it).
+#[test]
+fn a_created_node_whose_permissions_the_transaction_set_does_not_merge() {
+    let mut h = Host::new();
+    let other = h.store.connect(DomId::DOM0).unwrap();
+    let tx = h.d0().transaction_start().unwrap();
+    h.d0().in_tx(tx).write("/n/child", b"1").unwrap();
+    h.d0()
+        .in_tx(tx)
+        .set_perms("/n", &perms(&["n0", "r5"]))
+        .unwrap();
+    h.s(other).mkdir("/n").unwrap();
+    h.s(other).set_perms("/n", &perms(&["n0", "r7"])).unwrap();
+    assert_eq!(h.d0().transaction_end(tx, true), Err(XsError::Again));
+    assert_eq!(h.d0().read("/n/child"), Err(XsError::NoEnt));
+    assert_eq!(h.d0().get_perms("/n").unwrap(), perms(&["n0", "r7"]));
+    h.checked();
+}
+
+#[test]
+fn rm_then_recreate_in_a_transaction_replaces_the_subtree() {
+    let mut h = Host::new();
+    h.d0().write("/r/old/deep", b"1").unwrap();
+    h.d0().write("/r/keep", b"k").unwrap();
+    let tx = h.d0().transaction_start().unwrap();
+    h.d0().in_tx(tx).rm("/r").unwrap();
+    assert_eq!(h.d0().in_tx(tx).read("/r/keep"), Err(XsError::NoEnt));
+    h.d0().in_tx(tx).write("/r/new", b"n").unwrap();
+    assert_eq!(names(h.d0().in_tx(tx).directory("/r").unwrap()), ["new"]);
+    assert_eq!(h.d0().in_tx(tx).read("/r/old/deep"), Err(XsError::NoEnt));
+    h.d0().transaction_end(tx, true).unwrap();
+    assert_eq!(names(h.d0().directory("/r").unwrap()), ["new"]);
+    h.checked();
+}
+
+#[test]
+fn transaction_quotas() {
+    let mut h = Host::new();
+    let g = h.guest(4);
+    h.store
+        .set_quota(h.dom0, Some(DomId(4)), QuotaKind::Transactions, 2)
+        .unwrap();
+    let t1 = h.s(g).transaction_start().unwrap();
+    let _t2 = h.s(g).transaction_start().unwrap();
+    assert_eq!(h.s(g).transaction_start(), Err(XsError::NoSpc));
+    h.s(g).transaction_end(t1, false).unwrap();
+    let t3 = h.s(g).transaction_start().unwrap();
+    h.store
+        .set_quota(h.dom0, Some(DomId(4)), QuotaKind::TransactionNodes, 3)
+        .unwrap();
+    h.s(g).in_tx(t3).write("data/a", b"").unwrap();
+    h.s(g).in_tx(t3).write("data/b", b"").unwrap();
+    // data was checked (1 read) + a + b: a fourth access is over the limit.
+    assert_eq!(h.s(g).in_tx(t3).write("data/c", b""), Err(XsError::NoSpc));
+    assert_eq!(h.s(g).transaction_end(t3, true), Ok(()));
+    assert_eq!(h.s(g).read("data/b").unwrap(), b"");
+}
+
+#[test]
+fn a_transaction_held_open_cannot_pin_unbounded_history() {
+    let mut h = Host::with(StoreConfig {
+        history_limit: 4096,
+        ..StoreConfig::default()
+    });
+    for i in 0..1000u32 {
+        h.d0().write(&alloc::format!("/h/{i}"), b"old").unwrap();
+    }
+    let g = h.guest(3);
+    let tx = h.s(g).transaction_start().unwrap();
+    // Each overwrite of a node the transaction can see keeps its old version...
+    for i in 0..1000u32 {
+        h.d0().write(&alloc::format!("/h/{i}"), b"new").unwrap();
+    }
+    // ...but only up to the limit: the transaction holding them is given up instead.
+    assert!(h.store.history_bytes() <= 4096);
+    assert_eq!(h.s(g).transaction_end(tx, true), Err(XsError::Again));
+}

@@ -1,0 +1,221 @@
+//! Watches: registration, matching, permissions and the bounded event queue.
+
+use super::*;
+
+// ----- watches -------------------------------------------------------------------------
+
+#[test]
+fn watches_fire_on_registration_and_for_the_subtree() {
+    let mut h = Host::new();
+    let w = h.store.connect(DomId::DOM0).unwrap();
+    h.s(w).watch("/a", "tok").unwrap();
+    assert_eq!(h.events(w), [ev("/a", "tok")]);
+    assert_eq!(h.s(w).watch("/a", "tok"), Err(XsError::Exist));
+    h.d0().write("/a/b/c", b"1").unwrap();
+    h.d0().write("/a", b"").unwrap();
+    h.d0().write("/ab", b"").unwrap();
+    // One event for the write, none for the parent created on the way.
+    assert_eq!(h.events(w), [ev("/a/b/c", "tok"), ev("/a", "tok")]);
+    h.d0().mkdir("/a/b").unwrap();
+    assert_eq!(h.events(w), [], "mkdir of an existing node changes nothing");
+    h.s(w).unwatch("/a", "tok").unwrap();
+    assert_eq!(h.s(w).unwatch("/a", "tok"), Err(XsError::NoEnt));
+    h.d0().write("/a", b"x").unwrap();
+    assert_eq!(h.events(w), []);
+}
+
+#[test]
+fn removing_an_ancestor_fires_watches_below_with_their_paths() {
+    let mut h = Host::new();
+    let w = h.store.connect(DomId::DOM0).unwrap();
+    h.d0().write("/dev/vif/0/state", b"4").unwrap();
+    h.s(w).watch("/dev/vif/0/state", "st").unwrap();
+    h.s(w).watch("/dev", "top").unwrap();
+    h.s(w).watch("/dev/vif/9", "missing").unwrap();
+    h.events(w);
+    h.d0().rm("/dev/vif").unwrap();
+    let mut got = h.events(w);
+    got.sort();
+    assert_eq!(got, [ev("/dev/vif", "top"), ev("/dev/vif/0/state", "st")]);
+}
+
+#[test]
+fn relative_watches_report_relative_paths() {
+    let mut h = Host::new();
+    let g = h.guest(9);
+    h.s(g).watch("device", "dev").unwrap();
+    assert_eq!(h.events(g), [ev("device", "dev")]);
+    h.d0()
+        .write("/local/domain/9/device/vbd/1/state", b"1")
+        .unwrap();
+    assert_eq!(h.events(g), [ev("device/vbd/1/state", "dev")]);
+}
+
+#[test]
+fn events_only_for_nodes_the_watcher_may_read() {
+    let mut h = Host::new();
+    let g = h.guest(2);
+    h.d0().mkdir("/open").unwrap();
+    h.d0().set_perms("/open", &perms(&["n0", "r2"])).unwrap();
+    h.s(g).watch("/open", "t").unwrap();
+    h.events(g);
+    h.d0().write("/open/visible", b"").unwrap();
+    h.d0().write("/open/hidden/x", b"").unwrap();
+    h.d0().set_perms("/open/hidden", &perms(&["n0"])).unwrap();
+    h.d0().set_perms("/open/hidden/x", &perms(&["n0"])).unwrap();
+    assert_eq!(
+        h.events(g),
+        [
+            ev("/open/visible", "t"),
+            ev("/open/hidden/x", "t"),
+            // A watcher losing access still hears of the change that took it away.
+            ev("/open/hidden", "t"),
+            ev("/open/hidden/x", "t"),
+        ]
+    );
+    h.d0().write("/open/hidden/x", b"secret").unwrap();
+    assert_eq!(h.events(g), []);
+}
+
+#[test]
+fn watch_depth_limits_matching() {
+    let mut h = Host::new();
+    h.store.watch(h.dom0, b"/d", b"0", Some(0)).unwrap();
+    h.store.watch(h.dom0, b"/d", b"1", Some(1)).unwrap();
+    let d0 = h.dom0;
+    h.events(d0);
+    h.d0().write("/d/a/b", b"").unwrap();
+    h.d0().write("/d/a", b"").unwrap();
+    h.d0().write("/d", b"").unwrap();
+    assert_eq!(
+        h.events(d0),
+        [ev("/d/a", "1"), ev("/d", "0"), ev("/d", "1")]
+    );
+}
+
+#[test]
+fn transaction_changes_fire_only_on_commit() {
+    let mut h = Host::new();
+    let w = h.store.connect(DomId::DOM0).unwrap();
+    h.s(w).watch("/t", "t").unwrap();
+    h.events(w);
+    let tx = h.d0().transaction_start().unwrap();
+    h.d0().in_tx(tx).write("/t/a/b", b"1").unwrap();
+    h.d0().in_tx(tx).write("/t/a/b", b"2").unwrap();
+    h.d0().in_tx(tx).write("/t/c", b"1").unwrap();
+    assert_eq!(h.events(w), []);
+    h.d0().transaction_end(tx, true).unwrap();
+    assert_eq!(h.events(w), [ev("/t/a/b", "t"), ev("/t/c", "t")]);
+    let tx = h.d0().transaction_start().unwrap();
+    h.d0().in_tx(tx).write("/t/x", b"1").unwrap();
+    h.d0().transaction_end(tx, false).unwrap();
+    assert_eq!(h.events(w), []);
+}
+
+#[test]
+fn special_watches_need_privilege_or_permission() {
+    let mut h = Host::new();
+    let g = h.guest(3);
+    let d0 = h.dom0;
+    h.store.watch(d0, b"@introduceDomain", b"in", None).unwrap();
+    h.store.watch(d0, b"@releaseDomain", b"out", None).unwrap();
+    h.store
+        .watch(d0, b"@releaseDomain", b"out1", Some(1))
+        .unwrap();
+    h.s(g).watch("@introduceDomain", "in").unwrap();
+    h.s(g).watch("@releaseDomain/4", "four").unwrap();
+    h.events(d0);
+    h.events(g);
+    let g4 = h.guest(4);
+    assert_eq!(h.events(d0), [ev("@introduceDomain", "in")]);
+    assert_eq!(
+        h.events(g),
+        [],
+        "@introduceDomain is not readable by guests"
+    );
+    h.store.release(d0, DomId(4)).unwrap();
+    assert_eq!(
+        h.events(d0),
+        [ev("@releaseDomain", "out"), ev("@releaseDomain/4", "out1")]
+    );
+    assert_eq!(h.events(g), [ev("@releaseDomain/4", "four")]);
+    assert!(h.store.is_dead(g4));
+    // Granting read on the special node lets a guest watch it.
+    h.d0()
+        .set_perms("@introduceDomain", &perms(&["n0", "r3"]))
+        .unwrap();
+    h.guest(5);
+    assert_eq!(h.events(g), [ev("@introduceDomain", "in")]);
+}
+
+#[test]
+fn a_full_event_queue_coalesces_into_one_catch_up_event_per_watch() {
+    let mut h = Host::with(StoreConfig {
+        event_queue_len: 4,
+        ..StoreConfig::default()
+    });
+    let w = h.store.connect(DomId::DOM0).unwrap();
+    h.s(w).watch("/q", "q").unwrap();
+    h.s(w).watch("/r", "r").unwrap();
+    for i in 0..100 {
+        h.d0().write(&alloc::format!("/q/{i}"), b"").unwrap();
+        h.d0().write(&alloc::format!("/r/{i}"), b"").unwrap();
+    }
+    assert_eq!(h.store.queued_events(w), 4);
+    let got = h.events(w);
+    assert_eq!(
+        got,
+        [
+            ev("/q", "q"),
+            ev("/r", "r"),
+            ev("/q/0", "q"),
+            ev("/r/0", "r"),
+            // Catch-up: the watches missed events; each gets one for its own path.
+            ev("/q", "q"),
+            ev("/r", "r"),
+        ]
+    );
+    assert_eq!(h.events(w), []);
+}
+
+#[test]
+fn unprivileged_event_queues_are_bounded_by_memory_quota() {
+    let mut h = Host::new();
+    let g = h.guest(2);
+    h.store
+        .set_quota(h.dom0, Some(DomId(2)), QuotaKind::Memory, 20_000)
+        .unwrap();
+    h.d0().mkdir("/shared").unwrap();
+    h.d0().set_perms("/shared", &perms(&["n0", "r2"])).unwrap();
+    h.s(g).watch("/shared", "d").unwrap();
+    for i in 0..1000 {
+        h.d0().write(&alloc::format!("/shared/{i}"), b"").unwrap();
+    }
+    assert!(h.store.usage(DomId(2)).unwrap().memory <= 20_000);
+    assert!(h.store.queued_events(g) < 1000);
+}
+
+#[test]
+fn a_watcher_out_of_memory_quota_still_gets_its_events_one_at_a_time() {
+    let mut h = Host::new();
+    let g = h.guest(2);
+    h.d0().mkdir("/shared").unwrap();
+    h.d0().set_perms("/shared", &perms(&["n0", "r2"])).unwrap();
+    h.s(g).watch("/shared", "d").unwrap();
+    assert_eq!(h.events(g), [ev("/shared", "d")]);
+    // The guest's nodes and watch use up its memory quota exactly.
+    let used = h.store.usage(DomId(2)).unwrap().memory;
+    h.store
+        .set_quota(h.dom0, Some(DomId(2)), QuotaKind::Memory, used as u32)
+        .unwrap();
+    h.d0().write("/shared/a", b"").unwrap();
+    h.d0().write("/shared/b", b"").unwrap();
+    // An empty queue always takes one event (memory stays bounded: the quota plus one
+    // event), so the watch is not owed an event that no later pop would ever deliver. The
+    // second event did not fit; the watch's catch-up event follows once the first is taken.
+    assert!(h.store.usage(DomId(2)).unwrap().memory > used);
+    assert_eq!(h.events(g), [ev("/shared/a", "d"), ev("/shared", "d")]);
+    assert_eq!(h.events(g), []);
+    assert_eq!(h.store.usage(DomId(2)).unwrap().memory, used);
+    h.checked();
+}
