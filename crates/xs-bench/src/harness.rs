@@ -2,7 +2,8 @@
 //!
 //! Output contract (scripts parse it): one line per measurement on stdout, exactly
 //! `bench <name> <value> <unit>`, the name without spaces, the value a plain number with at
-//! most one decimal, the unit `ops/s`, `ns` or `bytes`. Everything else goes to stderr.
+//! most one decimal, the unit `ops/s`, `ns`, `us`, `ms`, `bytes`, `KB` or `count`. Everything
+//! else goes to stderr.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -28,8 +29,16 @@ pub enum Unit {
     OpsPerSec,
     /// Nanoseconds (one decimal).
     Ns,
+    /// Microseconds (one decimal).
+    Us,
+    /// Milliseconds (one decimal).
+    Ms,
     /// Bytes (one decimal).
     Bytes,
+    /// KiB, as `/proc` counts memory (printed as an integer, `KB`).
+    Kb,
+    /// A number of events (printed as an integer).
+    Count,
 }
 
 impl Unit {
@@ -38,17 +47,35 @@ impl Unit {
         match self {
             Unit::OpsPerSec => "ops/s",
             Unit::Ns => "ns",
+            Unit::Us => "us",
+            Unit::Ms => "ms",
             Unit::Bytes => "bytes",
+            Unit::Kb => "KB",
+            Unit::Count => "count",
         }
     }
 
     /// `value` as printed in this unit.
     pub fn format(self, value: f64) -> String {
         match self {
-            Unit::OpsPerSec => format!("{value:.0}"),
-            Unit::Ns | Unit::Bytes => format!("{value:.1}"),
+            Unit::OpsPerSec | Unit::Kb | Unit::Count => format!("{value:.0}"),
+            Unit::Ns | Unit::Us | Unit::Ms | Unit::Bytes => format!("{value:.1}"),
         }
     }
+
+    /// Whether a bigger value is better (`None`: neither, e.g. a count).
+    pub fn higher_is_better(self) -> Option<bool> {
+        match self {
+            Unit::OpsPerSec => Some(true),
+            Unit::Ns | Unit::Us | Unit::Ms | Unit::Bytes | Unit::Kb => Some(false),
+            Unit::Count => None,
+        }
+    }
+}
+
+/// Prints the line of one measurement on stdout: `bench <name> <value> <unit>`.
+pub fn print_result(name: &str, value: f64, unit: Unit) {
+    println!("bench {name} {} {}", unit.format(value), unit.as_str());
 }
 
 /// Most ops between two looks at the clock (chunks start at one op and double, so that slow
@@ -147,7 +174,7 @@ impl Harness {
 
     /// Prints a result line and records it.
     pub fn report(&mut self, name: &str, value: f64, unit: Unit) {
-        println!("bench {name} {} {}", unit.format(value), unit.as_str());
+        print_result(name, value, unit);
         self.results.push((name.to_owned(), value));
     }
 
