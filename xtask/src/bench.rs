@@ -12,10 +12,16 @@ pub(crate) const BENCHES: &[(&str, &str)] = &[
     ("ring", "bench-ring"),
 ];
 
-/// Where the source of benchmark binary `bin` lives.
+/// Where the source of benchmark binary `bin` lives: `<bin>.rs`, or `<bin>/main.rs` for one
+/// split into modules.
 pub(crate) fn source(root: &Path, bin: &str) -> PathBuf {
-    root.join("crates/xs-bench/src/bin")
-        .join(format!("{bin}.rs"))
+    let dir = root.join("crates/xs-bench/src/bin");
+    let single = dir.join(format!("{bin}.rs"));
+    if single.exists() {
+        single
+    } else {
+        dir.join(bin).join("main.rs")
+    }
 }
 
 /// Runs benchmark `args[0]` with the rest of `args`; `Err` says why it did not succeed.
