@@ -53,7 +53,7 @@ pub fn wire(data: &[u8]) {
 pub fn connection(data: &[u8]) {
     let mut store = match Store::new(StoreConfig {
         event_queue_len: 8,
-        ..StoreConfig::default()
+        ..StoreConfig::new([1, 2])
     }) {
         Ok(s) => s,
         Err(_) => return,
@@ -163,7 +163,7 @@ pub fn store_ops(ops: &[Op]) {
     let Ok(mut store) = Store::new(StoreConfig {
         event_queue_len: 4,
         history_limit: 2048,
-        ..StoreConfig::default()
+        ..StoreConfig::new([1, 2])
     }) else {
         return;
     };
@@ -430,12 +430,12 @@ const RING_TYPES: [xs_core::wire::MsgType; 12] = {
 ///   protocol really saw an overlong header; either way the page's `error` says so, and the
 ///   ring stays broken, consuming and producing nothing, until the guest asks for a
 ///   reconnection, which leaves every index at 0 and the error cleared;
-/// * when [`Server::has_work`] says there is nothing to do, a pump does nothing (no lost
+/// * when [`Server::recheck`] says there is nothing to do, a pump does nothing (no lost
 ///   wake-up).
 ///
 /// At the end, a reconnection must bring back a working ring: `READ domid` answered `5`.
 ///
-/// [`Server::has_work`]: xs_ring::Server::has_work
+/// [`Server::recheck`]: xs_ring::Server::recheck
 pub fn ring(data: &[u8]) {
     ring_stats(&decode_ring_steps(data));
 }
@@ -458,7 +458,7 @@ struct Served<'p> {
 
 impl<'p> Served<'p> {
     fn new(page: &'p xs_ring::SharedPage) -> Option<Served<'p>> {
-        let mut store = Store::new(StoreConfig::default()).ok()?;
+        let mut store = Store::new(StoreConfig::new([1, 2])).ok()?;
         let dom0 = store.connect(DomId::DOM0).ok()?;
         store
             .introduce(dom0, DomId(5), Introduction { gfn: 1, evtchn: 1 })
@@ -493,7 +493,7 @@ impl<'p> Served<'p> {
         let rsp_cons = page.load(Field::RspCons);
         let broken = self.server.fault();
         let had_output = !self.conn.output().is_empty();
-        let idle = !self.server.has_work(had_output);
+        let idle = !self.server.recheck(had_output);
         // Indices no consistent ring can have: the server must notice them.
         let bad_req = req_prod.wrapping_sub(self.cons) > ring;
         let bad_rsp = self.prod.wrapping_sub(rsp_cons) > ring;
@@ -507,7 +507,7 @@ impl<'p> Served<'p> {
         page.store(Field::ReqCons, cons_mark);
         page.store(Field::RspProd, prod_mark);
 
-        let done = xs_ring::pump::pump(
+        let done = xs_serve::pump::pump(
             &mut self.server,
             &mut self.conn,
             &mut self.store,

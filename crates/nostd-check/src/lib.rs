@@ -30,7 +30,7 @@ pub extern "C" fn xs_nostd_check() -> u32 {
     const PATH: &[u8] = b"/local/nostd-check";
     const VALUE: &[u8] = b"no std here";
 
-    let Ok(mut store) = Store::new(StoreConfig::default()) else {
+    let Ok(mut store) = Store::new(StoreConfig::new([1, 2])) else {
         return 1;
     };
     let Ok(conn) = store.connect(DomId::DOM0) else {

@@ -1,5 +1,6 @@
 //! Bringing the store up on Xen and running its event loop: [`run_stub_domain`], built from
-//! [`start`] and [`EventLoop`], which host tests run against a model of Xen.
+//! [`start`] and [`EventLoop`], which host tests run against a model of Xen. The store and
+//! the rings are served by xs-serve's [`Dispatcher`] over [`XenServices`].
 //!
 //! # Bring-up ([`start`])
 //!
@@ -9,7 +10,7 @@
 //! 3. `VIRQ_DOM_EXC` bound (the toolstack makes the store domain its handler) and unmasked.
 //! 4. [`XenServices`] over the map area; whether `XEN_DOMCTL_get_domain_state` works is
 //!    probed on the privileged domain.
-//! 5. [`StubDomain`] serving the privileged domain: its grant `GNTTAB_RESERVED_XENSTORE`
+//! 5. The [`Dispatcher`] serving the privileged domain: its grant `GNTTAB_RESERVED_XENSTORE`
 //!    mapped, bound to `--event` (or to the ring's `evtchn_port`).
 //!
 //! # The loop ([`EventLoop::turn`])
@@ -31,6 +32,8 @@
 use core::fmt::{self, Write};
 use core::ptr::NonNull;
 
+use xs_serve::{BootPort, BootRing, Bootstrap, Dispatcher, ServeConfig, Services};
+
 use crate::console::XenConsole;
 use crate::cpuid::{Vendor, XenInfo};
 use crate::error::Error;
@@ -42,7 +45,6 @@ use crate::rng::Rng;
 use crate::sched::{self, POLL_MAX_PORTS, ShutdownReason};
 use crate::services::XenServices;
 use crate::shared_info::SharedInfo;
-use crate::stub::{BootPort, BootRing, Bootstrap, StubConfig, StubDomain};
 use crate::version;
 
 /// Ports served per turn before the loop looks at left-over work again.
@@ -51,13 +53,13 @@ pub const EVENT_BUDGET: usize = 64;
 pub const POLL_SLICE_NS: u64 = 10_000_000;
 
 /// The store on Xen.
-pub type XenStub<'s, H> = StubDomain<XenServices<'s, H>>;
+pub type XenStub<'s, H> = Dispatcher<XenServices<'s, H>>;
 
 /// The vCPU the store runs on (the boot vCPU).
 const VCPU: usize = 0;
 
 /// Brings the store up over `hc` (see the module notes): `shared_info` is mapped at the
-/// given page, foreign rings at `map_area` (base, pages).
+/// given page, foreign rings at `map_area` (base, pages); `tsc` reads the TSC.
 ///
 /// # Safety
 ///
@@ -70,6 +72,7 @@ pub unsafe fn start<'s, H: Hypercalls>(
     shared_info: &'s mut [u8; 4096],
     map_area: (usize, usize),
     rng: Rng,
+    tsc: fn() -> u64,
     log: &mut dyn Write,
 ) -> Result<(XenStub<'s, H>, EventLoop), Error> {
     match version::version(&mut hc) {
@@ -98,7 +101,7 @@ pub unsafe fn start<'s, H: Hypercalls>(
     let area = MapArea::new(map_area.0, map_area.1).ok_or(Error::BadMapArea)?;
     let rdrand = rng.has_rdrand();
     // SAFETY: the map area's contract is the caller's.
-    let mut services = unsafe { XenServices::new(hc, si, VCPU, area, rng) };
+    let mut services = unsafe { XenServices::new(hc, si, VCPU, area, rng, tsc) };
     let priv_domid = xen.boot.priv_domid;
     let states = services.probe_domain_state(priv_domid);
     let _ = writeln!(
@@ -119,7 +122,7 @@ pub unsafe fn start<'s, H: Hypercalls>(
             None => BootPort::FromRing,
         },
     };
-    let mut stub = StubDomain::new(services, StubConfig::default(), boot)?;
+    let mut stub = Dispatcher::with_bootstrap(services, ServeConfig::default(), boot)?;
     flush_log(&mut stub, log);
     Ok((stub, EventLoop::new(virq)))
 }
@@ -166,14 +169,8 @@ impl EventLoop {
         self.virq
     }
 
-    /// One turn: serve pending events, or left-over work, or sleep until an event. `tsc`
-    /// reads the TSC (for the poll timeout; only used with more than 127 served domains).
-    pub fn turn<H: Hypercalls>(
-        &mut self,
-        stub: &mut XenStub<'_, H>,
-        tsc: &mut dyn FnMut() -> u64,
-        log: &mut dyn Write,
-    ) -> Turn {
+    /// One turn: serve pending events, or left-over work, or sleep until an event.
+    pub fn turn<H: Hypercalls>(&mut self, stub: &mut XenStub<'_, H>, log: &mut dyn Write) -> Turn {
         let si = stub.services().shared_info();
         let Some(vcpu) = si.vcpu(stub.services().vcpu()) else {
             return Turn::Slept;
@@ -204,16 +201,13 @@ impl EventLoop {
         if pending {
             return Turn::Pending;
         }
-        self.sleep(stub, tsc, log);
+        self.sleep(stub, log);
         Turn::Slept
     }
 
-    fn sleep<H: Hypercalls>(
-        &mut self,
-        stub: &mut XenStub<'_, H>,
-        tsc: &mut dyn FnMut() -> u64,
-        log: &mut dyn Write,
-    ) {
+    /// Sleeps in `SCHEDOP_poll`; with more ports than it takes, with a timeout from Xen
+    /// system time ([`Services::now_ns`]; only then is the clock read).
+    fn sleep<H: Hypercalls>(&mut self, stub: &mut XenStub<'_, H>, log: &mut dyn Write) {
         // On the stack: the loop sleeps whenever it is idle, and need not allocate to do so.
         let mut named = [0u32; POLL_MAX_PORTS];
         let mut len = 0;
@@ -230,8 +224,7 @@ impl EventLoop {
         let timeout = if all {
             0
         } else {
-            let vcpu = stub.services().shared_info().vcpu(stub.services().vcpu());
-            match vcpu.and_then(|v| v.time.system_time_ns(tsc())) {
+            match stub.services_mut().now_ns() {
                 Some(now) => now.saturating_add(POLL_SLICE_NS),
                 None => {
                     // No usable clock: a timeout could lie in the past and spin; yield
@@ -330,7 +323,17 @@ pub fn run_stub_domain(
     let hc = unsafe { XenHypercalls::new(transfer) };
     // SAFETY: the pages and the map area are as the crate documentation requires of the
     // image.
-    let started = unsafe { start(hc, &xen, shared_info, map_area, Rng::detect(), log) };
+    let started = unsafe {
+        start(
+            hc,
+            &xen,
+            shared_info,
+            map_area,
+            Rng::detect(),
+            read_tsc,
+            log,
+        )
+    };
     let (mut stub, mut event_loop) = match started {
         Ok(s) => s,
         Err(e) => fatal(Some(transfer), log, &e),
@@ -340,13 +343,15 @@ pub fn run_stub_domain(
         "xs: serving {} domain(s); waiting for events",
         stub.served().count()
     );
-    let mut tsc = || {
-        // SAFETY: RDTSC is part of x86_64 and has no memory effects; we run in ring 0.
-        unsafe { core::arch::x86_64::_rdtsc() }
-    };
     loop {
-        event_loop.turn(&mut stub, &mut tsc, log);
+        event_loop.turn(&mut stub, log);
     }
+}
+
+/// The TSC.
+fn read_tsc() -> u64 {
+    // SAFETY: RDTSC is part of x86_64 and has no memory effects; we run in ring 0.
+    unsafe { core::arch::x86_64::_rdtsc() }
 }
 
 #[cfg(test)]

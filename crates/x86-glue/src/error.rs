@@ -28,6 +28,17 @@ pub enum Error {
     Store(XsError),
 }
 
+/// The dispatcher's errors, with ours as its services' errors.
+impl From<xs_serve::Error<Error>> for Error {
+    fn from(e: xs_serve::Error<Error>) -> Self {
+        match e {
+            xs_serve::Error::Services(e) => e,
+            xs_serve::Error::NoEventChannel => Error::NoEventChannel,
+            xs_serve::Error::Store(e) => Error::Store(e),
+        }
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

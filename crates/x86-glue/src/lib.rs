@@ -10,10 +10,9 @@
 //!   (`console_io`), [`version`] (`xen_version`), [`domctl`] (the stable
 //!   `XEN_DOMCTL_get_domain_state`).
 //! * [`cpuid`]: finding Xen; [`shared_info`]: `shared_info` / `vcpu_info`; [`rng`]: RDRAND.
-//! * [`services`]: the [`Services`] trait the stub-domain flow needs, and [`XenServices`];
-//!   `fake` (feature `fake`): `FakeServices` over heap pages for host tests.
-//! * [`stub`]: [`StubDomain`], the request flow of a XenStore stub domain over any
-//!   [`Services`]; [`boot`]: bring-up and the event loop on Xen, and [`run_stub_domain`].
+//! * [`services`]: [`XenServices`], the serving layer's platform trait
+//!   ([`xs_serve::Services`]) on Xen; xs-serve's `Dispatcher` serves the rings over it.
+//! * [`boot`]: bring-up and the event loop on Xen, and [`run_stub_domain`].
 //!
 //! # The entry point
 //!
@@ -58,7 +57,7 @@
 //! (compile-time asserts with the sizes and offsets gcc gives for Xen's headers); CPUID
 //! detection against CPUID tables (and the real CPUID, which must not crash); the 2-level
 //! bitmap scan, its fairness and its lost-event properties; grant status decoding and the
-//! map area; the whole stub-domain flow over `FakeServices` and over [`XenServices`] on the
+//! map area; the whole stub-domain flow over [`XenServices`] on the
 //! model of Xen (introduce, serve, watch, shut down, die, re-introduce; the event loop's
 //! scan, dispatch and `SCHEDOP_poll`).
 //!
@@ -100,18 +99,14 @@ pub mod cpuid;
 pub mod domctl;
 mod error;
 pub mod evtchn;
-#[cfg(any(test, feature = "fake"))]
-pub mod fake;
 pub mod grant;
 pub mod hvm;
 pub mod hypercall;
-mod lines;
 pub mod memory;
 pub mod rng;
 pub mod sched;
 pub mod services;
 pub mod shared_info;
-pub mod stub;
 #[cfg(test)]
 mod testutil;
 pub mod version;
@@ -121,8 +116,5 @@ mod xenfake;
 pub use boot::run_stub_domain;
 pub use cpuid::{BootArgs, XenInfo};
 pub use error::Error;
-#[cfg(any(test, feature = "fake"))]
-pub use fake::{FakeRing, FakeServices};
 pub use hypercall::{Errno, Hypercalls, XenHypercalls};
-pub use services::{DomainState, Services, XenRing, XenServices};
-pub use stub::{BootPort, BootRing, Bootstrap, StubConfig, StubDomain};
+pub use services::{XenRing, XenServices};

@@ -1,11 +1,7 @@
-//! The hypervisor services the store's stub-domain flow needs, behind one trait (the
-//! virtio-drivers `Hal` style, design notes §1), and their Xen implementation.
-//!
-//! [`Services`] is what [`crate::stub::StubDomain`] is generic over: map and unmap a domain's
-//! ring page, bind, unbind and notify event channels, ask for a domain's state, draw entropy.
-//! [`XenServices`] implements it with grant mappings into a reserved guest-physical range,
-//! `event_channel_op`, `XEN_DOMCTL_get_domain_state` and RDRAND;
-//! `FakeServices` (feature `fake`, and this crate's tests) with heap pages.
+//! [`XenServices`]: the platform services of the serving layer ([`xs_serve::Services`]) on
+//! Xen, for a store running as a stub domain: grant mappings into a reserved guest-physical
+//! range, `event_channel_op`, `XEN_DOMCTL_get_domain_state`, RDRAND, and Xen system time
+//! from `vcpu_time_info` and the TSC.
 
 use alloc::collections::BTreeMap;
 use alloc::format;
@@ -15,58 +11,16 @@ use core::ops::Deref;
 use core::ptr::NonNull;
 
 use xs_core::DomId;
-use xs_ring::{Page, RawPage};
+use xs_ring::RawPage;
+use xs_serve::{BoundedLines, DomainState, Services};
 
 use crate::domctl;
 use crate::error::Error;
 use crate::evtchn;
 use crate::grant::{self, GNTTAB_RESERVED_XENSTORE, MapArea, Mapping};
 use crate::hypercall::{Errno, Hypercalls};
-use crate::lines::BoundedLines;
 use crate::rng::Rng;
 use crate::shared_info::SharedInfo;
-
-/// A domain's state, as far as the store cares.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum DomainState {
-    /// Running (or paused, or anything but the states below).
-    Running,
-    /// Shut down (finished shutting down) but not yet destroyed: `@releaseDomain` fires once.
-    Shutdown,
-    /// Dying, dead, gone, or replaced by another domain with the same id: the store forgets
-    /// it and stops serving its ring.
-    Dying,
-}
-
-/// What the stub-domain flow needs from the hypervisor.
-pub trait Services {
-    /// A mapped ring page.
-    type Ring: Page;
-
-    /// Maps `domid`'s XenStore ring: its grant `GNTTAB_RESERVED_XENSTORE`. `gfn` (from
-    /// `INTRODUCE`) is what a privileged store would map directly; a stub domain cannot, and,
-    /// like C xenstored, ignores it.
-    fn map_ring(&mut self, domid: DomId, gfn: u64) -> Result<Self::Ring, Error>;
-
-    /// Unmaps a ring [`Services::map_ring`] returned.
-    fn unmap_ring(&mut self, domid: DomId, ring: Self::Ring);
-
-    /// Binds a local port to `domid`'s unbound `remote_port`; returns the local port, which
-    /// is ready to deliver events.
-    fn bind_interdomain(&mut self, domid: DomId, remote_port: u32) -> Result<u32, Error>;
-
-    /// Closes a local port.
-    fn unbind(&mut self, local_port: u32);
-
-    /// Notifies the remote end of a local port.
-    fn notify(&mut self, local_port: u32);
-
-    /// The state of `domid`.
-    fn domain_state(&mut self, domid: DomId) -> DomainState;
-
-    /// 64 bits of entropy (RDRAND on real hardware).
-    fn entropy(&mut self) -> u64;
-}
 
 /// A guest's ring page, mapped by grant at a page of the map area.
 #[derive(Debug)]
@@ -76,7 +30,7 @@ pub struct XenRing {
     slot: usize,
 }
 
-/// The ring is reached as its page: [`Page`] comes with the dereference.
+/// The ring is reached as its page: [`Page`](xs_ring::Page) comes with the dereference.
 impl Deref for XenRing {
     type Target = RawPage;
 
@@ -107,6 +61,8 @@ pub struct XenServices<'s, H: Hypercalls> {
     vcpu: usize,
     area: MapArea,
     rng: Rng,
+    /// Reads the TSC (the program's `rdtsc`; a fake clock in tests).
+    tsc: fn() -> u64,
     /// `unique_id` of each mapped domain when its ring was mapped.
     incarnation: BTreeMap<DomId, u64>,
     queries: StateQueries,
@@ -115,7 +71,8 @@ pub struct XenServices<'s, H: Hypercalls> {
 
 impl<'s, H: Hypercalls> XenServices<'s, H> {
     /// The services over `hc`, with `shared` the domain's `shared_info`, `vcpu` the vCPU
-    /// whose `vcpu_info` events go to, and `area` the range foreign rings are mapped at.
+    /// whose `vcpu_info` events go to, `area` the range foreign rings are mapped at, and
+    /// `tsc` the TSC (Xen system time is computed from it and `vcpu_time_info`).
     ///
     /// # Safety
     ///
@@ -131,6 +88,7 @@ impl<'s, H: Hypercalls> XenServices<'s, H> {
         vcpu: usize,
         area: MapArea,
         rng: Rng,
+        tsc: fn() -> u64,
     ) -> XenServices<'s, H> {
         XenServices {
             hc,
@@ -138,6 +96,7 @@ impl<'s, H: Hypercalls> XenServices<'s, H> {
             vcpu,
             area,
             rng,
+            tsc,
             incarnation: BTreeMap::new(),
             queries: StateQueries::Unknown,
             errors: BoundedLines::default(),
@@ -195,7 +154,11 @@ impl<'s, H: Hypercalls> XenServices<'s, H> {
 
 impl<H: Hypercalls> Services for XenServices<'_, H> {
     type Ring = XenRing;
+    type Error = Error;
 
+    /// Maps the domain's grant `GNTTAB_RESERVED_XENSTORE`. `gfn` (from `INTRODUCE`) is what a
+    /// privileged store would map directly; a stub domain cannot, and, like C xenstored,
+    /// ignores it.
     fn map_ring(&mut self, domid: DomId, _gfn: u64) -> Result<XenRing, Error> {
         let (slot, addr) = self.area.take().ok_or(Error::MapAreaFull)?;
         let mapping = match grant::map_grant_ref(
@@ -307,6 +270,12 @@ impl<H: Hypercalls> Services for XenServices<'_, H> {
     fn entropy(&mut self) -> u64 {
         self.rng.next_u64()
     }
+
+    /// Xen system time (ns since the host booted), from this vCPU's `vcpu_time_info`.
+    fn now_ns(&mut self) -> Option<u64> {
+        let vcpu = self.shared.vcpu(self.vcpu)?;
+        vcpu.time.system_time_ns((self.tsc)())
+    }
 }
 
 #[cfg(test)]
@@ -315,6 +284,7 @@ mod tests {
     use crate::grant::PAGE_SIZE;
     use crate::xenfake::{FakeXen, PageBuf};
     use std::boxed::Box;
+    use xs_ring::Page;
     use xs_ring::layout::Field;
 
     fn services<'s>(
@@ -325,7 +295,7 @@ mod tests {
         let map = MapArea::new(area.base(), area.pages()).unwrap();
         // SAFETY: the area is heap memory this test owns for `'s`; the fake's grant maps
         // leave it in place.
-        unsafe { XenServices::new(xen, si, 0, map, Rng::with_rdrand(false)) }
+        unsafe { XenServices::new(xen, si, 0, map, Rng::with_rdrand(false), || 0) }
     }
 
     #[test]

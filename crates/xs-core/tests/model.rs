@@ -240,7 +240,7 @@ mod regressions {
     fn store(domain_nodes: bool) -> (Store, ConnId) {
         let mut s = Store::new(StoreConfig {
             domain_nodes,
-            ..StoreConfig::default()
+            ..StoreConfig::new([1, 2])
         })
         .unwrap();
         let dom0 = s.connect(DomId(0)).unwrap();
@@ -444,7 +444,7 @@ mod regressions {
         let mut s = Store::new(StoreConfig {
             domain_nodes: false,
             event_queue_len: 2,
-            ..StoreConfig::default()
+            ..StoreConfig::new([1, 2])
         })
         .unwrap();
         let dom0 = s.connect(DomId(0)).unwrap();

@@ -48,14 +48,6 @@ fn main() -> ExitCode {
 /// The store's configuration from the options, with a watch-table hash key from the
 /// operating system's entropy (guests choose the paths it hashes).
 fn store_config(options: &Options) -> io::Result<StoreConfig> {
-    let mut config = StoreConfig {
-        domain_nodes: options.domain_nodes,
-        privileged: options.privileged.clone(),
-        ..StoreConfig::default()
-    };
-    for &(kind, value) in &options.quotas {
-        config.quotas.set(kind, value);
-    }
     let mut key = [0u8; 16];
     getrandom::fill(&mut key)
         .map_err(|e| io::Error::other(format!("no entropy for the hash key: {e}")))?;
@@ -65,7 +57,14 @@ fn store_config(options: &Options) -> io::Result<StoreConfig> {
         w.copy_from_slice(s);
         u64::from_ne_bytes(w)
     };
-    config.hash_key = [word(a), word(b)];
+    let mut config = StoreConfig {
+        domain_nodes: options.domain_nodes,
+        privileged: options.privileged.clone(),
+        ..StoreConfig::new([word(a), word(b)])
+    };
+    for &(kind, value) in &options.quotas {
+        config.quotas.set(kind, value);
+    }
     Ok(config)
 }
 
@@ -238,7 +237,6 @@ mod tests {
         assert!(!a.domain_nodes);
         assert_eq!(a.privileged, vec![xs_core::DomId(3)]);
         assert_eq!(a.quotas.get(xs_core::QuotaKind::Nodes), 5);
-        assert_ne!(a.hash_key, StoreConfig::default().hash_key);
         assert_ne!(a.hash_key, b.hash_key, "drawn afresh");
     }
 }

@@ -6,9 +6,10 @@
 //! * [`order`]: every memory ordering of the protocol, each naming its pair.
 //! * [`Server`] and [`Guest`]: the two ends, each keeping its own indices privately and
 //!   checking the peer's.
-//! * `pump` (feature `pump`): serving an xs-core connection over a ring.
 //!
-//! The crate moves bytes and knows nothing of messages; it needs no allocator.
+//! The crate moves bytes and knows nothing of messages; it needs no allocator and depends on
+//! nothing. Serving an xs-core connection over a ring (the pump) is the serving layer's
+//! (`xs-serve`).
 
 #![no_std]
 
@@ -16,8 +17,6 @@ mod guest;
 pub mod layout;
 pub mod order;
 mod page;
-#[cfg(feature = "pump")]
-pub mod pump;
 mod ring;
 mod server;
 

@@ -32,6 +32,8 @@ impl fmt::Display for RingFault {
     }
 }
 
+impl core::error::Error for RingFault {}
+
 const INDEX: RingFault = RingFault {
     code: ERROR_RINGIDX,
 };

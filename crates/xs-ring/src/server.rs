@@ -159,10 +159,18 @@ impl<P: Page> Server<P> {
         self.page.store(Field::Connection, CONNECTED);
     }
 
-    /// Whether there is anything to do: request bytes waiting, or reply space freed while
-    /// `pending_output` bytes wait to be written. Call after re-enabling notifications and
-    /// [`order::before_recheck`], before sleeping.
-    pub fn has_work(&self, pending_output: bool) -> bool {
+    /// The final re-check before sleeping: whether there is anything to do (request bytes
+    /// waiting, reply space freed while `pending_output` bytes wait to be written, or a
+    /// reconnection asked for). Call it after re-enabling notifications for this ring; it
+    /// issues the full fence between the two itself ([`order::before_recheck`]), so that no
+    /// caller can forget it. If it says `false`, any later update by the guest comes with a
+    /// new notification.
+    pub fn recheck(&self, pending_output: bool) -> bool {
+        // ORDERING: full fence between re-enabling notifications (before this call) and the
+        // loads below; pairs with the guest's fence before it publishes an index and
+        // notifies. Without it the loads could pass the re-arm and miss an update made in
+        // between: the lost wake-up.
+        order::before_recheck();
         if self.fault.is_some() {
             return self.reconnect_requested();
         }

@@ -42,6 +42,8 @@ struct Machine {
     area: PageBuf,
     xen: Option<FakeXen>,
     dom0_remote: u32,
+    /// The TSC the store reads.
+    tsc: fn() -> u64,
 }
 
 impl Machine {
@@ -54,6 +56,7 @@ impl Machine {
             area: PageBuf::new(area_pages),
             xen: Some(xen),
             dom0_remote,
+            tsc: || 0,
         }
     }
 
@@ -70,6 +73,7 @@ impl Machine {
                 self.si.page(0),
                 area,
                 Rng::with_rdrand(false),
+                self.tsc,
                 &mut log,
             )
         };
@@ -79,11 +83,11 @@ impl Machine {
 }
 
 /// A guest's client on the page its ring is grant-mapped at.
-fn client_at(domid: u16, addr: u64) -> Client<RawPage> {
+fn client_at(addr: u64) -> Client<RawPage> {
     let ptr = NonNull::new(core::ptr::with_exposed_provenance_mut::<u8>(addr as usize)).unwrap();
     // SAFETY: `addr` is a page of the test's map area (mapped by the model), alive while the
     // machine is; the test plays the guest's side of the ring protocol on it.
-    Client::new(DomId(domid), unsafe { RawPage::new(ptr) })
+    Client::new(unsafe { RawPage::new(ptr) })
 }
 
 fn xen<'a>(stub: &'a mut XenStub<'_, FakeXen>) -> &'a mut FakeXen {
@@ -92,7 +96,7 @@ fn xen<'a>(stub: &'a mut XenStub<'_, FakeXen>) -> &'a mut FakeXen {
 
 fn turn(lp: &mut EventLoop, stub: &mut XenStub<'_, FakeXen>) -> Turn {
     let mut log = String::new();
-    lp.turn(stub, &mut || 0, &mut log)
+    lp.turn(stub, &mut log)
 }
 
 /// Turns until the loop sleeps.
@@ -126,9 +130,9 @@ fn store_domain_on_a_model_of_xen() {
     let polls = xen(&mut stub).polls().to_vec();
     assert_eq!(polls.last().unwrap(), &(vec![virq, dom0_port], 0));
 
-    let mut dom0 = client_at(0, dom0_ring);
+    let mut dom0 = client_at(dom0_ring);
     assert_eq!(
-        dom0.guest.server_features(),
+        dom0.guest().server_features(),
         xs_ring::layout::FEATURE_RECONNECTION | xs_ring::layout::FEATURE_ERROR
     );
     dom0.send(MsgType::Watch, b"@releaseDomain\0rel\0");
@@ -157,7 +161,7 @@ fn store_domain_on_a_model_of_xen() {
 
     // The guest talks to the store through its ring and event channel.
     xen(&mut stub).take_sent();
-    let mut g5 = client_at(5, ring5);
+    let mut g5 = client_at(ring5);
     g5.send(MsgType::Write, b"data/x\0hello");
     xen(&mut stub).raise(port5);
     assert_eq!(turn(&mut lp, &mut stub), Turn::Served(1));
@@ -217,7 +221,7 @@ fn store_domain_on_a_model_of_xen() {
     assert_eq!(dom0.receive()[0].text(), "OK\0");
     let ring5b = xen(&mut stub).mapping_of(5).unwrap();
     assert_eq!(ring5b, ring5);
-    let mut g5 = client_at(5, ring5b);
+    let mut g5 = client_at(ring5b);
     g5.send(MsgType::Read, b"data/x\0");
     let port5b = stub.local_port(DomId(5)).unwrap();
     xen(&mut stub).raise(port5b);
@@ -262,11 +266,12 @@ fn bring_up_failures() {
 fn many_domains_poll_with_a_timeout() {
     let n = 130u16;
     let mut m = Machine::new(usize::from(n) + 1);
+    m.tsc = || 2000;
     let dom0_remote = m.dom0_remote;
     let (mut stub, mut lp) = m.start(Some(dom0_remote)).unwrap();
     let dom0_port = stub.local_port(DomId::DOM0).unwrap();
     let dom0_ring = xen(&mut stub).mapping_of(0).unwrap();
-    let mut dom0 = client_at(0, dom0_ring);
+    let mut dom0 = client_at(dom0_ring);
     for d in 1..=n {
         xen(&mut stub).add_domain(d);
         let remote = xen(&mut stub).alloc_remote(d);
@@ -284,7 +289,7 @@ fn many_domains_poll_with_a_timeout() {
     t.tsc_to_system_mul
         .store(1 << 31, core::sync::atomic::Ordering::SeqCst);
     let mut log = String::new();
-    assert_eq!(lp.turn(&mut stub, &mut || 2000, &mut log), Turn::Slept);
+    assert_eq!(lp.turn(&mut stub, &mut log), Turn::Slept);
     let (ports, timeout) = xen(&mut stub).polls().last().unwrap().clone();
     assert_eq!(ports.len(), sched::POLL_MAX_PORTS);
     assert_eq!(ports[0], lp.virq());
@@ -293,7 +298,7 @@ fn many_domains_poll_with_a_timeout() {
     t.tsc_to_system_mul
         .store(0, core::sync::atomic::Ordering::SeqCst);
     let yields = xen(&mut stub).yields();
-    assert_eq!(lp.turn(&mut stub, &mut || 2000, &mut log), Turn::Slept);
+    assert_eq!(lp.turn(&mut stub, &mut log), Turn::Slept);
     assert_eq!(xen(&mut stub).yields(), yields + 1);
     // Every domain is still reachable.
     let last: Vec<u32> = stub.ports().collect();

@@ -113,7 +113,7 @@ fn fail(message: &str) -> ! {
 fn new_store() -> (Store, ConnId) {
     let config = StoreConfig {
         domain_nodes: false,
-        ..StoreConfig::default()
+        ..StoreConfig::new(xs_bench::BENCH_HASH_KEY)
     };
     let mut store = ok(Store::new(config), "Store::new");
     let conn = ok(store.connect(DomId::DOM0), "connect dom0");

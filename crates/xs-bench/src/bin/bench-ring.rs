@@ -29,8 +29,8 @@ use xs_core::protocol::{Access, Connection, Limits, NoHost};
 use xs_core::store::Introduction;
 use xs_core::wire::{MsgType, push_message};
 use xs_core::{DomId, Store, StoreConfig};
-use xs_ring::pump::pump;
 use xs_ring::{Guest, RING_SIZE, Server, SharedPage};
+use xs_serve::pump::pump;
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc::new();
@@ -105,7 +105,7 @@ fn pin(cpu: Option<usize>, who: &str) {
 /// A store with guest 5 introduced, and the protocol connection of that guest.
 fn store_with_guest() -> (Store, Connection) {
     let setup = || {
-        let mut store = Store::new(StoreConfig::default())?;
+        let mut store = Store::new(StoreConfig::new(xs_bench::BENCH_HASH_KEY))?;
         let d0 = store.connect(DomId::DOM0)?;
         store.introduce(d0, DomId(5), Introduction { gfn: 1, evtchn: 1 })?;
         let id = store.connect(DomId(5))?;
@@ -119,7 +119,7 @@ fn store_with_guest() -> (Store, Connection) {
 }
 
 /// The store's side: guest 5's connection served by the pump until `stop`. Between pumps
-/// it waits as a real server does, on `Server::has_work` (the re-check a server makes
+/// it waits as a real server does, on `Server::recheck` (the re-check a server makes
 /// before sleeping on its event channel), spinning where a server would sleep: polling
 /// with whole pumps made it notice a request later (measured: about 10% fewer round trips).
 fn serve_store(page: &SharedPage, stop: &AtomicBool, ready: &Barrier) {
@@ -132,7 +132,7 @@ fn serve_store(page: &SharedPage, stop: &AtomicBool, ready: &Barrier) {
             fail(&format!("the ring broke: {fault}"));
         }
         if !done.notify {
-            while !server.has_work(!conn.output().is_empty()) {
+            while !server.recheck(!conn.output().is_empty()) {
                 if stop.load(Ordering::Relaxed) {
                     return;
                 }

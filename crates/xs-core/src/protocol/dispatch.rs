@@ -230,14 +230,14 @@ fn request(
                 gfn: signed_decimal(gfn)?,
                 evtchn: u32_arg(evtchn)?,
             };
-            let kind = store.introduce(conn, domid, intro)?;
-            host.introduced(store, domid, intro, kind);
+            store.require_privileged(conn)?;
+            super::introduce(store, host, domid, intro)?;
             ok(out);
         }
         MsgType::Release => {
             let domid = domid_arg(args.one()?)?;
-            store.release(conn, domid)?;
-            host.released(store, domid);
+            store.require_privileged(conn)?;
+            super::release(store, host, domid)?;
             ok(out);
         }
         MsgType::Resume => {

@@ -75,6 +75,45 @@ pub trait Host {
     }
 }
 
+/// Introduces `domid` as the host, with no connection: what a privileged `INTRODUCE` does,
+/// through the same code, [`Host::introduced`] included. For the program that is itself the
+/// toolstack (a VMM introducing its guest).
+///
+/// # Examples
+///
+/// ```
+/// use xs_core::protocol::{self, NoHost};
+/// use xs_core::store::{Introduced, Introduction};
+/// use xs_core::{DomId, Store, StoreConfig};
+///
+/// let mut store = Store::new(StoreConfig::new([1, 2]))?;
+/// let intro = Introduction { gfn: 0xfeffc, evtchn: 3 };
+/// let kind = protocol::introduce(&mut store, &mut NoHost, DomId(7), intro)?;
+/// assert_eq!(kind, Introduced::New);
+/// assert!(store.is_introduced(DomId(7)));
+/// protocol::release(&mut store, &mut NoHost, DomId(7))?;
+/// assert!(!store.is_introduced(DomId(7)));
+/// # Ok::<(), xs_core::XsError>(())
+/// ```
+pub fn introduce(
+    store: &mut Store,
+    host: &mut dyn Host,
+    domid: DomId,
+    intro: Introduction,
+) -> XsResult<Introduced> {
+    let kind = store.introduce_domain(domid, intro)?;
+    host.introduced(store, domid, intro, kind);
+    Ok(kind)
+}
+
+/// Releases `domid` as the host, with no connection: what a privileged `RELEASE` does, through
+/// the same code, [`Host::released`] included.
+pub fn release(store: &mut Store, host: &mut dyn Host, domid: DomId) -> XsResult<()> {
+    store.release_domain(domid)?;
+    host.released(store, domid);
+    Ok(())
+}
+
 /// A [`Host`] that provides nothing.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NoHost;

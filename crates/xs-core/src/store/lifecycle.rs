@@ -76,7 +76,7 @@ const DEFAULT_NODES: &[(&str, &str, Owner)] = &[
 ];
 
 impl Store {
-    fn require_privileged(&self, conn: ConnId) -> XsResult<()> {
+    pub(crate) fn require_privileged(&self, conn: ConnId) -> XsResult<()> {
         if self.caller(conn)?.privileged {
             Ok(())
         } else {
@@ -93,10 +93,13 @@ impl Store {
         }
     }
 
-    /// `INTRODUCE`: the store starts serving `domid`, whose ring and event channel are in
-    /// `intro`. Creates the domain's default nodes (if configured) and fires
-    /// `@introduceDomain`. The caller (the program owning the I/O) maps the ring and binds
-    /// the channel as the result says.
+    /// `INTRODUCE` from connection `conn` (which must be privileged): see
+    /// [`Store::introduce_domain`].
+    ///
+    /// This is the store's part only. A program that serves rings must also map the ring and
+    /// bind the channel: it introduces domains through [`crate::protocol::introduce`] (or
+    /// `xs_serve::Dispatcher::introduce`), which tells its [`crate::protocol::Host`] as the
+    /// protocol path does.
     pub fn introduce(
         &mut self,
         conn: ConnId,
@@ -104,6 +107,14 @@ impl Store {
         intro: Introduction,
     ) -> XsResult<Introduced> {
         self.require_privileged(conn)?;
+        self.introduce_domain(domid, intro)
+    }
+
+    /// The store starts serving `domid`, whose ring and event channel are in `intro`:
+    /// creates the domain's default nodes (if configured) and fires `@introduceDomain`. The
+    /// caller (the program owning the I/O) maps the ring and binds the channel as the result
+    /// says. Needs no connection: this is the host acting as the toolstack.
+    pub fn introduce_domain(&mut self, domid: DomId, intro: Introduction) -> XsResult<Introduced> {
         // Any real domain, privileged ones included (C xenstored introduces dom0's and
         // `--priv-domid`'s rings too); only RELEASE and RESUME refuse them.
         if !domid.is_real() {
@@ -186,9 +197,17 @@ impl Store {
         Ok(true)
     }
 
-    /// `RELEASE`: the store stops serving `domid` (see [`Store::domain_gone`]).
+    /// `RELEASE` from connection `conn` (which must be privileged): see
+    /// [`Store::release_domain`]. The store's part only, as for [`Store::introduce`]:
+    /// programs use [`crate::protocol::release`].
     pub fn release(&mut self, conn: ConnId, domid: DomId) -> XsResult<()> {
         self.require_privileged(conn)?;
+        self.release_domain(domid)
+    }
+
+    /// The store stops serving `domid`, an introduced unprivileged domain (see
+    /// [`Store::domain_gone`]). Needs no connection.
+    pub fn release_domain(&mut self, domid: DomId) -> XsResult<()> {
         self.guest_domid(domid)?;
         if !self.is_introduced(domid) {
             return Err(XsError::NoEnt);
@@ -363,10 +382,16 @@ impl Store {
             Some(d) if caller.privileged => d,
             Some(_) => return Err(XsError::Acces),
         };
-        Ok(self
-            .domains
+        Ok(self.domain_features(domid))
+    }
+
+    /// The `XENSTORE_SERVER_FEATURE_*` bits offered to `domid` (all the store implements,
+    /// unless `SET_FEATURE` limited them). Needs no connection: for the program serving the
+    /// domain's ring, which advertises them in the ring page.
+    pub fn domain_features(&self, domid: DomId) -> u32 {
+        self.domains
             .get(&domid)
-            .map_or(features::ALL, |d| d.features))
+            .map_or(features::ALL, |d| d.features)
     }
 
     /// `SET_FEATURE`: limits the features offered to `domid`, before it is introduced.

@@ -106,13 +106,33 @@ pub struct StoreConfig {
     /// (see [`Store::take_warnings`]), as C xenstored logs it, without refusing anything.
     pub memory_soft: u32,
     /// Key of the hash that indexes watches by path. Guests choose the paths, so programs
-    /// must draw this from real entropy (the platform's RNG, RDRAND); the default is fixed
-    /// and only fit for tests.
+    /// must draw this from real entropy (the platform's RNG, RDRAND, `getrandom`): with a
+    /// key a guest can guess it can make every watch land in one bucket.
     pub hash_key: [u64; 2],
 }
 
-impl Default for StoreConfig {
-    fn default() -> Self {
+impl StoreConfig {
+    /// Xen's defaults (C xenstored's quotas, default nodes on `INTRODUCE`, a domain's home
+    /// removed on release), with the watch-hash key `hash_key`, which must come from real
+    /// entropy (see [`StoreConfig::hash_key`]). There is deliberately no `Default`: the easy
+    /// thing to write must not be a fixed key. Adjust the other fields with struct update
+    /// syntax.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use xs_core::{DomId, Store, StoreConfig};
+    ///
+    /// # fn entropy() -> [u64; 2] { [0x243f_6a88_85a3_08d3, 0x1319_8a2e_0370_7344] }
+    /// let config = StoreConfig {
+    ///     privileged: vec![DomId(1)],
+    ///     ..StoreConfig::new(entropy())
+    /// };
+    /// let store = Store::new(config)?;
+    /// assert!(store.is_privileged(DomId(1)));
+    /// # Ok::<(), xs_core::XsError>(())
+    /// ```
+    pub fn new(hash_key: [u64; 2]) -> StoreConfig {
         StoreConfig {
             quotas: Quotas::XEN_DEFAULTS,
             privileged: Vec::new(),
@@ -121,7 +141,7 @@ impl Default for StoreConfig {
             event_queue_len: 1024,
             history_limit: 16 << 20,
             memory_soft: 2 << 20,
-            hash_key: [0x7873_2d63_6f72_6521, 0x6e6f_742d_7365_6372],
+            hash_key,
         }
     }
 }

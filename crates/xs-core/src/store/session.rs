@@ -83,10 +83,12 @@ impl Session<'_> {
             .set_perms(self.conn, self.tx, path.as_bytes(), perms)
     }
 
-    /// Watches `path` with `token`.
-    pub fn watch(&mut self, path: &str, token: &str) -> XsResult<()> {
+    /// Watches `path` with `token`: events for changes at `path` and, with `depth`
+    /// `Some(n)`, at most `n` levels below it (`XENSTORE_SERVER_FEATURE_WATCHDEPTH`), or at
+    /// any depth with `None`.
+    pub fn watch(&mut self, path: &str, token: &str, depth: Option<u32>) -> XsResult<()> {
         self.store
-            .watch(self.conn, path.as_bytes(), token.as_bytes(), None)
+            .watch(self.conn, path.as_bytes(), token.as_bytes(), depth)
     }
 
     /// Removes a watch.

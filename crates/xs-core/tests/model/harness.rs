@@ -237,7 +237,7 @@ impl Harness {
         let config = StoreConfig {
             domain_nodes: cfg.domain_nodes,
             event_queue_len: queue_len,
-            ..StoreConfig::default()
+            ..StoreConfig::new([1, 2])
         };
         let mut store = engine(Store::new(config), "Store::new")?;
         let c0 = engine(store.connect(DomId(0)), "connect")?;

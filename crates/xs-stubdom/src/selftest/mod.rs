@@ -86,10 +86,7 @@ fn hash_key() -> ([u64; 2], &'static str) {
 /// Runs the self-test and exits through `isa-debug-exit`.
 pub(crate) fn run(info: &StartInfo) -> ! {
     let (key, key_source) = hash_key();
-    let config = StoreConfig {
-        hash_key: key,
-        ..StoreConfig::default()
-    };
+    let config = StoreConfig::new(key);
     let rig = Store::new(config)
         .map_err(|e| format!("Store::new: {e}"))
         .and_then(Rig::new);

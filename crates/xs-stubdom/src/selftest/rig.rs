@@ -23,8 +23,8 @@ use xs_core::protocol::{Access, Connection, Host, Limits};
 use xs_core::store::{ConnId, Introduced, Introduction};
 use xs_core::wire::{HEADER_LEN, Header, MsgType, push_message};
 use xs_core::{DomId, Store};
-use xs_ring::pump::{Pumped, pump};
 use xs_ring::{Guest, RING_SIZE, RawPage, Server};
+use xs_serve::pump::{Pumped, pump};
 
 use crate::trace::{self, Event};
 

@@ -72,7 +72,7 @@ fn introduce_creates_the_default_nodes() {
 fn toolstack_nodes_are_kept_when_it_turns_default_nodes_off() {
     let mut h = Host::with(StoreConfig {
         domain_nodes: false,
-        ..StoreConfig::default()
+        ..StoreConfig::new([1, 2])
     });
     h.guest(3);
     assert_eq!(h.d0().read("/local/domain/3"), Err(XsError::NoEnt));
@@ -92,11 +92,11 @@ fn domid_reuse_inherits_nothing() {
     h.s(g).write("/elsewhere/child", b"x").unwrap();
     h.d0().write("/granted", b"secret").unwrap();
     h.d0().set_perms("/granted", &perms(&["n0", "b7"])).unwrap();
-    h.s(g).watch("/granted", "w").unwrap();
+    h.s(g).watch("/granted", "w", None).unwrap();
     let tx = h.s(g).transaction_start().unwrap();
     assert!(h.store.usage(DomId(7)).unwrap().nodes > 0);
     let watcher = h.store.connect(DomId::DOM0).unwrap();
-    h.s(watcher).watch("/elsewhere", "gone").unwrap();
+    h.s(watcher).watch("/elsewhere", "gone", None).unwrap();
     h.events(watcher);
 
     h.store.release(h.dom0, DomId(7)).unwrap();
@@ -145,7 +145,7 @@ fn shutdown_fires_release_once_until_resume() {
 fn toolstack_may_set_permissions_before_introducing() {
     let mut h = Host::with(StoreConfig {
         domain_nodes: false,
-        ..StoreConfig::default()
+        ..StoreConfig::new([1, 2])
     });
     h.d0().mkdir("/local/domain/20").unwrap();
     h.d0()

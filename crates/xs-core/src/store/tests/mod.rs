@@ -30,7 +30,7 @@ struct Host {
 
 impl Host {
     fn new() -> Host {
-        Host::with(StoreConfig::default())
+        Host::with(StoreConfig::new([1, 2]))
     }
 
     fn with(config: StoreConfig) -> Host {

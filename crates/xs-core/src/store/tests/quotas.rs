@@ -30,8 +30,8 @@ fn quota_errors_change_nothing() {
     h.store
         .set_quota(d0, Some(DomId(3)), QuotaKind::Watches, 1)
         .unwrap();
-    h.s(g).watch("data", "1").unwrap();
-    assert_eq!(h.s(g).watch("data", "2"), Err(XsError::NoSpc));
+    h.s(g).watch("data", "1", None).unwrap();
+    assert_eq!(h.s(g).watch("data", "2", None), Err(XsError::NoSpc));
     assert_eq!(h.store.usage(DomId(3)).unwrap().watches, 1);
 
     // dom0 is never limited.
@@ -97,7 +97,7 @@ fn dead_and_unknown_connections_are_refused() {
 fn soft_memory_quota_is_reported_once() {
     let mut h = Host::with(StoreConfig {
         memory_soft: 4000,
-        ..StoreConfig::default()
+        ..StoreConfig::new([1, 2])
     });
     let g = h.guest(3);
     assert_eq!(h.store.take_warnings(), []);
@@ -116,7 +116,7 @@ fn soft_memory_quota_is_reported_once() {
 fn soft_memory_quota_crossings_queue_one_warning_per_domain() {
     let mut h = Host::with(StoreConfig {
         memory_soft: 4000,
-        ..StoreConfig::default()
+        ..StoreConfig::new([1, 2])
     });
     let g = h.guest(3);
     for _ in 0..20 {
@@ -178,7 +178,7 @@ fn a_refused_set_perms_leaves_no_domain_records_behind() {
 fn privileged_domains_can_be_introduced_but_not_released() {
     let mut h = Host::with(StoreConfig {
         privileged: alloc::vec![DomId(3)],
-        ..StoreConfig::default()
+        ..StoreConfig::new([1, 2])
     });
     let intro = Introduction { gfn: 1, evtchn: 2 };
     assert_eq!(
@@ -247,7 +247,7 @@ fn removals_at_release_are_reported_with_the_permissions_before_it() {
     h.d0().mkdir("/a").unwrap();
     h.d0().set_perms("/a", &perms(&["n1"])).unwrap();
     h.d0().set_perms("/", &perms(&["r1"])).unwrap();
-    h.s(g2).watch("/a", "t").unwrap();
+    h.s(g2).watch("/a", "t", None).unwrap();
     assert_eq!(h.events(g2).len(), 1, "the initial event");
     h.store.release(h.dom0, DomId(1)).unwrap();
     h.checked();

@@ -250,7 +250,7 @@ fn transaction_quotas() {
 fn a_transaction_held_open_cannot_pin_unbounded_history() {
     let mut h = Host::with(StoreConfig {
         history_limit: 4096,
-        ..StoreConfig::default()
+        ..StoreConfig::new([1, 2])
     });
     for i in 0..1000u32 {
         h.d0().write(&alloc::format!("/h/{i}"), b"old").unwrap();

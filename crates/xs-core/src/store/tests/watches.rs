@@ -8,9 +8,9 @@ use super::*;
 fn watches_fire_on_registration_and_for_the_subtree() {
     let mut h = Host::new();
     let w = h.store.connect(DomId::DOM0).unwrap();
-    h.s(w).watch("/a", "tok").unwrap();
+    h.s(w).watch("/a", "tok", None).unwrap();
     assert_eq!(h.events(w), [ev("/a", "tok")]);
-    assert_eq!(h.s(w).watch("/a", "tok"), Err(XsError::Exist));
+    assert_eq!(h.s(w).watch("/a", "tok", None), Err(XsError::Exist));
     h.d0().write("/a/b/c", b"1").unwrap();
     h.d0().write("/a", b"").unwrap();
     h.d0().write("/ab", b"").unwrap();
@@ -29,9 +29,9 @@ fn removing_an_ancestor_fires_watches_below_with_their_paths() {
     let mut h = Host::new();
     let w = h.store.connect(DomId::DOM0).unwrap();
     h.d0().write("/dev/vif/0/state", b"4").unwrap();
-    h.s(w).watch("/dev/vif/0/state", "st").unwrap();
-    h.s(w).watch("/dev", "top").unwrap();
-    h.s(w).watch("/dev/vif/9", "missing").unwrap();
+    h.s(w).watch("/dev/vif/0/state", "st", None).unwrap();
+    h.s(w).watch("/dev", "top", None).unwrap();
+    h.s(w).watch("/dev/vif/9", "missing", None).unwrap();
     h.events(w);
     h.d0().rm("/dev/vif").unwrap();
     let mut got = h.events(w);
@@ -43,7 +43,7 @@ fn removing_an_ancestor_fires_watches_below_with_their_paths() {
 fn relative_watches_report_relative_paths() {
     let mut h = Host::new();
     let g = h.guest(9);
-    h.s(g).watch("device", "dev").unwrap();
+    h.s(g).watch("device", "dev", None).unwrap();
     assert_eq!(h.events(g), [ev("device", "dev")]);
     h.d0()
         .write("/local/domain/9/device/vbd/1/state", b"1")
@@ -57,7 +57,7 @@ fn events_only_for_nodes_the_watcher_may_read() {
     let g = h.guest(2);
     h.d0().mkdir("/open").unwrap();
     h.d0().set_perms("/open", &perms(&["n0", "r2"])).unwrap();
-    h.s(g).watch("/open", "t").unwrap();
+    h.s(g).watch("/open", "t", None).unwrap();
     h.events(g);
     h.d0().write("/open/visible", b"").unwrap();
     h.d0().write("/open/hidden/x", b"").unwrap();
@@ -97,7 +97,7 @@ fn watch_depth_limits_matching() {
 fn transaction_changes_fire_only_on_commit() {
     let mut h = Host::new();
     let w = h.store.connect(DomId::DOM0).unwrap();
-    h.s(w).watch("/t", "t").unwrap();
+    h.s(w).watch("/t", "t", None).unwrap();
     h.events(w);
     let tx = h.d0().transaction_start().unwrap();
     h.d0().in_tx(tx).write("/t/a/b", b"1").unwrap();
@@ -122,8 +122,8 @@ fn special_watches_need_privilege_or_permission() {
     h.store
         .watch(d0, b"@releaseDomain", b"out1", Some(1))
         .unwrap();
-    h.s(g).watch("@introduceDomain", "in").unwrap();
-    h.s(g).watch("@releaseDomain/4", "four").unwrap();
+    h.s(g).watch("@introduceDomain", "in", None).unwrap();
+    h.s(g).watch("@releaseDomain/4", "four", None).unwrap();
     h.events(d0);
     h.events(g);
     let g4 = h.guest(4);
@@ -152,11 +152,11 @@ fn special_watches_need_privilege_or_permission() {
 fn a_full_event_queue_coalesces_into_one_catch_up_event_per_watch() {
     let mut h = Host::with(StoreConfig {
         event_queue_len: 4,
-        ..StoreConfig::default()
+        ..StoreConfig::new([1, 2])
     });
     let w = h.store.connect(DomId::DOM0).unwrap();
-    h.s(w).watch("/q", "q").unwrap();
-    h.s(w).watch("/r", "r").unwrap();
+    h.s(w).watch("/q", "q", None).unwrap();
+    h.s(w).watch("/r", "r", None).unwrap();
     for i in 0..100 {
         h.d0().write(&alloc::format!("/q/{i}"), b"").unwrap();
         h.d0().write(&alloc::format!("/r/{i}"), b"").unwrap();
@@ -187,7 +187,7 @@ fn unprivileged_event_queues_are_bounded_by_memory_quota() {
         .unwrap();
     h.d0().mkdir("/shared").unwrap();
     h.d0().set_perms("/shared", &perms(&["n0", "r2"])).unwrap();
-    h.s(g).watch("/shared", "d").unwrap();
+    h.s(g).watch("/shared", "d", None).unwrap();
     for i in 0..1000 {
         h.d0().write(&alloc::format!("/shared/{i}"), b"").unwrap();
     }
@@ -201,7 +201,7 @@ fn a_watcher_out_of_memory_quota_still_gets_its_events_one_at_a_time() {
     let g = h.guest(2);
     h.d0().mkdir("/shared").unwrap();
     h.d0().set_perms("/shared", &perms(&["n0", "r2"])).unwrap();
-    h.s(g).watch("/shared", "d").unwrap();
+    h.s(g).watch("/shared", "d", None).unwrap();
     assert_eq!(h.events(g), [ev("/shared", "d")]);
     // The guest's nodes and watch use up its memory quota exactly.
     let used = h.store.usage(DomId(2)).unwrap().memory;

@@ -347,7 +347,7 @@ mod tests {
         fn resolving_in_one_walk_matches_the_full_walk(
             ops in proptest::collection::vec(op(), 1..40)
         ) {
-            let mut store = Store::new(StoreConfig::default()).unwrap();
+            let mut store = Store::new(StoreConfig::new([1, 2])).unwrap();
             let conn = store.connect(DomId::DOM0).unwrap();
             let mut txs: Vec<TxId> = Vec::new();
             let all: Vec<Vec<u8>> = ["a", "b", "c"]

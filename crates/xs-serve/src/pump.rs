@@ -1,4 +1,4 @@
-//! Serving one xs-core protocol connection over a ring (feature `pump`).
+//! Serving one xs-core protocol connection over a ring.
 //!
 //! The whole glue between the two: requests are peeked from the ring into private memory,
 //! fed to the connection, and consumed only as far as the connection took them (so a guest
@@ -9,10 +9,8 @@ use xs_core::Store;
 use xs_core::protocol::connection::Closed;
 use xs_core::protocol::{Connection, Host};
 
-use crate::layout::ERROR_PROTO;
-use crate::page::Page;
-use crate::ring::RingFault;
-use crate::server::Server;
+use xs_ring::layout::ERROR_PROTO;
+use xs_ring::{Page, RingFault, Server};
 
 /// What a pump did.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
@@ -32,9 +30,9 @@ pub struct Pumped {
 pub const PUMP_PASSES: usize = 64;
 
 /// Moves bytes between `ring` and `conn` until neither can make progress, or for at most
-/// [`PUMP_PASSES`] passes. Then the caller re-enables notifications, issues
-/// [`crate::order::before_recheck`], and pumps again (now or after serving others) if
-/// [`Server::has_work`] says so, before sleeping.
+/// [`PUMP_PASSES`] passes. Then the caller re-enables notifications and pumps again (now or
+/// after serving others) if [`Server::recheck`] says so, before sleeping: the
+/// [`crate::Dispatcher`] does this for every ring it serves.
 pub fn pump<P: Page>(
     ring: &mut Server<P>,
     conn: &mut Connection,

@@ -1,37 +1,70 @@
-//! The stub-domain flow against [`FakeServices`], with guests driving their ends of the
-//! rings through [`xs_ring::Guest`].
+//! The dispatcher against [`FakeServices`], with guests driving their ends of the rings
+//! through [`GuestClient`] (moved from x86-glue's stub-domain flow tests), and the
+//! in-process embedding.
 
+use std::format;
 use std::sync::Arc;
 use std::vec::Vec;
 
 use xs_core::wire::{MsgType, push_message};
 use xs_ring::SharedPage;
-use xs_ring::layout::{ERROR_PROTO, RECONNECT};
+use xs_ring::layout::{ERROR_PROTO, FEATURE_ERROR, FEATURE_RECONNECTION, RECONNECT};
 
 use super::*;
-use crate::fake::{FakeRing, FakeServices};
-use crate::testutil::{Client, Msg, watch_event};
+use crate::fake::{FakeError, FakeRing, FakeServices};
+use crate::guest::{GuestClient, Message};
 
 /// A guest's client on a fake ring page.
-fn client(domid: DomId, page: &Arc<SharedPage>) -> Client<FakeRing> {
-    Client::new(domid, page.clone())
+struct Client {
+    domid: DomId,
+    c: GuestClient<FakeRing>,
 }
 
-/// Starts a stub domain on `fake` serving `domid` through `ring` and `port` first.
+impl Client {
+    /// Writes a request into the ring (which must have room).
+    fn send(&mut self, kind: MsgType, payload: &[u8]) -> u32 {
+        let id = self.c.send(kind, 0, payload).unwrap();
+        assert!(!self.c.has_unsent(), "ring full");
+        id
+    }
+
+    /// Every whole message waiting in the reply ring.
+    fn receive(&mut self) -> Vec<Message> {
+        self.c.receive().unwrap()
+    }
+}
+
+fn client(domid: DomId, page: &Arc<SharedPage>) -> Client {
+    Client {
+        domid,
+        c: GuestClient::new(page.clone()),
+    }
+}
+
+/// The payload of a watch event.
+fn watch_event(path: &str, token: &str) -> Vec<u8> {
+    format!("{path}\0{token}\0").into_bytes()
+}
+
+/// Starts a dispatcher on `fake` serving `domid` through `ring` and `port` first.
 fn boot(
     fake: FakeServices,
     domid: DomId,
     ring: BootRing<FakeRing>,
     port: BootPort,
-) -> Result<StubDomain<FakeServices>, Error> {
-    StubDomain::new(fake, StubConfig::default(), Bootstrap { domid, ring, port })
+) -> Result<Dispatcher<FakeServices>, Error<FakeError>> {
+    Dispatcher::with_bootstrap(
+        fake,
+        ServeConfig::default(),
+        Bootstrap { domid, ring, port },
+    )
 }
 
 /// A store with dom0 served, and dom0's client.
 struct Rig {
-    stub: StubDomain<FakeServices>,
-    dom0: Client<FakeRing>,
-    guests: Vec<Client<FakeRing>>,
+    stub: Dispatcher<FakeServices>,
+    dom0: Client,
+    guests: Vec<Client>,
 }
 
 impl Rig {
@@ -58,7 +91,7 @@ impl Rig {
 
     /// The client sends a request and the store gets the event; returns what the client
     /// then has in its reply ring.
-    fn request(&mut self, who: Who, kind: MsgType, payload: &[u8]) -> Vec<Msg> {
+    fn request(&mut self, who: Who, kind: MsgType, payload: &[u8]) -> Vec<Message> {
         let client = self.client(who);
         client.send(kind, payload);
         let domid = client.domid;
@@ -68,13 +101,13 @@ impl Rig {
     }
 
     /// The reply to a request (the first message; events may follow).
-    fn ask(&mut self, who: Who, kind: MsgType, payload: &[u8]) -> Msg {
+    fn ask(&mut self, who: Who, kind: MsgType, payload: &[u8]) -> Message {
         let mut msgs = self.request(who, kind, payload);
         assert!(!msgs.is_empty(), "no reply to {kind:?}");
         msgs.remove(0)
     }
 
-    fn client(&mut self, who: Who) -> &mut Client<FakeRing> {
+    fn client(&mut self, who: Who) -> &mut Client {
         match who {
             Who::Dom0 => &mut self.dom0,
             Who::Guest(i) => &mut self.guests[i],
@@ -83,13 +116,13 @@ impl Rig {
 
     /// dom0 introduces `domid` (whose kernel allocated `remote` for the store).
     /// Returns the guest's index and dom0's reply (events that came with it are dropped).
-    fn introduce(&mut self, domid: u16, remote: u32) -> (usize, Msg) {
+    fn introduce(&mut self, domid: u16, remote: u32) -> (usize, Message) {
         let (g, mut msgs) = self.introduce_all(domid, remote);
         (g, msgs.remove(0))
     }
 
     /// Returns the guest's index and everything dom0 received.
-    fn introduce_all(&mut self, domid: u16, remote: u32) -> (usize, Vec<Msg>) {
+    fn introduce_all(&mut self, domid: u16, remote: u32) -> (usize, Vec<Message>) {
         let page = self.fake().create_domain(DomId(domid));
         let body = format!("{domid}\0{}\0{remote}\0", 0xfeffc + u64::from(domid));
         let reply = self.request(Who::Dom0, MsgType::Introduce, body.as_bytes());
@@ -120,7 +153,10 @@ fn dom0_is_served_from_the_start() {
         FEATURE_RECONNECTION | FEATURE_ERROR
     );
     let r = rig.ask(Who::Dom0, MsgType::Write, b"/tool/x\0yes");
-    assert_eq!((r.kind, r.text()), (MsgType::Write as u32, "OK\0".into()));
+    assert_eq!(
+        (r.msg_type, r.text()),
+        (MsgType::Write as u32, "OK\0".into())
+    );
     let r = rig.ask(Who::Dom0, MsgType::Read, b"/tool/x\0");
     assert_eq!(r.payload, b"yes");
     // Every reply was followed by a notification.
@@ -145,7 +181,7 @@ fn guest_lifecycle() {
     // INTRODUCE: the ring is mapped, the port bound, and @introduceDomain fires.
     let (g, msgs) = rig.introduce_all(5, 3);
     assert_eq!(msgs[0].text(), "OK\0");
-    assert_eq!(msgs[1].kind, EVENT);
+    assert_eq!(msgs[1].msg_type, EVENT);
     assert_eq!(msgs[1].payload, watch_event("@introduceDomain", "intro"));
     assert!(rig.fake().is_mapped(DomId(5)));
     let port5 = rig.stub.local_port(DomId(5)).unwrap();
@@ -162,7 +198,7 @@ fn guest_lifecycle() {
     assert_eq!(r.payload, b"hello");
     // A guest may not read dom0's nodes.
     let r = rig.ask(Who::Guest(g), MsgType::Read, b"/tool/xenstored\0");
-    assert_eq!((r.kind, r.text()), (ERROR, "EACCES\0".into()));
+    assert_eq!((r.msg_type, r.text()), (ERROR, "EACCES\0".into()));
 
     // Watch events cross from one ring to another, with a notification.
     let msgs = rig.request(Who::Guest(g), MsgType::Watch, b"data/x\0mine\0");
@@ -210,7 +246,7 @@ fn guest_lifecycle() {
     let r = rig.ask(Who::Guest(g2), MsgType::Read, b"data/x\0");
     assert_eq!(r.text(), "ENOENT\0");
     let r = rig.ask(Who::Guest(g2), MsgType::Read, b"/local/domain/5\0");
-    assert_eq!(r.kind, MsgType::Read as u32);
+    assert_eq!(r.msg_type, MsgType::Read as u32);
 }
 
 #[test]
@@ -294,7 +330,7 @@ fn a_broken_ring_is_dropped_until_reconnection() {
     let mut bad = Vec::new();
     push_message(&mut bad, MsgType::Read as u32, 1, 0, b"");
     bad[12..16].copy_from_slice(&5000u32.to_le_bytes());
-    rig.guests[g].guest.write(&bad).unwrap();
+    rig.guests[g].c.ring().write(&bad).unwrap();
     rig.stub.on_event(port);
     assert_eq!(page.load(Field::Error), ERROR_PROTO);
     assert!(!rig.stub.has_work());
@@ -302,12 +338,12 @@ fn a_broken_ring_is_dropped_until_reconnection() {
     let r = rig.ask(Who::Dom0, MsgType::Read, b"/local/domain/4/domid\0");
     assert_eq!(r.payload, b"4");
     // The guest asks for a reconnection: the ring is reset and served again.
-    rig.guests[g].guest.request_reconnect();
+    rig.guests[g].c.ring().request_reconnect();
     assert_eq!(page.load(Field::Connection), RECONNECT);
     rig.stub.on_event(port);
     assert_eq!(page.load(Field::Error), 0);
-    assert!(rig.guests[g].guest.reconnected());
-    rig.guests[g].partial.clear();
+    assert!(rig.guests[g].c.ring().reconnected());
+    rig.guests[g].c.forget_in_flight();
     let r = rig.ask(Who::Guest(g), MsgType::Read, b"domid\0");
     assert_eq!(r.payload, b"4");
 }
@@ -324,7 +360,7 @@ fn a_guest_that_does_not_read_is_waited_for() {
     for _ in 0..200 {
         let mut bytes = Vec::new();
         push_message(&mut bytes, MsgType::Read as u32, 1, 0, b"domid\0");
-        let written = rig.guests[g].guest.write(&bytes).unwrap();
+        let written = rig.guests[g].c.ring().write(&bytes).unwrap();
         if written < bytes.len() {
             break;
         }
@@ -371,7 +407,7 @@ fn bootstrap_variants() {
         BootPort::FromRing,
     )
     .unwrap_err();
-    assert_eq!(err, Error::NoEventChannel);
+    assert!(matches!(err, Error::NoEventChannel));
 
     // An already mapped ring and bound port, for a privileged domain other than dom0.
     let mut fake = FakeServices::new();
@@ -399,16 +435,15 @@ fn bootstrap_variants() {
         BootPort::Remote(1),
     )
     .unwrap_err();
-    assert!(matches!(err, Error::Hypercall(_)));
+    assert!(matches!(err, Error::Services(FakeError::NoSuchDomain)));
 }
 
 #[test]
 fn hash_key_comes_from_entropy() {
     let rig = Rig::new();
-    assert_ne!(
-        rig.stub.store().config().hash_key,
-        StoreConfig::default().hash_key
-    );
+    let key = rig.stub.store().config().hash_key;
+    assert_ne!(key, ServeConfig::default().store.hash_key);
+    assert_ne!(key[0], key[1]);
 }
 
 #[test]
@@ -418,4 +453,127 @@ fn control_print_reaches_the_log() {
     assert_eq!(r.text(), "OK\0");
     let log = rig.stub.take_log();
     assert!(log.iter().any(|l| l == "print: hello log"), "{log:?}");
+}
+
+// ----- the embedder's API ------------------------------------------------------------------
+
+/// A VMM-like embedding: no bootstrap ring; the program introduces the guest itself and
+/// talks to the store through an in-process connection, whose watch events it is told of.
+#[test]
+fn in_process_toolstack_introduces_and_watches() {
+    let mut fake = FakeServices::new();
+    let page = fake.create_domain(DomId(4));
+    let mut xs = Dispatcher::new(fake, ServeConfig::default()).unwrap();
+    assert_eq!(xs.served().count(), 0);
+    let vmm = xs.connect(DomId::DOM0).unwrap();
+    xs.session(vmm, |s| s.watch("@introduceDomain", "intro", None))
+        .unwrap();
+    assert_eq!(xs.take_local_notifications(), [vmm]);
+    xs.session(vmm, |s| s.drain_events());
+
+    let kind = xs
+        .introduce(DomId(4), Introduction { gfn: 9, evtchn: 3 })
+        .unwrap();
+    assert_eq!(kind, Introduced::New);
+    let port = xs.local_port(DomId(4)).unwrap();
+    assert_eq!(xs.services().remote_port(port), Some((DomId(4), 3)));
+    assert_eq!(xs.take_local_notifications(), [vmm]);
+    let events = xs.session(vmm, |s| s.drain_events());
+    assert_eq!(events, [(b"@introduceDomain".to_vec(), b"intro".to_vec())]);
+
+    // The guest's change reaches the in-process watcher; the VMM's change reaches the guest.
+    xs.session(vmm, |s| s.watch("/local/domain/4/data", "data", None))
+        .unwrap();
+    xs.session(vmm, |s| s.drain_events());
+    let mut guest = client(DomId(4), &page);
+    guest.send(MsgType::Write, b"data/x\0from the guest");
+    xs.on_event(port);
+    assert_eq!(guest.receive()[0].text(), "OK\0");
+    assert_eq!(xs.take_local_notifications(), [vmm]);
+    let events = xs.session(vmm, |s| s.drain_events());
+    assert_eq!(events[0].0, b"/local/domain/4/data/x");
+    guest.send(MsgType::Watch, b"data/y\0y\0");
+    xs.on_event(port);
+    assert_eq!(guest.receive().len(), 2, "the reply and the initial event");
+    xs.services_mut().take_notified();
+    xs.session(vmm, |s| s.write("/local/domain/4/data/y", b"from the VMM"))
+        .unwrap();
+    assert!(xs.services_mut().take_notified().contains(&port));
+    let ev = guest.receive();
+    assert_eq!(ev[0].payload, watch_event("data/y", "y"));
+
+    // Released by the program: unmapped, unbound, @releaseDomain for the watcher.
+    xs.session(vmm, |s| s.watch("@releaseDomain", "rel", None))
+        .unwrap();
+    xs.session(vmm, |s| s.drain_events());
+    xs.release(DomId(4)).unwrap();
+    assert_eq!(xs.local_port(DomId(4)), None);
+    assert_eq!(xs.services().unmapped(), [DomId(4)]);
+    assert_eq!(xs.services().unbound(), [port]);
+    let events = xs.session(vmm, |s| s.drain_events());
+    assert!(events.contains(&(b"@releaseDomain".to_vec(), b"rel".to_vec())));
+    assert_eq!(xs.release(DomId(4)), Err(Error::Store(XsError::NoEnt)));
+}
+
+/// What the protocol path can only log, the host-side introduction returns.
+#[test]
+fn host_side_introduce_returns_what_failed() {
+    let mut fake = FakeServices::new();
+    fake.create_domain(DomId(6));
+    let mut xs = Dispatcher::new(fake, ServeConfig::default()).unwrap();
+    xs.services_mut().fail_map(DomId(6));
+    let intro = Introduction { gfn: 0, evtchn: 2 };
+    assert_eq!(
+        xs.introduce(DomId(6), intro),
+        Err(Error::Services(FakeError::Scripted))
+    );
+    assert!(!xs.store().is_introduced(DomId(6)));
+    xs.services_mut().fail_bind(DomId(6));
+    assert_eq!(
+        xs.introduce(DomId(6), intro),
+        Err(Error::Services(FakeError::Scripted))
+    );
+    assert!(!xs.store().is_introduced(DomId(6)));
+    assert_eq!(xs.services().unmapped(), [DomId(6)]);
+    assert_eq!(
+        xs.introduce(DomId(6), Introduction { gfn: 0, evtchn: 0 }),
+        Err(Error::Store(XsError::Inval))
+    );
+    assert_eq!(xs.introduce(DomId(6), intro), Ok(Introduced::New));
+    // Again: only the channel is rebound.
+    assert_eq!(
+        xs.introduce(DomId(6), Introduction { gfn: 0, evtchn: 5 }),
+        Ok(Introduced::Rebind)
+    );
+    let port = xs.local_port(DomId(6)).unwrap();
+    assert_eq!(xs.services().remote_port(port), Some((DomId(6), 5)));
+}
+
+/// Every service of a ring ends with its port re-armed (then the fenced re-check), broken
+/// rings included, so that the platform's next event is delivered.
+#[test]
+fn every_service_rearms_the_port() {
+    let mut rig = Rig::new();
+    let (g, _) = rig.introduce(3, 1);
+    let port = rig.stub.local_port(DomId(3)).unwrap();
+    rig.fake().take_rearmed();
+    rig.ask(Who::Guest(g), MsgType::Read, b"domid\0");
+    assert_eq!(rig.fake().take_rearmed(), [port]);
+    // A broken ring: re-armed, so that the guest's reconnection request is heard.
+    let mut bad = Vec::new();
+    push_message(&mut bad, MsgType::Read as u32, 1, 0, b"");
+    bad[12..16].copy_from_slice(&5000u32.to_le_bytes());
+    rig.guests[g].c.ring().write(&bad).unwrap();
+    rig.stub.on_event(port);
+    assert_eq!(rig.fake().take_rearmed(), [port]);
+}
+
+/// With a platform clock, log lines carry the time of the event that caused them.
+#[test]
+fn log_lines_are_stamped_with_the_platform_clock() {
+    let mut rig = Rig::new();
+    rig.stub.take_log();
+    rig.fake().set_now_ns(Some(12_345_678_901));
+    rig.ask(Who::Dom0, MsgType::Control, b"print\0tick\0");
+    assert_eq!(rig.stub.take_log(), ["[12.345678] print: tick"]);
 }

@@ -1,4 +1,4 @@
-//! [`FakeServices`]: the hypervisor services over heap pages, for host tests (this crate's,
+//! [`FakeServices`]: the platform services over heap pages, for host tests (this crate's,
 //! and other crates' with feature `fake`).
 //!
 //! Each domain a test creates gets a fresh [`SharedPage`] (what its XenStore ring would be);
@@ -9,17 +9,38 @@
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::fmt;
 
 use xs_core::DomId;
 use xs_ring::SharedPage;
 
-use crate::error::Error;
-use crate::hypercall::Errno;
-use crate::rng::weak_mix;
 use crate::services::{DomainState, Services};
 
 /// A fake domain's ring, shared with the test (a [`Page`](xs_ring::Page) through the `Arc`).
 pub type FakeRing = Arc<SharedPage>;
+
+/// Why a fake service failed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum FakeError {
+    /// No such domain (or it is dying).
+    NoSuchDomain,
+    /// The test scripted this failure ([`FakeServices::fail_map`], [`FakeServices::fail_bind`]).
+    Scripted,
+    /// Port 0 is never a domain's port.
+    BadPort,
+}
+
+impl fmt::Display for FakeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FakeError::NoSuchDomain => "no such domain",
+            FakeError::Scripted => "failure scripted by the test",
+            FakeError::BadPort => "bad port",
+        })
+    }
+}
+
+impl core::error::Error for FakeError {}
 
 #[derive(Debug)]
 struct FakeDomain {
@@ -41,6 +62,8 @@ pub struct FakeServices {
     fail_map: BTreeSet<DomId>,
     fail_bind: BTreeSet<DomId>,
     draws: u64,
+    rearmed: Vec<u32>,
+    now_ns: Option<u64>,
 }
 
 impl Default for FakeServices {
@@ -62,6 +85,8 @@ impl FakeServices {
             fail_map: BTreeSet::new(),
             fail_bind: BTreeSet::new(),
             draws: 0,
+            rearmed: Vec::new(),
+            now_ns: None,
         }
     }
 
@@ -143,20 +168,31 @@ impl FakeServices {
     pub fn unmapped(&self) -> &[DomId] {
         &self.unmapped
     }
+
+    /// Takes the local ports re-armed since the last call, in order.
+    pub fn take_rearmed(&mut self) -> Vec<u32> {
+        core::mem::take(&mut self.rearmed)
+    }
+
+    /// Sets the time [`Services::now_ns`] reports (`None`, the default: no clock).
+    pub fn set_now_ns(&mut self, now: Option<u64>) {
+        self.now_ns = now;
+    }
 }
 
 impl Services for FakeServices {
     type Ring = FakeRing;
+    type Error = FakeError;
 
-    fn map_ring(&mut self, domid: DomId, _gfn: u64) -> Result<FakeRing, Error> {
+    fn map_ring(&mut self, domid: DomId, _gfn: u64) -> Result<FakeRing, FakeError> {
         if self.fail_map.remove(&domid) {
-            return Err(Error::Hypercall(Errno::EFAULT));
+            return Err(FakeError::Scripted);
         }
         let d = self
             .domains
             .get_mut(&domid)
             .filter(|d| d.state != DomainState::Dying)
-            .ok_or(Error::Hypercall(Errno::ESRCH))?;
+            .ok_or(FakeError::NoSuchDomain)?;
         d.maps = d.maps.saturating_add(1);
         Ok(d.page.clone())
     }
@@ -169,12 +205,15 @@ impl Services for FakeServices {
         self.unmapped.push(domid);
     }
 
-    fn bind_interdomain(&mut self, domid: DomId, remote_port: u32) -> Result<u32, Error> {
-        if self.fail_bind.remove(&domid) || !self.domains.contains_key(&domid) {
-            return Err(Error::Hypercall(Errno::ESRCH));
+    fn bind_interdomain(&mut self, domid: DomId, remote_port: u32) -> Result<u32, FakeError> {
+        if self.fail_bind.remove(&domid) {
+            return Err(FakeError::Scripted);
+        }
+        if !self.domains.contains_key(&domid) {
+            return Err(FakeError::NoSuchDomain);
         }
         if remote_port == 0 {
-            return Err(Error::Hypercall(Errno::EINVAL));
+            return Err(FakeError::BadPort);
         }
         let local = self.next_port;
         self.next_port = self.next_port.saturating_add(1);
@@ -191,6 +230,10 @@ impl Services for FakeServices {
         self.notified.push(local_port);
     }
 
+    fn rearm(&mut self, local_port: u32) {
+        self.rearmed.push(local_port);
+    }
+
     fn domain_state(&mut self, domid: DomId) -> DomainState {
         self.domains
             .get(&domid)
@@ -198,7 +241,15 @@ impl Services for FakeServices {
     }
 
     fn entropy(&mut self) -> u64 {
+        // splitmix64 of a counter: distinct draws, deterministic runs.
         self.draws = self.draws.wrapping_add(1);
-        weak_mix(0x5eed, self.draws)
+        let mut z = self.draws.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn now_ns(&mut self) -> Option<u64> {
+        self.now_ns
     }
 }

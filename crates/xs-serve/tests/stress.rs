@@ -21,7 +21,7 @@
 //! release:
 //!
 //! ```text
-//! XS_RING_STRESS_REQUESTS=3000000 cargo test -p xs-ring --release --test stress -- --nocapture
+//! XS_RING_STRESS_REQUESTS=3000000 cargo test -p xs-serve --release --test stress -- --nocapture
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -35,8 +35,8 @@ use xs_core::store::Introduction;
 use xs_core::wire::{HEADER_LEN, Header, MsgType, push_message};
 use xs_core::{DomId, QuotaKind, Store, StoreConfig};
 use xs_ring::layout::Field;
-use xs_ring::pump::pump;
 use xs_ring::{Guest, Page, RING_SIZE, Server, SharedPage};
+use xs_serve::pump::pump;
 
 /// The guest's home, for requests and watches given as absolute paths.
 const HOME: &[u8] = b"/local/domain/5/";
@@ -994,7 +994,7 @@ fn serve(
     config: Config,
 ) -> Result<ServerStats, String> {
     let _guard = OnPanic(dead);
-    let mut store = Store::new(StoreConfig::default()).map_err(|e| e.to_string())?;
+    let mut store = Store::new(StoreConfig::new([1, 2])).map_err(|e| e.to_string())?;
     let d0 = store.connect(DomId::DOM0).map_err(|e| e.to_string())?;
     store
         .introduce(d0, DomId(5), Introduction { gfn: 1, evtchn: 1 })

@@ -1,0 +1,775 @@
+//! The store serving many domains' rings over any platform's [`Services`].
+//!
+//! [`Dispatcher`] owns the [`Store`], and for every domain it serves a ring
+//! ([`xs_ring::Server`]), a protocol [`Connection`] and a local event-channel port. The
+//! program around it (a stub domain's event loop, a dom0 daemon's poll loop, a VMM's device
+//! thread) feeds it events:
+//!
+//! * [`Dispatcher::on_event`] for a port: pumps that domain's ring, notifies the domain if
+//!   the ring changed, re-arms the port ([`Services::rearm`]) and re-checks the ring after a
+//!   full barrier before returning ([`xs_ring::Server::recheck`]), so that a request written
+//!   between the last look and the end of the service is not left waiting for an event that
+//!   was already consumed. That sequence is one private method, run for every ring, so no
+//!   caller can forget the fence;
+//! * [`Dispatcher::on_dom_exc`] when some domain changed state (Xen's `VIRQ_DOM_EXC`): asks
+//!   every served unprivileged domain's state; a shut-down domain fires `@releaseDomain`
+//!   (once, until `RESUME`), a dying or vanished one is forgotten by the store (its nodes go,
+//!   `@releaseDomain` fires) and its ring unmapped and port closed.
+//!
+//! `INTRODUCE` and `RELEASE` reach it through the [`Host`] callbacks, which only record
+//! them; once the request that made them is answered, the new domain's ring is mapped (the
+//! `gfn` is the platform's to use or ignore), its port bound (the ring's `evtchn_port`
+//! overriding the one given, as C xenstored does for dom0less domains), and it is served at
+//! once; a released domain is unmapped and unbound. A second `INTRODUCE` of a served domain
+//! rebinds its event channel only (C xenstored's "recreating the xenbus event-channel").
+//! The program that is itself the toolstack introduces and releases domains with
+//! [`Dispatcher::introduce`] and [`Dispatcher::release`]: the same code and hooks, no
+//! connection needed, and a failure to map or bind is returned rather than logged.
+//!
+//! In-process clients (a VMM's own backends, its toolstack) get a connection from
+//! [`Dispatcher::connect`] and use the store through [`Dispatcher::session`], after which
+//! the rings their changes concern are served; connections of theirs with new watch events
+//! are reported by [`Dispatcher::take_local_notifications`].
+//!
+//! Watch events move between connections: after each event the store's notified connections
+//! are pumped until everything is quiet, for a bounded number of rounds; what remains is
+//! reported by [`Dispatcher::has_work`] and done by [`Dispatcher::run_pending`].
+//!
+//! The privileged domain's ring and port may come from the domain builder rather than from
+//! `INTRODUCE` ([`Dispatcher::with_bootstrap`], [`Bootstrap`]): in Xen's stub-domain setup
+//! (`init-xenstore-domain`), dom0's kernel allocates an unbound port for the store and passes
+//! it as `--event`, and seeds its grant `GNTTAB_RESERVED_XENSTORE` with its ring, which C
+//! xenstored maps at start (`init_domains` / `init_domain` in `tools/xenstored/domain.c`).
+
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+use core::mem;
+
+use xs_core::protocol::{self, Access, Connection, Host, Limits};
+use xs_core::store::{Introduced, Introduction, Session, features};
+use xs_core::{ConnId, DomId, Store, StoreConfig, XsError};
+use xs_ring::layout::{FEATURE_ERROR, FEATURE_RECONNECTION, Field};
+use xs_ring::{Page, Server};
+
+use crate::lines::BoundedLines;
+use crate::pump::pump;
+use crate::services::{DomainState, Services};
+
+/// Times one domain's ring is pumped and re-checked per event before the rest is left for
+/// [`Dispatcher::run_pending`] (a guest that keeps writing cannot hold the store).
+const SERVICE_ROUNDS: usize = 8;
+/// Rounds of "deliver watch events to the connections that got them" per event.
+const SETTLE_ROUNDS: usize = 16;
+/// Log lines kept until [`Dispatcher::take_log`].
+const LOG_KEPT: usize = 256;
+
+/// Why the dispatcher could not do what it was asked.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Error<E> {
+    /// A platform service failed (mapping the ring, binding the port).
+    Services(E),
+    /// No event channel for the domain: none given, and none in its ring page.
+    NoEventChannel,
+    /// The store refused (bad arguments, out of memory, out of connection slots).
+    Store(XsError),
+}
+
+impl<E: fmt::Display> fmt::Display for Error<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Services(e) => fmt::Display::fmt(e, f),
+            Error::NoEventChannel => {
+                f.write_str("no event channel for the domain (none given, none in its ring)")
+            }
+            Error::Store(e) => write!(f, "store: {e}"),
+        }
+    }
+}
+
+impl<E: fmt::Display + fmt::Debug> core::error::Error for Error<E> {}
+
+impl<E> From<XsError> for Error<E> {
+    fn from(e: XsError) -> Self {
+        Error::Store(e)
+    }
+}
+
+/// Where the privileged domain's ring page comes from.
+#[derive(Debug)]
+pub enum BootRing<R> {
+    /// Ask the platform to map it ([`Services::map_ring`]; a stub domain maps its grant
+    /// `GNTTAB_RESERVED_XENSTORE`).
+    Grant {
+        /// Passed to [`Services::map_ring`].
+        gfn: u64,
+    },
+    /// Already mapped by the caller.
+    Mapped(R),
+}
+
+/// Where the privileged domain's event channel comes from.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum BootPort {
+    /// Its unbound port (`--event`): bind to it.
+    Remote(u32),
+    /// A local port the caller already bound (and unmasked).
+    Local(u32),
+    /// The ring page's `evtchn_port` field (dom0less / Hyperlaunch).
+    FromRing,
+}
+
+/// The domain served from the start: the privileged domain (dom0 unless `--priv-domid`).
+#[derive(Debug)]
+pub struct Bootstrap<R> {
+    /// Its domid (made privileged in the store if it is not dom0).
+    pub domid: DomId,
+    /// Its ring.
+    pub ring: BootRing<R>,
+    /// Its event channel.
+    pub port: BootPort,
+}
+
+/// How the dispatcher is set up.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// The store's configuration. Its `hash_key` is replaced with entropy from
+    /// [`Services::entropy`], so the key given here does not matter.
+    pub store: StoreConfig,
+    /// Limits of every served ring's protocol connection.
+    pub limits: Limits,
+}
+
+impl Default for ServeConfig {
+    /// Xen's default quotas and limits. No fixed hash key reaches the store: the dispatcher
+    /// always draws it from the platform.
+    fn default() -> Self {
+        ServeConfig {
+            store: StoreConfig::new([0, 0]),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// A served domain.
+#[derive(Debug)]
+struct Served<R: Page> {
+    /// Owns the ring; [`Server::into_page`] gives it back to be unmapped.
+    server: Server<R>,
+    conn: Connection,
+    local_port: u32,
+}
+
+/// What `INTRODUCE` / `RELEASE` asked for, applied once the request is answered.
+#[derive(Clone, Copy, Debug)]
+enum Change {
+    Introduced(DomId, Introduction, Introduced),
+    Released(DomId),
+}
+
+/// The [`Host`] the protocol calls: records domain changes and log text.
+#[derive(Debug, Default)]
+struct Recorder {
+    changes: Vec<Change>,
+    log: BoundedLines<LOG_KEPT>,
+    /// When the platform has a clock, the time of the event being served (log stamps).
+    now_ns: Option<u64>,
+}
+
+impl Recorder {
+    /// Keeps a log line, stamped with the time of the event being served if known.
+    fn log(&mut self, line: String) {
+        match self.now_ns {
+            Some(ns) => {
+                let (s, us) = (ns / 1_000_000_000, ns % 1_000_000_000 / 1000);
+                self.log.push(format!("[{s}.{us:06}] {line}"));
+            }
+            None => self.log.push(line),
+        }
+    }
+}
+
+impl Host for Recorder {
+    fn introduced(
+        &mut self,
+        _store: &mut Store,
+        domid: DomId,
+        intro: Introduction,
+        kind: Introduced,
+    ) {
+        self.changes.push(Change::Introduced(domid, intro, kind));
+    }
+
+    fn released(&mut self, _store: &mut Store, domid: DomId) {
+        self.changes.push(Change::Released(domid));
+    }
+
+    fn print(&mut self, text: &[u8]) {
+        self.log(format!("print: {}", String::from_utf8_lossy(text)));
+    }
+
+    fn soft_quota_reached(&mut self, domid: DomId) {
+        self.log(format!("dom{domid} exceeds its soft memory quota"));
+    }
+}
+
+/// The store serving domains' rings: see the module documentation.
+///
+/// `Send` when the services and their rings are, so a VMM can hand it to its device thread.
+///
+/// # Examples
+///
+/// A guest's ring served from a VMM-like program, with the fake platform (feature `fake`):
+/// the guest writes a request, the program passes the event on, the guest reads the reply.
+///
+/// ```
+/// use xs_core::store::Introduction;
+/// use xs_core::wire::{HEADER_LEN, MsgType, push_message};
+/// use xs_core::DomId;
+/// use xs_ring::Guest;
+/// use xs_serve::fake::FakeServices;
+/// use xs_serve::{Dispatcher, ServeConfig};
+///
+/// let mut platform = FakeServices::new();
+/// let page = platform.create_domain(DomId(1));
+/// let mut xs = Dispatcher::new(platform, ServeConfig::default())?;
+/// // The toolstack (here, the program itself) introduces the guest: ring mapped, port bound.
+/// xs.introduce(DomId(1), Introduction { gfn: 0xfeffc, evtchn: 3 })?;
+/// let port = xs.local_port(DomId(1)).unwrap();
+///
+/// // The guest's side: a request into its ring, then an event on the port.
+/// let mut guest = Guest::new(page);
+/// let mut request = Vec::new();
+/// push_message(&mut request, MsgType::Read as u32, 1, 0, b"domid\0");
+/// guest.write(&request)?;
+/// xs.on_event(port);
+///
+/// let mut reply = [0u8; 64];
+/// let n = guest.read(&mut reply)?;
+/// assert_eq!(&reply[HEADER_LEN..n], b"1");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Dispatcher<S: Services> {
+    store: Store,
+    services: S,
+    served: BTreeMap<DomId, Served<S::Ring>>,
+    ports: BTreeMap<u32, DomId>,
+    /// The served rings' connections, and whose they are.
+    ring_conns: BTreeMap<ConnId, DomId>,
+    /// In-process connections with new watch events, for the program.
+    local_notified: BTreeSet<ConnId>,
+    host: Recorder,
+    /// Domains with work left over after their service rounds.
+    pending: BTreeSet<DomId>,
+    limits: Limits,
+}
+
+/// The ring features to offer `domid`: those the store enables for it (`SET_FEATURE`) that
+/// concern the ring.
+fn ring_features(store: &Store, domid: DomId) -> u32 {
+    let bits = store.domain_features(domid);
+    let mut out = 0;
+    if bits & features::RECONNECTION != 0 {
+        out |= FEATURE_RECONNECTION;
+    }
+    if bits & features::ERROR != 0 {
+        out |= FEATURE_ERROR;
+    }
+    out
+}
+
+/// The event channel of a domain about to be served.
+enum Port {
+    /// Already bound here, to this local port.
+    Bound(u32),
+    /// The domain's unbound port, to bind to.
+    Remote(u32),
+    /// None was given.
+    Missing,
+}
+
+/// What [`bind_and_connect`] could not do.
+#[derive(Debug)]
+enum SetUpFailed<E> {
+    /// Binding (or finding) the domain's event channel.
+    Bind(Error<E>),
+    /// Opening its store connection.
+    Connect(Error<E>),
+}
+
+impl<E> SetUpFailed<E> {
+    fn into_error(self) -> Error<E> {
+        match self {
+            SetUpFailed::Bind(e) | SetUpFailed::Connect(e) => e,
+        }
+    }
+}
+
+/// Binds `domid`'s event channel (unless bound already) and opens its store connection,
+/// for a mapped `ring`; on failure, undoes what was done (the port bound here, the ring
+/// mapped).
+fn bind_and_connect<S: Services>(
+    services: &mut S,
+    store: &mut Store,
+    domid: DomId,
+    ring: S::Ring,
+    port: Port,
+) -> Result<(S::Ring, u32, ConnId), SetUpFailed<S::Error>> {
+    let bound = match port {
+        Port::Bound(p) => Ok(p),
+        Port::Remote(r) => services.bind_interdomain(domid, r).map_err(Error::Services),
+        Port::Missing => Err(Error::NoEventChannel),
+    };
+    let local_port = match bound {
+        Ok(p) => p,
+        Err(e) => {
+            services.unmap_ring(domid, ring);
+            return Err(SetUpFailed::Bind(e));
+        }
+    };
+    match store.connect(domid) {
+        Ok(conn) => Ok((ring, local_port, conn)),
+        Err(e) => {
+            services.unbind(local_port);
+            services.unmap_ring(domid, ring);
+            Err(SetUpFailed::Connect(Error::Store(e)))
+        }
+    }
+}
+
+impl<S: Services> Dispatcher<S> {
+    /// Starts the store, serving no ring yet: domains are served once introduced (by a
+    /// privileged connection's `INTRODUCE`, or by [`Dispatcher::introduce`]). For a program
+    /// that is itself the toolstack, such as a VMM.
+    pub fn new(mut services: S, config: ServeConfig) -> Result<Dispatcher<S>, Error<S::Error>> {
+        let mut store_config = config.store;
+        // Guests choose the paths the watch index hashes: the key must be unpredictable.
+        store_config.hash_key = [services.entropy(), services.entropy()];
+        let store = Store::new(store_config)?;
+        Ok(Dispatcher {
+            store,
+            services,
+            served: BTreeMap::new(),
+            ports: BTreeMap::new(),
+            ring_conns: BTreeMap::new(),
+            local_notified: BTreeSet::new(),
+            host: Recorder::default(),
+            pending: BTreeSet::new(),
+            limits: config.limits,
+        })
+    }
+
+    /// Starts the store and serves the privileged domain's ring from the start (the stub
+    /// domain's case: see the module documentation).
+    pub fn with_bootstrap(
+        services: S,
+        mut config: ServeConfig,
+        boot: Bootstrap<S::Ring>,
+    ) -> Result<Dispatcher<S>, Error<S::Error>> {
+        let domid = boot.domid;
+        if domid != DomId::DOM0 && !config.store.privileged.contains(&domid) {
+            config.store.privileged.push(domid);
+        }
+        let mut this = Dispatcher::new(services, config)?;
+        this.stamp();
+        let ring = match boot.ring {
+            BootRing::Mapped(r) => r,
+            BootRing::Grant { gfn } => this
+                .services
+                .map_ring(domid, gfn)
+                .map_err(Error::Services)?,
+        };
+        let port = match boot.port {
+            BootPort::Local(p) => Port::Bound(p),
+            BootPort::Remote(r) => Port::Remote(r),
+            BootPort::FromRing => match ring.load(Field::EvtchnPort) {
+                0 => Port::Missing,
+                r => Port::Remote(r),
+            },
+        };
+        let (ring, local_port, conn_id) =
+            bind_and_connect(&mut this.services, &mut this.store, domid, ring, port)
+                .map_err(SetUpFailed::into_error)?;
+        this.install(domid, ring, conn_id, local_port);
+        this.host.log(format!(
+            "serving dom{domid} (privileged) on port {local_port}"
+        ));
+        // As C xenstored's `init_domain`: tell the domain the store is there.
+        this.services.notify(local_port);
+        this.service(domid);
+        this.settle();
+        Ok(this)
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The services.
+    pub fn services(&self) -> &S {
+        &self.services
+    }
+
+    /// The services, mutably (tests script the fake through it; platform loops poll with it).
+    pub fn services_mut(&mut self) -> &mut S {
+        &mut self.services
+    }
+
+    /// The domains served, in domid order.
+    pub fn served(&self) -> impl Iterator<Item = DomId> + '_ {
+        self.served.keys().copied()
+    }
+
+    /// The local ports of the served domains, in port order.
+    pub fn ports(&self) -> impl Iterator<Item = u32> + '_ {
+        self.ports.keys().copied()
+    }
+
+    /// The local port of a served domain.
+    pub fn local_port(&self, domid: DomId) -> Option<u32> {
+        self.served.get(&domid).map(|s| s.local_port)
+    }
+
+    /// Whether work is left that no event will announce (a busy guest's ring, watch events
+    /// not yet delivered): call [`Dispatcher::run_pending`] before sleeping.
+    pub fn has_work(&self) -> bool {
+        !self.pending.is_empty() || !self.host.changes.is_empty()
+    }
+
+    /// Takes the log lines since the last call.
+    pub fn take_log(&mut self) -> Vec<String> {
+        self.host.log.take("log lines dropped")
+    }
+
+    /// An event on local `port`: serves the domain bound to it (unknown ports are ignored).
+    pub fn on_event(&mut self, port: u32) {
+        self.stamp();
+        if let Some(&domid) = self.ports.get(&port) {
+            self.service(domid);
+        }
+        self.settle();
+    }
+
+    /// Some domain changed state (Xen's `VIRQ_DOM_EXC`, or the VMM's guest stopped).
+    pub fn on_dom_exc(&mut self) {
+        self.stamp();
+        let domids: Vec<DomId> = self
+            .served
+            .keys()
+            .copied()
+            .filter(|&d| !self.store.is_privileged(d))
+            .collect();
+        for domid in domids {
+            match self.services.domain_state(domid) {
+                DomainState::Running => {}
+                DomainState::Shutdown => self.store.domain_shutdown(domid),
+                DomainState::Dying => {
+                    self.host.log(format!("dom{domid} is gone"));
+                    self.store.domain_gone(domid);
+                    self.detach(domid);
+                }
+            }
+        }
+        self.settle();
+    }
+
+    /// Does the work [`Dispatcher::has_work`] reports.
+    pub fn run_pending(&mut self) {
+        self.stamp();
+        let domids: Vec<DomId> = mem::take(&mut self.pending).into_iter().collect();
+        for domid in domids {
+            self.service(domid);
+        }
+        self.settle();
+    }
+
+    /// Introduces `domid` as the toolstack would, with no connection: the store's part
+    /// (default nodes, `@introduceDomain`) through the same code as `INTRODUCE`, then its
+    /// ring mapped, its port bound (or, for a domain already introduced, only its port
+    /// rebound) and its ring served. Unlike `INTRODUCE`, whose reply is sent before the ring
+    /// can be mapped, a failure to map or bind is returned (and the store forgets the domain
+    /// again).
+    pub fn introduce(
+        &mut self,
+        domid: DomId,
+        intro: Introduction,
+    ) -> Result<Introduced, Error<S::Error>> {
+        self.stamp();
+        let kind = protocol::introduce(&mut self.store, &mut self.host, domid, intro)?;
+        // Only this introduction's change is applied here (others are the protocol's, applied
+        // by `settle` as usual), so that its failure can be returned.
+        let changes = mem::take(&mut self.host.changes);
+        let mut result = Ok(kind);
+        for change in changes {
+            match change {
+                Change::Introduced(d, i, k) if d == domid => {
+                    if let Err(e) = self.attach(d, i, k) {
+                        result = Err(e);
+                    }
+                }
+                other => self.host.changes.push(other),
+            }
+        }
+        self.settle();
+        result
+    }
+
+    /// Releases `domid` as the toolstack would, with no connection: the store's part (its
+    /// nodes removed, `@releaseDomain`) through the same code as `RELEASE`, then its ring
+    /// unmapped and its port closed.
+    pub fn release(&mut self, domid: DomId) -> Result<(), Error<S::Error>> {
+        self.stamp();
+        protocol::release(&mut self.store, &mut self.host, domid)?;
+        self.settle();
+        Ok(())
+    }
+
+    /// Opens an in-process connection acting for `domid` (privileged for dom0 and the
+    /// configured privileged domains), for [`Dispatcher::session`].
+    pub fn connect(&mut self, domid: DomId) -> Result<ConnId, Error<S::Error>> {
+        Ok(self.store.connect(domid)?)
+    }
+
+    /// Closes an in-process connection: its watches and transactions go.
+    pub fn disconnect(&mut self, conn: ConnId) {
+        self.local_notified.remove(&conn);
+        self.store.disconnect(conn);
+        self.settle();
+    }
+
+    /// Runs `f` with a [`Session`] for the in-process connection `conn`, then serves the
+    /// rings its changes concern (watch events to deliver). The session's own watch events
+    /// are taken with [`Session::pop_event`].
+    pub fn session<T>(&mut self, conn: ConnId, f: impl FnOnce(&mut Session<'_>) -> T) -> T {
+        self.stamp();
+        let out = f(&mut self.store.session(conn));
+        self.settle();
+        out
+    }
+
+    /// Takes the in-process connections that got watch events since the last call, in
+    /// connection order.
+    pub fn take_local_notifications(&mut self) -> Vec<ConnId> {
+        mem::take(&mut self.local_notified).into_iter().collect()
+    }
+
+    /// Notes the time of the event being served, for the log.
+    fn stamp(&mut self) {
+        self.host.now_ns = self.services.now_ns();
+    }
+
+    /// Starts serving a domain.
+    fn install(&mut self, domid: DomId, ring: S::Ring, conn_id: ConnId, local_port: u32) {
+        let features = ring_features(&self.store, domid);
+        let server = Server::new(ring, features);
+        let conn = Connection::new(conn_id, Access::default(), self.limits);
+        self.ports.insert(local_port, domid);
+        self.ring_conns.insert(conn_id, domid);
+        self.served.insert(
+            domid,
+            Served {
+                server,
+                conn,
+                local_port,
+            },
+        );
+    }
+
+    /// Pumps a domain's ring until it is quiet (or its rounds are used up).
+    fn service(&mut self, domid: DomId) {
+        for round in 0..SERVICE_ROUNDS {
+            let Some(s) = self.served.get_mut(&domid) else {
+                return;
+            };
+            // A broken ring is reported once, when it breaks.
+            let was_broken = s.server.fault().is_some();
+            let done = pump(&mut s.server, &mut s.conn, &mut self.store, &mut self.host);
+            if done.notify {
+                self.services.notify(s.local_port);
+            }
+            if done.released {
+                self.pending.remove(&domid);
+                self.host.changes.push(Change::Released(domid));
+                return;
+            }
+            if let Some(fault) = done.fault
+                && !was_broken
+            {
+                self.host.log(format!(
+                    "dom{domid}: ring no longer served: error {}",
+                    fault.code
+                ));
+            }
+            if done.fault.is_some() {
+                // Served again only when the guest asks for a reconnection (and notifies).
+                self.services.rearm(s.local_port);
+                self.pending.remove(&domid);
+                return;
+            }
+            if !quiesce(&mut self.services, s, &self.store) {
+                self.pending.remove(&domid);
+                return;
+            }
+            if round == SERVICE_ROUNDS.saturating_sub(1) {
+                self.pending.insert(domid);
+            }
+        }
+    }
+
+    /// Applies recorded domain changes and delivers watch events until quiet.
+    fn settle(&mut self) {
+        for _ in 0..SETTLE_ROUNDS {
+            let changes = mem::take(&mut self.host.changes);
+            for change in changes {
+                match change {
+                    Change::Introduced(domid, intro, kind) => {
+                        // Logged by `attach`; the request was answered already.
+                        let _ = self.attach(domid, intro, kind);
+                    }
+                    Change::Released(domid) => self.detach(domid),
+                }
+            }
+            for domid in self.store.take_warnings() {
+                self.host.soft_quota_reached(domid);
+            }
+            let notified = self.store.take_notifications();
+            if notified.is_empty() && self.host.changes.is_empty() {
+                return;
+            }
+            for conn in notified {
+                match self.ring_conns.get(&conn) {
+                    Some(&domid) => self.service(domid),
+                    None => {
+                        self.local_notified.insert(conn);
+                    }
+                }
+            }
+        }
+        // Still busy: the rest is done by `run_pending`.
+        for conn in self.store.take_notifications() {
+            match self.ring_conns.get(&conn) {
+                Some(&domid) => {
+                    self.pending.insert(domid);
+                }
+                None => {
+                    self.local_notified.insert(conn);
+                }
+            }
+        }
+    }
+
+    /// `INTRODUCE` succeeded for `domid`: serve it (or rebind its channel). On failure the
+    /// store forgets the domain again, and why is logged and returned.
+    fn attach(
+        &mut self,
+        domid: DomId,
+        intro: Introduction,
+        kind: Introduced,
+    ) -> Result<(), Error<S::Error>> {
+        if kind == Introduced::New && self.served.contains_key(&domid) {
+            // The store forgot the domain without us noticing: start afresh.
+            self.detach(domid);
+        }
+        if let Some(s) = self.served.get_mut(&domid) {
+            let result = match self.services.bind_interdomain(domid, intro.evtchn) {
+                Ok(new) => {
+                    let old = mem::replace(&mut s.local_port, new);
+                    self.ports.remove(&old);
+                    self.ports.insert(new, domid);
+                    self.services.unbind(old);
+                    self.host
+                        .log(format!("dom{domid}: event channel rebound to port {new}"));
+                    self.services.notify(new);
+                    Ok(())
+                }
+                Err(e) => {
+                    self.host.log(format!(
+                        "dom{domid}: rebinding the event channel failed: {e}"
+                    ));
+                    Err(Error::Services(e))
+                }
+            };
+            self.service(domid);
+            return result;
+        }
+        let ring = match self.services.map_ring(domid, intro.gfn) {
+            Ok(r) => r,
+            Err(e) => {
+                self.host
+                    .log(format!("dom{domid}: mapping the ring failed: {e}"));
+                self.store.domain_gone(domid);
+                return Err(Error::Services(e));
+            }
+        };
+        let remote = match ring.load(Field::EvtchnPort) {
+            0 => intro.evtchn,
+            p => p,
+        };
+        let bound = bind_and_connect(
+            &mut self.services,
+            &mut self.store,
+            domid,
+            ring,
+            Port::Remote(remote),
+        );
+        let (ring, local_port, conn_id) = match bound {
+            Ok(b) => b,
+            Err(failed) => {
+                let line = match &failed {
+                    SetUpFailed::Bind(e) => {
+                        format!("dom{domid}: binding its port {remote} failed: {e}")
+                    }
+                    SetUpFailed::Connect(e) => format!("dom{domid}: no connection: {e}"),
+                };
+                self.host.log(line);
+                self.store.domain_gone(domid);
+                return Err(failed.into_error());
+            }
+        };
+        self.install(domid, ring, conn_id, local_port);
+        self.host
+            .log(format!("serving dom{domid} on port {local_port}"));
+        self.services.notify(local_port);
+        self.service(domid);
+        Ok(())
+    }
+
+    /// Stops serving `domid`: its connection closed, its port unbound, its ring unmapped.
+    fn detach(&mut self, domid: DomId) {
+        let Some(s) = self.served.remove(&domid) else {
+            return;
+        };
+        let Served {
+            server,
+            conn,
+            local_port,
+        } = s;
+        self.ports.remove(&local_port);
+        self.ring_conns.remove(&conn.id());
+        self.pending.remove(&domid);
+        self.store.disconnect(conn.id());
+        self.services.unbind(local_port);
+        self.services.unmap_ring(domid, server.into_page());
+        self.host.log(format!("stopped serving dom{domid}"));
+    }
+}
+
+/// The end of a ring's service: re-arms its port, then re-checks the ring after the full
+/// fence ([`Server::recheck`] issues it). Returns whether the ring must be pumped again. A
+/// connection that takes no input (too many replies unread) is woken by the guest reading
+/// them, which frees ring space and notifies.
+fn quiesce<S: Services>(services: &mut S, s: &mut Served<S::Ring>, store: &Store) -> bool {
+    // The event that brought us here was taken (its pending bit cleared, or the port masked)
+    // before the pump; re-arming now means anything the guest publishes after the re-check
+    // below raises a new event.
+    services.rearm(s.local_port);
+    let pending_output = !s.conn.output().is_empty();
+    s.conn.wants_input(store) && s.server.recheck(pending_output)
+}
+
+#[cfg(test)]
+mod tests;
