@@ -14,7 +14,7 @@
 
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
-use alloc::rc::Rc;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use crate::perms::Perm;
@@ -51,9 +51,9 @@ impl Version {
 /// The history.
 #[derive(Debug, Default)]
 pub(crate) struct History {
-    by_path: BTreeMap<Rc<[u8]>, Vec<Version>>,
+    by_path: BTreeMap<Arc<[u8]>, Vec<Version>>,
     /// `(to, path)` in recording order, for pruning from the oldest.
-    log: VecDeque<(u64, Rc<[u8]>)>,
+    log: VecDeque<(u64, Arc<[u8]>)>,
     bytes: usize,
 }
 
@@ -76,12 +76,12 @@ impl History {
             perms: perms.into(),
         };
         self.bytes = self.bytes.saturating_add(version.bytes(path.len()));
-        let key: Rc<[u8]> = match self.by_path.get_key_value(path) {
-            Some((k, _)) => Rc::clone(k),
-            None => Rc::from(path),
+        let key: Arc<[u8]> = match self.by_path.get_key_value(path) {
+            Some((k, _)) => Arc::clone(k),
+            None => Arc::from(path),
         };
         self.by_path
-            .entry(Rc::clone(&key))
+            .entry(Arc::clone(&key))
             .or_default()
             .push(version);
         self.log.push_back((to, key));

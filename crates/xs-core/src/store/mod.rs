@@ -169,6 +169,33 @@ const INTRODUCE_DOMAIN: &[u8] = b"@introduceDomain";
 const RELEASE_DOMAIN: &[u8] = b"@releaseDomain";
 
 /// The store.
+///
+/// `Send`: a program can build it on one thread and hand it to another (a VMM's device
+/// thread), or share it behind a `Mutex`. Not `Sync`: lookups and quota checks take `&self`
+/// and update small caches in cells (the last directory walked, quota peaks), which a
+/// `Mutex` serializes anyway, and making them atomic or locked would cost every request.
+///
+/// # Examples
+///
+/// ```
+/// use xs_core::{DomId, Store, StoreConfig};
+///
+/// # let entropy = [0x243f_6a88_85a3_08d3, 0x1319_8a2e_0370_7344];
+/// let mut store = Store::new(StoreConfig::new(entropy))?;
+/// let dom0 = store.connect(DomId::DOM0)?;
+/// let mut s = store.session(dom0);
+/// s.write("/vm/name", b"guest")?;
+/// assert_eq!(s.read("/vm/name")?, b"guest");
+///
+/// // Shared with another thread, as a VMM shares it with its device thread.
+/// let shared = std::sync::Arc::new(std::sync::Mutex::new(store));
+/// let worker = std::thread::spawn({
+///     let shared = shared.clone();
+///     move || shared.lock().unwrap().session(dom0).read("/vm/name")
+/// });
+/// assert_eq!(worker.join().unwrap()?, b"guest");
+/// # Ok::<(), xs_core::XsError>(())
+/// ```
 #[derive(Debug)]
 pub struct Store {
     config: StoreConfig,
@@ -194,6 +221,13 @@ pub struct Store {
     /// 4 KiB parts costs its size once rather than once per part.
     listing: Option<Listing>,
 }
+
+// The promise of the documentation above, checked at compile time.
+const _: () = {
+    const fn send<T: Send>() {}
+    send::<Store>();
+    send::<StoreConfig>();
+};
 
 /// A cached child list of one node at one generation count.
 #[derive(Debug)]

@@ -30,7 +30,7 @@
 use alloc::borrow::Cow;
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
-use alloc::rc::Rc;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use core::hash::Hasher;
@@ -57,7 +57,7 @@ pub struct WatchEvent {
 /// matching has just loaded) instead of touching a separate reference count: one cache miss
 /// fewer per event when the table is large.
 #[derive(Clone, PartialEq, Eq, Debug)]
-pub struct Token(Small<30, Rc<[u8]>>);
+pub struct Token(Small<30, Arc<[u8]>>);
 
 impl Token {
     pub(crate) fn new(token: &[u8]) -> Token {

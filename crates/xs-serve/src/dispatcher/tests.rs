@@ -577,3 +577,10 @@ fn log_lines_are_stamped_with_the_platform_clock() {
     rig.ask(Who::Dom0, MsgType::Control, b"print\0tick\0");
     assert_eq!(rig.stub.take_log(), ["[12.345678] print: tick"]);
 }
+
+/// A VMM hands the dispatcher (and so the store) to its device thread.
+#[test]
+fn the_dispatcher_is_send_when_its_services_are() {
+    fn send<T: Send>() {}
+    send::<Dispatcher<FakeServices>>();
+}
