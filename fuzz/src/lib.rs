@@ -480,10 +480,8 @@ impl<'p> Served<'p> {
 
     /// One pump, and every check of [`ring`] on what it did.
     fn pump(&mut self) {
-        use xs_ring::Page;
-        use xs_ring::layout::{
-            CONNECTED, ERROR_NONE, ERROR_PROTO, ERROR_RINGIDX, Field, RECONNECT,
-        };
+        use xs_ring::layout::{CONNECTED, ERROR_NONE, Field, RECONNECT};
+        use xs_ring::{Page, RingFault};
 
         let page = self.page;
         let ring = xs_ring::RING_SIZE as u32;
@@ -574,19 +572,18 @@ impl<'p> Served<'p> {
         }
         let fault = self.server.fault();
         if broken.is_none() {
-            let code = fault.map(|f| f.code);
             if bad_req {
                 // The pump looks at the requests first.
                 assert_eq!(
-                    code,
-                    Some(ERROR_RINGIDX),
+                    fault,
+                    Some(RingFault::Index),
                     "request indices {req_prod} / {}",
                     self.cons
                 );
-            } else if bad_rsp && had_output && code != Some(ERROR_PROTO) {
+            } else if bad_rsp && had_output && fault != Some(RingFault::Protocol) {
                 assert_eq!(
-                    code,
-                    Some(ERROR_RINGIDX),
+                    fault,
+                    Some(RingFault::Index),
                     "reply indices {} / {rsp_cons}",
                     self.prod
                 );
@@ -596,19 +593,19 @@ impl<'p> Served<'p> {
             (Some(before), after) => assert_eq!(after, Some(before), "a broken ring healed"),
             (None, Some(fault)) => {
                 // A new fault: the reason is real, and the page says it.
-                match fault.code {
-                    ERROR_RINGIDX => {
+                match fault {
+                    RingFault::Index => {
                         self.stats.index_faults += 1;
                         assert!(bad_req || bad_rsp, "index fault on consistent indices");
                     }
-                    ERROR_PROTO => {
+                    RingFault::Protocol => {
                         self.stats.proto_faults += 1;
                         assert!(
                             self.conn.fault().is_some(),
                             "protocol fault without a bad message"
                         );
                     }
-                    code => panic!("fault code {code}"),
+                    other => panic!("fault {other}"),
                 }
                 assert!(done.notify);
                 self.error_touched = false;
@@ -618,7 +615,7 @@ impl<'p> Served<'p> {
         if let Some(fault) = fault
             && !self.error_touched
         {
-            assert_eq!(page.load(Field::Error), fault.code);
+            assert_eq!(page.load(Field::Error), fault.code());
         }
     }
 }
@@ -675,7 +672,7 @@ pub fn ring_stats(steps: &[RingStep]) -> RingStats {
                 match kind {
                     Some(MsgType::Write) => {
                         // Now and then more than a message may carry: a protocol fault.
-                        let len = usize::from(*value_len) % (xs_core::store::PAYLOAD_MAX + 16);
+                        let len = usize::from(*value_len) % (xs_core::wire::PAYLOAD_MAX + 16);
                         payload.resize(payload.len() + len, b'v');
                     }
                     Some(MsgType::Watch | MsgType::Unwatch) => payload.extend_from_slice(b"tok\0"),

@@ -23,7 +23,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-pub use xs_core::store::PAYLOAD_MAX;
+pub use xs_core::wire::PAYLOAD_MAX;
 use xs_core::wire::push_header;
 pub use xs_core::wire::{HEADER_LEN, Header, MsgType};
 

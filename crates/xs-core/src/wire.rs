@@ -10,10 +10,12 @@ use core::fmt;
 
 use crate::domid::{DomId, parse_decimal};
 use crate::error::{XsError, XsResult};
-use crate::store::PAYLOAD_MAX;
 
 /// Bytes in a message header.
 pub const HEADER_LEN: usize = 16;
+
+/// Largest payload of a message in either direction (`XENSTORE_PAYLOAD_MAX`).
+pub const PAYLOAD_MAX: usize = 4096;
 
 /// Message types of `enum xsd_sockmsg_type`. Value 20 (`RESTRICT`) was removed from Xen and
 /// is not a type any more.
@@ -157,6 +159,24 @@ impl fmt::Display for MsgType {
 
 /// A message header (`struct xsd_sockmsg`). The type is kept as the raw number: an unknown
 /// type is answered with an error, it does not break the stream.
+///
+/// # Examples
+///
+/// ```
+/// use xs_core::wire::{Args, HEADER_LEN, Header, MsgType, push_message};
+///
+/// let mut bytes = Vec::new();
+/// push_message(&mut bytes, MsgType::Write as u32, 1, 0, b"/vm/name\0guest");
+/// let header = Header::decode(bytes[..HEADER_LEN].try_into().unwrap());
+/// assert_eq!(header.check(), Ok(()));
+/// assert_eq!(header.kind(), Some(MsgType::Write));
+/// let payload = &bytes[HEADER_LEN..][..header.len as usize];
+/// assert_eq!(Args(payload).path_and_value(), Ok((&b"/vm/name"[..], &b"guest"[..])));
+///
+/// // A header announcing more than XENSTORE_PAYLOAD_MAX bytes ends the connection.
+/// let too_long = Header { len: 5000, ..header };
+/// assert!(too_long.check().is_err());
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct Header {
     /// `type`: a [`MsgType`] number, or anything a peer sent.

@@ -1,10 +1,10 @@
 //! The guest's end of the ring: what a guest kernel (or a test, or a guest-side program)
 //! drives. The mirror image of [`crate::Server`].
 
-use crate::layout::{CONNECTED, Field, RECONNECT, Ring};
+use crate::layout::{CONNECTED, Field, RECONNECT, Ring, ServerFeatures};
 use crate::order;
 use crate::page::Page;
-use crate::ring::{Consumer, Producer, RingFault};
+use crate::ring::{Consumer, Producer, RingFault, check_ring_size};
 
 /// The guest end: writes requests, reads replies and events.
 #[derive(Debug)]
@@ -17,6 +17,7 @@ pub struct Guest<P: Page> {
 impl<P: Page> Guest<P> {
     /// Starts using the page from the indices found in it.
     pub fn new(page: P) -> Guest<P> {
+        const { check_ring_size::<P>() };
         let req_prod = page.load(Field::ReqProd);
         let rsp_cons = page.load(Field::RspCons);
         Guest {
@@ -31,9 +32,9 @@ impl<P: Page> Guest<P> {
         &self.page
     }
 
-    /// The features the server offers.
-    pub fn server_features(&self) -> u32 {
-        self.page.load(Field::ServerFeatures)
+    /// The features the server offers (bits this crate does not know are kept).
+    pub fn server_features(&self) -> ServerFeatures {
+        ServerFeatures::from_bits_retain(self.page.load(Field::ServerFeatures))
     }
 
     /// The server's error indicator (0 while it serves).
@@ -68,8 +69,9 @@ impl<P: Page> Guest<P> {
     /// Asks the server to reset the ring (`XENSTORE_RECONNECT`). Poll
     /// [`Guest::reconnected`] (after notifying the server) until it returns true.
     pub fn request_reconnect(&mut self) {
-        // ORDERING: everything written before is published before the request (release).
-        order::before_publishing_prod();
+        // ORDERING: release; our index stores are published before the request (pairs with
+        // the server's `after_seeing_reconnect_request`).
+        order::before_requesting_reconnect();
         self.page.store(Field::Connection, RECONNECT);
     }
 
@@ -79,8 +81,9 @@ impl<P: Page> Guest<P> {
         if self.page.load(Field::Connection) != CONNECTED {
             return false;
         }
-        // ORDERING: pairs with the server's release before it stored `connection` = 0.
-        order::after_loading_prod();
+        // ORDERING: acquire; pairs with the server's `before_completing_reconnect`, so the
+        // indices loaded below are the ones it reset.
+        order::after_seeing_reconnect_done();
         self.req.reset(self.page.load(Field::ReqProd));
         self.rsp.reset(self.page.load(Field::RspCons));
         true

@@ -1,26 +1,40 @@
-//! The page: `struct xenstore_domain_interface` of Xen's `xs_wire.h`, byte for byte.
+//! The page: `struct xenstore_domain_interface` of Xen's `xs_wire.h`, byte for byte, and the
+//! values of its fields. (The `XENSTORE_ERROR_*` values of the `error` field are
+//! [`crate::RingFault`]'s codes.)
+
+use bitflags::bitflags;
 
 /// Bytes in each of the two rings (`XENSTORE_RING_SIZE`).
 pub const RING_SIZE: usize = 1024;
 
-/// `XENSTORE_SERVER_FEATURE_RECONNECTION`: the guest may ask for a ring reset.
-pub const FEATURE_RECONNECTION: u32 = 1;
-/// `XENSTORE_SERVER_FEATURE_ERROR`: the `error` field says why the server stopped.
-pub const FEATURE_ERROR: u32 = 2;
+bitflags! {
+    /// `XENSTORE_SERVER_FEATURE_*`: what the server offers, in the page's `server_features`.
+    /// The store's `GET_FEATURE`/`SET_FEATURE` use the same bits.
+    #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+    pub struct ServerFeatures: u32 {
+        /// `XENSTORE_SERVER_FEATURE_RECONNECTION`: the guest may ask for a ring reset.
+        const RECONNECTION = 1;
+        /// `XENSTORE_SERVER_FEATURE_ERROR`: the `error` field says why the server stopped.
+        const ERROR = 2;
+        /// `XENSTORE_SERVER_FEATURE_WATCHDEPTH`: `WATCH` takes a depth.
+        const WATCH_DEPTH = 4;
+        /// `XENSTORE_SERVER_FEATURE_DOMID_ANY`: permissions may name `DOMID_ANY`.
+        const DOMID_ANY = 8;
+    }
+}
+
+impl ServerFeatures {
+    /// The features that concern the ring itself (the server end acts on them).
+    pub const RING: ServerFeatures = ServerFeatures::RECONNECTION.union(ServerFeatures::ERROR);
+}
 
 /// `connection`: the steady state.
 pub const CONNECTED: u32 = 0;
 /// `connection`: the guest asked for a reconnection.
 pub const RECONNECT: u32 = 1;
 
-/// `error`: no error.
+/// `error`: no error (`XENSTORE_ERROR_NONE`).
 pub const ERROR_NONE: u32 = 0;
-/// `error`: communication problem (event channel not working).
-pub const ERROR_COMM: u32 = 1;
-/// `error`: inconsistent producer or consumer index.
-pub const ERROR_RINGIDX: u32 = 2;
-/// `error`: protocol violation (a message longer than the maximum).
-pub const ERROR_PROTO: u32 = 3;
 
 /// The shared page, as Xen lays it out. Only its address and the field offsets are used:
 /// every access goes through a [`crate::Page`], never through a reference to this struct
@@ -91,21 +105,24 @@ pub enum Field {
 impl Field {
     /// Offset of the field in [`Interface`].
     pub const fn offset(self) -> usize {
+        use core::mem::offset_of;
         match self {
-            Field::ReqCons => 2048,
-            Field::ReqProd => 2052,
-            Field::RspCons => 2056,
-            Field::RspProd => 2060,
-            Field::ServerFeatures => 2064,
-            Field::Connection => 2068,
-            Field::Error => 2072,
-            Field::EvtchnPort => 2076,
+            Field::ReqCons => offset_of!(Interface, req_cons),
+            Field::ReqProd => offset_of!(Interface, req_prod),
+            Field::RspCons => offset_of!(Interface, rsp_cons),
+            Field::RspProd => offset_of!(Interface, rsp_prod),
+            Field::ServerFeatures => offset_of!(Interface, server_features),
+            Field::Connection => offset_of!(Interface, connection),
+            Field::Error => offset_of!(Interface, error),
+            Field::EvtchnPort => offset_of!(Interface, evtchn_port),
         }
     }
 
-    /// Index among the fields (for pages that keep them in an array).
+    /// Index among the fields (for pages that keep them in an array): 0 for `req_cons`
+    /// up to 7 for `evtchn_port`.
     pub const fn index(self) -> usize {
-        (self.offset() - 2048) / 4
+        // The fields follow the two rings, 4 bytes each (checked above).
+        self.offset().saturating_sub(2 * RING_SIZE) / 4
     }
 }
 

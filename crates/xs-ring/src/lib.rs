@@ -12,6 +12,22 @@
 //! (`xs-serve`).
 
 #![no_std]
+// Every byte of the page is the peer's to write: no panic, unchecked index or overflow may be
+// reachable from it (the same table as xs-core's).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        clippy::unreachable,
+        clippy::todo,
+        clippy::unimplemented
+    )
+)]
+#![warn(missing_docs)]
 
 mod guest;
 pub mod layout;
@@ -21,7 +37,7 @@ mod ring;
 mod server;
 
 pub use guest::Guest;
-pub use layout::RING_SIZE;
+pub use layout::{RING_SIZE, ServerFeatures};
 pub use page::{Page, RawPage, SharedPage};
 pub use ring::RingFault;
 pub use server::Server;

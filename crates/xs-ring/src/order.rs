@@ -57,6 +57,43 @@ pub fn before_publishing_cons() {
     fence(Ordering::SeqCst);
 }
 
+/// The guest, before it stores `connection` = `XENSTORE_RECONNECT`: its earlier index stores
+/// are published first.
+///
+/// ORDERING: release; pairs with [`after_seeing_reconnect_request`] on the server.
+#[inline]
+pub fn before_requesting_reconnect() {
+    fence(Ordering::Release);
+}
+
+/// The server, after it loaded `connection` = `XENSTORE_RECONNECT`, before it zeroes the
+/// indices: the guest's last index stores come before our zeroes, so that neither side can
+/// load a pre-reconnection index back afterwards.
+///
+/// ORDERING: acquire; pairs with [`before_requesting_reconnect`] on the guest.
+#[inline]
+pub fn after_seeing_reconnect_request() {
+    fence(Ordering::Acquire);
+}
+
+/// The server, after zeroing the indices, before it stores `connection` =
+/// `XENSTORE_CONNECTED`: the zeroes are visible to whoever sees the reconnection complete.
+///
+/// ORDERING: release; pairs with [`after_seeing_reconnect_done`] on the guest.
+#[inline]
+pub fn before_completing_reconnect() {
+    fence(Ordering::Release);
+}
+
+/// The guest, after it loaded `connection` = `XENSTORE_CONNECTED`, before it loads the
+/// indices it restarts from.
+///
+/// ORDERING: acquire; pairs with [`before_completing_reconnect`] on the server.
+#[inline]
+pub fn after_seeing_reconnect_done() {
+    fence(Ordering::Acquire);
+}
+
 /// After re-enabling notifications (unmasking the event channel), before the final re-check
 /// of both rings that decides whether to sleep (Xen: mb). Without it the re-check's loads
 /// could be ordered before the unmask, and a peer's update in between would be missed: the

@@ -105,7 +105,12 @@ impl RawPage {
         if offset.checked_add(len)? > RING_SIZE {
             return None;
         }
-        Some(self.base.as_ptr().wrapping_add(ring_base(ring) + offset))
+        Some(
+            self.base
+                .as_ptr()
+                .wrapping_add(ring_base(ring))
+                .wrapping_add(offset),
+        )
     }
 }
 

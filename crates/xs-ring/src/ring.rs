@@ -8,35 +8,64 @@
 
 use core::fmt;
 
-use crate::layout::{ERROR_RINGIDX, Field, Ring};
+use crate::layout::{Field, Ring};
 use crate::order;
 use crate::page::Page;
 
-/// The peer broke the ring protocol, or the server stopped serving; the `XENSTORE_ERROR_*`
-/// code says why.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct RingFault {
-    /// `XENSTORE_ERROR_*`.
-    pub code: u32,
+/// The peer broke the ring protocol, or the server stopped serving: the reasons of
+/// `xs_wire.h`'s `XENSTORE_ERROR_*`, whose values ([`RingFault::code`]) go into the page's
+/// `error` field.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[repr(u32)]
+pub enum RingFault {
+    /// `XENSTORE_ERROR_COMM`: communication problem (the event channel does not work).
+    Comm = 1,
+    /// `XENSTORE_ERROR_RINGIDX`: an inconsistent producer or consumer index.
+    Index = 2,
+    /// `XENSTORE_ERROR_PROTO`: a protocol violation (a message longer than the maximum).
+    Protocol = 3,
+}
+
+impl RingFault {
+    /// Every fault, by code.
+    pub const ALL: [RingFault; 3] = [RingFault::Comm, RingFault::Index, RingFault::Protocol];
+
+    /// The `XENSTORE_ERROR_*` value.
+    pub const fn code(self) -> u32 {
+        self as u32
+    }
+
+    /// The fault an `error` field's value names (`None` for `XENSTORE_ERROR_NONE` and
+    /// values Xen does not define).
+    pub fn from_code(code: u32) -> Option<RingFault> {
+        RingFault::ALL.into_iter().find(|f| f.code() == code)
+    }
 }
 
 impl fmt::Display for RingFault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let why = match self.code {
-            crate::layout::ERROR_COMM => "communication problem",
-            ERROR_RINGIDX => "inconsistent ring index",
-            crate::layout::ERROR_PROTO => "protocol violation",
-            _ => "ring error",
+        let why = match self {
+            RingFault::Comm => "communication problem",
+            RingFault::Index => "inconsistent ring index",
+            RingFault::Protocol => "protocol violation",
         };
-        write!(f, "{why} (XENSTORE_ERROR {})", self.code)
+        write!(f, "{why} (XENSTORE_ERROR {})", self.code())
     }
 }
 
 impl core::error::Error for RingFault {}
 
-const INDEX: RingFault = RingFault {
-    code: ERROR_RINGIDX,
-};
+const INDEX: RingFault = RingFault::Index;
+
+/// Checks, at compile time, what the index arithmetic needs of a page's ring size: a power
+/// of two (indices are masked with `RING - 1`) no larger than a page. Evaluated for every
+/// page type an end is built for.
+pub(crate) const fn check_ring_size<P: Page>() {
+    assert!(
+        P::RING.is_power_of_two() && P::RING <= 4096,
+        "a ring's size must be a power of two, at most 4096 bytes"
+    );
+}
 
 fn ring_len<P: Page>() -> u32 {
     u32::try_from(P::RING).unwrap_or(u32::MAX)
@@ -44,7 +73,7 @@ fn ring_len<P: Page>() -> u32 {
 
 /// Offset of free-running index `idx` in the ring.
 fn mask<P: Page>(idx: u32) -> usize {
-    // RING is a power of two no larger than 4096.
+    // RING is a power of two no larger than 4096 (`check_ring_size`).
     (idx as usize) & P::RING.wrapping_sub(1)
 }
 

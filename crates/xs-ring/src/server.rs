@@ -2,12 +2,10 @@
 
 use core::fmt;
 
-use crate::layout::{
-    CONNECTED, ERROR_NONE, FEATURE_ERROR, FEATURE_RECONNECTION, Field, RECONNECT, RING_SIZE, Ring,
-};
+use crate::layout::{CONNECTED, ERROR_NONE, Field, RECONNECT, RING_SIZE, Ring, ServerFeatures};
 use crate::order;
 use crate::page::Page;
-use crate::ring::{Consumer, Producer, RingFault};
+use crate::ring::{Consumer, Producer, RingFault, check_ring_size};
 
 /// The server end: reads requests, writes replies and events.
 ///
@@ -19,7 +17,7 @@ pub struct Server<P: Page> {
     page: P,
     req: Consumer,
     rsp: Producer,
-    features: u32,
+    features: ServerFeatures,
     fault: Option<RingFault>,
     scratch: Scratch,
 }
@@ -35,17 +33,19 @@ impl fmt::Debug for Scratch {
 }
 
 impl<P: Page> Server<P> {
-    /// Both features: ring reconnection and the error field. (Xen's C xenstored offers
+    /// Both ring features: reconnection and the error field. (Xen's C xenstored offers
     /// only the latter and oxenstored only the former.)
-    pub const FEATURES: u32 = FEATURE_RECONNECTION | FEATURE_ERROR;
+    pub const FEATURES: ServerFeatures = ServerFeatures::RING;
 
-    /// Starts serving the page, offering `features`. The indices found in the page are the
+    /// Starts serving the page, offering `features` (all of them are advertised in the page;
+    /// this end acts on [`ServerFeatures::RING`]). The indices found in the page are the
     /// starting point (a guest may not assume they start at zero); from then on the server
     /// keeps its own indices privately.
-    pub fn new(page: P, features: u32) -> Server<P> {
+    pub fn new(page: P, features: ServerFeatures) -> Server<P> {
+        const { check_ring_size::<P>() };
         // ORDERING: relaxed; the guest reads the features only after the store has
         // introduced it, and the event-channel notification that follows is a full barrier.
-        page.store(Field::ServerFeatures, features);
+        page.store(Field::ServerFeatures, features.bits());
         let req_cons = page.load(Field::ReqCons);
         let rsp_prod = page.load(Field::RspProd);
         Server {
@@ -78,20 +78,19 @@ impl<P: Page> Server<P> {
         self.fault.map_or(Ok(()), Err)
     }
 
-    /// Stops serving: records `code` in the page's `error` field (if offered).
-    pub fn fail(&mut self, code: u32) -> RingFault {
-        let fault = RingFault { code };
-        if self.features & FEATURE_ERROR != 0 {
+    /// Stops serving: records `fault` in the page's `error` field (if offered).
+    pub fn fail(&mut self, fault: RingFault) -> RingFault {
+        if self.features.contains(ServerFeatures::ERROR) {
             // ORDERING: relaxed; a diagnostic the guest reads after we notify it (the
             // notification is a full barrier), and no other access depends on it.
-            self.page.store(Field::Error, code);
+            self.page.store(Field::Error, fault.code());
         }
         self.fault = Some(fault);
         fault
     }
 
     fn checked<T>(&mut self, result: Result<T, RingFault>) -> Result<T, RingFault> {
-        result.map_err(|f| self.fail(f.code))
+        result.map_err(|f| self.fail(f))
     }
 
     /// Copies waiting request bytes into `dst` without consuming them.
@@ -127,7 +126,8 @@ impl<P: Page> Server<P> {
     /// Whether the guest asked for a reconnection (only meaningful when it was offered).
     pub fn reconnect_requested(&self) -> bool {
         // ORDERING: relaxed; `reconnect` issues the acquire before acting on it.
-        self.features & FEATURE_RECONNECTION != 0 && self.page.load(Field::Connection) == RECONNECT
+        self.features.contains(ServerFeatures::RECONNECTION)
+            && self.page.load(Field::Connection) == RECONNECT
     }
 
     /// Completes a reconnection the guest asked for: both rings emptied, every index set to
@@ -135,10 +135,10 @@ impl<P: Page> Server<P> {
     /// the protocol connection (partial packets, watches, transactions) and notifies the
     /// guest.
     pub fn reconnect(&mut self) {
-        // ORDERING: acquire; pairs with the guest's release in `Guest::request_reconnect`
-        // (whose `connection` = 1 we loaded): the guest's last index stores come before our
-        // zeroes, so neither side can load a pre-reconnection index back afterwards.
-        order::after_loading_prod();
+        // ORDERING: acquire; pairs with the guest's `before_requesting_reconnect` (whose
+        // `connection` = 1 we loaded): the guest's last index stores come before our zeroes,
+        // so neither side can load a pre-reconnection index back afterwards.
+        order::after_seeing_reconnect_request();
         for field in [
             Field::ReqCons,
             Field::ReqProd,
@@ -149,13 +149,13 @@ impl<P: Page> Server<P> {
         }
         self.req.reset(0);
         self.rsp.reset(0);
-        if self.features & FEATURE_ERROR != 0 {
+        if self.features.contains(ServerFeatures::ERROR) {
             self.page.store(Field::Error, ERROR_NONE);
         }
         self.fault = None;
-        // ORDERING: the emptied indices are visible before the guest sees `connection` = 0
-        // (release; the guest loads `connection`, then acquires before using the indices).
-        order::before_publishing_prod();
+        // ORDERING: release; the emptied indices are visible before the guest sees
+        // `connection` = 0 (pairs with the guest's `after_seeing_reconnect_done`).
+        order::before_completing_reconnect();
         self.page.store(Field::Connection, CONNECTED);
     }
 
@@ -195,7 +195,7 @@ mod tests {
         let mut server = Server::new(page, features);
         assert_eq!(server.write(b"reply"), Ok(5));
         let page = server.into_page();
-        assert_eq!(page.load(Field::ServerFeatures), features);
+        assert_eq!(page.load(Field::ServerFeatures), features.bits());
         assert_eq!(page.load(Field::RspProd), 5);
         let mut reply = [0; 5];
         page.copy_out(Ring::Rsp, 0, &mut reply);

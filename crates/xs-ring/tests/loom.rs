@@ -34,7 +34,7 @@ use loom::sync::Arc;
 use loom::sync::atomic::{AtomicU32, Ordering};
 use loom::thread;
 
-use xs_ring::layout::{ERROR_NONE, ERROR_RINGIDX, Field, Ring};
+use xs_ring::layout::{ERROR_NONE, Field, Ring};
 use xs_ring::{Guest, Page, RingFault, Server};
 
 /// The ring size of the models: small, so that a few bytes wrap around and fill the ring.
@@ -362,7 +362,7 @@ fn reconnection_racing_with_traffic() {
     });
 }
 
-/// The server must see a hostile index as ERROR_RINGIDX and read nothing for it: the loom
+/// The server must see a hostile index as `RingFault::Index` and read nothing for it: the loom
 /// page fails the model on any out-of-range copy, and loom on any byte read the guest did
 /// not publish properly.
 fn expect_ringidx(server: &mut Server<Shared<N>>, sent: &[u8]) {
@@ -378,7 +378,7 @@ fn expect_ringidx(server: &mut Server<Shared<N>>, sent: &[u8]) {
             Err(fault) => break fault,
         }
     };
-    assert_eq!(fault.code, ERROR_RINGIDX);
+    assert_eq!(fault, RingFault::Index);
     assert_eq!(server.fault(), Some(fault));
     assert!(
         sent.starts_with(&got),
@@ -390,7 +390,7 @@ fn expect_ringidx(server: &mut Server<Shared<N>>, sent: &[u8]) {
 }
 
 /// A guest sends two honest bytes, then `tamper`s with its producer index (given the page and
-/// the index it published): the server must fault with `ERROR_RINGIDX` after reading only
+/// the index it published): the server must fault with `RingFault::Index` after reading only
 /// real bytes ([`expect_ringidx`]), and the guest must see the fault.
 fn hostile_req_prod(name: &'static str, tamper: fn(&Shared<N>, u32)) {
     model(name, move || {
@@ -404,7 +404,7 @@ fn hostile_req_prod(name: &'static str, tamper: fn(&Shared<N>, u32)) {
             while guest.error() == ERROR_NONE {
                 thread::yield_now();
             }
-            assert_eq!(guest.error(), ERROR_RINGIDX);
+            assert_eq!(guest.error(), RingFault::Index.code());
         });
         expect_ringidx(&mut server, &data);
         hostile.join().unwrap();
@@ -454,7 +454,7 @@ fn hostile_rsp_cons() {
             }
         };
         hostile.join().unwrap();
-        assert_eq!(fault.code, ERROR_RINGIDX);
-        assert_eq!(guest.error(), ERROR_RINGIDX);
+        assert_eq!(fault, RingFault::Index);
+        assert_eq!(guest.error(), RingFault::Index.code());
     });
 }

@@ -1,10 +1,8 @@
 //! The ring ends against each other on a shared page, and hostile peers. (The pump serving a
 //! real store over a ring is tested in xs-serve.)
 
-use xs_ring::layout::{
-    CONNECTED, ERROR_NONE, ERROR_RINGIDX, FEATURE_ERROR, FEATURE_RECONNECTION, Field, RECONNECT,
-};
-use xs_ring::{Guest, Page, RING_SIZE, Server, SharedPage};
+use xs_ring::layout::{CONNECTED, ERROR_NONE, Field, RECONNECT};
+use xs_ring::{Guest, Page, RING_SIZE, RingFault, Server, ServerFeatures, SharedPage};
 
 fn pair(page: &SharedPage) -> (Server<&SharedPage>, Guest<&SharedPage>) {
     let server = Server::new(page, Server::<&SharedPage>::FEATURES);
@@ -16,7 +14,10 @@ fn pair(page: &SharedPage) -> (Server<&SharedPage>, Guest<&SharedPage>) {
 fn features_are_offered_before_anything_else() {
     let page: SharedPage = SharedPage::default();
     let (_s, g) = pair(&page);
-    assert_eq!(g.server_features(), FEATURE_RECONNECTION | FEATURE_ERROR);
+    assert_eq!(
+        g.server_features(),
+        ServerFeatures::RECONNECTION | ServerFeatures::ERROR
+    );
     assert_eq!(g.error(), ERROR_NONE);
 }
 
@@ -40,7 +41,7 @@ fn peek_request_sees_what_peek_sees_and_consumes_nothing() {
     // A broken ring yields its fault, as `peek` does.
     page.store(Field::ReqProd, 1000 + 60 + 2000);
     let fault = s.peek_request().unwrap_err();
-    assert_eq!(fault.code, ERROR_RINGIDX);
+    assert_eq!(fault, RingFault::Index);
     assert_eq!(s.peek_request().unwrap_err(), fault);
 }
 
@@ -109,8 +110,8 @@ fn a_producer_more_than_a_ring_ahead_breaks_the_ring() {
     page.store(Field::ReqProd, RING_SIZE as u32 + 1);
     let mut buf = [0u8; 16];
     let fault = s.peek(&mut buf).unwrap_err();
-    assert_eq!(fault.code, ERROR_RINGIDX);
-    assert_eq!(g.error(), ERROR_RINGIDX);
+    assert_eq!(fault, RingFault::Index);
+    assert_eq!(g.error(), RingFault::Index.code());
     // Not served any more.
     page.store(Field::ReqProd, 0);
     assert!(s.peek(&mut buf).is_err());
@@ -127,14 +128,14 @@ fn indices_moving_backwards_break_the_ring() {
     s.consume(n);
     // The guest moves its producer back behind what was consumed.
     page.store(Field::ReqProd, 2);
-    assert_eq!(s.peek(&mut buf).unwrap_err().code, ERROR_RINGIDX);
+    assert_eq!(s.peek(&mut buf).unwrap_err(), RingFault::Index);
 
     // A consumer index beyond what was produced.
     let page: SharedPage = SharedPage::default();
     let (mut s, _g) = pair(&page);
     s.write(b"abc").unwrap();
     page.store(Field::RspCons, 10);
-    assert_eq!(s.write(b"d").unwrap_err().code, ERROR_RINGIDX);
+    assert_eq!(s.write(b"d").unwrap_err(), RingFault::Index);
 }
 
 #[test]

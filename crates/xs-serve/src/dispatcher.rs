@@ -51,8 +51,8 @@ use core::mem;
 use xs_core::protocol::{self, Access, Connection, Host, Limits};
 use xs_core::store::{Introduced, Introduction, Session, features};
 use xs_core::{ConnId, DomId, Store, StoreConfig, XsError};
-use xs_ring::layout::{FEATURE_ERROR, FEATURE_RECONNECTION, Field};
-use xs_ring::{Page, Server};
+use xs_ring::layout::Field;
+use xs_ring::{Page, Server, ServerFeatures};
 
 use crate::lines::BoundedLines;
 use crate::pump::pump;
@@ -268,18 +268,21 @@ pub struct Dispatcher<S: Services> {
 }
 
 /// The ring features to offer `domid`: those the store enables for it (`SET_FEATURE`) that
-/// concern the ring.
-fn ring_features(store: &Store, domid: DomId) -> u32 {
-    let bits = store.domain_features(domid);
-    let mut out = 0;
-    if bits & features::RECONNECTION != 0 {
-        out |= FEATURE_RECONNECTION;
-    }
-    if bits & features::ERROR != 0 {
-        out |= FEATURE_ERROR;
-    }
-    out
+/// concern the ring. (As C xenstored 4.17 does, the page advertises the ring's features
+/// only; a guest asks for the others with `GET_FEATURE`.)
+fn ring_features(store: &Store, domid: DomId) -> ServerFeatures {
+    ServerFeatures::from_bits_truncate(store.domain_features(domid)) & ServerFeatures::RING
 }
+
+// xs-core keeps the feature bits of `GET_FEATURE`/`SET_FEATURE` as numbers; they must be
+// the page's.
+const _: () = {
+    assert!(features::RECONNECTION == ServerFeatures::RECONNECTION.bits());
+    assert!(features::ERROR == ServerFeatures::ERROR.bits());
+    assert!(features::WATCH_DEPTH == ServerFeatures::WATCH_DEPTH.bits());
+    assert!(features::DOMID_ANY == ServerFeatures::DOMID_ANY.bits());
+    assert!(features::ALL == ServerFeatures::all().bits());
+};
 
 /// The event channel of a domain about to be served.
 enum Port {
@@ -601,7 +604,7 @@ impl<S: Services> Dispatcher<S> {
             {
                 self.host.log(format!(
                     "dom{domid}: ring no longer served: error {}",
-                    fault.code
+                    fault.code()
                 ));
             }
             if done.fault.is_some() {

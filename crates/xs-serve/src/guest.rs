@@ -17,7 +17,6 @@ use alloc::vec::Vec;
 
 use xs_core::wire::{HEADER_LEN, Header, MsgType, push_message};
 use xs_core::{TxId, XsError, XsResult};
-use xs_ring::layout::ERROR_PROTO;
 use xs_ring::{Guest, Page, RING_SIZE, RingFault};
 
 /// One message from the store: a reply, or a watch event.
@@ -233,7 +232,7 @@ impl<P: Page> GuestClient<P> {
             if h.check().is_err() {
                 // A store that breaks the protocol: nothing after this can be trusted.
                 self.partial.clear();
-                return Err(RingFault { code: ERROR_PROTO });
+                return Err(RingFault::Protocol);
             }
             let end = HEADER_LEN.saturating_add(h.len as usize);
             let Some(payload) = self.partial.get(HEADER_LEN..end) else {

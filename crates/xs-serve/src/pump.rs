@@ -9,7 +9,6 @@ use xs_core::Store;
 use xs_core::protocol::connection::Closed;
 use xs_core::protocol::{Connection, Host};
 
-use xs_ring::layout::ERROR_PROTO;
 use xs_ring::{Page, RingFault, Server};
 
 /// What a pump did.
@@ -62,7 +61,7 @@ pub fn pump<P: Page>(
                     progress |= n > 0;
                 }
                 Err(Closed::Fault(_)) => {
-                    done.fault = Some(ring.fail(ERROR_PROTO));
+                    done.fault = Some(ring.fail(RingFault::Protocol));
                     done.notify = true;
                     return done;
                 }

@@ -4,8 +4,8 @@ use xs_core::protocol::{Access, Connection, Limits, NoHost};
 use xs_core::store::Introduction;
 use xs_core::wire::{HEADER_LEN, Header, MsgType, push_message};
 use xs_core::{DomId, Store, StoreConfig};
-use xs_ring::layout::{ERROR_PROTO, Field, RECONNECT, Ring};
-use xs_ring::{Guest, Page, RING_SIZE, Server, SharedPage};
+use xs_ring::layout::{Field, RECONNECT, Ring};
+use xs_ring::{Guest, Page, RING_SIZE, RingFault, Server, SharedPage};
 use xs_serve::pump::{PUMP_PASSES, Pumped, pump};
 
 /// A store serving domain 5's ring through the pump.
@@ -165,9 +165,9 @@ fn an_overlong_header_sets_the_protocol_error() {
     .encode();
     s.guest.write(&bad).unwrap();
     let done = s.pump();
-    assert_eq!(done.fault.map(|f| f.code), Some(ERROR_PROTO));
+    assert_eq!(done.fault, Some(RingFault::Protocol));
     assert!(done.notify);
-    assert_eq!(s.guest.error(), ERROR_PROTO);
+    assert_eq!(s.guest.error(), RingFault::Protocol.code());
     // Reconnection revives it, with the connection's state reset.
     s.guest.request_reconnect();
     let done = s.pump();

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use xs_core::protocol::{Access, Connection, Limits, NoHost};
 use xs_core::store::Introduction;
-use xs_core::wire::{HEADER_LEN, Header, MsgType, push_message};
+use xs_core::wire::{HEADER_LEN, Header, MsgType, PAYLOAD_MAX, push_message};
 use xs_core::{DomId, QuotaKind, Store, StoreConfig};
 use xs_ring::layout::Field;
 use xs_ring::{Guest, Page, RING_SIZE, Server, SharedPage};
@@ -42,8 +42,6 @@ use xs_serve::pump::pump;
 const HOME: &[u8] = b"/local/domain/5/";
 /// The subtree the guest plays in (relative to its home); `data` itself always exists.
 const DATA: &[u8] = b"data";
-/// Largest payload of a message.
-const PAYLOAD_MAX: usize = 4096;
 /// Most requests in flight at once.
 const MAX_PIPELINE: u64 = 16;
 /// Most watches registered at once.

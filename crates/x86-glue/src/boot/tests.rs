@@ -133,7 +133,7 @@ fn store_domain_on_a_model_of_xen() {
     let mut dom0 = client_at(dom0_ring);
     assert_eq!(
         dom0.guest().server_features(),
-        xs_ring::layout::FEATURE_RECONNECTION | xs_ring::layout::FEATURE_ERROR
+        xs_ring::ServerFeatures::RECONNECTION | xs_ring::ServerFeatures::ERROR
     );
     dom0.send(MsgType::Watch, b"@releaseDomain\0rel\0");
     xen(&mut stub).raise(dom0_port);

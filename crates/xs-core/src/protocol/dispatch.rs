@@ -15,7 +15,8 @@ use crate::domid::{DomId, push_decimal};
 use crate::error::{XsError, XsResult};
 use crate::perms::{self, Perm};
 use crate::quota::QuotaKind;
-use crate::store::{ConnId, Introduction, PAYLOAD_MAX, Store};
+use crate::store::{ConnId, Introduction, Store};
+use crate::wire::PAYLOAD_MAX;
 use crate::wire::{Args, Header, MsgType, domid_arg, push_header, u32_arg};
 
 /// How a connection may use the store.

@@ -59,9 +59,6 @@ use crate::path;
 use crate::perms::{Access, Perm};
 use crate::quota::Quotas;
 
-/// Largest payload of a message in either direction (`XENSTORE_PAYLOAD_MAX`).
-pub const PAYLOAD_MAX: usize = 4096;
-
 /// `XENSTORE_SERVER_FEATURE_*` bits the store implements for every domain.
 pub mod features {
     /// The ring can be reconnected.

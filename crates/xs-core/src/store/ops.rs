@@ -4,12 +4,13 @@
 use alloc::vec::Vec;
 
 use super::access::{Caller, Rights};
-use super::{ConnId, Match, PAYLOAD_MAX, Store, TxId, node_charge};
+use super::{ConnId, Match, Store, TxId, node_charge};
 use crate::domid::{DomId, push_decimal};
 use crate::error::{XsError, XsResult};
 use crate::path::{self, PathKind};
 use crate::perms::Perm;
 use crate::quota::QuotaKind;
+use crate::wire::PAYLOAD_MAX;
 
 /// Whether a write sets a value or only makes sure the node exists.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

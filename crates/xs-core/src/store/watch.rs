@@ -38,10 +38,10 @@ use core::hash::Hasher;
 use hashbrown::HashTable;
 use siphasher::sip::SipHasher13;
 
-use super::PAYLOAD_MAX;
 use super::arena::{Id, Slab};
 use super::tree::KeyedSegments;
 use crate::error::{XsError, XsResult};
+use crate::wire::PAYLOAD_MAX;
 
 /// An event waiting to be sent: `WATCH_EVENT <path>|<token>|`.
 #[derive(Clone, PartialEq, Eq, Debug)]

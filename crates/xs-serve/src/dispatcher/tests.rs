@@ -8,7 +8,8 @@ use std::vec::Vec;
 
 use xs_core::wire::{MsgType, push_message};
 use xs_ring::SharedPage;
-use xs_ring::layout::{ERROR_PROTO, FEATURE_ERROR, FEATURE_RECONNECTION, RECONNECT};
+use xs_ring::layout::RECONNECT;
+use xs_ring::{RingFault, ServerFeatures};
 
 use super::*;
 use crate::fake::{FakeError, FakeRing, FakeServices};
@@ -150,7 +151,7 @@ fn dom0_is_served_from_the_start() {
     let page = rig.fake().page(DomId::DOM0).unwrap();
     assert_eq!(
         page.load(Field::ServerFeatures),
-        FEATURE_RECONNECTION | FEATURE_ERROR
+        (ServerFeatures::RECONNECTION | ServerFeatures::ERROR).bits()
     );
     let r = rig.ask(Who::Dom0, MsgType::Write, b"/tool/x\0yes");
     assert_eq!(
@@ -332,7 +333,7 @@ fn a_broken_ring_is_dropped_until_reconnection() {
     bad[12..16].copy_from_slice(&5000u32.to_le_bytes());
     rig.guests[g].c.ring().write(&bad).unwrap();
     rig.stub.on_event(port);
-    assert_eq!(page.load(Field::Error), ERROR_PROTO);
+    assert_eq!(page.load(Field::Error), RingFault::Protocol.code());
     assert!(!rig.stub.has_work());
     // dom0 is still served.
     let r = rig.ask(Who::Dom0, MsgType::Read, b"/local/domain/4/domid\0");

@@ -27,10 +27,8 @@ use xs_core::protocol::memory_report;
 use xs_core::store::Introduction;
 use xs_core::wire::{Header, MsgType, push_message};
 use xs_core::{DomId, QuotaKind, Store, StoreConfig};
-use xs_ring::layout::{
-    ERROR_NONE, ERROR_PROTO, ERROR_RINGIDX, FEATURE_ERROR, FEATURE_RECONNECTION, Field,
-};
-use xs_ring::{Page, RING_SIZE};
+use xs_ring::layout::{ERROR_NONE, Field};
+use xs_ring::{Page, RING_SIZE, RingFault, ServerFeatures};
 
 use crate::console::println;
 use crate::startinfo::StartInfo;
@@ -202,7 +200,11 @@ const GUEST: &str = "1";
 fn checks(t: &mut Runner, rig: &mut Rig) {
     t.check("ring/features", || {
         let f = rig.ring_mut(0)?.guest.server_features();
-        expect_eq("server_features", f, FEATURE_RECONNECTION | FEATURE_ERROR)
+        expect_eq(
+            "server_features",
+            f,
+            ServerFeatures::RECONNECTION | ServerFeatures::ERROR,
+        )
     });
 
     t.check("dom0/write-read", || {
@@ -423,8 +425,12 @@ fn checks(t: &mut Runner, rig: &mut Rig) {
         let cons = page.load(Field::ReqCons);
         page.store(Field::ReqProd, cons.wrapping_add(RING_SIZE as u32 + 1));
         let done = rig.pump(1)?;
-        expect_eq("fault", done.fault.map(|f| f.code), Some(ERROR_RINGIDX))?;
-        expect_eq("error field", rig.ring_mut(1)?.guest.error(), ERROR_RINGIDX)?;
+        expect_eq("fault", done.fault, Some(RingFault::Index))?;
+        expect_eq(
+            "error field",
+            rig.ring_mut(1)?.guest.error(),
+            RingFault::Index.code(),
+        )?;
         // Not served any more, and dom0's ring unaffected.
         let again = rig.pump(1)?;
         ensure(again.fault.is_some(), "the broken ring was served again")?;
@@ -456,8 +462,12 @@ fn checks(t: &mut Runner, rig: &mut Rig) {
             bad.len(),
         )?;
         let done = rig.pump(1)?;
-        expect_eq("fault", done.fault.map(|f| f.code), Some(ERROR_PROTO))?;
-        expect_eq("error field", rig.ring_mut(1)?.guest.error(), ERROR_PROTO)?;
+        expect_eq("fault", done.fault, Some(RingFault::Protocol))?;
+        expect_eq(
+            "error field",
+            rig.ring_mut(1)?.guest.error(),
+            RingFault::Protocol.code(),
+        )?;
         reconnect(rig)?;
         expect_eq(
             "read after reconnection",

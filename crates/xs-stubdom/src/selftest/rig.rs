@@ -253,7 +253,7 @@ impl Rig {
             trace::record(Event::Notify, number as u64);
         }
         if let Some(fault) = done.fault {
-            trace::record(Event::RingFault, u64::from(fault.code));
+            trace::record(Event::RingFault, u64::from(fault.code()));
         }
         ring.last = done;
         Ok(done)
