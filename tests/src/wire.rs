@@ -65,6 +65,16 @@ impl Msg {
 }
 
 /// Header plus payload; `len` is the payload's real length (saturated to `u32`).
+///
+/// # Examples
+///
+/// ```
+/// use xs_e2e::wire::{decode_header, encode, ty};
+///
+/// let msg = encode(ty::READ, 7, 0, b"/tool\0");
+/// assert_eq!(decode_header(msg[..16].try_into().unwrap()), (ty::READ, 7, 0, 6));
+/// assert_eq!(&msg[16..], b"/tool\0");
+/// ```
 pub fn encode(ty: u32, req_id: u32, tx_id: u32, payload: &[u8]) -> Vec<u8> {
     let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
     header(ty, req_id, tx_id, len)

@@ -72,6 +72,11 @@ pub(crate) const STEPS: &[Step] = &[
         run: doc,
     },
     Step {
+        name: "examples",
+        about: "the embedding examples (crates/xs-serve/examples) run and reach their end",
+        run: examples,
+    },
+    Step {
         name: "nostd",
         about: "xs-core in a no_std, panic=abort staticlib, linked and run; deps checked",
         run: nostd::step,
@@ -196,6 +201,42 @@ fn doc(ctx: &Ctx<'_>) -> Outcome {
     let mut c = ctx.ws.cargo(["doc", "--workspace", "--no-deps"]);
     c.env("RUSTDOCFLAGS", "-D warnings");
     cmd::run(&mut c).into()
+}
+
+/// The examples a newcomer copies from, each with the line that says it did its job.
+const EXAMPLES: &[(&str, &str, &str)] = &[
+    (
+        "xs-serve",
+        "in_process_backend",
+        "handshake complete: backend Connected, frontend Connected",
+    ),
+    (
+        "xs-serve",
+        "two_threads",
+        "done: both ends on their own threads",
+    ),
+];
+
+/// The examples must not rot: each runs and prints its last line.
+fn examples(ctx: &Ctx<'_>) -> Outcome {
+    let mut failures = Vec::new();
+    for &(package, example, last) in EXAMPLES {
+        let args = ["run", "-q", "-p", package, "--example", example];
+        match cmd::output(&mut ctx.ws.cargo(args)) {
+            Ok(out) => {
+                print!("{out}");
+                if !out.lines().last().is_some_and(|l| l.starts_with(last)) {
+                    failures.push(format!("{example}: the last line is not {last:?}"));
+                }
+            }
+            Err(why) => failures.push(format!("{example}: {why}")),
+        }
+    }
+    if failures.is_empty() {
+        Outcome::Pass
+    } else {
+        Outcome::Fail(failures.join("; "))
+    }
 }
 
 /// The benchmark must keep building and running, so it cannot rot between measurements.

@@ -90,6 +90,20 @@ impl BootArgs {
     /// Parses a command line: `--event N`, `--priv-domid N`, `--master-domid N` (also
     /// `--opt=N`, and the short `-e`/`-p`/`-m`); other words are ignored, as are malformed
     /// values (the default stays).
+    ///
+    /// # Examples
+    ///
+    /// What `init-xenstore-domain` passes (`--event` is the port dom0's kernel allocated):
+    ///
+    /// ```
+    /// use x86_glue::BootArgs;
+    /// use xs_core::DomId;
+    ///
+    /// let args = BootArgs::parse(b"--event 3 --priv-domid=1 --unknown 7");
+    /// assert_eq!(args.event, Some(3));
+    /// assert_eq!(args.priv_domid, DomId(1));
+    /// assert_eq!(BootArgs::parse(b"--event x").event, None);
+    /// ```
     pub fn parse(cmdline: &[u8]) -> BootArgs {
         let mut args = BootArgs::default();
         let mut words = cmdline

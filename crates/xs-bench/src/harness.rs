@@ -56,6 +56,16 @@ impl Unit {
     }
 
     /// `value` as printed in this unit.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use xs_bench::Unit;
+    ///
+    /// assert_eq!(Unit::OpsPerSec.format(123456.7), "123457");
+    /// assert_eq!(Unit::Us.format(12.345), "12.3");
+    /// assert_eq!(Unit::Kb.as_str(), "KB");
+    /// ```
     pub fn format(self, value: f64) -> String {
         match self {
             Unit::OpsPerSec | Unit::Kb | Unit::Count => format!("{value:.0}"),

@@ -44,6 +44,19 @@ impl Perm {
     }
 
     /// Parses `r5`, `w0`, `b12`, `n3`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use xs_core::perms::{Access, Perm};
+    /// use xs_core::DomId;
+    ///
+    /// assert_eq!(Perm::parse(b"r5"), Ok(Perm::new(DomId(5), Access::READ)));
+    /// assert_eq!(Perm::parse(b"b0")?.access, Access::READ | Access::WRITE);
+    /// assert!(Perm::parse(b"x5").is_err());
+    /// assert_eq!(Perm::owner(DomId(3)).to_string(), "n3");
+    /// # Ok::<(), xs_core::XsError>(())
+    /// ```
     pub fn parse(text: &[u8]) -> XsResult<Perm> {
         let (&letter, digits) = text.split_first().ok_or(XsError::Inval)?;
         let access = match letter {

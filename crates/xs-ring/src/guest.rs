@@ -7,6 +7,30 @@ use crate::page::Page;
 use crate::ring::{Consumer, Producer, RingFault, check_ring_size};
 
 /// The guest end: writes requests, reads replies and events.
+///
+/// # Examples
+///
+/// A server that breaks off (here: the guest corrupts its own producer index) says why in
+/// the page, and the guest recovers by asking for a reconnection:
+///
+/// ```
+/// use xs_ring::layout::Field;
+/// use xs_ring::{Guest, Page, RingFault, Server, SharedPage};
+///
+/// let page: SharedPage = SharedPage::default();
+/// let mut server = Server::new(&page, Server::<&SharedPage>::FEATURES);
+/// let mut guest = Guest::new(&page);
+/// page.store(Field::ReqProd, 5000); // more than a ring ahead of the consumer
+/// assert_eq!(server.peek_request(), Err(RingFault::Index));
+/// assert_eq!(RingFault::from_code(guest.error()), Some(RingFault::Index));
+///
+/// guest.request_reconnect();
+/// assert!(server.recheck(false)); // the server sees the request ...
+/// server.reconnect(); // ... and resets both rings
+/// assert!(guest.reconnected());
+/// assert_eq!(guest.write(b"again")?, 5);
+/// # Ok::<(), RingFault>(())
+/// ```
 #[derive(Debug)]
 pub struct Guest<P: Page> {
     page: P,

@@ -83,6 +83,29 @@ impl RawPage {
     /// aligned to at least 4 bytes for as long as the `RawPage` lives, and this side of the
     /// protocol must access it only through this `RawPage` (the peer may access it
     /// concurrently: that is what the atomics and volatile copies are for).
+    ///
+    /// # Examples
+    ///
+    /// A page-aligned page of the program's own memory standing in for a guest's page
+    /// mapped by the hypervisor:
+    ///
+    /// ```
+    /// use std::ptr::NonNull;
+    /// use xs_ring::{Guest, RawPage, Server};
+    ///
+    /// #[repr(C, align(4096))]
+    /// struct PageMemory([u8; 4096]);
+    /// let memory = Box::new(PageMemory([0; 4096]));
+    /// let ptr = NonNull::from(Box::leak(memory)).cast::<u8>();
+    /// // SAFETY: a leaked, page-aligned 4 KiB allocation: mapped, writable, aligned, alive for
+    /// // the rest of the program, and only ever reached through `RawPage`s.
+    /// let (server_page, guest_page) = unsafe { (RawPage::new(ptr), RawPage::new(ptr)) };
+    /// let mut server = Server::new(server_page, Server::<RawPage>::FEATURES);
+    /// let mut guest = Guest::new(guest_page);
+    /// guest.write(b"hi")?;
+    /// assert_eq!(server.peek_request()?, b"hi");
+    /// # Ok::<(), xs_ring::RingFault>(())
+    /// ```
     pub unsafe fn new(page: NonNull<u8>) -> RawPage {
         RawPage { base: page }
     }

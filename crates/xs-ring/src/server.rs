@@ -12,6 +12,33 @@ use crate::ring::{Consumer, Producer, RingFault, check_ring_size};
 /// Once the guest breaks the protocol the ring is marked broken (with the reason in the
 /// page's `error` field, when that feature is offered) and no longer served; only a
 /// reconnection the guest asks for revives it.
+///
+/// # Examples
+///
+/// Both ends over one page (a [`SharedPage`](crate::SharedPage) here; a guest's mapped page
+/// in production): the guest writes, the server copies the bytes out once into private
+/// memory and consumes them, and its reply comes back the same way.
+///
+/// ```
+/// use xs_ring::{Guest, Server, SharedPage};
+///
+/// let page: SharedPage = SharedPage::default();
+/// let mut server = Server::new(&page, Server::<&SharedPage>::FEATURES);
+/// let mut guest = Guest::new(&page);
+///
+/// assert_eq!(guest.write(b"request")?, 7);
+/// let request = server.peek_request()?.to_vec();
+/// assert_eq!(request, b"request");
+/// server.consume(request.len());
+/// server.write(b"reply")?;
+///
+/// let mut buf = [0u8; 16];
+/// let n = guest.read(&mut buf)?;
+/// assert_eq!(&buf[..n], b"reply");
+/// // Before sleeping (after re-enabling notifications), the server re-checks the ring.
+/// assert!(!server.recheck(false));
+/// # Ok::<(), xs_ring::RingFault>(())
+/// ```
 #[derive(Debug)]
 pub struct Server<P: Page> {
     page: P,

@@ -17,8 +17,12 @@ use crate::guest::{Blocking, Waiter};
 pub const TRANSACTION_ATTEMPTS: usize = 64;
 
 /// XenStore operations, each waiting for its answer. `tx` is a transaction id from
-/// [`XsClient::transaction_start`], or 0 for none. Paths are absolute, or relative to the
-/// client's domain home (`/local/domain/<domid>`).
+/// [`XsClient::transaction_start`], or 0 for none (or use [`XsClient::transaction`]). Paths
+/// are absolute, or relative to the client's domain home (`/local/domain/<domid>`).
+///
+/// A [`Session`]'s own methods (no `tx` argument: it has `Session::in_tx`) take precedence
+/// over these in method calls on a `Session`; code generic over `XsClient` (the
+/// [`crate::xenbus`] helper) and [`XsClient::transaction`] use these.
 pub trait XsClient {
     /// `READ`: the value of `path`.
     fn read(&mut self, tx: TxId, path: &str) -> XsResult<Vec<u8>>;
@@ -60,32 +64,118 @@ pub trait XsClient {
     fn next_event(&mut self) -> XsResult<Option<(Vec<u8>, Vec<u8>)>>;
 
     /// Runs `body` in a transaction and commits it, running it again while the commit
-    /// conflicts (`EAGAIN`), at most [`TRANSACTION_ATTEMPTS`] times. An error from `body`
-    /// aborts the transaction and is returned.
+    /// conflicts (`EAGAIN`), at most [`TRANSACTION_ATTEMPTS`] times. `body` reads and writes
+    /// through the [`Tx`] it is given. An error from `body` aborts the transaction and is
+    /// returned.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use xs_core::{DomId, Store, StoreConfig, XsError};
+    /// use xs_serve::client::XsClient;
+    ///
+    /// # let entropy = [0x243f_6a88_85a3_08d3, 0x1319_8a2e_0370_7344];
+    /// let mut store = Store::new(StoreConfig::new(entropy))?;
+    /// let dom0 = store.connect(DomId::DOM0)?;
+    /// let mut s = store.session(dom0);
+    /// s.write("/counter", b"41")?;
+    /// // A read-modify-write that no other writer can interleave with.
+    /// let new = s.transaction(|t| {
+    ///     let old: u32 = String::from_utf8_lossy(&t.read("/counter")?)
+    ///         .parse()
+    ///         .map_err(|_| XsError::Inval)?;
+    ///     t.write("/counter", (old + 1).to_string().as_bytes())?;
+    ///     Ok(old + 1)
+    /// })?;
+    /// assert_eq!(new, 42);
+    /// // A failing body aborts: nothing it wrote is kept.
+    /// let failed = s.transaction(|t| -> Result<(), XsError> {
+    ///     t.write("/counter", b"0")?;
+    ///     Err(XsError::Inval)
+    /// });
+    /// assert_eq!(failed, Err(XsError::Inval));
+    /// assert_eq!(s.read("/counter")?, b"42");
+    /// # Ok::<(), XsError>(())
+    /// ```
     fn transaction<T>(
         &mut self,
-        mut body: impl FnMut(&mut Self, TxId) -> XsResult<T>,
+        mut body: impl FnMut(&mut Tx<'_, Self>) -> XsResult<T>,
     ) -> XsResult<T>
     where
         Self: Sized,
     {
         for _ in 0..TRANSACTION_ATTEMPTS {
-            let tx = self.transaction_start()?;
-            let value = match body(self, tx) {
+            let id = self.transaction_start()?;
+            let value = match body(&mut Tx { client: self, id }) {
                 Ok(v) => v,
                 Err(e) => {
                     // The body's error is the one that matters; the abort cannot conflict.
-                    let _ = self.transaction_end(tx, false);
+                    let _ = self.transaction_end(id, false);
                     return Err(e);
                 }
             };
-            match self.transaction_end(tx, true) {
+            match self.transaction_end(id, true) {
                 Ok(()) => return Ok(value),
                 Err(XsError::Again) => {}
                 Err(e) => return Err(e),
             }
         }
         Err(XsError::Again)
+    }
+}
+
+/// A client inside one transaction (see [`XsClient::transaction`]): the node operations,
+/// each in the transaction.
+#[derive(Debug)]
+pub struct Tx<'a, C> {
+    client: &'a mut C,
+    id: TxId,
+}
+
+impl<C: XsClient> Tx<'_, C> {
+    /// The transaction's id.
+    pub fn id(&self) -> TxId {
+        self.id
+    }
+
+    /// The client, for operations that name the transaction themselves.
+    pub fn client(&mut self) -> &mut C {
+        self.client
+    }
+
+    /// `READ` in the transaction.
+    pub fn read(&mut self, path: &str) -> XsResult<Vec<u8>> {
+        self.client.read(self.id, path)
+    }
+
+    /// `WRITE` in the transaction.
+    pub fn write(&mut self, path: &str, value: &[u8]) -> XsResult<()> {
+        self.client.write(self.id, path, value)
+    }
+
+    /// `MKDIR` in the transaction.
+    pub fn mkdir(&mut self, path: &str) -> XsResult<()> {
+        self.client.mkdir(self.id, path)
+    }
+
+    /// `RM` in the transaction.
+    pub fn rm(&mut self, path: &str) -> XsResult<()> {
+        self.client.rm(self.id, path)
+    }
+
+    /// `DIRECTORY` in the transaction.
+    pub fn directory(&mut self, path: &str) -> XsResult<Vec<Vec<u8>>> {
+        self.client.directory(self.id, path)
+    }
+
+    /// `GET_PERMS` in the transaction.
+    pub fn get_perms(&mut self, path: &str) -> XsResult<Vec<Perm>> {
+        self.client.get_perms(self.id, path)
+    }
+
+    /// `SET_PERMS` in the transaction.
+    pub fn set_perms(&mut self, path: &str, perms: &[Perm]) -> XsResult<()> {
+        self.client.set_perms(self.id, path, perms)
     }
 }
 

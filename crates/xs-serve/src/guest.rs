@@ -258,6 +258,11 @@ pub struct Blocking<'a, P: Page, W> {
 }
 
 impl<P: Page, W: Waiter> Blocking<'_, P, W> {
+    /// The waiter (to reach what it wraps between calls).
+    pub fn waiter_mut(&mut self) -> &mut W {
+        self.waiter
+    }
+
     /// Sends a request and waits for its reply (see [`GuestClient::call`]).
     pub fn call(&mut self, kind: MsgType, tx: TxId, payload: &[u8]) -> XsResult<Vec<u8>> {
         self.client.call(self.waiter, kind, tx, payload)

@@ -47,3 +47,18 @@ pub mod xenbus;
 pub use dispatcher::{BootPort, BootRing, Bootstrap, Dispatcher, Error, ServeConfig};
 pub use lines::BoundedLines;
 pub use services::{DomainState, Services};
+
+/// What an embedder imports: `use xs_serve::prelude::*;` brings the store, the dispatcher,
+/// the platform trait, the clients and the xenbus helper.
+pub mod prelude {
+    pub use xs_core::perms::{Access, Perm};
+    pub use xs_core::store::{Introduced, Introduction, Session};
+    pub use xs_core::{ConnId, DomId, Store, StoreConfig, TxId, XsError, XsResult};
+    pub use xs_ring::{Page, RawPage, SharedPage};
+
+    pub use crate::client::XsClient;
+    pub use crate::dispatcher::{BootPort, BootRing, Bootstrap, Dispatcher, ServeConfig};
+    pub use crate::guest::{GuestClient, Waiter};
+    pub use crate::services::{DomainState, Services};
+    pub use crate::xenbus::{End, XenbusDevice, XenbusState, backend_next, frontend_next};
+}

@@ -32,6 +32,35 @@ pub const PUMP_PASSES: usize = 64;
 /// [`PUMP_PASSES`] passes. Then the caller re-enables notifications and pumps again (now or
 /// after serving others) if [`Server::recheck`] says so, before sleeping: the
 /// [`crate::Dispatcher`] does this for every ring it serves.
+///
+/// # Examples
+///
+/// ```
+/// use xs_core::protocol::{Access, Connection, Limits, NoHost};
+/// use xs_core::wire::{HEADER_LEN, MsgType, push_message};
+/// use xs_core::{DomId, Store, StoreConfig};
+/// use xs_ring::{Guest, Server, SharedPage};
+/// use xs_serve::pump::pump;
+///
+/// # let entropy = [0x243f_6a88_85a3_08d3, 0x1319_8a2e_0370_7344];
+/// let mut store = Store::new(StoreConfig::new(entropy))?;
+/// let id = store.connect(DomId::DOM0)?;
+/// let mut conn = Connection::new(id, Access::default(), Limits::default());
+/// let page: SharedPage = SharedPage::default();
+/// let mut server = Server::new(&page, Server::<&SharedPage>::FEATURES);
+/// let mut guest = Guest::new(&page);
+///
+/// let mut request = Vec::new();
+/// push_message(&mut request, MsgType::Mkdir as u32, 1, 0, b"/vm\0");
+/// guest.write(&request).unwrap();
+/// let done = pump(&mut server, &mut conn, &mut store, &mut NoHost);
+/// assert!(done.notify && done.fault.is_none());
+///
+/// let mut reply = [0u8; 32];
+/// let n = guest.read(&mut reply).unwrap();
+/// assert_eq!(&reply[HEADER_LEN..n], b"OK\0");
+/// # Ok::<(), xs_core::XsError>(())
+/// ```
 pub fn pump<P: Page>(
     ring: &mut Server<P>,
     conn: &mut Connection,

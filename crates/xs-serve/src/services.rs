@@ -42,6 +42,53 @@ pub enum DomainState {
 ///   Events the dispatcher should act on are passed to [`crate::Dispatcher::on_event`] by the
 ///   program's event loop.
 /// * Nothing here may call back into the dispatcher.
+///
+/// # Examples
+///
+/// The whole platform of a program whose guests' pages it owns (a VMM), in a few lines:
+///
+/// ```
+/// use std::collections::BTreeMap;
+/// use std::sync::Arc;
+/// use xs_core::DomId;
+/// use xs_ring::SharedPage;
+/// use xs_serve::{DomainState, Services};
+///
+/// struct Vmm {
+///     pages: BTreeMap<DomId, Arc<SharedPage>>,
+///     next_port: u32,
+///     to_inject: Vec<u32>,
+/// }
+///
+/// impl Services for Vmm {
+///     type Ring = Arc<SharedPage>;
+///     type Error = &'static str;
+///
+///     fn map_ring(&mut self, domid: DomId, _gfn: u64) -> Result<Self::Ring, Self::Error> {
+///         self.pages.get(&domid).cloned().ok_or("no such guest")
+///     }
+///     fn unmap_ring(&mut self, _domid: DomId, _ring: Self::Ring) {}
+///     fn bind_interdomain(&mut self, _domid: DomId, _remote: u32) -> Result<u32, Self::Error> {
+///         self.next_port += 1;
+///         Ok(self.next_port)
+///     }
+///     fn unbind(&mut self, _local_port: u32) {}
+///     fn notify(&mut self, local_port: u32) {
+///         self.to_inject.push(local_port); // raise the guest's upcall vector
+///     }
+///     fn domain_state(&mut self, _domid: DomId) -> DomainState {
+///         DomainState::Running
+///     }
+///     fn entropy(&mut self) -> u64 {
+///         // A real platform asks its RNG (getrandom, RDRAND).
+///         # 0x243f_6a88_85a3_08d3
+///     }
+/// }
+///
+/// let vmm = Vmm { pages: BTreeMap::new(), next_port: 0, to_inject: Vec::new() };
+/// let xs = xs_serve::Dispatcher::new(vmm, xs_serve::ServeConfig::default()).unwrap();
+/// assert_eq!(xs.served().count(), 0);
+/// ```
 pub trait Services {
     /// A mapped ring page (anything that is a [`Page`], such as a handle that owns a mapping
     /// and dereferences to an [`xs_ring::RawPage`]).

@@ -25,7 +25,7 @@ use alloc::string::String;
 use xs_core::perms::{Access, Perm};
 use xs_core::{DomId, TxId, XsError, XsResult};
 
-use crate::client::XsClient;
+use crate::client::{Tx, XsClient};
 
 /// The state of one end of a device (`enum xenbus_state`).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
@@ -236,10 +236,9 @@ impl XenbusDevice {
             Perm::owner(self.frontend),
             Perm::new(self.backend, Access::READ),
         ];
-        c.transaction(|c, tx| {
+        c.transaction(|t| {
             self.fill(
-                c,
-                tx,
+                t,
                 End::Frontend,
                 &frontend_perms,
                 &[
@@ -250,8 +249,7 @@ impl XenbusDevice {
                 frontend_entries,
             )?;
             self.fill(
-                c,
-                tx,
+                t,
                 End::Backend,
                 &backend_perms,
                 &[
@@ -266,36 +264,35 @@ impl XenbusDevice {
     }
 
     /// Writes one end's directory afresh (see [`XenbusDevice::create`]).
-    fn fill(
+    fn fill<C: XsClient>(
         &self,
-        c: &mut impl XsClient,
-        tx: TxId,
+        t: &mut Tx<'_, C>,
         end: End,
         perms: &[Perm],
         links: &[(&str, &[u8])],
         entries: &[(&str, &str)],
     ) -> XsResult<()> {
         let dir = self.path(end);
-        match c.rm(tx, dir) {
+        match t.rm(dir) {
             Ok(()) | Err(XsError::NoEnt) => {}
             Err(e) => return Err(e),
         }
-        c.mkdir(tx, dir)?;
-        c.set_perms(tx, dir, perms)?;
+        t.mkdir(dir)?;
+        t.set_perms(dir, perms)?;
         for (node, value) in links {
-            c.write(tx, &self.node(end, node), value)?;
+            t.write(&self.node(end, node), value)?;
         }
         for (node, value) in entries {
-            c.write(tx, &self.node(end, node), value.as_bytes())?;
+            t.write(&self.node(end, node), value.as_bytes())?;
         }
         Ok(())
     }
 
     /// Removes both directories (the toolstack's part of unplugging; missing ones are fine).
     pub fn destroy(&self, c: &mut impl XsClient) -> XsResult<()> {
-        c.transaction(|c, tx| {
+        c.transaction(|t| {
             for end in [End::Frontend, End::Backend] {
-                match c.rm(tx, self.path(end)) {
+                match t.rm(self.path(end)) {
                     Ok(()) | Err(XsError::NoEnt) => {}
                     Err(e) => return Err(e),
                 }
@@ -324,10 +321,10 @@ impl XenbusDevice {
         state: XenbusState,
     ) -> XsResult<()> {
         let node = self.node(end, "state");
-        c.transaction(|c, tx| {
-            let now = XenbusState::parse(&c.read(tx, &node)?);
+        c.transaction(|t| {
+            let now = XenbusState::parse(&t.read(&node)?);
             if now != state {
-                c.write(tx, &node, state.value())?;
+                t.write(&node, state.value())?;
             }
             Ok(())
         })

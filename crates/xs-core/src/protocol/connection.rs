@@ -55,6 +55,35 @@ impl fmt::Display for Closed {
 }
 
 /// One connection.
+///
+/// # Examples
+///
+/// Bytes from a transport in, reply bytes out (a socket server does exactly this; a ring is
+/// served the same way by xs-serve's pump):
+///
+/// ```
+/// use xs_core::protocol::{Access, Connection, Limits, NoHost};
+/// use xs_core::wire::{HEADER_LEN, Header, MsgType, push_message};
+/// use xs_core::{DomId, Store, StoreConfig};
+///
+/// # let entropy = [0x243f_6a88_85a3_08d3, 0x1319_8a2e_0370_7344];
+/// let mut store = Store::new(StoreConfig::new(entropy))?;
+/// let id = store.connect(DomId::DOM0)?;
+/// let mut conn = Connection::new(id, Access::default(), Limits::default());
+///
+/// let mut request = Vec::new();
+/// push_message(&mut request, MsgType::Write as u32, 7, 0, b"/vm/name\0guest");
+/// // Any chunking will do: here the header, then the payload.
+/// conn.receive(&mut store, &mut NoHost, &request[..HEADER_LEN]).unwrap();
+/// conn.receive(&mut store, &mut NoHost, &request[HEADER_LEN..]).unwrap();
+///
+/// let reply = conn.output().to_vec();
+/// conn.consume_output(reply.len());
+/// let header = Header::decode(reply[..HEADER_LEN].try_into().unwrap());
+/// assert_eq!((header.kind(), header.req_id), (Some(MsgType::Write), 7));
+/// assert_eq!(&reply[HEADER_LEN..], b"OK\0");
+/// # Ok::<(), xs_core::XsError>(())
+/// ```
 #[derive(Debug)]
 pub struct Connection {
     id: ConnId,

@@ -8,6 +8,31 @@ use crate::error::XsResult;
 use crate::perms::Perm;
 
 /// One connection's view of the store, optionally inside a transaction.
+///
+/// # Examples
+///
+/// ```
+/// use xs_core::perms::{Access, Perm};
+/// use xs_core::{DomId, Store, StoreConfig};
+///
+/// # let entropy = [0x243f_6a88_85a3_08d3, 0x1319_8a2e_0370_7344];
+/// let mut store = Store::new(StoreConfig::new(entropy))?;
+/// let dom0 = store.connect(DomId::DOM0)?;
+/// let mut s = store.session(dom0);
+/// s.write("/vm/1/name", b"guest")?;
+/// s.set_perms("/vm/1", &[Perm::owner(DomId::DOM0), Perm::new(DomId(1), Access::READ)])?;
+/// s.watch("/vm/1", "vm1", None)?;
+/// assert_eq!(s.drain_events(), [(b"/vm/1".to_vec(), b"vm1".to_vec())]);
+///
+/// // A transaction: nothing is visible until the commit, which fires the watch.
+/// let tx = s.transaction_start()?;
+/// s.in_tx(tx).write("/vm/1/state", b"running")?;
+/// assert!(s.read("/vm/1/state").is_err());
+/// s.transaction_end(tx, true)?;
+/// assert_eq!(s.read("/vm/1/state")?, b"running");
+/// assert_eq!(s.drain_events()[0].0, b"/vm/1/state");
+/// # Ok::<(), xs_core::XsError>(())
+/// ```
 #[derive(Debug)]
 pub struct Session<'a> {
     store: &'a mut Store,
