@@ -6,6 +6,7 @@
 
 mod bench;
 mod cmd;
+mod features;
 mod nostd;
 mod packages;
 mod steps;

@@ -1,14 +1,17 @@
-//! The no_std proof (step `nostd`): `xs-core` must build and run with nothing but `core`
-//! and `alloc`.
+//! The no_std proof (step `nostd`): `xs-core` and `xs-serve` must build and run with nothing
+//! but `core` and `alloc`, and `xs-ring` with nothing but `core`.
 //!
-//! 1. xs-core's normal dependencies, as `cargo tree --locked` resolves them, are printed,
-//!    checked against what Cargo.lock records for xs-core, and checked for crates that reach
-//!    the operating system.
-//! 2. `crates/nostd-check` is built as a static library in release with `panic = "abort"`, in
-//!    its own target dir. It is `#![no_std]` with its own panic handler: a crate anywhere in
-//!    the graph that linked `std` would bring std's as well, and the build would fail.
-//! 3. The archive is linked into a small C program that calls its entry point, which drives
-//!    the store; the program must exit 0.
+//! 1. xs-core's and xs-serve's normal dependencies, as `cargo tree --locked` resolves them,
+//!    are printed, checked against what Cargo.lock records for them, and checked for crates
+//!    that reach the operating system.
+//! 2. `crates/nostd-check` (xs-core and xs-serve) and `crates/nostd-ring-check` (xs-ring)
+//!    are built as static libraries in release with `panic = "abort"`, in their own target
+//!    dir. Each is `#![no_std]` with its own panic handler: a crate anywhere in the graph
+//!    that linked `std` would bring std's as well, and the build would fail. The ring's has
+//!    no global allocator either: had anything in its graph linked `alloc`, rustc would
+//!    refuse to build it.
+//! 3. Each archive is linked into a small C program that calls its entry point, which drives
+//!    the store and a dispatcher (or both ends of a ring); the program must exit 0.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -41,27 +44,57 @@ const FORBIDDEN: &[&str] = &[
     "mio",
 ];
 
-/// The C program of (3). The precompiled `alloc` refers to `rust_eh_personality` even under
-/// `panic = "abort"`, so the program supplies an empty one, as the bare-metal image will
-/// (design notes §5); nothing calls it.
-const HARNESS: &str = "\
-/* Written by `cargo xtask test` (step nostd). */
+/// A proof of (2) and (3): its crate (under `crates/`), its archive and its entry point.
+struct Proof {
+    krate: &'static str,
+    archive: &'static str,
+    entry: &'static str,
+}
+
+const PROOFS: [Proof; 2] = [
+    Proof {
+        krate: "nostd-check",
+        archive: "libnostd_check.a",
+        entry: "xs_nostd_check",
+    },
+    Proof {
+        krate: "nostd-ring-check",
+        archive: "libnostd_ring_check.a",
+        entry: "xs_ring_nostd_check",
+    },
+];
+
+/// Crates whose normal dependency graph (1) checks.
+const CHECKED: [&str; 2] = ["xs-core", "xs-serve"];
+
+/// The C program of (3), calling `entry`. The precompiled `core`/`alloc` refer to
+/// `rust_eh_personality` even under `panic = "abort"`, so the program supplies an empty one,
+/// as the bare-metal image will (design notes §5); nothing calls it.
+fn harness(entry: &str) -> String {
+    format!(
+        "/* Written by `cargo xtask test` (step nostd). */
 #include <stdint.h>
-uint32_t xs_nostd_check(void);
-void rust_eh_personality(void) {}
-int main(void) { return (int)xs_nostd_check(); }
-";
+uint32_t {entry}(void);
+void rust_eh_personality(void) {{}}
+int main(void) {{ return (int){entry}(); }}
+"
+    )
+}
 
 /// How long the linked program may run; a panic spins forever in the no_std handler.
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub(crate) fn step(ctx: &Ctx<'_>) -> Outcome {
     let mut failures = Vec::new();
-    if let Err(e) = check_tree(ctx.ws) {
-        failures.push(e);
+    for krate in CHECKED {
+        if let Err(e) = check_tree(ctx.ws, krate) {
+            failures.push(e);
+        }
     }
-    if let Err(e) = build(ctx.ws).and_then(|lib| link_and_run(ctx.ws, &lib)) {
-        failures.push(e);
+    for proof in &PROOFS {
+        if let Err(e) = build(ctx.ws, proof).and_then(|lib| link_and_run(ctx.ws, proof, &lib)) {
+            failures.push(e);
+        }
     }
     if failures.is_empty() {
         Outcome::Pass
@@ -70,10 +103,10 @@ pub(crate) fn step(ctx: &Ctx<'_>) -> Outcome {
     }
 }
 
-/// (1): xs-core's normal dependency graph.
-fn check_tree(ws: &Workspace) -> Result<(), String> {
+/// (1): `krate`'s normal dependency graph.
+fn check_tree(ws: &Workspace, krate: &str) -> Result<(), String> {
     let args = [
-        "tree", "-p", "xs-core", "-e", "normal", "--prefix", "none", "--locked",
+        "tree", "-p", krate, "-e", "normal", "--prefix", "none", "--locked",
     ];
     let tree = cmd::output(&mut ws.cargo(args))?;
     // Lines read `name vX.Y.Z`, then ` (path)` for local crates and ` (*)` for repeats.
@@ -86,7 +119,7 @@ fn check_tree(ws: &Workspace) -> Result<(), String> {
             Some((name.to_owned(), version.to_owned()))
         })
         .collect();
-    println!("xs-core's normal dependency graph ({} crates):", deps.len());
+    println!("{krate}'s normal dependency graph ({} crates):", deps.len());
     for (name, version) in &deps {
         println!("    {name} {version}");
     }
@@ -95,17 +128,17 @@ fn check_tree(ws: &Workspace) -> Result<(), String> {
     let lock = std::fs::read_to_string(&lock_path)
         .map_err(|e| format!("cannot read {}: {e}", lock_path.display()))?;
     // Cargo.lock lists a workspace crate's dev-dependencies among its dependencies, so what it
-    // reaches from xs-core is a superset of the normal graph.
-    let locked = lock_closure(&parse_lock(&lock), "xs-core");
+    // reaches from the crate is a superset of the normal graph.
+    let locked = lock_closure(&parse_lock(&lock), krate);
     let mut problems = Vec::new();
     for (name, version) in &deps {
         if !locked.contains(&(name.clone(), version.clone())) {
             problems.push(format!(
-                "{name} {version} is not in Cargo.lock's graph for xs-core"
+                "{name} {version} is not in Cargo.lock's graph for {krate}"
             ));
         }
         if FORBIDDEN.contains(&name.as_str()) {
-            problems.push(format!("{name} must not be a normal dependency of xs-core"));
+            problems.push(format!("{name} must not be a normal dependency of {krate}"));
         }
     }
     if deps.is_empty() {
@@ -183,13 +216,9 @@ fn lock_closure(packages: &[Locked], root: &str) -> BTreeSet<(String, String)> {
 }
 
 /// (2): the archive, built apart from the normal build so its flags do not invalidate it.
-fn build(ws: &Workspace) -> Result<PathBuf, String> {
+fn build(ws: &Workspace, proof: &Proof) -> Result<PathBuf, String> {
     let target_dir = ws.target_dir.join("nostd");
-    let manifest = ws
-        .root
-        .join("crates")
-        .join("nostd-check")
-        .join("Cargo.toml");
+    let manifest = ws.root.join("crates").join(proof.krate).join("Cargo.toml");
     let manifest = manifest.to_string_lossy().into_owned();
     // The crate is its own workspace (see its Cargo.toml): lint and unit-test it here.
     for args in [
@@ -220,15 +249,15 @@ fn build(ws: &Workspace) -> Result<PathBuf, String> {
     ]);
     c.env("CARGO_TARGET_DIR", &target_dir);
     cmd::run(&mut c)?;
-    Ok(target_dir.join("release").join("libnostd_check.a"))
+    Ok(target_dir.join("release").join(proof.archive))
 }
 
 /// (3): link the archive into a C program and run it.
-fn link_and_run(ws: &Workspace, lib: &Path) -> Result<(), String> {
+fn link_and_run(ws: &Workspace, proof: &Proof, lib: &Path) -> Result<(), String> {
     let dir = ws.target_dir.join("nostd");
-    let source = dir.join("nostd-main.c");
-    let exe = dir.join("nostd-main");
-    std::fs::write(&source, HARNESS)
+    let source = dir.join(format!("{}-main.c", proof.krate));
+    let exe = dir.join(format!("{}-main", proof.krate));
+    std::fs::write(&source, harness(proof.entry))
         .map_err(|e| format!("cannot write {}: {e}", source.display()))?;
     let cc = std::env::var_os("CC").unwrap_or_else(|| "cc".into());
     let mut link = Command::new(cc);
@@ -236,10 +265,10 @@ fn link_and_run(ws: &Workspace, lib: &Path) -> Result<(), String> {
     cmd::run(&mut link)?;
     match cmd::run_with_timeout(&mut Command::new(&exe), RUN_TIMEOUT)? {
         0 => {
-            println!("xs_nostd_check() returned 0");
+            println!("{}() returned 0", proof.entry);
             Ok(())
         }
-        code => Err(format!("xs_nostd_check() failed at its step {code}")),
+        code => Err(format!("{}() failed at its step {code}", proof.entry)),
     }
 }
 

@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use crate::cmd::{self, Workspace};
-use crate::{bench, nostd, packages, stubdom};
+use crate::{bench, features, nostd, packages, stubdom};
 
 /// What a step is given.
 #[derive(Debug)]
@@ -77,8 +77,15 @@ pub(crate) const STEPS: &[Step] = &[
         run: examples,
     },
     Step {
+        name: "features",
+        about: "each library crate with no features, each alone, defaults, all; xs-ring's \
+                graph in each (no xs-core, nothing that allocates)",
+        run: features::step,
+    },
+    Step {
         name: "nostd",
-        about: "xs-core in a no_std, panic=abort staticlib, linked and run; deps checked",
+        about: "xs-core and xs-serve in a no_std staticlib, xs-ring in one without an \
+                allocator, linked and run; deps checked",
         run: nostd::step,
     },
     Step {
