@@ -208,19 +208,13 @@ impl EventLoop {
     /// Sleeps in `SCHEDOP_poll`; with more ports than it takes, with a timeout from Xen
     /// system time ([`Services::now_ns`]; only then is the clock read).
     fn sleep<H: Hypercalls>(&mut self, stub: &mut XenStub<'_, H>, log: &mut dyn Write) {
-        // On the stack: the loop sleeps whenever it is idle, and need not allocate to do so.
-        let mut named = [0u32; POLL_MAX_PORTS];
-        let mut len = 0;
-        let mut all = true;
-        for p in core::iter::once(self.virq).chain(stub.ports()) {
-            let Some(slot) = named.get_mut(len) else {
-                all = false;
-                break;
-            };
-            *slot = p;
-            len += 1;
-        }
-        let ports = named.get(..len).unwrap_or_default();
+        // On the stack, at most what `SCHEDOP_poll` takes: the loop sleeps whenever it is
+        // idle, and need not allocate to do so.
+        let mut named = heapless::Vec::<u32, POLL_MAX_PORTS>::new();
+        let all = core::iter::once(self.virq)
+            .chain(stub.ports())
+            .all(|p| named.push(p).is_ok());
+        let ports = named.as_slice();
         let timeout = if all {
             0
         } else {

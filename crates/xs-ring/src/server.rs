@@ -51,6 +51,9 @@ pub struct Server<P: Page> {
 
 /// Private memory the request bytes are copied into (once, by [`Server::peek_request`]).
 /// Kept with the server so that serving a request does not first zero a kilobyte of stack.
+/// A plain array, not a `heapless::Vec`: the copy writes into initialized memory in place,
+/// and the length is the peek's result, so a length field (and zeroing to resize) would only
+/// cost.
 struct Scratch([u8; RING_SIZE]);
 
 impl fmt::Debug for Scratch {

@@ -87,6 +87,10 @@ impl Event {
 }
 
 /// Entries kept.
+///
+/// The ring is a static array of atomics rather than a `heapless::HistoryBuffer`: events are
+/// recorded from fault handlers, which must not take a lock (the faulting code may hold it),
+/// and a `HistoryBuffer` needs `&mut` access.
 const LEN: usize = 32;
 
 struct Slot {
