@@ -1,39 +1,30 @@
-//! The fuzz harnesses on stable, without coverage guidance: seeded pseudo-random inputs and
-//! every saved input under `fuzz/corpus/` and `fuzz/regressions/`, so that the harnesses
-//! cannot rot and past crashes stay fixed. Real fuzzing: `cargo +nightly fuzz run <target>`;
-//! on stable, a longer run with other inputs than CI's:
+//! The fuzz harnesses on stable, without coverage guidance: seeded pseudo-random inputs (from
+//! `fastrand`) and every saved input under `fuzz/corpus/` and `fuzz/regressions/`, so that
+//! the harnesses cannot rot and past crashes stay fixed. Real fuzzing: `cargo +nightly fuzz
+//! run <target>`; on stable, a longer run with other inputs than CI's:
 //! `XS_FUZZ_SMOKE_RUNS=2000000 XS_FUZZ_SMOKE_SEED=<n> cargo test --release --manifest-path
 //! fuzz/Cargo.toml`.
 
 use std::path::Path;
 
-/// xorshift64*: enough randomness for a smoke run, no dependency.
-struct Rng(u64);
+use fastrand::Rng;
 
-impl Rng {
-    /// A generator for one harness: `base`, mixed with `XS_FUZZ_SMOKE_SEED` when set, so that
-    /// long runs (`XS_FUZZ_SMOKE_RUNS`) can explore other inputs than CI's.
-    fn seeded(base: u64) -> Rng {
-        let extra = std::env::var("XS_FUZZ_SMOKE_SEED")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
-        let seed = base ^ extra.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        // Never zero: xorshift would stay at zero.
-        Rng(if seed == 0 { base } else { seed })
-    }
+/// A generator for one harness: `base`, mixed with `XS_FUZZ_SMOKE_SEED` when set (into the
+/// high half, as `base` fills the low one: each seed gives other inputs), so that long runs
+/// (`XS_FUZZ_SMOKE_RUNS`) can explore other inputs than CI's.
+fn seeded(base: u64) -> Rng {
+    let extra = std::env::var("XS_FUZZ_SMOKE_SEED")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    Rng::with_seed(base ^ extra.rotate_left(32))
+}
 
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn bytes(&mut self, max: usize) -> Vec<u8> {
-        let len = (self.next() as usize) % max;
-        (0..len).map(|_| self.next() as u8).collect()
-    }
+/// Random bytes, fewer than `max` of them.
+fn bytes(rng: &mut Rng, max: usize) -> Vec<u8> {
+    let mut out = vec![0; rng.usize(..max)];
+    rng.fill(&mut out);
+    out
 }
 
 fn saved_inputs(target: &str) -> Vec<Vec<u8>> {
@@ -62,19 +53,19 @@ fn runs() -> usize {
 
 #[test]
 fn wire() {
-    let mut rng = Rng::seeded(0x5eed_0001);
+    let mut rng = seeded(0x5eed_0001);
     for input in saved_inputs("wire") {
         xs_fuzz::wire(&input);
     }
     for _ in 0..runs() {
-        xs_fuzz::wire(&rng.bytes(64));
+        xs_fuzz::wire(&bytes(&mut rng, 64));
     }
     // Plausible ones: path-like bytes.
     let alphabet = b"ab/@-_0\0";
     for _ in 0..runs() {
-        let len = (rng.next() % 24) as usize;
+        let len = rng.usize(..24);
         let s: Vec<u8> = (0..len)
-            .map(|_| alphabet[(rng.next() as usize) % alphabet.len()])
+            .map(|_| alphabet[rng.usize(..alphabet.len())])
             .collect();
         xs_fuzz::wire(&s);
     }
@@ -82,37 +73,31 @@ fn wire() {
 
 #[test]
 fn connection() {
-    let mut rng = Rng::seeded(0x5eed_0002);
+    let mut rng = seeded(0x5eed_0002);
     for input in saved_inputs("connection") {
         xs_fuzz::connection(&input);
     }
     for _ in 0..runs() / 10 {
         // Mostly well-formed requests with random fields, cut into random chunks.
         let mut data = Vec::new();
-        for _ in 0..(rng.next() % 12) {
+        for _ in 0..rng.u32(..12) {
             let mut msg = Vec::new();
-            let t = (rng.next() % 28) as u32;
-            let payload = match rng.next() % 4 {
-                0 => rng.bytes(40),
+            let t = rng.u32(..28);
+            let payload = match rng.u32(..4) {
+                0 => bytes(&mut rng, 40),
                 1 => b"/a/b\0".to_vec(),
                 2 => b"/a\0tok\0".to_vec(),
                 _ => b"data/z\0v".to_vec(),
             };
-            xs_core::wire::push_message(
-                &mut msg,
-                t,
-                rng.next() as u32,
-                (rng.next() % 3) as u32,
-                &payload,
-            );
-            if rng.next().is_multiple_of(20) {
+            xs_core::wire::push_message(&mut msg, t, rng.u32(..), rng.u32(..3), &payload);
+            if rng.u32(..20) == 0 {
                 msg[12..16].copy_from_slice(&5000u32.to_le_bytes());
             }
             let mut pos = 0;
             while pos < msg.len() {
-                let n = 1 + (rng.next() as usize) % 40;
+                let n = rng.usize(1..=40);
                 let end = (pos + n).min(msg.len());
-                data.push((rng.next() % 3) as u8 | ((rng.next() as u8) & 0xfc));
+                data.push(rng.u8(..3) | (rng.u8(..) & 0xfc));
                 data.push((end - pos) as u8);
                 data.extend_from_slice(&msg[pos..end]);
                 pos = end;
@@ -124,21 +109,21 @@ fn connection() {
 
 #[test]
 fn store_ops() {
-    let mut rng = Rng::seeded(0x5eed_0003);
+    let mut rng = seeded(0x5eed_0003);
     for input in saved_inputs("store_ops") {
         xs_fuzz::store_ops(&xs_fuzz::decode_ops(&input));
     }
     for _ in 0..runs() / 4 {
-        xs_fuzz::store_ops(&xs_fuzz::decode_ops(&rng.bytes(600)));
+        xs_fuzz::store_ops(&xs_fuzz::decode_ops(&bytes(&mut rng, 600)));
     }
 }
 
 #[test]
 fn smoke_inputs_are_not_empty() {
-    let mut rng = Rng(0x5eed_0003);
+    let mut rng = Rng::with_seed(0x5eed_0003);
     let mut total = 0;
     for _ in 0..100 {
-        total += xs_fuzz::decode_ops(&rng.bytes(600)).len();
+        total += xs_fuzz::decode_ops(&bytes(&mut rng, 600)).len();
     }
     // A seeded run must really exercise the store (hundreds of operations).
     assert!(total > 500, "only {total} operations generated");
@@ -146,48 +131,48 @@ fn smoke_inputs_are_not_empty() {
 
 #[test]
 fn ring() {
-    let mut rng = Rng::seeded(0x5eed_0004);
+    let mut rng = seeded(0x5eed_0004);
     for input in saved_inputs("ring") {
         xs_fuzz::ring(&input);
     }
     let mut total = xs_fuzz::RingStats::default();
     for _ in 0..runs() / 4 {
-        let steps = xs_fuzz::decode_ring_steps(&rng.bytes(400));
+        let steps = xs_fuzz::decode_ring_steps(&bytes(&mut rng, 400));
         total += xs_fuzz::ring_stats(&steps);
     }
     // Mostly well-formed traffic with now and then one hostile step, so that runs get far
     // before the ring breaks.
     for _ in 0..runs() / 4 {
         let mut steps = Vec::new();
-        for _ in 0..(rng.next() % 40) {
-            let step = match rng.next() % 16 {
+        for _ in 0..rng.u32(..40) {
+            let step = match rng.u32(..16) {
                 0 => xs_fuzz::RingStep::SetField {
-                    field: rng.next() as u8,
-                    value: match rng.next() % 3 {
-                        0 => rng.next() as u32,
+                    field: rng.u8(..),
+                    value: match rng.u32(..3) {
+                        0 => rng.u32(..),
                         1 => 1,
-                        _ => (rng.next() % 2048) as u32,
+                        _ => rng.u32(..2048),
                     },
                 },
                 1 => xs_fuzz::RingStep::NudgeField {
-                    field: rng.next() as u8,
-                    delta: (rng.next() % 64) as i16 - 32,
+                    field: rng.u8(..),
+                    delta: rng.i16(-32..32),
                 },
                 2 => xs_fuzz::RingStep::Scribble {
-                    replies: rng.next().is_multiple_of(4),
-                    offset: rng.next() as u16,
-                    bytes: rng.bytes(64),
+                    replies: rng.u32(..4) == 0,
+                    offset: rng.u16(..),
+                    bytes: bytes(&mut rng, 64),
                 },
                 3 => xs_fuzz::RingStep::Reconnect,
                 4 => xs_fuzz::RingStep::Resync,
-                5 => xs_fuzz::RingStep::Write(rng.bytes(40)),
-                6 | 7 => xs_fuzz::RingStep::Read(rng.next() as u16),
+                5 => xs_fuzz::RingStep::Write(bytes(&mut rng, 40)),
+                6 | 7 => xs_fuzz::RingStep::Read(rng.u16(..)),
                 8..=11 => xs_fuzz::RingStep::Request {
-                    msg_type: (rng.next() % 14) as u8,
-                    req_id: rng.next() as u32,
-                    tx_id: (rng.next() % 8) as u8,
-                    path: rng.next() as u8,
-                    value_len: (rng.next() % 5000) as u16,
+                    msg_type: rng.u8(..14),
+                    req_id: rng.u32(..),
+                    tx_id: rng.u8(..8),
+                    path: rng.u8(..),
+                    value_len: rng.u16(..5000),
                 },
                 _ => xs_fuzz::RingStep::Pump,
             };

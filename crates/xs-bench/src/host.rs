@@ -22,8 +22,6 @@ use std::io::Write as _;
 use xs_core::store::Introduction;
 use xs_core::{Access, ConnId, DomId, Perm, Store, XsError, XsResult};
 
-use crate::XorShift;
-
 /// Where a template entry's path starts.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Base {
@@ -315,9 +313,8 @@ impl Host {
     }
 
     /// A random guest's domid.
-    pub fn random_domid(&self, rng: &mut XorShift) -> u16 {
-        // `below` is less than `domains`, so this fits.
-        1 + rng.below(usize::from(self.domains)) as u16
+    pub fn random_domid(&self, rng: &mut fastrand::Rng) -> u16 {
+        rng.u16(1..=self.domains)
     }
 
     /// Builds the tree through `conn` (a privileged connection) into `store`, which should
@@ -444,9 +441,9 @@ pub fn push_value(value: Value, d: u16, out: &mut Vec<u8>) {
 
 /// Appends a UUID derived from `d` (random-looking, the same on every run).
 fn push_uuid(d: u16, out: &mut Vec<u8>) {
-    let mut rng = XorShift::new(u64::from(d).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    let a = rng.next_u64();
-    let b = rng.next_u64();
+    let mut rng = fastrand::Rng::with_seed(u64::from(d));
+    let a = rng.u64(..);
+    let b = rng.u64(..);
     let _ = write!(
         out,
         "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",

@@ -7,8 +7,6 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use crate::XorShift;
-
 /// One slot per cache line, so that every load touches a new line.
 const STRIDE: usize = 8;
 
@@ -25,9 +23,9 @@ impl Chase {
         // Sattolo's algorithm: a random permutation that is one single cycle, so the chase
         // visits every line before repeating and the prefetchers cannot guess the next one.
         let mut order: Vec<usize> = (0..lines).collect();
-        let mut rng = XorShift::new(0x1A7E_0C1E);
+        let mut rng = fastrand::Rng::with_seed(0x1A7E_0C1E);
         for i in (1..lines).rev() {
-            let j = rng.below(i);
+            let j = rng.usize(..i);
             order.swap(i, j);
         }
         let mut next = vec![0usize; lines * STRIDE];

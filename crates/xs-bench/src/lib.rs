@@ -1,5 +1,6 @@
-//! Shared pieces of the benchmarks: a counting allocator, a fixed-seed PRNG, a realistic
-//! Xen host tree, and a small timing harness that prints `bench <name> <value> <unit>` lines.
+//! Shared pieces of the benchmarks: a counting allocator, a realistic Xen host tree, and a
+//! small timing harness that prints `bench <name> <value> <unit>` lines. Random access
+//! patterns come from `fastrand::Rng` with fixed seeds, so they are the same on every run.
 //!
 //! The benchmark programs live in `src/bin/`; each prints one line per measurement on
 //! stdout and everything else (progress, comparisons with the goals) on stderr.
@@ -10,7 +11,6 @@ pub mod daemon;
 pub mod harness;
 pub mod host;
 pub mod latency;
-pub mod rng;
 
 pub use counting_alloc::CountingAlloc;
 
@@ -18,4 +18,3 @@ pub use counting_alloc::CountingAlloc;
 /// matters against guests that choose paths to collide, which benchmarks do not).
 pub const BENCH_HASH_KEY: [u64; 2] = [0x243f_6a88_85a3_08d3, 0x1319_8a2e_0370_7344];
 pub use harness::{Harness, Unit};
-pub use rng::XorShift;

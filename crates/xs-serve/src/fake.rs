@@ -5,6 +5,7 @@
 //! the test drives the guest's end of it with an [`xs_ring::Guest`] while the store serves
 //! the other end. Ports are numbered from 10 up; notifications, unbinds and unmaps are
 //! recorded; domain states are set by the test; map and bind failures can be scripted.
+//! Entropy comes from a `fastrand::Rng` with a fixed seed, so that runs are deterministic.
 
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::sync::Arc;
@@ -15,6 +16,9 @@ use xs_core::DomId;
 use xs_ring::SharedPage;
 
 use crate::services::{DomainState, Services};
+
+/// The seed of [`FakeServices`]' entropy: fixed, so that test runs are reproducible.
+const ENTROPY_SEED: u64 = 0x0e47_5eed_fa4e_0001;
 
 /// A fake domain's ring, shared with the test (a [`Page`](xs_ring::Page) through the `Arc`).
 pub type FakeRing = Arc<SharedPage>;
@@ -61,7 +65,7 @@ pub struct FakeServices {
     unmapped: Vec<DomId>,
     fail_map: BTreeSet<DomId>,
     fail_bind: BTreeSet<DomId>,
-    draws: u64,
+    entropy: fastrand::Rng,
     rearmed: Vec<u32>,
     now_ns: Option<u64>,
 }
@@ -84,7 +88,7 @@ impl FakeServices {
             unmapped: Vec::new(),
             fail_map: BTreeSet::new(),
             fail_bind: BTreeSet::new(),
-            draws: 0,
+            entropy: fastrand::Rng::with_seed(ENTROPY_SEED),
             rearmed: Vec::new(),
             now_ns: None,
         }
@@ -241,12 +245,7 @@ impl Services for FakeServices {
     }
 
     fn entropy(&mut self) -> u64 {
-        // splitmix64 of a counter: distinct draws, deterministic runs.
-        self.draws = self.draws.wrapping_add(1);
-        let mut z = self.draws.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.entropy.u64(..)
     }
 
     fn now_ns(&mut self) -> Option<u64> {

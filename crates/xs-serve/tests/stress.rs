@@ -17,8 +17,8 @@
 //! wrap early.
 //!
 //! Size: `XS_RING_STRESS_REQUESTS` requests (default 60 000, a few seconds in a debug
-//! `cargo test`; the lagging run does a quarter), seed: `XS_RING_STRESS_SEED`. Millions, in
-//! release:
+//! `cargo test`; the lagging run does a quarter), seed of the `fastrand::Rng`s that draw the
+//! streams and the lags: `XS_RING_STRESS_SEED` (decimal or `0x` hex). Millions, in release:
 //!
 //! ```text
 //! XS_RING_STRESS_REQUESTS=3000000 cargo test -p xs-serve --release --test stress -- --nocapture
@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use fastrand::Rng;
 use xs_core::protocol::{Access, Connection, Limits, NoHost};
 use xs_core::store::Introduction;
 use xs_core::wire::{HEADER_LEN, Header, MsgType, PAYLOAD_MAX, push_message};
@@ -52,37 +53,9 @@ const STALL: Duration = Duration::from_secs(30);
 /// The stress tests use both cores each: they run one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// splitmix64: deterministic, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (`n > 0`).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn range(&mut self, lo: usize, hi_inclusive: usize) -> usize {
-        lo + self.below((hi_inclusive - lo + 1) as u64) as usize
-    }
-
-    fn chance(&mut self, num: u64, den: u64) -> bool {
-        self.below(den) < num
-    }
-
-    fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let word = self.next().to_le_bytes();
-            chunk.copy_from_slice(&word[..chunk.len()]);
-        }
-    }
+/// True one time in `n` (`n > 0`).
+fn one_in(rng: &mut Rng, n: u32) -> bool {
+    rng.u32(..n) == 0
 }
 
 /// How a run is set up.
@@ -231,9 +204,9 @@ impl Model {
 
     /// A random existing node (outside a transaction's overlay), if any.
     fn random_node(&self, rng: &mut Rng) -> Option<Vec<u8>> {
-        let n = self.nodes.len() as u64;
+        let n = self.nodes.len();
         (n > 0).then(|| {
-            let i = rng.below(n) as usize;
+            let i = rng.usize(..n);
             self.nodes.keys().nth(i).cloned().unwrap_or_default()
         })
     }
@@ -330,7 +303,7 @@ impl<'p> Client<'p> {
         Client {
             guest: Guest::new(page),
             config,
-            rng: Rng(config.seed),
+            rng: Rng::with_seed(config.seed),
             universe: universe(),
             model,
             watches: Vec::new(),
@@ -371,7 +344,7 @@ impl<'p> Client<'p> {
     // ----- sending and receiving -----------------------------------------------------------
 
     fn send(&mut self, t: MsgType, tx_id: u32, payload: &[u8], reply: u32, expect: Payload) {
-        let req_id = (self.rng.next() as u32).max(1);
+        let req_id = self.rng.u32(1..);
         push_message(&mut self.out, t as u32, req_id, tx_id, payload);
         self.expected.push_back(Expect {
             msg_type: reply,
@@ -434,8 +407,8 @@ impl<'p> Client<'p> {
         let mut moved = false;
         if self.out_at < self.out.len() {
             let mut chunk = self.out.len() - self.out_at;
-            if self.rng.chance(1, 4) {
-                chunk = self.rng.range(1, chunk);
+            if one_in(&mut self.rng, 4) {
+                chunk = self.rng.usize(1..=chunk);
             }
             let n = match self
                 .guest
@@ -457,14 +430,14 @@ impl<'p> Client<'p> {
                 self.out_at = 0;
             }
         }
-        if self.config.lag && self.rng.chance(1, 200) {
+        if self.config.lag && one_in(&mut self.rng, 200) {
             self.stats.guest_sleeps += 1;
-            thread::sleep(Duration::from_micros(self.rng.range(20, 300) as u64));
+            thread::sleep(Duration::from_micros(self.rng.u64(20..=300)));
         }
         let mut buf = [0u8; RING_SIZE];
-        let want = match self.rng.below(8) {
-            0 => self.rng.range(1, 24),
-            1 => self.rng.range(1, RING_SIZE),
+        let want = match self.rng.u32(..8) {
+            0 => self.rng.usize(1..=24),
+            1 => self.rng.usize(1..=RING_SIZE),
             _ => RING_SIZE,
         };
         let n = match self.guest.read(&mut buf[..want]) {
@@ -626,12 +599,12 @@ impl<'p> Client<'p> {
 
     /// A path from the universe, or an existing node (so that reads mostly hit).
     fn pick(&mut self) -> Vec<u8> {
-        if self.rng.chance(1, 3)
+        if one_in(&mut self.rng, 3)
             && let Some(p) = self.model.random_node(&mut self.rng)
         {
             return p;
         }
-        let i = self.rng.below(self.universe.len() as u64) as usize;
+        let i = self.rng.usize(..self.universe.len());
         self.universe[i].clone()
     }
 
@@ -647,7 +620,7 @@ impl<'p> Client<'p> {
 
     /// The path as sent: relative, or sometimes absolute.
     fn wire(&mut self, rel: &[u8]) -> Vec<u8> {
-        if self.rng.chance(1, 4) {
+        if one_in(&mut self.rng, 4) {
             absolute(rel)
         } else {
             rel.to_vec()
@@ -655,16 +628,16 @@ impl<'p> Client<'p> {
     }
 
     fn value_len(&mut self, max: usize) -> usize {
-        match self.rng.below(10) {
-            0..4 => self.rng.range(0, 16.min(max)),
-            4..7 => self.rng.range(0, 512.min(max)),
-            7..9 => self.rng.range(0, max),
+        match self.rng.u32(..10) {
+            0..4 => self.rng.usize(0..=16.min(max)),
+            4..7 => self.rng.usize(0..=512.min(max)),
+            7..9 => self.rng.usize(0..=max),
             _ => max,
         }
     }
 
     fn write(&mut self) {
-        let rel = if self.rng.chance(1, 50) {
+        let rel = if one_in(&mut self.rng, 50) {
             DATA.to_vec()
         } else {
             self.pick_below_data()
@@ -768,9 +741,9 @@ impl<'p> Client<'p> {
 
     fn watch_or_unwatch(&mut self) {
         let unwatch = !self.watches.is_empty()
-            && (self.watches.len() >= MAX_WATCHES || self.rng.chance(1, 3));
+            && (self.watches.len() >= MAX_WATCHES || one_in(&mut self.rng, 3));
         if unwatch {
-            let i = self.rng.below(self.watches.len() as u64) as usize;
+            let i = self.rng.usize(..self.watches.len());
             let w = self.watches.swap_remove(i);
             let mut payload = w.wire_path();
             payload.push(0);
@@ -785,11 +758,11 @@ impl<'p> Client<'p> {
         let path = self.pick();
         self.next_token += 1;
         // Tokens of varied lengths, unique per registration.
-        let pad = self.rng.range(0, 40);
+        let pad = self.rng.usize(0..=40);
         let token = format!("t{}{}", self.next_token, "k".repeat(pad)).into_bytes();
         let w = WatchReg {
             path,
-            absolute: self.rng.chance(1, 3),
+            absolute: one_in(&mut self.rng, 3),
             token,
         };
         let mut payload = w.wire_path();
@@ -804,10 +777,10 @@ impl<'p> Client<'p> {
 
     /// Requests the store must refuse.
     fn refused(&mut self) {
-        match self.rng.below(3) {
+        match self.rng.u32(..3) {
             0 => self.err(MsgType::Read, 0, b"/tool\0", "EACCES"),
             1 => {
-                let req_id = (self.rng.next() as u32).max(1);
+                let req_id = self.rng.u32(1..);
                 push_message(&mut self.out, 99, req_id, 0, b"x\0");
                 self.expected.push_back(Expect {
                     msg_type: MsgType::Error as u32,
@@ -853,7 +826,7 @@ impl<'p> Client<'p> {
         let Some(tx) = self.model.tx.take() else {
             return;
         };
-        let commit = !self.rng.chance(1, 10);
+        let commit = !one_in(&mut self.rng, 10);
         let payload: &[u8] = if commit { b"T\0" } else { b"F\0" };
         self.send(
             MsgType::TransactionEnd,
@@ -876,7 +849,7 @@ impl<'p> Client<'p> {
         if let Some(t) = &mut self.model.tx {
             t.ops += 1;
             let ops = t.ops;
-            match self.rng.below(100) {
+            match self.rng.u32(..100) {
                 _ if ops > 12 => self.end(),
                 0..40 => self.write(),
                 40..65 => self.read(),
@@ -887,7 +860,7 @@ impl<'p> Client<'p> {
             }
             return false;
         }
-        match self.rng.below(100) {
+        match self.rng.u32(..100) {
             0..30 => self.write(),
             30..50 => self.read(),
             50..58 => self.directory(),
@@ -909,10 +882,10 @@ impl<'p> Client<'p> {
     fn run(&mut self) {
         let mut generated = 0u64;
         while generated < self.config.requests || self.model.tx.is_some() {
-            let batch = if self.rng.chance(1, 2) {
+            let batch = if one_in(&mut self.rng, 2) {
                 1
             } else {
-                self.rng.range(2, MAX_PIPELINE as usize) as u64
+                self.rng.u64(2..=MAX_PIPELINE)
             };
             let mut barrier = false;
             for _ in 0..batch {
@@ -922,7 +895,7 @@ impl<'p> Client<'p> {
                     break;
                 }
             }
-            let left = if barrier { 0 } else { self.rng.range(0, 3) };
+            let left = if barrier { 0 } else { self.rng.usize(0..=3) };
             self.flush(left);
         }
         self.flush(0);
@@ -1006,7 +979,7 @@ fn serve(
     let id = store.connect(DomId(5)).map_err(|e| e.to_string())?;
     let mut conn = Connection::new(id, Access::default(), Limits::default());
     let mut server = Server::new(page, Server::<&SharedPage>::FEATURES);
-    let mut rng = Rng(config.seed ^ 0x5e4e_4e4e);
+    let mut rng = Rng::with_seed(config.seed ^ 0x5e4e_4e4e);
     let mut stats = ServerStats::default();
     let mut idle = 0u32;
     loop {
@@ -1038,9 +1011,9 @@ fn serve(
                 thread::yield_now();
             }
         }
-        if config.lag && rng.chance(1, 300) {
+        if config.lag && one_in(&mut rng, 300) {
             stats.sleeps += 1;
-            thread::sleep(Duration::from_micros(rng.range(20, 400) as u64));
+            thread::sleep(Duration::from_micros(rng.u64(20..=400)));
         }
     }
     store.check().map_err(|e| format!("store check: {e}"))?;

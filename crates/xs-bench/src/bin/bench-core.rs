@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use xs_bench::harness::verdict;
 use xs_bench::host::{self, Base, Host, TEMPLATE};
-use xs_bench::{CountingAlloc, Harness, Unit, XorShift, latency};
+use xs_bench::{CountingAlloc, Harness, Unit, latency};
 use xs_core::{ConnId, DomId, Store, StoreConfig, XsError, XsResult};
 
 #[global_allocator]
@@ -177,11 +177,11 @@ fn pattern_len(nodes: usize) -> usize {
 }
 
 /// Random existing leaves of random guests.
-fn random_leaves(host: &Host, rng: &mut XorShift, count: usize) -> PathList {
+fn random_leaves(host: &Host, rng: &mut fastrand::Rng, count: usize) -> PathList {
     let leaves: Vec<_> = TEMPLATE.iter().filter(|e| e.is_leaf()).collect();
     PathList::generate(count, |_, out| {
         let d = host.random_domid(rng);
-        host::push_path(leaves[rng.below(leaves.len())], d, out);
+        host::push_path(leaves[rng.usize(..leaves.len())], d, out);
     })
 }
 
@@ -246,13 +246,13 @@ fn store_ops(h: &mut Harness, label: &str, nodes: usize) {
     }
     eprintln!("size {label}:");
     let (mut store, conn, host) = build_host(nodes);
-    let mut rng = XorShift::new(SEED);
+    let mut rng = fastrand::Rng::with_seed(SEED);
     let count = pattern_len(store.node_count());
     let leaves = random_leaves(&host, &mut rng, count);
     let listable: Vec<_> = TEMPLATE.iter().filter(|e| e.listable).collect();
     let dirs = PathList::generate(count, |_, out| {
         let d = host.random_domid(&mut rng);
-        host::push_path(listable[rng.below(listable.len())], d, out);
+        host::push_path(listable[rng.usize(..listable.len())], d, out);
     });
     // Fresh names under random guests' `data` directories (each is removed again right after
     // it is created, so cycling through the list never finds one existing).
@@ -456,7 +456,7 @@ fn watches(h: &mut Harness) {
     }
     eprintln!("watches:");
     let (mut store, conn, host) = build_host(nodes);
-    let mut rng = XorShift::new(SEED ^ 0x77);
+    let mut rng = fastrand::Rng::with_seed(SEED ^ 0x77);
     let leaves = random_leaves(&host, &mut rng, pattern_len(store.node_count()));
     let queue_len = store.config().event_queue_len;
     let mut seen = Drained::default();
