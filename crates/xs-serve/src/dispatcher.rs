@@ -607,12 +607,8 @@ impl<S: Services> Dispatcher<S> {
                     fault.code()
                 ));
             }
-            if done.fault.is_some() {
-                // Served again only when the guest asks for a reconnection (and notifies).
-                self.services.rearm(s.local_port);
-                self.pending.remove(&domid);
-                return;
-            }
+            // A broken ring is served again only when the guest asks for a reconnection: the
+            // re-check then looks for that request alone.
             if !quiesce(&mut self.services, s, &self.store) {
                 self.pending.remove(&domid);
                 return;
@@ -764,7 +760,8 @@ impl<S: Services> Dispatcher<S> {
 /// The end of a ring's service: re-arms its port, then re-checks the ring after the full
 /// fence ([`Server::recheck`] issues it). Returns whether the ring must be pumped again. A
 /// connection that takes no input (too many replies unread) is woken by the guest reading
-/// them, which frees ring space and notifies.
+/// them, which frees ring space and notifies; a broken ring, by the guest's request for a
+/// reconnection.
 fn quiesce<S: Services>(services: &mut S, s: &mut Served<S::Ring>, store: &Store) -> bool {
     // The event that brought us here was taken (its pending bit cleared, or the port masked)
     // before the pump; re-arming now means anything the guest publishes after the re-check
