@@ -720,3 +720,358 @@ pub fn ring_stats(steps: &[RingStep]) -> RingStats {
     );
     served.stats
 }
+
+/// One step of [`dispatcher`]: what dom0's toolstack (over its ring), the program embedding
+/// the store (host-side calls, an in-process session), the guests (well-formed and hostile)
+/// and the platform (domain states, failures, stale events) do. Guests are domains 1 to 3.
+#[derive(Arbitrary, Debug, Clone)]
+pub enum DispatchStep {
+    /// Dom0 sends `INTRODUCE` for a guest (port 0 is refused by the store).
+    Introduce { guest: u8, port: u8 },
+    /// The program introduces a guest itself.
+    HostIntroduce { guest: u8, port: u8 },
+    /// Dom0 sends `RELEASE`.
+    Release { guest: u8 },
+    /// The program releases a guest itself.
+    HostRelease { guest: u8 },
+    /// The platform reports a guest's state (running, shut down, dying) and `VIRQ_DOM_EXC`.
+    State { guest: u8, state: u8 },
+    /// The platform builds a new domain with the guest's id (a fresh page; Xen reuses ids).
+    Recreate { guest: u8 },
+    /// The platform's next map or bind for a guest fails.
+    Fail { guest: u8, bind: bool },
+    /// A well-formed request from dom0 (`who` 0) or a guest, then an event on its port.
+    Request {
+        who: u8,
+        msg_type: u8,
+        path: u8,
+        tx_id: u8,
+    },
+    /// Arbitrary bytes through an end's ring, then an event.
+    Write { who: u8, bytes: Vec<u8> },
+    /// A field of an end's page set to anything, then an event.
+    SetField { who: u8, field: u8, value: u32 },
+    /// An end asks for a reconnection, then an event.
+    Reconnect { who: u8 },
+    /// An end reads (part of) its replies.
+    Read { who: u8, len: u16 },
+    /// An event on any port number (stale and unknown ones included).
+    Event { port: u8 },
+    /// Left-over work is done.
+    RunPending,
+    /// The program's own session writes or watches under a guest's home.
+    Local { op: u8, path: u8 },
+}
+
+/// Decodes as many dispatcher steps as `data` holds.
+pub fn decode_dispatch_steps(data: &[u8]) -> Vec<DispatchStep> {
+    let mut u = arbitrary::Unstructured::new(data);
+    let mut steps = Vec::new();
+    while !u.is_empty() {
+        match DispatchStep::arbitrary(&mut u) {
+            Ok(step) => steps.push(step),
+            Err(_) => break,
+        }
+    }
+    steps
+}
+
+/// What a [`dispatcher`] run went through (the smoke test checks that seeded runs reach the
+/// interesting states).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DispatchStats {
+    pub steps: usize,
+    pub introduced: usize,
+    pub released: usize,
+    pub died: usize,
+    pub broken: usize,
+}
+
+impl std::ops::AddAssign for DispatchStats {
+    fn add_assign(&mut self, o: Self) {
+        self.steps += o.steps;
+        self.introduced += o.introduced;
+        self.released += o.released;
+        self.died += o.died;
+        self.broken += o.broken;
+    }
+}
+
+/// xs-serve's dispatcher over the fake platform, serving dom0 (from the start, as a stub
+/// domain does) and up to three guests, driven by [`DispatchStep`]s. After every step:
+///
+/// * the store's consistency check holds;
+/// * the ports bound on the platform are exactly the served domains' ports (none leaked by
+///   releases, deaths, failed set-ups or rebinds), and every served guest is introduced;
+/// * nothing a guest does stops dom0 from being served (checked at the end).
+///
+/// At the end every guest is introduced afresh by the program and answers `READ domid` over
+/// its ring, and dom0, after a reconnection, answers too: a hostile or dead guest leaves
+/// nothing behind that breaks a later one.
+pub fn dispatcher(data: &[u8]) {
+    dispatcher_stats(&decode_dispatch_steps(data));
+}
+
+/// [`dispatcher`] on decoded steps, returning what happened.
+pub fn dispatcher_stats(steps: &[DispatchStep]) -> DispatchStats {
+    use xs_core::wire::MsgType;
+    use xs_ring::Page;
+    use xs_ring::layout::Field;
+    use xs_serve::fake::{FakeRing, FakeServices};
+    use xs_serve::guest::GuestClient;
+    use xs_serve::{BootPort, BootRing, Bootstrap, Dispatcher, DomainState, ServeConfig};
+
+    const GUESTS: u16 = 3;
+    let guest = |g: &u8| DomId(u16::from(*g) % GUESTS + 1);
+    let who = |w: &u8| DomId(u16::from(*w) % (GUESTS + 1));
+
+    let mut fake = FakeServices::new();
+    let mut ends: Vec<GuestClient<FakeRing>> = Vec::new();
+    ends.push(GuestClient::new(fake.create_domain(DomId::DOM0)));
+    for d in 1..=GUESTS {
+        ends.push(GuestClient::new(fake.create_domain(DomId(d))));
+    }
+    let config = ServeConfig {
+        store: StoreConfig {
+            event_queue_len: 8,
+            ..StoreConfig::new([1, 2])
+        },
+        ..ServeConfig::default()
+    };
+    let boot = Bootstrap {
+        domid: DomId::DOM0,
+        ring: BootRing::Grant { gfn: 0 },
+        port: BootPort::Remote(1),
+    };
+    let Ok(mut xs) = Dispatcher::with_bootstrap(fake, config, boot) else {
+        return DispatchStats::default();
+    };
+    let Ok(local) = xs.connect(DomId::DOM0) else {
+        return DispatchStats::default();
+    };
+    let mut stats = DispatchStats::default();
+    let mut req_id = 0u32;
+    let mut msg = Vec::new();
+    let kick = |xs: &mut Dispatcher<FakeServices>, d: DomId| {
+        if let Some(port) = xs.local_port(d) {
+            xs.on_event(port);
+        }
+    };
+
+    for step in steps {
+        stats.steps += 1;
+        match step {
+            DispatchStep::Introduce { guest: g, port }
+            | DispatchStep::HostIntroduce { guest: g, port } => {
+                let d = guest(g);
+                let intro = Introduction {
+                    gfn: 0xfeffc,
+                    evtchn: u32::from(*port) % 8,
+                };
+                if matches!(step, DispatchStep::HostIntroduce { .. }) {
+                    let _ = xs.introduce(d, intro);
+                } else {
+                    let body = format!("{}\0{}\0{}\0", d.0, intro.gfn, intro.evtchn);
+                    req_id = req_id.wrapping_add(1);
+                    msg.clear();
+                    push_message(
+                        &mut msg,
+                        MsgType::Introduce as u32,
+                        req_id,
+                        0,
+                        body.as_bytes(),
+                    );
+                    let _ = ends[0].ring().write(&msg);
+                    kick(&mut xs, DomId::DOM0);
+                }
+                if xs.local_port(d).is_some() {
+                    stats.introduced += 1;
+                }
+            }
+            DispatchStep::Release { guest: g } => {
+                let body = format!("{}\0", guest(g).0);
+                req_id = req_id.wrapping_add(1);
+                msg.clear();
+                push_message(
+                    &mut msg,
+                    MsgType::Release as u32,
+                    req_id,
+                    0,
+                    body.as_bytes(),
+                );
+                let _ = ends[0].ring().write(&msg);
+                kick(&mut xs, DomId::DOM0);
+            }
+            DispatchStep::HostRelease { guest: g } => {
+                if xs.release(guest(g)).is_ok() {
+                    stats.released += 1;
+                }
+            }
+            DispatchStep::State { guest: g, state } => {
+                let d = guest(g);
+                let s = match state % 3 {
+                    0 => DomainState::Running,
+                    1 => DomainState::Shutdown,
+                    _ => DomainState::Dying,
+                };
+                let served = xs.local_port(d).is_some();
+                xs.services_mut().set_state(d, s);
+                xs.on_dom_exc();
+                if served && s == DomainState::Dying {
+                    assert_eq!(xs.local_port(d), None, "a dying dom{d} is still served");
+                    assert!(!xs.store().is_introduced(d));
+                    stats.died += 1;
+                }
+            }
+            DispatchStep::Recreate { guest: g } => {
+                let d = guest(g);
+                let page = xs.services_mut().create_domain(d);
+                ends[usize::from(d.0)] = GuestClient::new(page);
+            }
+            DispatchStep::Fail { guest: g, bind } => {
+                if *bind {
+                    xs.services_mut().fail_bind(guest(g));
+                } else {
+                    xs.services_mut().fail_map(guest(g));
+                }
+            }
+            DispatchStep::Request {
+                who: w,
+                msg_type,
+                path,
+                tx_id,
+            } => {
+                let d = who(w);
+                let t = RING_TYPES[usize::from(*msg_type) % RING_TYPES.len()];
+                let mut payload = RING_PATHS[usize::from(*path) % RING_PATHS.len()].to_vec();
+                payload.push(0);
+                match t {
+                    MsgType::Write => payload.extend_from_slice(b"value"),
+                    MsgType::Watch | MsgType::Unwatch => payload.extend_from_slice(b"tok\0"),
+                    MsgType::TransactionEnd => payload = b"T\0".to_vec(),
+                    MsgType::DirectoryPart => payload.extend_from_slice(b"0\0"),
+                    _ => {}
+                }
+                let _ = ends[usize::from(d.0)].send(t, u32::from(*tx_id % 3), &payload);
+                kick(&mut xs, d);
+            }
+            DispatchStep::Write { who: w, bytes } => {
+                let d = who(w);
+                let _ = ends[usize::from(d.0)].ring().write(bytes);
+                kick(&mut xs, d);
+            }
+            DispatchStep::SetField {
+                who: w,
+                field,
+                value,
+            } => {
+                let d = who(w);
+                let f = RING_FIELDS[usize::from(*field) % RING_FIELDS.len()];
+                ends[usize::from(d.0)].ring().page().store(f, *value);
+                kick(&mut xs, d);
+                if ends[usize::from(d.0)].ring().page().load(Field::Error) != 0 {
+                    stats.broken += 1;
+                }
+            }
+            DispatchStep::Reconnect { who: w } => {
+                let d = who(w);
+                ends[usize::from(d.0)].ring().request_reconnect();
+                kick(&mut xs, d);
+                if ends[usize::from(d.0)].ring().reconnected() {
+                    ends[usize::from(d.0)].forget_in_flight();
+                }
+            }
+            DispatchStep::Read { who: w, len } => {
+                let mut buf = vec![0u8; usize::from(*len) % 2048];
+                let _ = ends[usize::from(who(w).0)].ring().read(&mut buf);
+                kick(&mut xs, who(w));
+            }
+            DispatchStep::Event { port } => xs.on_event(u32::from(*port) % 24),
+            DispatchStep::RunPending => xs.run_pending(),
+            DispatchStep::Local { op, path } => {
+                let d = guest(path);
+                let p = format!("/local/domain/{}/data/x{}", d.0, op % 4);
+                let _ = xs.session(local, |s| match op % 3 {
+                    0 => s.write(&p, b"from the host"),
+                    1 => s.watch(&p, "host", Some(u32::from(op % 2))),
+                    _ => s.rm(&p),
+                });
+                xs.take_local_notifications();
+                xs.session(local, |s| s.drain_events());
+            }
+        }
+        // After every step.
+        assert_eq!(xs.store().check(), Ok(()));
+        let mut served_ports: Vec<u32> = xs.ports().collect();
+        served_ports.sort_unstable();
+        assert_eq!(
+            xs.services().bound_ports(),
+            served_ports,
+            "leaked or lost ports"
+        );
+        for d in xs.served() {
+            assert!(
+                xs.store().is_introduced(d),
+                "dom{d} served but not introduced"
+            );
+        }
+        assert!(
+            xs.local_port(DomId::DOM0).is_some(),
+            "dom0 is no longer served"
+        );
+    }
+
+    // Whatever happened, the program can introduce every guest afresh and serve it.
+    while xs.has_work() {
+        xs.run_pending();
+    }
+    for d in 1..=GUESTS {
+        let d = DomId(d);
+        let _ = xs.release(d);
+        let page = xs.services_mut().create_domain(d);
+        // A map and a bind failure may still be scripted: each is used up by one attempt.
+        let intro = Introduction { gfn: 1, evtchn: 1 };
+        let mut result = xs.introduce(d, intro);
+        for _ in 0..2 {
+            if result
+                == Err(xs_serve::Error::Services(
+                    xs_serve::fake::FakeError::Scripted,
+                ))
+            {
+                result = xs.introduce(d, intro);
+            }
+        }
+        assert_eq!(
+            result,
+            Ok(xs_core::store::Introduced::New),
+            "introducing dom{d} afresh"
+        );
+        let mut end = GuestClient::new(page);
+        let id = end.send(MsgType::Read, 0, b"domid\0").unwrap_or(0);
+        kick(&mut xs, d);
+        let replies = end.receive().unwrap_or_default();
+        let reply = replies.iter().find(|m| m.req_id == id && !m.is_event());
+        assert_eq!(
+            reply.map(|m| m.payload.clone()),
+            Some(format!("{}", d.0).into_bytes()),
+            "dom{d} after a fresh introduction"
+        );
+    }
+    // And dom0, after a reconnection, is answered.
+    let dom0 = &mut ends[0];
+    dom0.ring().request_reconnect();
+    kick(&mut xs, DomId::DOM0);
+    assert!(dom0.ring().reconnected(), "dom0's reconnection");
+    dom0.forget_in_flight();
+    let _ = dom0.receive();
+    let id = dom0
+        .send(MsgType::Read, 0, b"/local/domain/0\0")
+        .unwrap_or(0);
+    kick(&mut xs, DomId::DOM0);
+    let replies = dom0.receive().unwrap_or_default();
+    assert!(
+        replies.iter().any(|m| m.req_id == id && !m.is_event()),
+        "dom0 answered after everything"
+    );
+    stats
+}

@@ -192,3 +192,82 @@ fn ring() {
         "{t:?}"
     );
 }
+
+#[test]
+fn dispatcher() {
+    use xs_fuzz::DispatchStep as S;
+    let mut rng = seeded(0x5eed_0005);
+    for input in saved_inputs("dispatcher") {
+        xs_fuzz::dispatcher(&input);
+    }
+    let mut total = xs_fuzz::DispatchStats::default();
+    for _ in 0..runs() / 20 {
+        total += xs_fuzz::dispatcher_stats(&xs_fuzz::decode_dispatch_steps(&bytes(&mut rng, 300)));
+    }
+    // Mostly the toolstack's and the guests' ordinary life, with now and then a hostile or
+    // failing step, so that runs reach introduced, working, broken and dead guests.
+    for _ in 0..runs() / 20 {
+        let mut steps = Vec::new();
+        for _ in 0..rng.u32(..60) {
+            let (guest, who) = (rng.u8(..), rng.u8(..));
+            steps.push(match rng.u32(..24) {
+                0..=2 => S::Introduce {
+                    guest,
+                    port: rng.u8(1..8),
+                },
+                3 | 4 => S::HostIntroduce {
+                    guest,
+                    port: rng.u8(..8),
+                },
+                5 => S::Release { guest },
+                6 => S::HostRelease { guest },
+                7 | 8 => S::State {
+                    guest,
+                    state: rng.u8(..),
+                },
+                9 => S::Recreate { guest },
+                10 => S::Fail {
+                    guest,
+                    bind: rng.bool(),
+                },
+                11..=15 => S::Request {
+                    who,
+                    msg_type: rng.u8(..),
+                    path: rng.u8(..),
+                    tx_id: rng.u8(..),
+                },
+                16 => S::Write {
+                    who,
+                    bytes: bytes(&mut rng, 40),
+                },
+                17 => S::SetField {
+                    who,
+                    field: rng.u8(..),
+                    value: if rng.bool() {
+                        rng.u32(..)
+                    } else {
+                        rng.u32(..2048)
+                    },
+                },
+                18 => S::Reconnect { who },
+                19 | 20 => S::Read {
+                    who,
+                    len: rng.u16(..),
+                },
+                21 => S::Event { port: rng.u8(..) },
+                22 => S::RunPending,
+                _ => S::Local {
+                    op: rng.u8(..),
+                    path: rng.u8(..),
+                },
+            });
+        }
+        total += xs_fuzz::dispatcher_stats(&steps);
+    }
+    let t = total;
+    eprintln!("dispatcher smoke: {t:?}");
+    assert!(
+        t.introduced > 100 && t.released > 10 && t.died > 10 && t.broken > 10,
+        "{t:?}"
+    );
+}
