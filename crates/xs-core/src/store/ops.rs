@@ -395,6 +395,12 @@ impl Store {
 
 /// Formats a `DIRECTORY_PART` reply from the full NUL-terminated list, exactly as C
 /// xenstored cuts it: whole names while they fit, the offset taken as a byte offset.
+///
+/// A name fits when its terminating NUL lies before `max`, so the part is everything up to
+/// the last NUL of the first `max` bytes: one backward `memrchr` over at most a page, rather
+/// than a forward scan name by name (a listing of thousands of domains is cut into many
+/// parts). A list whose end lacks a NUL (never the store's) ends the part with its
+/// unterminated tail when that fits, as the name-by-name cut does.
 pub(crate) fn format_directory_part(list: &[u8], gencnt: u64, offset: usize, out: &mut Vec<u8>) {
     push_decimal(out, gencnt);
     out.push(0);
@@ -405,21 +411,14 @@ pub(crate) fn format_directory_part(list: &[u8], gencnt: u64, offset: usize, out
         return;
     };
     let max = PAYLOAD_MAX.saturating_sub(genlen).saturating_sub(1);
-    let mut len = 0usize;
-    let mut complete = false;
-    while let Some(tail) = rest.get(len..) {
-        let name_len = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
-        if len.saturating_add(name_len) >= max {
-            break;
-        }
-        len = len.saturating_add(name_len).saturating_add(1);
-        if len >= rest.len() {
-            complete = true;
-            break;
-        }
+    let window = rest.get(..max.min(rest.len())).unwrap_or_default();
+    let mut len = memchr::memrchr(0, window).map_or(0, |nul| nul.saturating_add(1));
+    let unterminated_tail = rest.get(len..).is_some_and(|t| !t.contains(&0));
+    if len < rest.len() && unterminated_tail && rest.len() < max {
+        len = rest.len();
     }
-    out.extend_from_slice(rest.get(..len.min(rest.len())).unwrap_or_default());
-    if complete {
+    out.extend_from_slice(rest.get(..len).unwrap_or_default());
+    if len == rest.len() {
         out.push(0);
     }
 }
@@ -461,5 +460,58 @@ mod tests {
         let mut out = Vec::new();
         format_directory_part(b"a\0b\0", 7, 0, &mut out);
         assert_eq!(out, b"7\0a\0b\0\0");
+    }
+
+    /// The cut name by name, as C xenstored walks it: the reference for the one-pass cut.
+    fn cut_name_by_name(list: &[u8], gencnt: u64, offset: usize, out: &mut Vec<u8>) {
+        push_decimal(out, gencnt);
+        out.push(0);
+        let genlen = out.len();
+        let Some(rest) = list.get(offset..).filter(|r| !r.is_empty()) else {
+            out.push(0);
+            return;
+        };
+        let max = PAYLOAD_MAX - genlen - 1;
+        let mut len = 0usize;
+        let mut complete = false;
+        while let Some(tail) = rest.get(len..) {
+            let name_len = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
+            if len + name_len >= max {
+                break;
+            }
+            len += name_len + 1;
+            if len >= rest.len() {
+                complete = true;
+                break;
+            }
+        }
+        out.extend_from_slice(&rest[..len.min(rest.len())]);
+        if complete {
+            out.push(0);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_one_pass_cut_is_the_name_by_name_cut(
+            names in proptest::collection::vec(proptest::collection::vec(1u8..=255, 0..300), 0..40),
+            terminated in proptest::bool::ANY,
+            offset in 0usize..12_000,
+            gencnt in 0u64..u64::MAX,
+        ) {
+            let mut list = Vec::new();
+            for n in &names {
+                list.extend_from_slice(n);
+                list.push(0);
+            }
+            if !terminated {
+                list.pop();
+            }
+            let offset = if list.is_empty() { offset } else { offset % (list.len() + 2) };
+            let (mut got, mut want) = (Vec::new(), Vec::new());
+            format_directory_part(&list, gencnt, offset, &mut got);
+            cut_name_by_name(&list, gencnt, offset, &mut want);
+            proptest::prop_assert_eq!(got, want);
+        }
     }
 }
