@@ -135,3 +135,16 @@ fn directory_part_walks_a_large_directory() {
         gencnt
     );
 }
+
+#[test]
+fn dead_and_unknown_connections_are_refused() {
+    let mut h = Host::new();
+    let g = h.guest(3);
+    h.store.release(h.dom0, DomId(3)).unwrap();
+    assert_eq!(h.s(g).read("/"), Err(XsError::Io));
+    h.store.disconnect(g);
+    assert_eq!(h.s(g).read("/"), Err(XsError::Inval));
+    assert_eq!(h.store.connect(DomId(0x7FF5)), Err(XsError::Inval));
+    let _ = Access::READ;
+    let _ = vec![0u8];
+}

@@ -154,3 +154,66 @@ fn toolstack_may_set_permissions_before_introducing() {
     let g = h.guest(20);
     assert_eq!(h.s(g).read("/local/domain/20").unwrap(), b"");
 }
+
+#[test]
+fn privileged_domains_can_be_introduced_but_not_released() {
+    let mut h = Host::with(StoreConfig {
+        privileged: alloc::vec![DomId(3)],
+        ..StoreConfig::new([1, 2])
+    });
+    let intro = Introduction { gfn: 1, evtchn: 2 };
+    assert_eq!(
+        h.store.introduce(h.dom0, DomId(3), intro),
+        Ok(Introduced::New)
+    );
+    assert_eq!(
+        h.store.introduce(h.dom0, DomId(0), intro),
+        Ok(Introduced::Rebind)
+    );
+    let p = h.store.connect(DomId(3)).unwrap();
+    h.s(p).write("/anywhere", b"x").unwrap();
+    assert_eq!(h.store.release(h.dom0, DomId(3)), Err(XsError::Inval));
+    assert_eq!(h.store.release(h.dom0, DomId(0)), Err(XsError::Inval));
+}
+
+/// The root goes back to dom0 only after the released owner's nodes below it are removed:
+/// a watcher who could read the root (and so list the removed node) is told of the removal,
+/// as it would be if the nodes went one by one.
+#[test]
+fn removals_at_release_are_reported_with_the_permissions_before_it() {
+    let mut h = Host::new();
+    let _g1 = h.guest(1);
+    let g2 = h.guest(2);
+    h.d0().mkdir("/a").unwrap();
+    h.d0().set_perms("/a", &perms(&["n1"])).unwrap();
+    h.d0().set_perms("/", &perms(&["r1"])).unwrap();
+    h.s(g2).watch("/a", "t", None).unwrap();
+    assert_eq!(h.events(g2).len(), 1, "the initial event");
+    h.store.release(h.dom0, DomId(1)).unwrap();
+    h.checked();
+    assert_eq!(h.d0().read("/a"), Err(XsError::NoEnt));
+    assert_eq!(h.d0().get_perms("/").unwrap(), perms(&["n0"]));
+    assert_eq!(h.events(g2), [ev("/a", "t")]);
+}
+
+/// Found by the store_ops fuzz harness: dom0 gives the root to a guest, the guest creates
+/// nodes below it, the guest is released. The root is handed back to dom0 (it cannot be
+/// removed) and must not shelter the guest's nodes below it: they are removed as any
+/// other nodes the guest owned, so nothing is left owned by a domain that is gone.
+#[test]
+fn releasing_the_owner_of_the_root_removes_its_nodes_below_it() {
+    let mut h = Host::new();
+    let g = h.guest(1);
+    h.d0().set_perms("/", &perms(&["w1", "r0"])).unwrap();
+    h.s(g).write("/a/d", b"x").unwrap();
+    // dom0's own node there survives (created under the guest's root it inherits the guest
+    // as owner, so dom0 takes it).
+    h.d0().write("/kept", b"y").unwrap();
+    h.d0().set_perms("/kept", &perms(&["n0"])).unwrap();
+    assert_eq!(h.d0().get_perms("/a").unwrap(), perms(&["w1", "r0"]));
+    h.store.release(h.dom0, DomId(1)).unwrap();
+    h.checked();
+    assert_eq!(h.d0().get_perms("/").unwrap(), perms(&["n0"]));
+    assert_eq!(h.d0().read("/a"), Err(XsError::NoEnt));
+    assert_eq!(h.d0().read("/kept").unwrap(), b"y");
+}

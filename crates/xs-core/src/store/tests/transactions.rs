@@ -265,3 +265,32 @@ fn a_transaction_held_open_cannot_pin_unbounded_history() {
     assert!(h.store.history_bytes() <= 4096);
     assert_eq!(h.s(g).transaction_end(tx, true), Err(XsError::Again));
 }
+
+/// A transaction that creates a node and removes it again changes nothing at its commit, so a
+/// transaction that listed the parent meanwhile still commits: the listing it saw is the
+/// committed one in either serial order. (C xenstored rewrites the parent at the first
+/// commit, so the second gets EAGAIN; fewer spurious conflicts is the point of comparing
+/// what was read.) A real change of the listed children still conflicts.
+#[test]
+fn a_create_then_rm_elsewhere_does_not_conflict_with_a_listing() {
+    let mut h = Host::new();
+    let other = h.store.connect(DomId::DOM0).unwrap();
+    for (then_write, expect) in [(false, Ok(())), (true, Err(XsError::Again))] {
+        let a = h.s(other).transaction_start().unwrap();
+        h.s(other).in_tx(a).write("/a", b"").unwrap();
+        h.s(other).in_tx(a).rm("/a").unwrap();
+        if then_write {
+            h.s(other).in_tx(a).write("/b", b"").unwrap();
+        }
+        let d = h.d0().transaction_start().unwrap();
+        let listed = h.d0().in_tx(d).directory("/").unwrap();
+        assert_eq!(names(listed), ["tool"]);
+        assert_eq!(h.s(other).transaction_end(a, true), Ok(()));
+        assert_eq!(
+            h.d0().directory("/").unwrap().len(),
+            1 + usize::from(then_write)
+        );
+        assert_eq!(h.d0().transaction_end(d, true), expect);
+        h.checked();
+    }
+}
