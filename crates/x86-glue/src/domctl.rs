@@ -1,10 +1,14 @@
-//! `XEN_DOMCTL_get_domain_state` (`xen/include/public/domctl.h`): the one *stable* domctl
-//! (interface version 0, Xen 4.21 and later), which the XenStore domain may use
-//! (`xsm_get_domain_state`, `XSM_XS_PRIV`). C xenstored asks it through libxenmanage.
+//! Domain state from `xen/include/public/domctl.h`.
 //!
-//! Every other domctl is tied to `XEN_DOMCTL_INTERFACE_VERSION` of one Xen release, so is
-//! not used. On Xen before 4.21 this call fails with `EACCES` (version mismatch), and the
-//! store learns of dying domains only through `RELEASE`.
+//! * `XEN_DOMCTL_get_domain_state`: the one *stable* domctl (interface version 0, Xen 4.21
+//!   and later), which the XenStore domain may use (`xsm_get_domain_state`,
+//!   `XSM_XS_PRIV`). C xenstored asks it through libxenmanage. On Xen before 4.21 it fails
+//!   with `EACCES` (version mismatch).
+//! * `XEN_DOMCTL_getdomaininfo`: what C xenstored asks on older Xen (through libxenctrl),
+//!   for the control domain only. Like every other domctl it is tied to the
+//!   `XEN_DOMCTL_INTERFACE_VERSION` of one Xen release (`EACCES` for any other), so the
+//!   caller finds the version by asking ([`find_interface_version`]); the start of its
+//!   result (the domain and its flags) has not changed across the versions probed.
 
 use crate::hypercall::{Errno, Hypercalls, arg, nr};
 
@@ -22,6 +26,31 @@ pub const STATE_DEAD: u16 = 0x8;
 pub const CAP_CONTROL: u16 = 0x1;
 /// `XEN_DOMCTL_GETDOMSTATE_CAP_XENSTORE`.
 pub const CAP_XENSTORE: u16 = 0x4;
+
+/// `XEN_DOMCTL_getdomaininfo`.
+pub const XEN_DOMCTL_GETDOMAININFO: u32 = 5;
+/// `XEN_DOMINF_dying`: the domain is being destroyed.
+pub const DOMINF_DYING: u32 = 1 << 0;
+/// `XEN_DOMINF_shutdown`: the domain has shut down (the reason is in the flags' high bits).
+pub const DOMINF_SHUTDOWN: u32 = 1 << 2;
+/// `XEN_DOMCTL_INTERFACE_VERSION` of the releases [`find_interface_version`] tries, newest
+/// first: 0x18 (Xen 4.22), 0x17 (4.19 to 4.21), 0x16 (4.18), 0x15 (4.16, 4.17), 0x14 (4.15).
+pub const INTERFACE_VERSIONS: [u32; 5] = [0x18, 0x17, 0x16, 0x15, 0x14];
+
+/// The start of `struct xen_domctl_getdomaininfo` (the rest of the union is left alone).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DomainInfo {
+    /// OUT: the domain the answer is about. Before Xen 4.18 it may be the next domain after
+    /// the one asked for, when that one does not exist.
+    pub domain: u16,
+    /// Padding.
+    pub pad: u16,
+    /// OUT: `XEN_DOMINF_*`.
+    pub flags: u32,
+    /// OUT: pages the domain holds.
+    pub tot_pages: u64,
+}
 
 /// `struct xen_domctl_get_domain_state`.
 #[repr(C)]
@@ -60,6 +89,8 @@ pub struct Domctl {
 pub union DomctlUnion {
     /// `get_domain_state`.
     pub get_domain_state: GetDomainState,
+    /// `getdomaininfo` (its start).
+    pub getdomaininfo: DomainInfo,
     /// `pad[128]`.
     pub pad: [u64; 16],
 }
@@ -87,6 +118,8 @@ const _: () = {
     assert!(offset_of!(GetDomainState, pad0) == 4);
     assert!(offset_of!(GetDomainState, unique_id) == 8);
     assert!(size_of::<Domctl>() == 144);
+    assert!(offset_of!(DomainInfo, flags) == 4);
+    assert!(offset_of!(DomainInfo, tot_pages) == 8);
     assert!(offset_of!(Domctl, interface_version) == 4);
     assert!(offset_of!(Domctl, domain) == 8);
     assert!(offset_of!(Domctl, u) == 16);
@@ -105,6 +138,35 @@ pub fn get_domain_state(hc: &mut impl Hypercalls, domid: u16) -> Result<GetDomai
     Errno::check(hc.call1(nr::DOMCTL, arg(&mut d)))?;
     // SAFETY: all fields of the union are plain integers; any bit pattern is valid.
     Ok(unsafe { d.u.get_domain_state })
+}
+
+/// `XEN_DOMCTL_getdomaininfo` for `domid` under `interface_version`. `EACCES`: the wrong
+/// interface version (or no permission); see [`DomainInfo::domain`] for what older Xen
+/// answers about a domain that does not exist.
+pub fn getdomaininfo(
+    hc: &mut impl Hypercalls,
+    domid: u16,
+    interface_version: u32,
+) -> Result<DomainInfo, Errno> {
+    let mut d = Domctl {
+        cmd: XEN_DOMCTL_GETDOMAININFO,
+        interface_version,
+        domain: domid,
+        pad: [0; 3],
+        u: DomctlUnion { pad: [0; 16] },
+    };
+    Errno::check(hc.call1(nr::DOMCTL, arg(&mut d)))?;
+    // SAFETY: all fields of the union are plain integers; any bit pattern is valid.
+    Ok(unsafe { d.u.getdomaininfo })
+}
+
+/// The `XEN_DOMCTL_INTERFACE_VERSION` this Xen answers `getdomaininfo` for, found by asking
+/// about `domid` (a domain that exists: the caller's own) with each of
+/// [`INTERFACE_VERSIONS`]; `None` if none is accepted (an unknown release, or no permission).
+pub fn find_interface_version(hc: &mut impl Hypercalls, domid: u16) -> Option<u32> {
+    INTERFACE_VERSIONS
+        .into_iter()
+        .find(|&v| getdomaininfo(hc, domid, v).is_ok())
 }
 
 #[cfg(test)]
@@ -128,5 +190,29 @@ mod tests {
             STATE_EXIST | STATE_SHUTDOWN
         );
         assert_eq!(get_domain_state(&mut xen, 8), Err(Errno::EPERM));
+    }
+
+    #[test]
+    fn domain_info_under_the_interface_version_found() {
+        let mut xen = FakeXen::new();
+        xen.be_xen_4_17();
+        xen.add_domain(0);
+        xen.add_domain(4);
+        assert_eq!(get_domain_state(&mut xen, 0), Err(Errno::EACCES));
+        let v = find_interface_version(&mut xen, 0).unwrap();
+        assert_eq!(v, 0x15);
+        assert_eq!(getdomaininfo(&mut xen, 0, 0x17), Err(Errno::EACCES));
+        let info = getdomaininfo(&mut xen, 4, v).unwrap();
+        assert_eq!((info.domain, info.flags), (4, 0));
+        xen.set_domain_state(4, STATE_EXIST | STATE_SHUTDOWN);
+        assert_eq!(
+            getdomaininfo(&mut xen, 4, v).unwrap().flags,
+            DOMINF_SHUTDOWN
+        );
+        // A domain that is gone: 4.17 answers about the next one, or nothing.
+        assert_eq!(getdomaininfo(&mut xen, 2, v).unwrap().domain, 4);
+        assert_eq!(getdomaininfo(&mut xen, 5, v), Err(Errno::ESRCH));
+        xen.refuse_domctl(Errno::EPERM);
+        assert_eq!(find_interface_version(&mut xen, 0), None);
     }
 }

@@ -79,6 +79,10 @@ pub(crate) struct FakeXen {
     calls: Vec<(u64, [u64; 5])>,
     fail: Option<(u64, Errno)>,
     domctl_refusal: Option<Errno>,
+    /// `XEN_DOMCTL_INTERFACE_VERSION` this Xen answers `getdomaininfo` for.
+    domctl_interface: u32,
+    /// Whether `XEN_DOMCTL_get_domain_state` exists (Xen 4.21+).
+    stable_domain_state: bool,
     domains: BTreeMap<u16, Domain>,
     next_unique: u64,
     ports: BTreeMap<u32, Binding>,
@@ -116,6 +120,8 @@ impl FakeXen {
             next_local: 1,
             next_handle: 1,
             next_unique: 1000,
+            domctl_interface: 0x17,
+            stable_domain_state: true,
             ..FakeXen::default()
         }
     }
@@ -142,6 +148,13 @@ impl FakeXen {
     /// Every domctl fails with `e` (an older Xen: `EACCES`).
     pub(crate) fn refuse_domctl(&mut self, e: Errno) {
         self.domctl_refusal = Some(e);
+    }
+
+    /// Answers domctls as Xen 4.17 does: `getdomaininfo` under interface version 0x15
+    /// (about the next domain from the one asked for), no `get_domain_state`.
+    pub(crate) fn be_xen_4_17(&mut self) {
+        self.domctl_interface = 0x15;
+        self.stable_domain_state = false;
     }
 
     pub(crate) fn add_domain(&mut self, domid: u16) {
@@ -500,7 +513,31 @@ impl FakeXen {
                 }
                 // SAFETY: the wrapper passes its local `Domctl`.
                 let x = unsafe { at::<Domctl>(args[0]) };
-                if x.cmd != domctl::XEN_DOMCTL_GET_DOMAIN_STATE || x.interface_version != 0 {
+                if x.cmd == domctl::XEN_DOMCTL_GETDOMAININFO {
+                    if x.interface_version != self.domctl_interface {
+                        return Err(Errno::EACCES);
+                    }
+                    let (&id, d) = self.domains.range(x.domain..).next().ok_or(Errno::ESRCH)?;
+                    let mut flags = 0;
+                    if d.state & (domctl::STATE_DYING | domctl::STATE_DEAD) != 0 {
+                        flags |= domctl::DOMINF_DYING;
+                    }
+                    if d.state & domctl::STATE_SHUTDOWN != 0 {
+                        flags |= domctl::DOMINF_SHUTDOWN;
+                    }
+                    x.domain = id;
+                    x.u.getdomaininfo = domctl::DomainInfo {
+                        domain: id,
+                        pad: 0,
+                        flags,
+                        tot_pages: 256,
+                    };
+                    return Ok(0);
+                }
+                if x.cmd != domctl::XEN_DOMCTL_GET_DOMAIN_STATE
+                    || x.interface_version != 0
+                    || !self.stable_domain_state
+                {
                     return Err(Errno::EACCES);
                 }
                 let d = self.domains.get(&x.domain).ok_or(Errno::EPERM)?;

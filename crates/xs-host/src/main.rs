@@ -8,6 +8,7 @@ mod host;
 mod logger;
 mod server;
 mod trace;
+mod xen;
 
 use std::ffi::OsString;
 use std::fs;
@@ -16,12 +17,15 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use xs_core::{Store, StoreConfig};
+use xs_core::protocol::Limits;
+use xs_core::{DomId, StoreConfig};
+use xs_serve::{BootPort, BootRing, Bootstrap, Dispatcher, ServeConfig, Services as _};
 
 use crate::cli::{Command, Options};
 use crate::host::HostCtx;
-use crate::server::{Server, Sockets};
+use crate::server::{Server, Sockets, Xs};
 use crate::trace::TraceFile;
+use crate::xen::HostServices;
 
 fn main() -> ExitCode {
     let options = match cli::parse(std::env::args_os().skip(1)) {
@@ -153,8 +157,6 @@ fn run(options: &Options) -> io::Result<()> {
             .create(dir)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
     }
-    let store = Store::new(store_config(options)?)
-        .map_err(|e| io::Error::other(format!("cannot create the store: {e}")))?;
     let trace = match &options.trace_file {
         Some(p) => Some(
             TraceFile::open(p)
@@ -168,7 +170,8 @@ fn run(options: &Options) -> io::Result<()> {
         read_only: read_only.clone(),
         domain_dir: options.domain_sockets.clone(),
     };
-    let mut server = Server::new(store, HostCtx::new(trace), &sockets)?;
+    let xs = start_store(options, HostCtx::new(trace))?;
+    let mut server = Server::new(xs, &sockets)?;
     let _pid_file = match &options.pid_file {
         Some(p) => {
             if let Err(e) = fs::write(p, format!("{}\n", std::process::id())) {
@@ -196,6 +199,37 @@ fn run(options: &Options) -> io::Result<()> {
         shell_quote(socket.as_os_str().to_owned())
     );
     server.run()
+}
+
+/// The store, serving dom0's kernel ring (and then every introduced guest's) on a Xen dom0,
+/// or no ring at all elsewhere.
+fn start_store(options: &Options, host: HostCtx) -> io::Result<Xs> {
+    let services = if xen::is_dom0() {
+        HostServices::xen(DomId::DOM0)
+            .map_err(|e| io::Error::new(e.kind(), format!("Xen's devices: {e}")))?
+    } else {
+        log::info!("no Xen control domain here (/proc/xen/capabilities): serving sockets only");
+        HostServices::sockets_only()
+    };
+    let config = ServeConfig {
+        store: store_config(options)?,
+        limits: Limits::default(),
+    };
+    let mut xs = Dispatcher::with_host(services, config, host)
+        .map_err(|e| io::Error::other(format!("cannot create the store: {e}")))?;
+    if xs.services().serves_rings() {
+        // Dom0's own ring, which its kernel's xenbus (and so every in-kernel backend and
+        // `/dev/xen/xenbus`) uses: C xenstored's `dom0_init`.
+        let kernel = HostServices::kernel_ring()?;
+        let port = kernel.port;
+        xs.bootstrap(Bootstrap {
+            domid: DomId::DOM0,
+            ring: BootRing::Mapped(kernel.ring),
+            port: BootPort::Remote(port),
+        })
+        .map_err(|e| io::Error::other(format!("serving dom0's ring (port {port}): {e}")))?;
+    }
+    Ok(xs)
 }
 
 /// `path` as a shell word.

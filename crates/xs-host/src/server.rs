@@ -8,11 +8,19 @@
 //!    [`READ_BUDGET`] reads per iteration, so that one busy client cannot starve the others)
 //!    while the connection takes input, feeding [`Connection::receive`];
 //! 3. carries out domain changes (`INTRODUCE`/`RELEASE`), then moves watch events into the
-//!    output of every connection the store names in [`Store::take_notifications`];
+//!    output of every connection the dispatcher names in
+//!    [`Dispatcher::take_local_notifications`];
 //! 4. writes each touched client's whole pending output with one `write` (replies
 //!    accumulate between flushes: the batching that makes pipelined clients cheap), and
 //!    registers for writability only while output remains;
 //! 5. closes the connections that ended.
+//!
+//! On Xen, the store is served through xs-serve's [`Dispatcher`], which serves the guests'
+//! rings (dom0's kernel ring among them) with the same store: the event-channel device is one
+//! more source in the poll, its pending ports go to [`Dispatcher::on_event`] (and
+//! `VIRQ_DOM_EXC` to [`Dispatcher::on_dom_exc`]), and the sockets' requests are fed to the
+//! store through [`Dispatcher::external`], so that watch events and domain changes cross
+//! between sockets and rings. Without Xen the same dispatcher serves no ring.
 //!
 //! Backpressure: a peer that does not read its replies stops being read. The connection
 //! takes no more input once too many messages wait to be sent (its `outstanding` quota, or
@@ -30,14 +38,20 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use mio::net::{UnixListener, UnixStream};
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
 use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use xs_core::protocol::connection::Closed;
-use xs_core::protocol::{Access, Connection, Host as _, Limits};
-use xs_core::{ConnId, DomId, Store};
+use xs_core::protocol::{Access, Connection, Limits};
+use xs_core::{ConnId, DomId};
+use xs_serve::{Dispatcher, WARNING};
 
 use crate::host::{Action, HostCtx};
+use crate::xen::HostServices;
+
+/// The store, serving rings (on Xen) and the program's sockets.
+pub(crate) type Xs = Dispatcher<HostServices, HostCtx>;
 
 /// Bytes read at a time.
 const READ_CHUNK: usize = 64 * 1024;
@@ -45,6 +59,8 @@ const READ_CHUNK: usize = 64 * 1024;
 const READ_BUDGET: usize = 16;
 /// Token of the signal pipe (slots use their index).
 const SIGNAL: Token = Token(usize::MAX - 1);
+/// Token of the event-channel device.
+const EVTCHN: Token = Token(usize::MAX - 2);
 /// How long to wait before accepting again after running out of file descriptors.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
@@ -175,8 +191,11 @@ pub(crate) struct Sockets {
 /// The daemon.
 pub(crate) struct Server {
     poll: Poll,
-    store: Store,
-    host: HostCtx,
+    xs: Xs,
+    /// `VIRQ_DOM_EXC`'s port, on Xen.
+    virq: Option<u32>,
+    /// Pending ports read from the event-channel device (a buffer kept between reads).
+    ports: Vec<u32>,
     signals: Signals,
     slots: Vec<Slot>,
     free: Vec<usize>,
@@ -249,16 +268,24 @@ impl Drop for Server {
 }
 
 impl Server {
-    /// Binds the sockets; fails if one is in use by another daemon.
-    pub(crate) fn new(store: Store, host: HostCtx, sockets: &Sockets) -> io::Result<Server> {
+    /// Binds the sockets; fails if one is in use by another daemon. On Xen, polls the
+    /// event-channel device too.
+    pub(crate) fn new(xs: Xs, sockets: &Sockets) -> io::Result<Server> {
         let poll = Poll::new()?;
         let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
         poll.registry()
             .register(&mut signals, SIGNAL, Interest::READABLE)?;
+        let mut virq = None;
+        if let Some((fd, port)) = xs.services().event_source() {
+            poll.registry()
+                .register(&mut SourceFd(&fd), EVTCHN, Interest::READABLE)?;
+            virq = Some(port);
+        }
         let mut server = Server {
             poll,
-            store,
-            host,
+            xs,
+            virq,
+            ports: Vec::new(),
             signals,
             slots: Vec::new(),
             free: Vec::new(),
@@ -355,6 +382,10 @@ impl Server {
                     self.signals_arrived();
                     continue;
                 }
+                if token == EVTCHN {
+                    self.events_arrived();
+                    continue;
+                }
                 match self.slots.get_mut(token.0) {
                     Some(Slot::Listener(_)) => self.accept(token.0),
                     Some(Slot::Client(c)) => {
@@ -388,8 +419,25 @@ impl Server {
         }
         log::info!("shutting down");
         self.remove_sockets();
-        self.host.flush();
+        self.xs.host_mut().flush();
         Ok(())
+    }
+
+    /// Serves the ports with pending events: rings (each re-armed by the dispatcher when
+    /// its service ends), and `VIRQ_DOM_EXC`.
+    fn events_arrived(&mut self) {
+        let mut ports = std::mem::take(&mut self.ports);
+        self.xs.services_mut().pending_events(&mut ports);
+        for &port in &ports {
+            if Some(port) == self.virq {
+                self.xs.on_dom_exc();
+                xs_serve::Services::rearm(self.xs.services_mut(), port);
+            } else {
+                self.xs.on_event(port);
+            }
+        }
+        ports.clear();
+        self.ports = ports;
     }
 
     /// Steps 2 to 5 of an iteration.
@@ -404,11 +452,12 @@ impl Server {
         }
         batch.clear();
         self.batch = batch;
-        self.carry_out_actions();
-        for domid in self.store.take_warnings() {
-            self.host.soft_quota_reached(domid);
+        // Rings with work left over (a guest that keeps writing, events still to deliver).
+        if self.xs.has_work() {
+            self.xs.run_pending();
         }
-        for id in self.store.take_notifications() {
+        self.carry_out_actions();
+        for id in self.xs.take_local_notifications() {
             if let Some(&t) = self.by_conn.get(&id) {
                 self.pull_events(t);
             }
@@ -425,7 +474,13 @@ impl Server {
         }
         self.closing = closing;
         self.closing.clear();
-        self.host.flush();
+        for line in self.xs.take_log() {
+            match line.strip_prefix(WARNING) {
+                Some(warning) => log::warn!("{warning}"),
+                None => log::info!("{line}"),
+            }
+        }
+        self.xs.host_mut().flush();
     }
 
     fn signals_arrived(&mut self) {
@@ -436,7 +491,7 @@ impl Server {
                     log::info!("signal {s}: stopping");
                     self.stop = true;
                 }
-                SIGHUP => self.host.reopen_trace(),
+                SIGHUP => self.xs.host_mut().reopen_trace(),
                 _ => {}
             }
         }
@@ -480,7 +535,7 @@ impl Server {
             Kind::ReadOnly => (DomId::DOM0, true),
             Kind::Domain(d) => (d, false),
         };
-        let id = match self.store.connect(domid) {
+        let id = match self.xs.connect(domid) {
             Ok(id) => id,
             Err(e) => {
                 log::warn!("cannot connect a client as domain {domid}: {e}");
@@ -495,7 +550,7 @@ impl Server {
         {
             log::warn!("cannot register a client: {e}");
             self.free_slot(token);
-            self.store.disconnect(id);
+            self.xs.disconnect(id);
             return;
         }
         let number = self.next_number;
@@ -518,7 +573,7 @@ impl Server {
             }));
         }
         self.by_conn.insert(id, token);
-        self.host.opened(id, number, domid, kind.label());
+        self.xs.host_mut().opened(id, number, domid, kind.label());
         log::debug!(
             "conn {number}: connected to the {} as domain {domid}",
             kind.label()
@@ -552,12 +607,11 @@ impl Server {
         if c.closing.is_some() {
             return;
         }
+        let xs = &mut self.xs;
         let mut ended: Option<End> = None;
         if !c.stash.is_empty() {
-            match c
-                .conn
-                .receive(&mut self.store, &mut self.host, c.stash.pending())
-            {
+            let pending = c.stash.pending();
+            match xs.external(|store, host| c.conn.receive(store, host, pending)) {
                 Ok(n) => c.stash.consume(n),
                 Err(closed) => ended = Some(End::Protocol(closed)),
             }
@@ -567,7 +621,7 @@ impl Server {
             && c.stash.is_empty()
             && c.can_read
             && !c.eof
-            && c.conn.wants_input(&self.store)
+            && c.conn.wants_input(xs.store())
         {
             if reads == READ_BUDGET {
                 // More may wait: come back next iteration, after the others had their turn.
@@ -591,7 +645,7 @@ impl Server {
                         c.can_read = false;
                     }
                     let input = self.buf.get(..n).unwrap_or_default();
-                    match c.conn.receive(&mut self.store, &mut self.host, input) {
+                    match xs.external(|store, host| c.conn.receive(store, host, input)) {
                         Ok(used) if used < n => {
                             c.stash.keep(input.get(used..).unwrap_or_default());
                         }
@@ -605,7 +659,7 @@ impl Server {
             }
         }
         if ended.is_none() {
-            c.conn.pull_events(&mut self.store, &mut self.host);
+            xs.external(|store, host| c.conn.pull_events(store, host));
         }
         self.mark_dirty(t);
         if let Some(reason) = ended {
@@ -617,7 +671,8 @@ impl Server {
         if let Some(Slot::Client(c)) = self.slots.get_mut(t)
             && c.closing.is_none()
         {
-            c.conn.pull_events(&mut self.store, &mut self.host);
+            self.xs
+                .external(|store, host| c.conn.pull_events(store, host));
             self.mark_dirty(t);
         }
     }
@@ -662,12 +717,12 @@ impl Server {
             self.end(t, End::Eof);
             return;
         }
-        let takes_input = !c.eof && c.conn.wants_input(&self.store);
+        let takes_input = !c.eof && c.conn.wants_input(self.xs.store());
         // Room freed: leftover input, unread bytes or waiting events can go on now.
         if progressed
             && !c.queued
             && ((takes_input && (!c.stash.is_empty() || c.can_read))
-                || self.store.queued_events(c.conn.id()) > 0)
+                || self.xs.store().queued_events(c.conn.id()) > 0)
         {
             c.queued = true;
             self.work.push_back(t);
@@ -709,13 +764,13 @@ impl Server {
             }
         }
         self.by_conn.remove(&id);
-        self.host.closed(id, &reason.to_string());
-        self.store.disconnect(id);
+        self.xs.host_mut().closed(id, &reason.to_string());
+        self.xs.disconnect(id);
     }
 
     fn carry_out_actions(&mut self) {
-        while !self.host.actions.is_empty() {
-            let actions = std::mem::take(&mut self.host.actions);
+        while !self.xs.host().actions.is_empty() {
+            let actions = std::mem::take(&mut self.xs.host_mut().actions);
             for action in actions {
                 match action {
                     Action::Introduced(domid) => self.domain_introduced(domid),

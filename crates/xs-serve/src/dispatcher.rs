@@ -48,9 +48,10 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::mem;
 
-use xs_core::protocol::{self, Access, Connection, Host, Limits};
+use xs_core::protocol::{self, Access, Connection, Host, Limits, NoHost};
 use xs_core::store::{Introduced, Introduction, Session, features};
-use xs_core::{ConnId, DomId, Store, StoreConfig, XsError};
+use xs_core::wire::Header;
+use xs_core::{ConnId, DomId, Store, StoreConfig, XsError, XsResult};
 use xs_ring::layout::Field;
 use xs_ring::{Page, Server, ServerFeatures};
 
@@ -65,6 +66,8 @@ const SERVICE_ROUNDS: usize = 8;
 const SETTLE_ROUNDS: usize = 16;
 /// Log lines kept until [`Dispatcher::take_log`].
 const LOG_KEPT: usize = 256;
+/// How [`Dispatcher::take_log`]'s warnings start.
+pub const WARNING: &str = "warning: ";
 
 /// Why the dispatcher could not do what it was asked.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -169,16 +172,24 @@ enum Change {
     Released(DomId),
 }
 
-/// The [`Host`] the protocol calls: records domain changes and log text.
-#[derive(Debug, Default)]
-struct Recorder {
+/// The [`Host`] the protocol calls: records domain changes and log text for the dispatcher,
+/// and passes every call on to the program's own host `H`.
+#[derive(Debug)]
+struct Recorder<H> {
     changes: Vec<Change>,
     log: BoundedLines<LOG_KEPT>,
     /// When the platform has a clock, the time of the event being served (log stamps).
     now_ns: Option<u64>,
+    /// The program's host.
+    program: H,
 }
 
-impl Recorder {
+impl<H> Recorder<H> {
+    /// Keeps a warning: a log line starting `warning: ` (see [`Dispatcher::take_log`]).
+    fn warn(&mut self, line: String) {
+        self.log(format!("{WARNING}{line}"));
+    }
+
     /// Keeps a log line, stamped with the time of the event being served if known.
     fn log(&mut self, line: String) {
         match self.now_ns {
@@ -191,27 +202,55 @@ impl Recorder {
     }
 }
 
-impl Host for Recorder {
+impl<H: Host> Host for Recorder<H> {
     fn introduced(
         &mut self,
-        _store: &mut Store,
+        store: &mut Store,
         domid: DomId,
         intro: Introduction,
         kind: Introduced,
     ) {
         self.changes.push(Change::Introduced(domid, intro, kind));
+        self.program.introduced(store, domid, intro, kind);
     }
 
-    fn released(&mut self, _store: &mut Store, domid: DomId) {
+    fn released(&mut self, store: &mut Store, domid: DomId) {
         self.changes.push(Change::Released(domid));
+        self.program.released(store, domid);
     }
 
     fn print(&mut self, text: &[u8]) {
         self.log(format!("print: {}", String::from_utf8_lossy(text)));
+        self.program.print(text);
     }
 
     fn soft_quota_reached(&mut self, domid: DomId) {
-        self.log(format!("dom{domid} exceeds its soft memory quota"));
+        self.warn(format!("dom{domid} exceeds its soft memory quota"));
+        self.program.soft_quota_reached(domid);
+    }
+
+    fn log_switches(&self) -> Vec<(&'static str, bool)> {
+        self.program.log_switches()
+    }
+
+    fn set_log(&mut self, arg: &[u8]) -> XsResult<()> {
+        self.program.set_log(arg)
+    }
+
+    fn set_logfile(&mut self, file: &[u8]) -> XsResult<()> {
+        self.program.set_logfile(file)
+    }
+
+    fn memreport(&mut self, report: &str, file: Option<&[u8]>) -> XsResult<()> {
+        self.program.memreport(report, file)
+    }
+
+    fn trace(&mut self, conn: ConnId, incoming: bool, header: &Header, payload: &[u8]) {
+        self.program.trace(conn, incoming, header, payload);
+    }
+
+    fn tracing(&self) -> bool {
+        self.program.tracing()
     }
 }
 
@@ -252,16 +291,17 @@ impl Host for Recorder {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug)]
-pub struct Dispatcher<S: Services> {
+pub struct Dispatcher<S: Services, H: Host = NoHost> {
     store: Store,
     services: S,
     served: BTreeMap<DomId, Served<S::Ring>>,
     ports: BTreeMap<u32, DomId>,
     /// The served rings' connections, and whose they are.
     ring_conns: BTreeMap<ConnId, DomId>,
-    /// In-process connections with new watch events, for the program.
+    /// The program's connections (in process, or served by it: sockets) with new watch
+    /// events.
     local_notified: BTreeSet<ConnId>,
-    host: Recorder,
+    host: Recorder<H>,
     /// Domains with work left over after their service rounds.
     pending: BTreeSet<DomId>,
     limits: Limits,
@@ -347,7 +387,35 @@ impl<S: Services> Dispatcher<S> {
     /// Starts the store, serving no ring yet: domains are served once introduced (by a
     /// privileged connection's `INTRODUCE`, or by [`Dispatcher::introduce`]). For a program
     /// that is itself the toolstack, such as a VMM.
-    pub fn new(mut services: S, config: ServeConfig) -> Result<Dispatcher<S>, Error<S::Error>> {
+    pub fn new(services: S, config: ServeConfig) -> Result<Dispatcher<S>, Error<S::Error>> {
+        Dispatcher::with_host(services, config, NoHost)
+    }
+
+    /// Starts the store and serves the privileged domain's ring from the start (the stub
+    /// domain's case: see the module documentation).
+    pub fn with_bootstrap(
+        services: S,
+        mut config: ServeConfig,
+        boot: Bootstrap<S::Ring>,
+    ) -> Result<Dispatcher<S>, Error<S::Error>> {
+        if boot.domid != DomId::DOM0 && !config.store.privileged.contains(&boot.domid) {
+            config.store.privileged.push(boot.domid);
+        }
+        let mut this = Dispatcher::new(services, config)?;
+        this.bootstrap(boot)?;
+        Ok(this)
+    }
+}
+
+impl<S: Services, H: Host> Dispatcher<S, H> {
+    /// [`Dispatcher::new`] with the program's own [`Host`]: every call the protocol makes
+    /// (domains introduced and released, `CONTROL print|log|logfile|memreport`, traces) is
+    /// passed on to it, after the dispatcher took what it needs.
+    pub fn with_host(
+        mut services: S,
+        config: ServeConfig,
+        host: H,
+    ) -> Result<Dispatcher<S, H>, Error<S::Error>> {
         let mut store_config = config.store;
         // Guests choose the paths the watch index hashes: the key must be unpredictable.
         store_config.hash_key = [services.entropy(), services.entropy()];
@@ -359,28 +427,29 @@ impl<S: Services> Dispatcher<S> {
             ports: BTreeMap::new(),
             ring_conns: BTreeMap::new(),
             local_notified: BTreeSet::new(),
-            host: Recorder::default(),
+            host: Recorder {
+                changes: Vec::new(),
+                log: BoundedLines::default(),
+                now_ns: None,
+                program: host,
+            },
             pending: BTreeSet::new(),
             limits: config.limits,
         })
     }
 
-    /// Starts the store and serves the privileged domain's ring from the start (the stub
-    /// domain's case: see the module documentation).
-    pub fn with_bootstrap(
-        services: S,
-        mut config: ServeConfig,
-        boot: Bootstrap<S::Ring>,
-    ) -> Result<Dispatcher<S>, Error<S::Error>> {
+    /// Serves the privileged domain's ring (the stub domain's, or dom0's kernel ring under a
+    /// dom0 daemon: see the module documentation), and tells it the store is there. Its
+    /// domid must be dom0 or one of the store's configured privileged domains.
+    pub fn bootstrap(&mut self, boot: Bootstrap<S::Ring>) -> Result<(), Error<S::Error>> {
         let domid = boot.domid;
-        if domid != DomId::DOM0 && !config.store.privileged.contains(&domid) {
-            config.store.privileged.push(domid);
+        if !self.store.is_privileged(domid) {
+            return Err(Error::Store(XsError::Inval));
         }
-        let mut this = Dispatcher::new(services, config)?;
-        this.stamp();
+        self.stamp();
         let ring = match boot.ring {
             BootRing::Mapped(r) => r,
-            BootRing::Grant { gfn } => this
+            BootRing::Grant { gfn } => self
                 .services
                 .map_ring(domid, gfn)
                 .map_err(Error::Services)?,
@@ -394,17 +463,40 @@ impl<S: Services> Dispatcher<S> {
             },
         };
         let (ring, local_port, conn_id) =
-            bind_and_connect(&mut this.services, &mut this.store, domid, ring, port)
+            bind_and_connect(&mut self.services, &mut self.store, domid, ring, port)
                 .map_err(SetUpFailed::into_error)?;
-        this.install(domid, ring, conn_id, local_port);
-        this.host.log(format!(
+        self.install(domid, ring, conn_id, local_port);
+        self.host.log(format!(
             "serving dom{domid} (privileged) on port {local_port}"
         ));
         // As C xenstored's `init_domain`: tell the domain the store is there.
-        this.services.notify(local_port);
-        this.service(domid);
-        this.settle();
-        Ok(this)
+        self.services.notify(local_port);
+        self.service(domid);
+        self.settle();
+        Ok(())
+    }
+
+    /// The program's host.
+    pub fn host(&self) -> &H {
+        &self.host.program
+    }
+
+    /// The program's host, mutably.
+    pub fn host_mut(&mut self) -> &mut H {
+        &mut self.host.program
+    }
+
+    /// Serves the program's own connections (a daemon's sockets): `f` gets the store and the
+    /// host the protocol must be given (the dispatcher's, which records domain changes and
+    /// passes every call on to the program's), for example to feed bytes to a
+    /// [`Connection`] of a socket. Then what it caused is carried out: domains introduced or
+    /// released, watch events delivered to rings; the program's connections with new events
+    /// are reported by [`Dispatcher::take_local_notifications`].
+    pub fn external<T>(&mut self, f: impl FnOnce(&mut Store, &mut dyn Host) -> T) -> T {
+        self.stamp();
+        let out = f(&mut self.store, &mut self.host);
+        self.settle();
+        out
     }
 
     /// The store.
@@ -443,7 +535,9 @@ impl<S: Services> Dispatcher<S> {
         !self.pending.is_empty() || !self.host.changes.is_empty()
     }
 
-    /// Takes the log lines since the last call.
+    /// Takes the log lines since the last call. Warnings (a ring broken by its guest, a
+    /// domain that could not be served, a soft quota crossed) start with `warning: `
+    /// ([`WARNING`]); the rest is information.
     pub fn take_log(&mut self) -> Vec<String> {
         self.host.log.take("log lines dropped")
     }
@@ -602,10 +696,8 @@ impl<S: Services> Dispatcher<S> {
             if let Some(fault) = done.fault
                 && !was_broken
             {
-                self.host.log(format!(
-                    "dom{domid}: ring no longer served: error {}",
-                    fault.code()
-                ));
+                self.host
+                    .warn(format!("dom{domid}: ring no longer served: {fault}"));
             }
             // A broken ring is served again only when the guest asks for a reconnection: the
             // re-check then looks for that request alone.
@@ -669,6 +761,11 @@ impl<S: Services> Dispatcher<S> {
         intro: Introduction,
         kind: Introduced,
     ) -> Result<(), Error<S::Error>> {
+        if !self.services.serves_rings() {
+            // The program reaches its domains by other means (per-domain sockets on a host
+            // without a hypervisor): the introduction is the store's and the program's only.
+            return Ok(());
+        }
         if kind == Introduced::New && self.served.contains_key(&domid) {
             // The store forgot the domain without us noticing: start afresh.
             self.detach(domid);
@@ -686,7 +783,7 @@ impl<S: Services> Dispatcher<S> {
                     Ok(())
                 }
                 Err(e) => {
-                    self.host.log(format!(
+                    self.host.warn(format!(
                         "dom{domid}: rebinding the event channel failed: {e}"
                     ));
                     Err(Error::Services(e))
@@ -699,7 +796,7 @@ impl<S: Services> Dispatcher<S> {
             Ok(r) => r,
             Err(e) => {
                 self.host
-                    .log(format!("dom{domid}: mapping the ring failed: {e}"));
+                    .warn(format!("dom{domid}: mapping the ring failed: {e}"));
                 self.store.domain_gone(domid);
                 return Err(Error::Services(e));
             }
@@ -724,7 +821,7 @@ impl<S: Services> Dispatcher<S> {
                     }
                     SetUpFailed::Connect(e) => format!("dom{domid}: no connection: {e}"),
                 };
-                self.host.log(line);
+                self.host.warn(line);
                 self.store.domain_gone(domid);
                 return Err(failed.into_error());
             }

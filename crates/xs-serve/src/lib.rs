@@ -44,7 +44,7 @@ pub mod pump;
 pub mod services;
 pub mod xenbus;
 
-pub use dispatcher::{BootPort, BootRing, Bootstrap, Dispatcher, Error, ServeConfig};
+pub use dispatcher::{BootPort, BootRing, Bootstrap, Dispatcher, Error, ServeConfig, WARNING};
 pub use lines::BoundedLines;
 pub use services::{DomainState, Services};
 

@@ -126,6 +126,13 @@ pub trait Services {
         let _ = local_port;
     }
 
+    /// Whether this platform has guest rings at all. `false` on a host without a hypervisor,
+    /// whose domains a program reaches by other means (per-domain sockets): an introduced
+    /// domain is then not mapped, and stays introduced. Default `true`.
+    fn serves_rings(&self) -> bool {
+        true
+    }
+
     /// The state of `domid` (asked on [`crate::Dispatcher::on_dom_exc`]).
     fn domain_state(&mut self, domid: DomId) -> DomainState;
 
