@@ -71,9 +71,6 @@
 //!
 //! # Known gaps
 //!
-//! * `INTRODUCE` is answered before the ring is mapped (xs-core's `Host::introduced` cannot
-//!   fail): if mapping or binding fails, the store forgets the domain again (firing
-//!   `@releaseDomain`) and logs why, where C xenstored would answer with the error.
 //! * Dying domains are noticed through `XEN_DOMCTL_get_domain_state`, which needs Xen 4.21;
 //!   on older Xen only `RELEASE` ends a domain's service.
 //! * The store domain's own XenStore ring (`HVM_PARAM_STORE_PFN`) is not served (C

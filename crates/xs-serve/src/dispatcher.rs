@@ -16,15 +16,17 @@
 //!   (once, until `RESUME`), a dying or vanished one is forgotten by the store (its nodes go,
 //!   `@releaseDomain` fires) and its ring unmapped and port closed.
 //!
-//! `INTRODUCE` and `RELEASE` reach it through the [`Host`] callbacks, which only record
-//! them; once the request that made them is answered, the new domain's ring is mapped (the
-//! `gfn` is the platform's to use or ignore), its port bound (the ring's `evtchn_port`
-//! overriding the one given, as C xenstored does for dom0less domains), and it is served at
-//! once; a released domain is unmapped and unbound. A second `INTRODUCE` of a served domain
-//! rebinds its event channel only (C xenstored's "recreating the xenbus event-channel").
-//! The program that is itself the toolstack introduces and releases domains with
-//! [`Dispatcher::introduce`] and [`Dispatcher::release`]: the same code and hooks, no
-//! connection needed, and a failure to map or bind is returned rather than logged.
+//! `INTRODUCE` sets the new domain's ring up before it is answered, as C xenstored does
+//! (through [`Host::introducing`]): its ring mapped (the `gfn` is the platform's to use or
+//! ignore), its port bound (the ring's `evtchn_port` overriding the one given, as C
+//! xenstored does for dom0less domains), its store connection opened; a failure is the
+//! request's error reply (`EINVAL` for a ring or port that cannot be set up) and changes
+//! nothing. Once the request is answered the domain is served. A second `INTRODUCE` of a
+//! served domain rebinds its event channel only (C xenstored's "recreating the xenbus
+//! event-channel"). `RELEASE` is recorded and carried out after its reply: the ring
+//! unmapped, the port closed. The program that is itself the toolstack introduces and
+//! releases domains with [`Dispatcher::introduce`] and [`Dispatcher::release`]: the same
+//! code and hooks, no connection needed, the platform's own error returned.
 //!
 //! In-process clients (a VMM's own backends, its toolstack) get a connection from
 //! [`Dispatcher::connect`] and use the store through [`Dispatcher::session`], after which
@@ -165,10 +167,10 @@ struct Served<R: Page> {
     local_port: u32,
 }
 
-/// What `INTRODUCE` / `RELEASE` asked for, applied once the request is answered.
+/// What `INTRODUCE` / `RELEASE` did, carried out once the request is answered.
 #[derive(Clone, Copy, Debug)]
 enum Change {
-    Introduced(DomId, Introduction, Introduced),
+    Introduced(DomId),
     Released(DomId),
 }
 
@@ -210,7 +212,7 @@ impl<H: Host> Host for Recorder<H> {
         intro: Introduction,
         kind: Introduced,
     ) {
-        self.changes.push(Change::Introduced(domid, intro, kind));
+        self.changes.push(Change::Introduced(domid));
         self.program.introduced(store, domid, intro, kind);
     }
 
@@ -251,6 +253,190 @@ impl<H: Host> Host for Recorder<H> {
 
     fn tracing(&self) -> bool {
         self.program.tracing()
+    }
+}
+
+/// A domain's ring set up by [`Hooks::introducing`], installed once the store introduced it.
+#[derive(Debug)]
+enum Prepared<R> {
+    /// A new domain: its ring mapped, its port bound, its store connection open.
+    Ring {
+        ring: R,
+        local_port: u32,
+        conn: ConnId,
+    },
+    /// A served domain introduced again: its new port bound.
+    Rebind { local_port: u32 },
+}
+
+/// The [`Host`] the protocol calls while the dispatcher serves a request: the recorder
+/// (domain changes, log, the program's host) and what `INTRODUCE` needs to set a ring up
+/// before it is answered.
+struct Hooks<'a, S: Services, H> {
+    rec: &'a mut Recorder<H>,
+    services: &'a mut S,
+    prepared: &'a mut BTreeMap<DomId, Prepared<S::Ring>>,
+    served: &'a BTreeSet<DomId>,
+    /// The platform's error behind the last refused introduction (for
+    /// [`Dispatcher::introduce`], which returns it).
+    failure: &'a mut Option<S::Error>,
+}
+
+/// Gives a set-up the store did not take back to the platform.
+fn undo<S: Services>(services: &mut S, store: &mut Store, domid: DomId, p: Prepared<S::Ring>) {
+    match p {
+        Prepared::Ring {
+            ring,
+            local_port,
+            conn,
+        } => {
+            store.disconnect(conn);
+            services.unbind(local_port);
+            services.unmap_ring(domid, ring);
+        }
+        Prepared::Rebind { local_port } => services.unbind(local_port),
+    }
+}
+
+impl<S: Services, H: Host> Hooks<'_, S, H> {
+    /// Maps `domid`'s ring, binds its port and opens its connection, undoing what was done
+    /// on failure (logged, kept in `failure`, and answered `EINVAL` or the store's error).
+    fn set_up(
+        &mut self,
+        store: &mut Store,
+        domid: DomId,
+        intro: Introduction,
+    ) -> XsResult<Prepared<S::Ring>> {
+        let ring = match self.services.map_ring(domid, intro.gfn) {
+            Ok(r) => r,
+            Err(e) => {
+                self.rec
+                    .warn(format!("dom{domid}: mapping the ring failed: {e}"));
+                *self.failure = Some(e);
+                return Err(XsError::Inval);
+            }
+        };
+        let remote = match ring.load(Field::EvtchnPort) {
+            0 => intro.evtchn,
+            p => p,
+        };
+        match bind_and_connect(self.services, store, domid, ring, Port::Remote(remote)) {
+            Ok((ring, local_port, conn)) => Ok(Prepared::Ring {
+                ring,
+                local_port,
+                conn,
+            }),
+            Err(failed) => {
+                let (line, answer) = match failed {
+                    SetUpFailed::Bind(Error::Services(e)) => {
+                        let line = format!("dom{domid}: binding its port {remote} failed: {e}");
+                        *self.failure = Some(e);
+                        (line, XsError::Inval)
+                    }
+                    SetUpFailed::Bind(e) | SetUpFailed::Connect(e) => {
+                        let answer = match &e {
+                            Error::Store(x) => *x,
+                            _ => XsError::Inval,
+                        };
+                        (format!("dom{domid}: no connection: {e}"), answer)
+                    }
+                };
+                self.rec.warn(line);
+                Err(answer)
+            }
+        }
+    }
+}
+
+impl<S: Services, H: Host> Host for Hooks<'_, S, H> {
+    fn introducing(
+        &mut self,
+        store: &mut Store,
+        domid: DomId,
+        intro: Introduction,
+        kind: Introduced,
+    ) -> XsResult<()> {
+        let mut prepared = None;
+        if self.services.serves_rings() {
+            // An earlier set-up the store did not take (its introduction failed after it).
+            if let Some(old) = self.prepared.remove(&domid) {
+                undo(self.services, store, domid, old);
+            }
+            match (kind, self.served.contains(&domid)) {
+                (Introduced::Rebind, true) => {
+                    match self.services.bind_interdomain(domid, intro.evtchn) {
+                        Ok(local_port) => prepared = Some(Prepared::Rebind { local_port }),
+                        Err(e) => {
+                            self.rec.warn(format!(
+                                "dom{domid}: rebinding the event channel failed: {e}"
+                            ));
+                            *self.failure = Some(e);
+                            return Err(XsError::Inval);
+                        }
+                    }
+                }
+                // Introduced already and not served here (a privileged domain served by
+                // other means): nothing to set up.
+                (Introduced::Rebind, false) => {}
+                (Introduced::New, _) => prepared = Some(self.set_up(store, domid, intro)?),
+            }
+        }
+        if let Err(e) = self.rec.program.introducing(store, domid, intro, kind) {
+            if let Some(p) = prepared {
+                undo(self.services, store, domid, p);
+            }
+            return Err(e);
+        }
+        if let Some(p) = prepared {
+            self.prepared.insert(domid, p);
+        }
+        Ok(())
+    }
+
+    fn introduced(
+        &mut self,
+        store: &mut Store,
+        domid: DomId,
+        intro: Introduction,
+        kind: Introduced,
+    ) {
+        self.rec.introduced(store, domid, intro, kind);
+    }
+
+    fn released(&mut self, store: &mut Store, domid: DomId) {
+        self.rec.released(store, domid);
+    }
+
+    fn print(&mut self, text: &[u8]) {
+        self.rec.print(text);
+    }
+
+    fn soft_quota_reached(&mut self, domid: DomId) {
+        self.rec.soft_quota_reached(domid);
+    }
+
+    fn log_switches(&self) -> Vec<(&'static str, bool)> {
+        self.rec.log_switches()
+    }
+
+    fn set_log(&mut self, arg: &[u8]) -> XsResult<()> {
+        self.rec.set_log(arg)
+    }
+
+    fn set_logfile(&mut self, file: &[u8]) -> XsResult<()> {
+        self.rec.set_logfile(file)
+    }
+
+    fn memreport(&mut self, report: &str, file: Option<&[u8]>) -> XsResult<()> {
+        self.rec.memreport(report, file)
+    }
+
+    fn trace(&mut self, conn: ConnId, incoming: bool, header: &Header, payload: &[u8]) {
+        self.rec.trace(conn, incoming, header, payload);
+    }
+
+    fn tracing(&self) -> bool {
+        self.rec.tracing()
     }
 }
 
@@ -302,9 +488,29 @@ pub struct Dispatcher<S: Services, H: Host = NoHost> {
     /// events.
     local_notified: BTreeSet<ConnId>,
     host: Recorder<H>,
+    /// The served domains (the keys of `served`, for the hooks, which run while a served
+    /// ring is borrowed).
+    served_ids: BTreeSet<DomId>,
+    /// Rings set up for introductions the store has not taken yet.
+    prepared: BTreeMap<DomId, Prepared<S::Ring>>,
+    /// The platform's error behind the last refused introduction.
+    failure: Option<S::Error>,
     /// Domains with work left over after their service rounds.
     pending: BTreeSet<DomId>,
     limits: Limits,
+}
+
+/// The hooks over a dispatcher's fields, borrowed apart from the served ring being pumped.
+macro_rules! hooks {
+    ($self:ident) => {
+        Hooks {
+            rec: &mut $self.host,
+            services: &mut $self.services,
+            prepared: &mut $self.prepared,
+            served: &$self.served_ids,
+            failure: &mut $self.failure,
+        }
+    };
 }
 
 /// The ring features to offer `domid`: those the store enables for it (`SET_FEATURE`) that
@@ -433,6 +639,9 @@ impl<S: Services, H: Host> Dispatcher<S, H> {
                 now_ns: None,
                 program: host,
             },
+            served_ids: BTreeSet::new(),
+            prepared: BTreeMap::new(),
+            failure: None,
             pending: BTreeSet::new(),
             limits: config.limits,
         })
@@ -494,7 +703,7 @@ impl<S: Services, H: Host> Dispatcher<S, H> {
     /// are reported by [`Dispatcher::take_local_notifications`].
     pub fn external<T>(&mut self, f: impl FnOnce(&mut Store, &mut dyn Host) -> T) -> T {
         self.stamp();
-        let out = f(&mut self.store, &mut self.host);
+        let out = f(&mut self.store, &mut hooks!(self));
         self.settle();
         out
     }
@@ -584,35 +793,22 @@ impl<S: Services, H: Host> Dispatcher<S, H> {
         self.settle();
     }
 
-    /// Introduces `domid` as the toolstack would, with no connection: the store's part
-    /// (default nodes, `@introduceDomain`) through the same code as `INTRODUCE`, then its
-    /// ring mapped, its port bound (or, for a domain already introduced, only its port
-    /// rebound) and its ring served. Unlike `INTRODUCE`, whose reply is sent before the ring
-    /// can be mapped, a failure to map or bind is returned (and the store forgets the domain
-    /// again).
+    /// Introduces `domid` as the toolstack would, with no connection, through the same code
+    /// as `INTRODUCE`: its ring mapped, its port bound (or, for a domain already served, only
+    /// its port rebound), then the store's part (default nodes, `@introduceDomain`), and its
+    /// ring served. A failure changes nothing and is returned: the platform's error if it was
+    /// the platform's.
     pub fn introduce(
         &mut self,
         domid: DomId,
         intro: Introduction,
     ) -> Result<Introduced, Error<S::Error>> {
         self.stamp();
-        let kind = protocol::introduce(&mut self.store, &mut self.host, domid, intro)?;
-        // Only this introduction's change is applied here (others are the protocol's, applied
-        // by `settle` as usual), so that its failure can be returned.
-        let changes = mem::take(&mut self.host.changes);
-        let mut result = Ok(kind);
-        for change in changes {
-            match change {
-                Change::Introduced(d, i, k) if d == domid => {
-                    if let Err(e) = self.attach(d, i, k) {
-                        result = Err(e);
-                    }
-                }
-                other => self.host.changes.push(other),
-            }
-        }
+        self.failure = None;
+        let result = protocol::introduce(&mut self.store, &mut hooks!(self), domid, intro);
+        let failure = self.failure.take();
         self.settle();
-        result
+        result.map_err(|e| failure.map_or(Error::Store(e), Error::Services))
     }
 
     /// Releases `domid` as the toolstack would, with no connection: the store's part (its
@@ -620,7 +816,7 @@ impl<S: Services, H: Host> Dispatcher<S, H> {
     /// unmapped and its port closed.
     pub fn release(&mut self, domid: DomId) -> Result<(), Error<S::Error>> {
         self.stamp();
-        protocol::release(&mut self.store, &mut self.host, domid)?;
+        protocol::release(&mut self.store, &mut hooks!(self), domid)?;
         self.settle();
         Ok(())
     }
@@ -666,6 +862,7 @@ impl<S: Services, H: Host> Dispatcher<S, H> {
         let conn = Connection::new(conn_id, Access::default(), self.limits);
         self.ports.insert(local_port, domid);
         self.ring_conns.insert(conn_id, domid);
+        self.served_ids.insert(domid);
         self.served.insert(
             domid,
             Served {
@@ -684,7 +881,14 @@ impl<S: Services, H: Host> Dispatcher<S, H> {
             };
             // A broken ring is reported once, when it breaks.
             let was_broken = s.server.fault().is_some();
-            let done = pump(&mut s.server, &mut s.conn, &mut self.store, &mut self.host);
+            let mut hooks = Hooks {
+                rec: &mut self.host,
+                services: &mut self.services,
+                prepared: &mut self.prepared,
+                served: &self.served_ids,
+                failure: &mut self.failure,
+            };
+            let done = pump(&mut s.server, &mut s.conn, &mut self.store, &mut hooks);
             if done.notify {
                 self.services.notify(s.local_port);
             }
@@ -717,12 +921,13 @@ impl<S: Services, H: Host> Dispatcher<S, H> {
             let changes = mem::take(&mut self.host.changes);
             for change in changes {
                 match change {
-                    Change::Introduced(domid, intro, kind) => {
-                        // Logged by `attach`; the request was answered already.
-                        let _ = self.attach(domid, intro, kind);
-                    }
+                    Change::Introduced(domid) => self.attach(domid),
                     Change::Released(domid) => self.detach(domid),
                 }
+            }
+            // Set-ups whose introduction the store then refused go back.
+            for (domid, p) in mem::take(&mut self.prepared) {
+                undo(&mut self.services, &mut self.store, domid, p);
             }
             for domid in self.store.take_warnings() {
                 self.host.soft_quota_reached(domid);
@@ -753,85 +958,40 @@ impl<S: Services, H: Host> Dispatcher<S, H> {
         }
     }
 
-    /// `INTRODUCE` succeeded for `domid`: serve it (or rebind its channel). On failure the
-    /// store forgets the domain again, and why is logged and returned.
-    fn attach(
-        &mut self,
-        domid: DomId,
-        intro: Introduction,
-        kind: Introduced,
-    ) -> Result<(), Error<S::Error>> {
-        if !self.services.serves_rings() {
-            // The program reaches its domains by other means (per-domain sockets on a host
-            // without a hypervisor): the introduction is the store's and the program's only.
-            return Ok(());
-        }
-        if kind == Introduced::New && self.served.contains_key(&domid) {
-            // The store forgot the domain without us noticing: start afresh.
-            self.detach(domid);
-        }
-        if let Some(s) = self.served.get_mut(&domid) {
-            let result = match self.services.bind_interdomain(domid, intro.evtchn) {
-                Ok(new) => {
-                    let old = mem::replace(&mut s.local_port, new);
-                    self.ports.remove(&old);
-                    self.ports.insert(new, domid);
-                    self.services.unbind(old);
-                    self.host
-                        .log(format!("dom{domid}: event channel rebound to port {new}"));
-                    self.services.notify(new);
-                    Ok(())
-                }
-                Err(e) => {
-                    self.host.warn(format!(
-                        "dom{domid}: rebinding the event channel failed: {e}"
-                    ));
-                    Err(Error::Services(e))
-                }
-            };
-            self.service(domid);
-            return result;
-        }
-        let ring = match self.services.map_ring(domid, intro.gfn) {
-            Ok(r) => r,
-            Err(e) => {
-                self.host
-                    .warn(format!("dom{domid}: mapping the ring failed: {e}"));
-                self.store.domain_gone(domid);
-                return Err(Error::Services(e));
-            }
-        };
-        let remote = match ring.load(Field::EvtchnPort) {
-            0 => intro.evtchn,
-            p => p,
-        };
-        let bound = bind_and_connect(
-            &mut self.services,
-            &mut self.store,
-            domid,
-            ring,
-            Port::Remote(remote),
-        );
-        let (ring, local_port, conn_id) = match bound {
-            Ok(b) => b,
-            Err(failed) => {
-                let line = match &failed {
-                    SetUpFailed::Bind(e) => {
-                        format!("dom{domid}: binding its port {remote} failed: {e}")
-                    }
-                    SetUpFailed::Connect(e) => format!("dom{domid}: no connection: {e}"),
+    /// The store introduced `domid`: serve the ring set up for it (or switch to its rebound
+    /// channel). Nothing was set up when the platform serves no rings.
+    fn attach(&mut self, domid: DomId) {
+        match self.prepared.remove(&domid) {
+            None => {}
+            Some(Prepared::Rebind { local_port: new }) => {
+                let Some(s) = self.served.get_mut(&domid) else {
+                    self.services.unbind(new);
+                    return;
                 };
-                self.host.warn(line);
-                self.store.domain_gone(domid);
-                return Err(failed.into_error());
+                let old = mem::replace(&mut s.local_port, new);
+                self.ports.remove(&old);
+                self.ports.insert(new, domid);
+                self.services.unbind(old);
+                self.host
+                    .log(format!("dom{domid}: event channel rebound to port {new}"));
+                self.services.notify(new);
+                self.service(domid);
             }
-        };
-        self.install(domid, ring, conn_id, local_port);
-        self.host
-            .log(format!("serving dom{domid} on port {local_port}"));
-        self.services.notify(local_port);
-        self.service(domid);
-        Ok(())
+            Some(Prepared::Ring {
+                ring,
+                local_port,
+                conn,
+            }) => {
+                // A new domain with the id of one still served (the store forgot the old one
+                // without us noticing): the old ring goes.
+                self.detach(domid);
+                self.install(domid, ring, conn, local_port);
+                self.host
+                    .log(format!("serving dom{domid} on port {local_port}"));
+                self.services.notify(local_port);
+                self.service(domid);
+            }
+        }
     }
 
     /// Stops serving `domid`: its connection closed, its port unbound, its ring unmapped.
@@ -846,6 +1006,7 @@ impl<S: Services, H: Host> Dispatcher<S, H> {
         } = s;
         self.ports.remove(&local_port);
         self.ring_conns.remove(&conn.id());
+        self.served_ids.remove(&domid);
         self.pending.remove(&domid);
         self.store.disconnect(conn.id());
         self.services.unbind(local_port);

@@ -26,6 +26,21 @@ use crate::wire::Header;
 /// What the program embedding the store provides to the protocol. Every method has a
 /// do-nothing default, so a test or a minimal program implements only what it needs.
 pub trait Host {
+    /// `INTRODUCE` is about to succeed (the store checked it and changed nothing yet): set
+    /// the domain's ring up (map it, bind its channel). An error refuses the request with
+    /// that error and the store is left as it was, as C xenstored maps the ring before it
+    /// answers. [`Host::introduced`] follows once the store took the domain; if the store
+    /// fails instead, the program finds its set-up not followed by it.
+    fn introducing(
+        &mut self,
+        _store: &mut Store,
+        _domid: DomId,
+        _intro: Introduction,
+        _kind: Introduced,
+    ) -> XsResult<()> {
+        Ok(())
+    }
+
     /// `INTRODUCE` succeeded: start serving the domain (map its ring, bind its channel).
     fn introduced(
         &mut self,
@@ -76,7 +91,7 @@ pub trait Host {
 }
 
 /// Introduces `domid` as the host, with no connection: what a privileged `INTRODUCE` does,
-/// through the same code, [`Host::introduced`] included. For the program that is itself the
+/// through the same code, [`Host::introducing`] and [`Host::introduced`] included. For the program that is itself the
 /// toolstack (a VMM introducing its guest).
 ///
 /// # Examples
@@ -101,6 +116,8 @@ pub fn introduce(
     domid: DomId,
     intro: Introduction,
 ) -> XsResult<Introduced> {
+    let kind = store.introduction_kind(domid, intro)?;
+    host.introducing(store, domid, intro, kind)?;
     let kind = store.introduce_domain(domid, intro)?;
     host.introduced(store, domid, intro, kind);
     Ok(kind)

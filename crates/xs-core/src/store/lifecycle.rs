@@ -115,14 +115,7 @@ impl Store {
     /// caller (the program owning the I/O) maps the ring and binds the channel as the result
     /// says. Needs no connection: this is the host acting as the toolstack.
     pub fn introduce_domain(&mut self, domid: DomId, intro: Introduction) -> XsResult<Introduced> {
-        // Any real domain, privileged ones included (C xenstored introduces dom0's and
-        // `--priv-domid`'s rings too); only RELEASE and RESUME refuse them.
-        if !domid.is_real() {
-            return Err(XsError::Inval);
-        }
-        if intro.evtchn == 0 {
-            return Err(XsError::Inval);
-        }
+        self.introduction_kind(domid, intro)?;
         let privileged = self.is_privileged(domid);
         let record = self.ensure_domain(domid).ok_or(XsError::Io)?;
         if record.introduced.is_some() || (privileged && domid == DomId::DOM0) {
@@ -136,6 +129,26 @@ impl Store {
         }
         self.fire_special(INTRODUCE, domid);
         Ok(Introduced::New)
+    }
+
+    /// What introducing `domid` would be, or why it is refused, changing nothing: the checks
+    /// of [`Store::introduce_domain`], for a program that must set the domain's ring up
+    /// before the store takes it (as C xenstored maps the ring before it answers).
+    pub fn introduction_kind(&self, domid: DomId, intro: Introduction) -> XsResult<Introduced> {
+        // Any real domain, privileged ones included (C xenstored introduces dom0's and
+        // `--priv-domid`'s rings too); only RELEASE and RESUME refuse them.
+        if !domid.is_real() || intro.evtchn == 0 {
+            return Err(XsError::Inval);
+        }
+        let introduced = self
+            .domains
+            .get(&domid)
+            .is_some_and(|d| d.introduced.is_some());
+        if introduced || (self.is_privileged(domid) && domid == DomId::DOM0) {
+            Ok(Introduced::Rebind)
+        } else {
+            Ok(Introduced::New)
+        }
     }
 
     fn create_domain_nodes(&mut self, domid: DomId) -> XsResult<()> {
