@@ -12,12 +12,12 @@ mod xen;
 
 use std::ffi::OsString;
 use std::fs;
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use xs_core::protocol::Limits;
+use xs_core::protocol::{Host, Limits};
 use xs_core::{DomId, StoreConfig};
 use xs_serve::{BootPort, BootRing, Bootstrap, Dispatcher, ServeConfig, Services as _};
 
@@ -28,7 +28,7 @@ use crate::trace::TraceFile;
 use crate::xen::HostServices;
 
 fn main() -> ExitCode {
-    let options = match cli::parse(std::env::args_os().skip(1)) {
+    let mut options = match cli::parse(std::env::args_os().skip(1)) {
         Ok(Command::Run(o)) => o,
         Ok(Command::Help) => {
             print!("{}", cli::USAGE);
@@ -40,13 +40,52 @@ fn main() -> ExitCode {
         }
     };
     logger::init(options.verbose);
-    match run(&options) {
+    // Before the daemon moves to `/`.
+    let socket = match main_socket(&mut options) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for what in &options.ignored {
+        log::warn!("ignoring {what}: not supported by xs-host");
+    }
+    match run(&options, socket) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The main socket, and the path options made absolute against the working directory.
+fn main_socket(options: &mut Options) -> io::Result<MainSocket> {
+    let cwd = std::env::current_dir()
+        .map_err(|e| io::Error::new(e.kind(), format!("the working directory: {e}")))?;
+    options.make_paths_absolute(&cwd);
+    Ok(match &options.socket {
+        Some(s) => MainSocket {
+            path: s.clone(),
+            private_dir: false,
+        },
+        None => {
+            let uid = rustix::process::getuid().as_raw();
+            let d = cli::default_socket(uid, |name| std::env::var_os(name));
+            MainSocket {
+                path: cwd.join(d.path),
+                private_dir: d.private_dir,
+            }
+        }
+    })
+}
+
+/// Where the main socket goes.
+struct MainSocket {
+    path: PathBuf,
+    /// Its directory is the user's own (mode 0700, checked).
+    private_dir: bool,
 }
 
 /// The store's configuration from the options, with a watch-table hash key from the
@@ -68,6 +107,9 @@ fn store_config(options: &Options) -> io::Result<StoreConfig> {
     };
     for &(kind, value) in &options.quotas {
         config.quotas.set(kind, value);
+    }
+    if let Some(soft) = options.memory_soft {
+        config.memory_soft = soft;
     }
     Ok(config)
 }
@@ -131,21 +173,20 @@ impl Drop for PidFile {
     }
 }
 
-fn run(options: &Options) -> io::Result<()> {
-    let uid = rustix::process::getuid().as_raw();
-    let socket = match &options.socket {
-        Some(s) => {
-            ensure_parent(s)?;
-            s.clone()
+/// Sets up and serves.
+fn run(options: &Options, socket: MainSocket) -> io::Result<()> {
+    let MainSocket {
+        path: socket,
+        private_dir: private,
+    } = socket;
+    if private {
+        if let Some(dir) = socket.parent() {
+            private_dir(dir, rustix::process::getuid().as_raw())?;
         }
-        None => {
-            let s = cli::default_socket(uid, std::env::var_os("XDG_RUNTIME_DIR"));
-            if let Some(dir) = s.parent() {
-                private_dir(dir, uid)?;
-            }
-            s
-        }
-    };
+    } else {
+        // C xenstored makes its run directory with mode 0755 (`early_init()`).
+        ensure_parent(&socket)?;
+    }
     let read_only = cli::ro_path(&socket, &options.socket_ro);
     if let Some(ro) = &read_only {
         ensure_parent(ro)?;
@@ -164,14 +205,22 @@ fn run(options: &Options) -> io::Result<()> {
         ),
         None => None,
     };
+    let mut host = HostCtx::new(trace);
+    if let Some(io) = options.trace_io {
+        // As `CONTROL log +io|-io` would.
+        host.set_log(if io { b"+io" } else { b"-io" })
+            .map_err(|e| io::Error::other(format!("--trace-control: {e}")))?;
+    }
     raise_fd_limit();
     let sockets = Sockets {
         main: socket.clone(),
         read_only: read_only.clone(),
         domain_dir: options.domain_sockets.clone(),
     };
-    let xs = start_store(options, HostCtx::new(trace))?;
+    let xs = start_store(options, host)?;
     let mut server = Server::new(xs, &sockets)?;
+    // Written once the sockets listen: Xen's `launch-xenstore` takes the file's existence
+    // for readiness.
     let _pid_file = match &options.pid_file {
         Some(p) => {
             if let Err(e) = fs::write(p, format!("{}\n", std::process::id())) {
@@ -183,7 +232,19 @@ fn run(options: &Options) -> io::Result<()> {
         }
         None => None,
     };
-    let ro_text = read_only.as_ref().map_or_else(
+    started(options, &socket, read_only.as_deref());
+    if options.output_pid {
+        // C 4.17's `-P`: the pid on stdout once the daemon is set up.
+        let mut out = io::stdout().lock();
+        let _ = writeln!(out, "{}", std::process::id());
+        let _ = out.flush();
+    }
+    server.run()
+}
+
+/// Says on stderr where the daemon listens, with the line to paste into a shell.
+fn started(options: &Options, socket: &Path, read_only: Option<&Path>) {
+    let ro_text = read_only.map_or_else(
         || "no read-only socket".to_owned(),
         |r| format!("read-only: {}", r.display()),
     );
@@ -198,7 +259,6 @@ fn run(options: &Options) -> io::Result<()> {
         "export XENSTORED_PATH={}",
         shell_quote(socket.as_os_str().to_owned())
     );
-    server.run()
 }
 
 /// The store, serving dom0's kernel ring (and then every introduced guest's) on a Xen dom0,
