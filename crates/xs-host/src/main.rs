@@ -4,6 +4,7 @@
 //! format.
 
 mod cli;
+mod daemon;
 mod host;
 mod logger;
 mod server;
@@ -22,6 +23,7 @@ use xs_core::{DomId, StoreConfig};
 use xs_serve::{BootPort, BootRing, Bootstrap, Dispatcher, ServeConfig, Services as _};
 
 use crate::cli::{Command, Options};
+use crate::daemon::{Forked, Startup};
 use crate::host::HostCtx;
 use crate::server::{Server, Sockets, Xs};
 use crate::trace::TraceFile;
@@ -48,13 +50,28 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let mut startup = None;
+    if options.fork {
+        match daemon::daemonize() {
+            Ok(Forked::Parent(code)) => return code,
+            Ok(Forked::Daemon(s)) => startup = Some(s),
+            Err(e) => {
+                log::error!("cannot become a daemon: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        logger::to_syslog();
+    }
     for what in &options.ignored {
         log::warn!("ignoring {what}: not supported by xs-host");
     }
-    match run(&options, socket) {
+    match run(&options, socket, &mut startup) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
+            if let Some(s) = startup {
+                s.failed();
+            }
             ExitCode::FAILURE
         }
     }
@@ -110,6 +127,13 @@ fn store_config(options: &Options) -> io::Result<StoreConfig> {
     }
     if let Some(soft) = options.memory_soft {
         config.memory_soft = soft;
+    }
+    // The master domain (whose kernel ring is served from the start) is privileged, as
+    // dom0 is.
+    if let Some(m) = options.master_domid
+        && !config.privileged.contains(&m)
+    {
+        config.privileged.push(m);
     }
     Ok(config)
 }
@@ -173,8 +197,9 @@ impl Drop for PidFile {
     }
 }
 
-/// Sets up and serves.
-fn run(options: &Options, socket: MainSocket) -> io::Result<()> {
+/// Sets up and serves; `startup` is the forked daemon's report to its first parent, sent (and
+/// taken) once the daemon serves.
+fn run(options: &Options, socket: MainSocket, startup: &mut Option<Startup>) -> io::Result<()> {
     let MainSocket {
         path: socket,
         private_dir: private,
@@ -219,8 +244,8 @@ fn run(options: &Options, socket: MainSocket) -> io::Result<()> {
     };
     let xs = start_store(options, host)?;
     let mut server = Server::new(xs, &sockets)?;
-    // Written once the sockets listen: Xen's `launch-xenstore` takes the file's existence
-    // for readiness.
+    // Written once the sockets listen, by the daemon itself (its final pid): Xen's
+    // `launch-xenstore` takes the file's existence for readiness.
     let _pid_file = match &options.pid_file {
         Some(p) => {
             if let Err(e) = fs::write(p, format!("{}\n", std::process::id())) {
@@ -239,21 +264,39 @@ fn run(options: &Options, socket: MainSocket) -> io::Result<()> {
         let _ = writeln!(out, "{}", std::process::id());
         let _ = out.flush();
     }
+    daemon::notify_ready(startup.is_some());
+    if let Some(s) = startup.take() {
+        daemon::detach_stdio().map_err(|e| io::Error::new(e.kind(), format!("/dev/null: {e}")))?;
+        logger::stderr_off();
+        s.ready();
+    }
     server.run()
 }
 
-/// Says on stderr where the daemon listens, with the line to paste into a shell.
+/// Says where the daemon listens: on stderr in the foreground, with the line to paste into a
+/// shell; in the log once forked.
 fn started(options: &Options, socket: &Path, read_only: Option<&Path>) {
     let ro_text = read_only.map_or_else(
         || "no read-only socket".to_owned(),
         |r| format!("read-only: {}", r.display()),
     );
-    eprintln!("xs-host: listening on {} ({ro_text})", socket.display());
-    if let Some(dir) = &options.domain_sockets {
-        eprintln!(
-            "xs-host: per-domain sockets in {}/<domid> once introduced",
+    let listening = format!("listening on {} ({ro_text})", socket.display());
+    let domains = options.domain_sockets.as_ref().map(|dir| {
+        format!(
+            "per-domain sockets in {}/<domid> once introduced",
             dir.display()
-        );
+        )
+    });
+    if options.fork {
+        log::info!("{listening}");
+        if let Some(d) = domains {
+            log::info!("{d}");
+        }
+        return;
+    }
+    eprintln!("xs-host: {listening}");
+    if let Some(d) = domains {
+        eprintln!("xs-host: {d}");
     }
     eprintln!(
         "export XENSTORED_PATH={}",
@@ -264,8 +307,10 @@ fn started(options: &Options, socket: &Path, read_only: Option<&Path>) {
 /// The store, serving dom0's kernel ring (and then every introduced guest's) on a Xen dom0,
 /// or no ring at all elsewhere.
 fn start_store(options: &Options, host: HostCtx) -> io::Result<Xs> {
+    // The domain whose kernel ring is served from the start (C xenstored's `dom0_domid`).
+    let master = options.master_domid.unwrap_or(DomId::DOM0);
     let services = if xen::is_dom0() {
-        HostServices::xen(DomId::DOM0)
+        HostServices::xen(master)
             .map_err(|e| io::Error::new(e.kind(), format!("Xen's devices: {e}")))?
     } else {
         log::info!("no Xen control domain here (/proc/xen/capabilities): serving sockets only");
@@ -281,9 +326,10 @@ fn start_store(options: &Options, host: HostCtx) -> io::Result<Xs> {
         // Dom0's own ring, which its kernel's xenbus (and so every in-kernel backend and
         // `/dev/xen/xenbus`) uses: C xenstored's `dom0_init`.
         let kernel = HostServices::kernel_ring()?;
-        let port = kernel.port;
+        // `--event` names the port when it is not the kernel's (C's `xenbus_evtchn`).
+        let port = options.event.unwrap_or(kernel.port);
         xs.bootstrap(Bootstrap {
-            domid: DomId::DOM0,
+            domid: master,
             ring: BootRing::Mapped(kernel.ring),
             port: BootPort::Remote(port),
         })
