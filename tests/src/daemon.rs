@@ -595,6 +595,77 @@ impl Drop for Daemon {
     }
 }
 
+/// Whether process `pid` exists and is not a zombie.
+pub fn pid_alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/status")) {
+        Ok(s) => !s
+            .lines()
+            .any(|l| l.starts_with("State:") && l.contains('Z')),
+        Err(_) => false,
+    }
+}
+
+/// A daemon that forked into the background (so not our child): stopped with SIGTERM by
+/// [`Detached::stop`], killed if still running when dropped (a failed test leaves nothing).
+#[derive(Debug)]
+pub struct Detached {
+    pid: u32,
+}
+
+impl Detached {
+    /// The daemon whose pid is in `pid_file`.
+    #[track_caller]
+    pub fn from_pid_file(pid_file: &Path) -> Detached {
+        let text = fs::read_to_string(pid_file)
+            .unwrap_or_else(|e| panic!("pid file {}: {e}", pid_file.display()));
+        let pid = text
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("no pid in {}: {text:?}", pid_file.display()));
+        Detached { pid }
+    }
+
+    /// The daemon whose pid is in `pid_file`, if the file holds one: to take charge of a
+    /// daemon before checking how its start went.
+    pub fn try_from_pid_file(pid_file: &Path) -> Option<Detached> {
+        let pid = fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
+        Some(Detached { pid })
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Whether it still runs.
+    pub fn alive(&self) -> bool {
+        pid_alive(self.pid)
+    }
+
+    /// SIGTERM, then waits (10 s at most) for the process to go.
+    #[track_caller]
+    pub fn stop(self) {
+        signal(self.pid, SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.alive() {
+            assert!(
+                Instant::now() < deadline,
+                "daemon {} still runs 10 s after SIGTERM",
+                self.pid
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        if self.alive() {
+            signal(self.pid, SIGKILL);
+        }
+    }
+}
+
 /// Whether the run is against xs-host (`XS_E2E_DAEMON`); otherwise notes that the calling
 /// test is xs-host only (it then returns, passing, before starting any daemon).
 pub fn xs_host_only() -> bool {
