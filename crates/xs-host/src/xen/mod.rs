@@ -49,6 +49,42 @@ use self::evtchn::{EventChannels, VIRQ_DOM_EXC};
 use self::gntdev::{GNTTAB_RESERVED_XENSTORE, GrantDevice, GrantMapping};
 use self::privcmd::{ForeignMapping, Privcmd};
 
+/// A domain's state from `XEN_DOMCTL_get_domain_state`'s answer; an error that does not say
+/// the domain is gone is returned beside `Running` (assumed until known).
+fn from_domain_state(
+    answer: Result<domctl::GetDomainState, Errno>,
+) -> (DomainState, Option<Errno>) {
+    match answer {
+        Ok(s) if s.state & domctl::STATE_EXIST == 0 => (DomainState::Dying, None),
+        Ok(s) if s.state & (domctl::STATE_DYING | domctl::STATE_DEAD) != 0 => {
+            (DomainState::Dying, None)
+        }
+        Ok(s) if s.state & domctl::STATE_SHUTDOWN != 0 => (DomainState::Shutdown, None),
+        Ok(_) => (DomainState::Running, None),
+        // No such domain: `EPERM` for a caller that is not the control domain, `ESRCH` for
+        // one that is (`do_domctl`).
+        Err(Errno::ESRCH | Errno::EPERM) => (DomainState::Dying, None),
+        Err(e) => (DomainState::Running, Some(e)),
+    }
+}
+
+/// `domid`'s state from `XEN_DOMCTL_getdomaininfo`'s answer, as C xenstored reads
+/// `xc_domain_getinfo`'s: before Xen 4.18 the answer may be about the next domain, which
+/// means this one is gone.
+fn from_domain_info(
+    domid: DomId,
+    answer: Result<domctl::DomainInfo, Errno>,
+) -> (DomainState, Option<Errno>) {
+    match answer {
+        Ok(info) if info.domain != domid.0 => (DomainState::Dying, None),
+        Ok(info) if info.flags & domctl::DOMINF_DYING != 0 => (DomainState::Dying, None),
+        Ok(info) if info.flags & domctl::DOMINF_SHUTDOWN != 0 => (DomainState::Shutdown, None),
+        Ok(_) => (DomainState::Running, None),
+        Err(Errno::ESRCH) => (DomainState::Dying, None),
+        Err(e) => (DomainState::Running, Some(e)),
+    }
+}
+
 /// Bytes in a page (x86).
 const PAGE_SIZE: usize = 4096;
 
@@ -319,34 +355,19 @@ impl Services for HostServices {
         let Some(x) = self.xen.as_mut() else {
             return DomainState::Running;
         };
-        match x.state {
-            StateQuery::Stable => match domctl::get_domain_state(&mut x.privcmd, domid.0) {
-                Ok(s) if s.state & domctl::STATE_EXIST == 0 => DomainState::Dying,
-                Ok(s) if s.state & (domctl::STATE_DYING | domctl::STATE_DEAD) != 0 => {
-                    DomainState::Dying
-                }
-                Ok(s) if s.state & domctl::STATE_SHUTDOWN != 0 => DomainState::Shutdown,
-                Ok(_) => DomainState::Running,
-                Err(Errno::ESRCH | Errno::EPERM) => DomainState::Dying,
-                Err(e) => {
-                    log::warn!("dom{domid}: domain state unknown: {e}");
-                    DomainState::Running
-                }
-            },
-            StateQuery::DomainInfo(v) => match domctl::getdomaininfo(&mut x.privcmd, domid.0, v) {
-                // Before Xen 4.18 the answer may be about the next domain: this one is gone.
-                Ok(info) if info.domain != domid.0 => DomainState::Dying,
-                Ok(info) if info.flags & domctl::DOMINF_DYING != 0 => DomainState::Dying,
-                Ok(info) if info.flags & domctl::DOMINF_SHUTDOWN != 0 => DomainState::Shutdown,
-                Ok(_) => DomainState::Running,
-                Err(Errno::ESRCH) => DomainState::Dying,
-                Err(e) => {
-                    log::warn!("dom{domid}: domain state unknown: {e}");
-                    DomainState::Running
-                }
-            },
-            StateQuery::Unavailable => DomainState::Running,
+        let (state, unknown) = match x.state {
+            StateQuery::Stable => {
+                from_domain_state(domctl::get_domain_state(&mut x.privcmd, domid.0))
+            }
+            StateQuery::DomainInfo(v) => {
+                from_domain_info(domid, domctl::getdomaininfo(&mut x.privcmd, domid.0, v))
+            }
+            StateQuery::Unavailable => (DomainState::Running, None),
+        };
+        if let Some(e) = unknown {
+            log::warn!("dom{domid}: domain state unknown: {e}");
         }
+        state
     }
 
     fn entropy(&mut self) -> u64 {
@@ -357,5 +378,86 @@ impl Services for HostServices {
             log::error!("no entropy: {e}");
         }
         u64::from_ne_bytes(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(domain: u16, flags: u32) -> Result<domctl::DomainInfo, Errno> {
+        Ok(domctl::DomainInfo {
+            domain,
+            pad: 0,
+            flags,
+            tot_pages: 1,
+        })
+    }
+
+    #[test]
+    fn domain_info_answers() {
+        let d = DomId(5);
+        assert_eq!(
+            from_domain_info(d, info(5, 0)),
+            (DomainState::Running, None)
+        );
+        let shutdown = domctl::DOMINF_SHUTDOWN | (3 << 16);
+        assert_eq!(
+            from_domain_info(d, info(5, shutdown)),
+            (DomainState::Shutdown, None)
+        );
+        let dying = domctl::DOMINF_DYING | domctl::DOMINF_SHUTDOWN;
+        assert_eq!(
+            from_domain_info(d, info(5, dying)),
+            (DomainState::Dying, None)
+        );
+        // Xen 4.17 answers about the next domain when this one is gone.
+        assert_eq!(from_domain_info(d, info(7, 0)), (DomainState::Dying, None));
+        assert_eq!(
+            from_domain_info(d, Err(Errno::ESRCH)),
+            (DomainState::Dying, None)
+        );
+        let (state, unknown) = from_domain_info(d, Err(Errno::EACCES));
+        assert_eq!(
+            (state, unknown),
+            (DomainState::Running, Some(Errno::EACCES))
+        );
+    }
+
+    #[test]
+    fn domain_state_answers() {
+        let state = |state| {
+            Ok(domctl::GetDomainState {
+                state,
+                caps: 0,
+                pad0: 0,
+                unique_id: 1,
+            })
+        };
+        use domctl::{STATE_DEAD, STATE_DYING, STATE_EXIST, STATE_SHUTDOWN};
+        assert_eq!(
+            from_domain_state(state(STATE_EXIST)).0,
+            DomainState::Running
+        );
+        let shut = STATE_EXIST | STATE_SHUTDOWN;
+        assert_eq!(from_domain_state(state(shut)).0, DomainState::Shutdown);
+        let dying = STATE_EXIST | STATE_DYING;
+        assert_eq!(from_domain_state(state(dying)).0, DomainState::Dying);
+        assert_eq!(from_domain_state(state(STATE_DEAD)).0, DomainState::Dying);
+        assert_eq!(from_domain_state(Err(Errno::EPERM)).0, DomainState::Dying);
+        assert_eq!(
+            from_domain_state(Err(Errno::EINVAL)),
+            (DomainState::Running, Some(Errno::EINVAL))
+        );
+    }
+
+    #[test]
+    fn without_xen_nothing_is_served() {
+        let mut s = HostServices::sockets_only();
+        assert!(!s.serves_rings());
+        assert!(s.event_source().is_none());
+        assert!(s.map_ring(DomId(1), 0).is_err());
+        assert_eq!(s.domain_state(DomId(1)), DomainState::Running);
+        assert_ne!(s.entropy(), s.entropy());
     }
 }
