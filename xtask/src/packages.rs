@@ -48,7 +48,7 @@ pub(crate) const NEEDS: &[(&str, &[Package])] = &[
 
 /// The `packages` step.
 pub(crate) fn step(ctx: &Ctx<'_>) -> Outcome {
-    let wanted: BTreeSet<Package> = NEEDS
+    let wanted: Vec<Package> = NEEDS
         .iter()
         .filter(|(step, _)| ctx.selected(step))
         .flat_map(|(_, packages)| packages.iter().copied())
@@ -57,10 +57,17 @@ pub(crate) fn step(ctx: &Ctx<'_>) -> Outcome {
         println!("no system packages needed by the selected steps");
         return Outcome::Pass;
     }
+    ensure(&wanted).into()
+}
+
+/// Makes sure `packages` are installed: as root, installs the missing ones (adding the apt
+/// sources of the suites they come from); otherwise prints the command to run and fails.
+pub(crate) fn ensure(packages: &[Package]) -> Result<(), String> {
+    let wanted: BTreeSet<Package> = packages.iter().copied().collect();
     let missing = missing(&wanted);
     if missing.is_empty() {
         println!("all {} needed system packages are installed", wanted.len());
-        return Outcome::Pass;
+        return Ok(());
     }
     let names: Vec<&str> = missing.iter().map(|p| p.name).collect();
     println!("missing system packages: {}", names.join(" "));
@@ -69,33 +76,27 @@ pub(crate) fn step(ctx: &Ctx<'_>) -> Outcome {
         for cmd in install_commands(&missing) {
             println!("    sudo {}", cmd::display(&cmd));
         }
-        return Outcome::Fail(format!("missing packages: {}", names.join(" ")));
+        return Err(format!("missing packages: {}", names.join(" ")));
     }
     let releases: BTreeSet<&str> = missing.iter().filter_map(|p| p.release).collect();
     for release in releases {
-        if let Err(e) = ensure_source(release) {
-            return Outcome::Fail(e);
-        }
+        ensure_source(release)?;
     }
     let mut update = Command::new("apt-get");
     update.arg("update");
-    if let Err(e) = cmd::run(&mut update) {
-        return Outcome::Fail(e);
-    }
+    cmd::run(&mut update)?;
     for mut install in install_commands(&missing) {
         // One retry: dpkg sometimes trips over its own temporary files on a busy machine.
         if cmd::run(&mut install).is_err() {
             println!("apt-get install failed; retrying once");
-            if let Err(e) = cmd::run(&mut install) {
-                return Outcome::Fail(e);
-            }
+            cmd::run(&mut install)?;
         }
     }
     let still = missing_names(&wanted);
     if still.is_empty() {
-        Outcome::Pass
+        Ok(())
     } else {
-        Outcome::Fail(format!("still missing after install: {}", still.join(" ")))
+        Err(format!("still missing after install: {}", still.join(" ")))
     }
 }
 
