@@ -17,6 +17,12 @@
 //!     kernel writes `1` once its xenbus is up); prints `seen <id> <epoch_us>` for each,
 //!     the real-time clock in microseconds when the watch event arrived (bash's
 //!     `$EPOCHREALTIME` without the dot is the same clock)
+//! xen-rig-probe introduced PATH DOMID...
+//!     asks IS_DOMAIN_INTRODUCED for each DOMID (the daemon's own view: what INTRODUCE made
+//!     and RELEASE or the domain's death ended); prints `<domid> T` or `<domid> F` for each
+//! xen-rig-probe introduce PATH DOMID MFN PORT
+//!     sends INTRODUCE (as a toolstack does for a new domain); prints `OK` or the error
+//!     reply's name (`ERROR EINVAL`), and exits 0 either way
 //! ```
 //!
 //! Every run has a deadline (`rtt`: 120 s; `wait-feature`: SECS): a daemon that never
@@ -137,6 +143,23 @@ fn main() -> ExitCode {
             }
             _ => return usage(),
         },
+        ["introduced", path, domids @ ..] if !domids.is_empty() => {
+            match domids
+                .iter()
+                .map(|d| d.parse())
+                .collect::<Result<Vec<u32>, _>>()
+            {
+                Ok(domids) => {
+                    deadline(RTT_DEADLINE);
+                    introduced(path, &domids)
+                }
+                Err(_) => return usage(),
+            }
+        }
+        ["introduce", path, domid, mfn, port] => {
+            deadline(RTT_DEADLINE);
+            introduce(path, domid, mfn, port)
+        }
         _ => return usage(),
     };
     match result {
@@ -149,7 +172,10 @@ fn main() -> ExitCode {
 }
 
 fn usage() -> ExitCode {
-    eprintln!("usage: xen-rig-probe rtt PATH NODE N | wait-feature PATH COUNT SECS READY-FILE");
+    eprintln!(
+        "usage: xen-rig-probe rtt PATH NODE N | wait-feature PATH COUNT SECS READY-FILE \
+         | introduced PATH DOMID... | introduce PATH DOMID MFN PORT"
+    );
     ExitCode::from(2)
 }
 
@@ -186,6 +212,34 @@ fn rtt(path: &str, node: &str, n: usize) -> Result<(), String> {
         us.sort_by(f64::total_cmp);
         println!("{name}_p50_us {:.1}", percentile(&us, 50));
         println!("{name}_p90_us {:.1}", percentile(&us, 90));
+    }
+    Ok(())
+}
+
+fn introduced(path: &str, domids: &[u32]) -> Result<(), String> {
+    let mut conn = Conn::open(path)?;
+    for domid in domids {
+        let reply = conn
+            .request(
+                ty::IS_DOMAIN_INTRODUCED,
+                &strings(&[domid.to_string().as_bytes()]),
+            )
+            .map_err(|e| format!("IS_DOMAIN_INTRODUCED {domid}: {e}"))?;
+        let answer = String::from_utf8_lossy(reply.strip_suffix(b"\0").unwrap_or(&reply));
+        println!("{domid} {answer}");
+    }
+    Ok(())
+}
+
+fn introduce(path: &str, domid: &str, mfn: &str, port: &str) -> Result<(), String> {
+    let mut conn = Conn::open(path)?;
+    let payload = strings(&[domid.as_bytes(), mfn.as_bytes(), port.as_bytes()]);
+    match conn.request(ty::INTRODUCE, &payload) {
+        Ok(_) => println!("OK"),
+        Err(e) if e.starts_with('E') && e.chars().all(|c| c.is_ascii_uppercase()) => {
+            println!("ERROR {e}")
+        }
+        Err(e) => return Err(e),
     }
     Ok(())
 }
