@@ -11,6 +11,7 @@ mod nostd;
 mod packages;
 mod steps;
 mod stubdom;
+mod xen_rig;
 
 use std::process::ExitCode;
 
@@ -40,9 +41,10 @@ commands:
         if its self-test passed; --append: the image's command line; --step: what the
         test step does (fmt, clippy, doc, build, check, and the boots of
         tests/tests/stubdom.rs)
-  help  this text
 ",
     );
+    text.push_str(xen_rig::USAGE);
+    text.push_str("  help  this text\n");
     text
 }
 
@@ -75,6 +77,14 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("xtask stubdom: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some("xen-rig") => match xen_rig::command(&ws, &args[1..]) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("xtask xen-rig: {e}");
                 ExitCode::FAILURE
             }
         },

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use crate::cmd;
 use crate::steps::{Ctx, Outcome};
-use crate::stubdom;
+use crate::{stubdom, xen_rig};
 
 /// A Debian package, from the default suite or from a named one (`apt-get install -t`).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -19,7 +19,7 @@ pub(crate) struct Package {
     pub(crate) release: Option<&'static str>,
 }
 
-const fn debian(name: &'static str) -> Package {
+pub(crate) const fn debian(name: &'static str) -> Package {
     Package {
         name,
         release: None,
@@ -44,6 +44,7 @@ pub(crate) const NEEDS: &[(&str, &[Package])] = &[
         ],
     ),
     ("stubdom", stubdom::PACKAGES),
+    ("xen-rig", xen_rig::PACKAGES),
 ];
 
 /// The `packages` step.

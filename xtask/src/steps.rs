@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use crate::cmd::{self, Workspace};
-use crate::{bench, features, nostd, packages, stubdom};
+use crate::{bench, features, nostd, packages, stubdom, xen_rig};
 
 /// What a step is given.
 #[derive(Debug)]
@@ -110,6 +110,12 @@ pub(crate) const STEPS: &[Step] = &[
         about: "stub-domain image: fmt/clippy/doc, build, nm -u, PVH note, size; its boots under \
                 QEMU (tests/tests/stubdom.rs) unless step `test` runs them",
         run: stubdom::step,
+    },
+    Step {
+        name: "xen-rig",
+        about: "xs-host as dom0's xenstored on Xen 4.17 under QEMU/TCG: `cargo xtask xen-rig` \
+                (tests/xen-rig/README.md)",
+        run: xen_rig::step,
     },
 ];
 
