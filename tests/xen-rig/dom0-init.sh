@@ -20,6 +20,8 @@ ln -s /proc/self/fd/2 /dev/stderr
 mkdir -p /run/xen /run/xenstored /run/xen-hotplug /run/lock /var/log/xen/console \
     /var/lib/xen /var/lib/xenstored
 echo "=== [$(cut -d' ' -f1 /proc/uptime)s] dom0 up, kernel $(uname -r)"
+# A syslog daemon, as a host has one: a forked xenstored logs there.
+syslogd -O /var/log/messages
 
 # xenfs needs xen-privcmd; blkback and loop serve the guests' file-backed disks.
 for m in xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs xen-blkback loop; do

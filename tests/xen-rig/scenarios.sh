@@ -13,7 +13,7 @@
 # does not answer makes scenarios fail, never the boot hang.
 set -u
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin:/usr/lib/xen-4.17/bin
-# DAEMON, TEST_XENSTORE_ITERATIONS, RTT_OPS, GUEST_MEM, ONLY (written by the host).
+# DAEMON, TEST_XENSTORE_ITERATIONS, RTT_OPS, GUEST_MEM, CYCLES, ONLY (written by the host).
 . /etc/xen-rig/config
 
 SOCKET=/run/xenstored/socket            # XEN_RUN_STORED/socket: libxenstore's default
@@ -27,7 +27,7 @@ GUEST8_TIMEOUT=480                      # s for eight concurrent ones
 mkdir -p "$LOGS"
 
 # The groups of scenarios, in the order they run; ONLY (from the host's --only) may pick
-# some of clients, test-xenstore, rtt, g1, g2, vbd, pv8. The daemon's start, dom0's set-up
+# some of clients, test-xenstore, rtt, g1, g2, vbd, pv8, cycles, hostile. The daemon's start, dom0's set-up
 # and the final check always run.
 selected() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
 PLAN=(launch-xenstore xenstore-ready xen-init-dom0 xenconsoled xl-info xl-list)
@@ -42,6 +42,8 @@ done
 selected vbd && GUEST_PLAN+=(vbd-create vbd-feature-poweroff vbd-console vbd-backend-connected
     vbd-frontend-connected vbd-guest-xvda vbd-shutdown vbd-gone vbd-data)
 selected pv8 && GUEST_PLAN+=(pv8-create pv8-feature-poweroff pv8-console pv8-destroy)
+selected cycles && GUEST_PLAN+=(cycles-introduce cycles-release cycles-no-leak)
+selected hostile && GUEST_PLAN+=(hostile-ring hostile-introduce)
 PLAN+=("${DOM0_PLAN[@]}" "${GUEST_PLAN[@]}" xenstored-alive)
 echo "XEN-RIG-PLAN ${PLAN[*]}"
 
@@ -99,6 +101,19 @@ wait_until() { # SECS COMMAND...
 xs_read() { t 10 xenstore-read "$@" 2>/dev/null; }
 xs_absent() { ! t 10 xenstore-exists "$1" >/dev/null 2>&1; }
 xs_equals() { [ "$(xs_read "$1")" = "$2" ]; } # PATH VALUE
+daemon_pid() { cat "$PIDFILE" 2>/dev/null; }
+# The daemon's syslog lines (dom0-init.sh runs syslogd) that mention PATTERN, as info.
+daemon_log() { # PATTERN
+    grep xenstored /var/log/messages 2>/dev/null | grep -e "$1" | tail -n 5 |
+        sed 's/^/XEN-RIG-INFO syslog: /'
+}
+# The daemon's CPU time so far in microseconds, all its threads (the scheduler's count in
+# /proc/<pid>/task/*/schedstat, in ns): what the store itself spent on a workload, whatever
+# else the emulated machine did meanwhile.
+daemon_cpu_us() {
+    cat /proc/"$(daemon_pid)"/task/*/schedstat 2>/dev/null |
+        awk '{ ns += $1 } END { printf "%d\n", ns / 1000 }'
+}
 
 # --- the daemon, started the way Xen's own scripts start it ---------------------------------
 
@@ -258,8 +273,12 @@ test_xenstore() { # MODE
 rtt() { # MODE
     local path=$SOCKET log=$LOGS/rtt-$1.log
     [ "$1" = ring ] && path=$RING
+    local cpu
+    cpu=$(daemon_cpu_us)
     xen-rig-probe rtt "$path" "/xen-rig/rtt-$1" "$RTT_OPS" >"$log" 2>&1
     local rc=$?
+    # 2 x RTT_OPS requests and the first WRITE.
+    cpu=$((($(daemon_cpu_us) - cpu) * 10 / (2 * RTT_OPS + 1)))
     if [ $rc != 0 ]; then
         why="xen-rig-probe rtt exited $rc: $(last_line "$log")"
         return
@@ -272,6 +291,7 @@ rtt() { # MODE
         *) info "rtt $1 ($RTT_OPS ops): $name $value" ;;
         esac
     done <"$log"
+    bench "xen_request_store_cpu_$1" "$((cpu / 10)).$((cpu % 10))" us
 }
 
 # --- guests ----------------------------------------------------------------------------------
@@ -318,7 +338,7 @@ domain_gone() { # NAME DOMID
 # One guest's life: xl create, feature-poweroff, console, xl shutdown, its nodes gone.
 # Scenarios PREFIX-create ... PREFIX-gone; with a DISK, the vbd checks between.
 guest_life() { # PREFIX NAME BENCH-NAME [DISK]
-    local p=$1 name=$2 benchname=$3 disk=${4:-} domid="" rc start seen
+    local p=$1 name=$2 benchname=$3 disk=${4:-} domid="" rc start seen cpu
     local later=("$p-feature-poweroff" "$p-console")
     [ -n "$disk" ] && later+=(vbd-backend-connected vbd-frontend-connected vbd-guest-xvda)
     later+=("$p-shutdown" "$p-gone")
@@ -331,6 +351,7 @@ guest_life() { # PREFIX NAME BENCH-NAME [DISK]
         return
     fi
     start=$(now_us)
+    cpu=$(daemon_cpu_us)
     t 120 xl create "/etc/xen/$name.cfg" >"$LOGS/$name.create.log" 2>&1
     rc=$?
     domid=$(t 10 xl domid "$name" 2>/dev/null)
@@ -355,7 +376,10 @@ guest_life() { # PREFIX NAME BENCH-NAME [DISK]
     seen=$(seen_at "$name" "$domid")
     if [ -n "$seen" ] && xs_equals "/local/domain/$domid/control/feature-poweroff" 1; then
         pass "$p-feature-poweroff"
-        [ -n "$benchname" ] && bench "$benchname" "$(ms_since "$start" "$seen")" ms
+        if [ -n "$benchname" ]; then
+            bench "$benchname" "$(ms_since "$start" "$seen")" ms
+            bench "${benchname}_store_cpu" "$((($(daemon_cpu_us) - cpu) / 1000))" ms
+        fi
     else
         fail "$p-feature-poweroff" "no /local/domain/$domid/control/feature-poweroff within" \
             "${GUEST_TIMEOUT} s (probe status $rc: $(last_line "$LOGS/probe.$name.log"))"
@@ -443,7 +467,7 @@ vbd_data() { # DOMID DISK
 
 # Eight guests created at once; all must write feature-poweroff, then all are destroyed.
 eight_guests() {
-    local names=() pids=() domids=() i n rc last=0 seen start bad=""
+    local names=() pids=() domids=() i n rc last=0 seen start bad="" cpu
     for i in 1 2 3 4 5 6 7 8; do
         names+=("c$i")
         guest_cfg "c$i"
@@ -455,6 +479,7 @@ eight_guests() {
         return
     fi
     start=$(now_us)
+    cpu=$(daemon_cpu_us)
     for n in "${names[@]}"; do
         t 300 xl create "/etc/xen/$n.cfg" >"$LOGS/$n.create.log" 2>&1 &
         pids+=($!)
@@ -497,6 +522,7 @@ eight_guests() {
     if [ -z "$bad" ]; then
         pass pv8-feature-poweroff
         bench xen_create_8_pv "$(ms_since "$start" "$last")" ms
+        bench xen_create_8_pv_store_cpu "$((($(daemon_cpu_us) - cpu) / 1000))" ms
     else
         fail pv8-feature-poweroff "no feature-poweroff within $GUEST8_TIMEOUT s from:$bad" \
             "$(last_line "$LOGS/probe.pv8.log")"
@@ -538,6 +564,221 @@ eight_guests() {
     else
         info "pv8: all destroyed and their nodes gone after $(ms_since "$start") ms"
         pass pv8-destroy
+    fi
+}
+
+# CYCLES guests in turn, each created paused (`xl create -p`) and destroyed (`xl destroy`):
+# libxl writes its nodes and INTRODUCEs it (the daemon maps its store page by grant and binds
+# its event channel); the destroy kills it (the daemon hears VIRQ_DOM_EXC; libxl RELEASEs it
+# and removes its nodes). The guest is the rig's tiny PV kernel, which never runs: a cycle is
+# the toolstack's and the store's work alone. Afterwards nothing may have accumulated in the
+# daemon: its open descriptors, its mappings of guests' pages (gntdev, privcmd) and dom0's
+# event channels (lsevtchn) as before, its resident memory within CYCLE_RSS_SLACK_KB.
+CYCLE_RSS_SLACK_KB=1024
+tiny_cfg() {
+    cat >/etc/xen/cyc.cfg <<EOF
+name = "cyc"
+type = "pv"
+kernel = "$GUEST_DIR/tiny-pv"
+memory = 16
+vcpus = 1
+on_poweroff = "destroy"
+on_reboot = "destroy"
+on_crash = "destroy"
+EOF
+}
+# "fds maps evtchns rss_kb": the daemon's descriptors, its mappings of other domains' pages,
+# dom0's event channels, the daemon's resident memory.
+daemon_usage() {
+    local pid fds maps evtchns rss
+    pid=$(daemon_pid)
+    fds=$(ls "/proc/$pid/fd" 2>/dev/null | wc -l)
+    maps=$(grep -c -e /dev/xen/gntdev -e /dev/xen/privcmd "/proc/$pid/maps" 2>/dev/null)
+    evtchns=$(t 10 lsevtchn 0 2>/dev/null | wc -l)
+    rss=$(awk '/^VmRSS/ { print $2 }' "/proc/$pid/status" 2>/dev/null)
+    echo "${fds:-?} ${maps:-?} ${evtchns:-?} ${rss:-?}"
+}
+usage_text() { # "fds maps evtchns rss"
+    set -- $1
+    echo "$1 descriptors, $2 page mappings, $3 dom0 event channels, RSS $4 kB"
+}
+# One cycle; $CYC_ERR says why it failed (empty if it did not). The first records the
+# daemon's usage while the guest exists in $CYC_DURING.
+one_cycle() { # I
+    local log=$LOGS/cyc.log domid t0 t1 t2
+    CYC_ERR=""
+    t0=$(now_us)
+    if ! t 60 xl create -p /etc/xen/cyc.cfg >"$log" 2>&1; then
+        CYC_ERR="cycle $1: xl create -p failed: $(first_error "$log")"
+        t 60 xl destroy cyc >/dev/null 2>&1
+        return
+    fi
+    domid=$(t 10 xl domid cyc 2>/dev/null)
+    if [ -z "$domid" ]; then
+        CYC_ERR="cycle $1: no domid for cyc"
+        return
+    fi
+    CYC_LAST=$domid
+    local answer
+    answer=$(xen-rig-probe introduced "$SOCKET" "$domid" 2>&1)
+    [ "$answer" = "$domid T" ] ||
+        CYC_ERR="cycle $1: domain $domid is not introduced after xl create -p ($answer)"
+    [ -n "${CYC_DURING:-}" ] || CYC_DURING=$(daemon_usage)
+    t1=$(now_us)
+    if ! t 60 xl destroy cyc >"$log" 2>&1; then
+        CYC_ERR="cycle $1: xl destroy failed: $(last_line "$log")"
+        return
+    fi
+    t2=$(now_us)
+    wait_until 30 domain_gone cyc "$domid" ||
+        CYC_ERR="cycle $1: domain $domid's nodes are still there 30 s after xl destroy"
+    CYC_CREATE_US=$((CYC_CREATE_US + t1 - t0))
+    CYC_DESTROY_US=$((CYC_DESTROY_US + t2 - t1))
+    CYC_GONE_US=$((CYC_GONE_US + $(now_us) - t2))
+}
+cycles() {
+    local i before after start cpu first released
+    tiny_cfg
+    echo "=== [$(uptime_s)s] cycles: $CYCLES x (xl create -p, xl destroy)"
+    # Two cycles first, to let the daemon's allocator and libxl's first-use work settle.
+    CYC_DURING="" CYC_CREATE_US=0 CYC_DESTROY_US=0 CYC_GONE_US=0
+    for i in 1 2; do
+        one_cycle "warm-up $i"
+        [ -z "$CYC_ERR" ] || break
+    done
+    before=$(daemon_usage)
+    info "cycles: daemon before: $(usage_text "$before")"
+    cpu=$(daemon_cpu_us)
+    sleep 2
+    info "cycles: daemon CPU while idle for 2 s: $(($(daemon_cpu_us) - cpu)) us"
+    CYC_CREATE_US=0 CYC_DESTROY_US=0 CYC_GONE_US=0
+    start=$(now_us)
+    cpu=$(daemon_cpu_us)
+    first=""
+    if [ -z "$CYC_ERR" ]; then
+        for i in $(seq "$CYCLES"); do
+            one_cycle "$i"
+            [ -n "$first" ] || first=$CYC_LAST
+            [ -z "$CYC_ERR" ] || break
+        done
+    fi
+    if [ -n "$CYC_ERR" ]; then
+        fail cycles-introduce "$CYC_ERR"
+        show_log "$LOGS/cyc.log"
+        not_run "a cycle failed" cycles-release cycles-no-leak
+        t 60 xl destroy cyc >/dev/null 2>&1
+        return
+    fi
+    info "cycles: $CYCLES cycles in $(ms_since "$start") ms, domids $first..$CYC_LAST;" \
+        "per cycle: xl create -p $((CYC_CREATE_US / CYCLES / 1000)) ms," \
+        "xl destroy $((CYC_DESTROY_US / CYCLES / 1000)) ms, nodes gone $((CYC_GONE_US / CYCLES / 1000)) ms"
+    bench xen_cycle_pv "$(ms_since "$start" $(( start + ($(now_us) - start) / CYCLES )))" ms
+    bench xen_cycle_pv_store_cpu "$((($(daemon_cpu_us) - cpu) / CYCLES))" us
+    pass cycles-introduce
+
+    # None of them is introduced any more, and only dom0 is left in /local/domain.
+    released=$(xen-rig-probe introduced "$SOCKET" "$first" $(( (first + CYC_LAST) / 2 )) \
+        "$CYC_LAST" 2>&1)
+    if [ "$(grep -c ' F$' <<<"$released")" != 3 ]; then
+        fail cycles-release "IS_DOMAIN_INTRODUCED after the cycles: $(tr '\n' ' ' <<<"$released")"
+    elif [ "$(t 10 xenstore-list /local/domain 2>/dev/null | tr '\n' ' ')" != "0 " ]; then
+        fail cycles-release "/local/domain holds: $(t 10 xenstore-list /local/domain | tr '\n' ' ')"
+    else
+        pass cycles-release
+    fi
+
+    same_usage() {
+        after=$(daemon_usage)
+        set -- $before
+        local fds=$1 maps=$2 evtchns=$3 rss=$4
+        set -- $after
+        [ "$1" = "$fds" ] && [ "$2" = "$maps" ] && [ "$3" = "$evtchns" ] &&
+            [ "$4" -le $((rss + CYCLE_RSS_SLACK_KB)) ]
+    }
+    if ! wait_until 20 same_usage; then
+        fail cycles-no-leak "after $CYCLES cycles: $(usage_text "$after"); before: $(usage_text "$before")"
+        return
+    fi
+    info "cycles: daemon after: $(usage_text "$after")"
+    info "cycles: daemon with a guest: $(usage_text "$CYC_DURING")"
+    # The counts must see a guest at all, or comparing them proves nothing.
+    set -- $CYC_DURING
+    local maps=$2 evtchns=$3
+    set -- $before
+    if [ "$maps" -le "$2" ] || [ "$evtchns" -le "$3" ]; then
+        fail cycles-no-leak "with a guest the counts were $(usage_text "$CYC_DURING"), without $(usage_text "$before"): they do not see a guest's mapping and event channel"
+    else
+        pass cycles-no-leak
+    fi
+}
+
+# A guest that breaks its ring: the rig's ring-breaker kernel sets its XenStore ring's
+# req_prod more than a ring ahead of req_cons and kicks the store's event channel, then
+# sleeps. The daemon must give up on that connection only: dom0's requests are still
+# answered, the daemon does not spin on the broken ring, and the guest is destroyed and
+# cleaned up as any other, leaving nothing behind.
+hostile_ring() {
+    local domid cpu spent usage_before usage_after log=$LOGS/breaker.log
+    cat >/etc/xen/breaker.cfg <<EOF
+name = "breaker"
+type = "pv"
+kernel = "$GUEST_DIR/ring-breaker"
+memory = 16
+vcpus = 1
+on_poweroff = "destroy"
+on_reboot = "destroy"
+on_crash = "preserve"
+EOF
+    usage_before=$(daemon_usage)
+    if ! t 60 xl create /etc/xen/breaker.cfg >"$log" 2>&1; then
+        why="xl create failed: $(first_error "$log")"
+        return
+    fi
+    domid=$(t 10 xl domid breaker 2>/dev/null)
+    sleep 2 # it breaks its ring within microseconds of starting
+    cpu=$(daemon_cpu_us)
+    sleep 2
+    spent=$(($(daemon_cpu_us) - cpu))
+    info "ring-breaker: domain $domid, $(t 30 xl list breaker 2>&1 | tail -n 1 | tr -s ' ')"
+    info "ring-breaker: daemon CPU over 2 s with the broken ring: $spent us"
+    if ! t 10 xenstore-write -s /xen-rig/after-break ok 2>"$LOGS/after-break.log" ||
+        ! xs_equals /xen-rig/after-break ok; then
+        why="dom0's requests are not answered with the broken ring there: $(last_line "$LOGS/after-break.log")"
+    elif ! XENSTORED_PATH=$RING t 10 xenstore-read /xen-rig/after-break >/dev/null 2>&1; then
+        why="dom0's ring is not answered with the broken ring there"
+    elif [ "$spent" -gt 200000 ]; then
+        why="the daemon spent $spent us of CPU in 2 s with a broken ring and nothing else to do"
+    elif ! t 60 xl destroy breaker >"$log" 2>&1; then
+        why="xl destroy failed: $(last_line "$log")"
+    elif ! wait_until 30 domain_gone breaker "$domid"; then
+        why="domain $domid's nodes are still there 30 s after xl destroy"
+    elif [ "$(xen-rig-probe introduced "$SOCKET" "$domid" 2>&1)" != "$domid F" ]; then
+        why="domain $domid is still introduced after xl destroy"
+    elif ! wait_until 20 eval '[ "$(daemon_usage | cut -d" " -f1-3)" = "$(cut -d" " -f1-3 <<<"$usage_before")" ]'; then
+        why="left behind: before $(usage_text "$usage_before"); after $(usage_text "$(daemon_usage)")"
+    elif [ "$DAEMON" = xs-host ] && ! grep -q "dom$domid: ring no longer served" /var/log/messages; then
+        # xs-host says so once, when the ring breaks: proof that the guest did break it.
+        why="no 'dom$domid: ring no longer served' in the daemon's log"
+    fi
+    daemon_log "dom$domid"
+    [ -z "$why" ] || t 60 xl destroy breaker >/dev/null 2>&1
+}
+
+# INTRODUCE of a domain that does not exist: its page cannot be mapped, so the daemon must
+# refuse it with an error (C xenstored says EINVAL), not count it as introduced, and go on
+# serving everyone.
+hostile_introduce() {
+    local answer
+    answer=$(xen-rig-probe introduce "$SOCKET" 31000 1234 5 2>&1)
+    info "INTRODUCE of domain 31000 (none such): $answer"
+    daemon_log 31000
+    if [[ "$answer" != ERROR\ * ]]; then
+        why="INTRODUCE of a domain that does not exist answered '$answer', not an error"
+    elif [ "$(xen-rig-probe introduced "$SOCKET" 31000 2>&1)" != "31000 F" ]; then
+        why="domain 31000 counts as introduced after a failed INTRODUCE"
+    elif ! t 10 xenstore-write -s /xen-rig/after-introduce ok ||
+        ! xs_equals /xen-rig/after-introduce ok; then
+        why="the daemon no longer answers after the failed INTRODUCE"
     fi
 }
 
@@ -586,6 +827,11 @@ if [ $XL_UP = 1 ]; then
         guest_life vbd vbd "" "$GUEST_DIR/disk.img"
     fi
     selected pv8 && eight_guests
+    selected cycles && cycles
+    if selected hostile; then
+        scenario hostile-ring hostile_ring
+        scenario hostile-introduce hostile_introduce
+    fi
 else
     not_run "xl cannot reach the store" "${GUEST_PLAN[@]}"
 fi
