@@ -8,7 +8,8 @@
 //! 2. `shared_info` mapped over the given page (`XENMEM_add_to_physmap`,
 //!    `XENMAPSPACE_shared_info`); events are taken from vCPU 0's `vcpu_info` in it.
 //! 3. `VIRQ_DOM_EXC` bound (the toolstack makes the store domain its handler) and unmasked.
-//! 4. [`XenServices`] over the map area; whether `XEN_DOMCTL_get_domain_state` works is
+//! 4. [`XenServices`] over the map area; how domain states are asked (`get_domain_state`, else
+//!    `getdomaininfo` under the interface version this Xen accepts) is
 //!    probed on the privileged domain.
 //! 5. The [`Dispatcher`] serving the privileged domain: its grant `GNTTAB_RESERVED_XENSTORE`
 //!    mapped, bound to `--event` (or to the ring's `evtchn_port`).
@@ -32,6 +33,8 @@
 use core::fmt::{self, Write};
 use core::ptr::NonNull;
 
+use alloc::borrow::Cow;
+
 use xs_serve::{BootPort, BootRing, Bootstrap, Dispatcher, ServeConfig, Services};
 
 use crate::console::XenConsole;
@@ -43,7 +46,7 @@ use crate::hypercall::{self, Hypercalls, Transfer, XenHypercalls};
 use crate::memory;
 use crate::rng::Rng;
 use crate::sched::{self, POLL_MAX_PORTS, ShutdownReason};
-use crate::services::XenServices;
+use crate::services::{StateQueries, XenServices};
 use crate::shared_info::SharedInfo;
 use crate::version;
 
@@ -106,11 +109,15 @@ pub unsafe fn start<'s, H: Hypercalls>(
     let states = services.probe_domain_state(priv_domid);
     let _ = writeln!(
         log,
-        "xs: VIRQ_DOM_EXC on port {virq}; domain state queries {}; entropy {}",
-        if states {
-            "available"
-        } else {
-            "unavailable (Xen < 4.21?)"
+        "xs: VIRQ_DOM_EXC on port {virq}; domain states through {}; entropy {}",
+        match states {
+            StateQueries::Supported | StateQueries::Unknown => Cow::from("get_domain_state"),
+            StateQueries::DomainInfo(v) => {
+                Cow::from(alloc::format!("getdomaininfo (domctl interface {v:#x})"))
+            }
+            StateQueries::Unsupported => {
+                Cow::from("nothing: no domctl answers (dying domains end only by RELEASE)")
+            }
         },
         if rdrand { "RDRAND" } else { "WEAK (no RDRAND)" },
     );

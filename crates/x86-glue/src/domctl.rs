@@ -10,6 +10,9 @@
 //!   caller finds the version by asking ([`find_interface_version`]); the start of its
 //!   result (the domain and its flags) has not changed across the versions probed.
 
+use xs_core::DomId;
+use xs_serve::DomainState;
+
 use crate::hypercall::{Errno, Hypercalls, arg, nr};
 
 /// `XEN_DOMCTL_get_domain_state`.
@@ -169,6 +172,23 @@ pub fn find_interface_version(hc: &mut impl Hypercalls, domid: u16) -> Option<u3
         .find(|&v| getdomaininfo(hc, domid, v).is_ok())
 }
 
+/// `domid`'s state from `XEN_DOMCTL_getdomaininfo`'s answer, as C xenstored reads
+/// `xc_domain_getinfo`'s: before Xen 4.18 the answer may be about the next domain, which
+/// means this one is gone.
+pub fn state_from_domain_info(
+    domid: DomId,
+    answer: Result<DomainInfo, Errno>,
+) -> (DomainState, Option<Errno>) {
+    match answer {
+        Ok(info) if info.domain != domid.0 => (DomainState::Dying, None),
+        Ok(info) if info.flags & DOMINF_DYING != 0 => (DomainState::Dying, None),
+        Ok(info) if info.flags & DOMINF_SHUTDOWN != 0 => (DomainState::Shutdown, None),
+        Ok(_) => (DomainState::Running, None),
+        Err(Errno::ESRCH) => (DomainState::Dying, None),
+        Err(e) => (DomainState::Running, Some(e)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,5 +234,47 @@ mod tests {
         assert_eq!(getdomaininfo(&mut xen, 5, v), Err(Errno::ESRCH));
         xen.refuse_domctl(Errno::EPERM);
         assert_eq!(find_interface_version(&mut xen, 0), None);
+    }
+
+    fn info(domain: u16, flags: u32) -> Result<DomainInfo, Errno> {
+        Ok(DomainInfo {
+            domain,
+            pad: 0,
+            flags,
+            tot_pages: 1,
+        })
+    }
+
+    #[test]
+    fn domain_info_answers() {
+        let d = DomId(5);
+        assert_eq!(
+            state_from_domain_info(d, info(5, 0)),
+            (DomainState::Running, None)
+        );
+        let shutdown = DOMINF_SHUTDOWN | (3 << 16);
+        assert_eq!(
+            state_from_domain_info(d, info(5, shutdown)),
+            (DomainState::Shutdown, None)
+        );
+        let dying = DOMINF_DYING | DOMINF_SHUTDOWN;
+        assert_eq!(
+            state_from_domain_info(d, info(5, dying)),
+            (DomainState::Dying, None)
+        );
+        // Xen 4.17 answers about the next domain when this one is gone.
+        assert_eq!(
+            state_from_domain_info(d, info(7, 0)),
+            (DomainState::Dying, None)
+        );
+        assert_eq!(
+            state_from_domain_info(d, Err(Errno::ESRCH)),
+            (DomainState::Dying, None)
+        );
+        let (state, unknown) = state_from_domain_info(d, Err(Errno::EACCES));
+        assert_eq!(
+            (state, unknown),
+            (DomainState::Running, Some(Errno::EACCES))
+        );
     }
 }

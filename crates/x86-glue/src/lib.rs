@@ -114,4 +114,4 @@ pub use boot::run_stub_domain;
 pub use cpuid::{BootArgs, XenInfo};
 pub use error::Error;
 pub use hypercall::{Errno, Hypercalls, XenHypercalls};
-pub use services::{XenRing, XenServices};
+pub use services::{StateQueries, XenRing, XenServices};

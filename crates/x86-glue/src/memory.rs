@@ -1,5 +1,6 @@
-//! The `memory_op` hypercall: `XENMEM_add_to_physmap` (`xen/include/public/memory.h`), to
-//! place `shared_info` in our guest-physical map.
+//! The `memory_op` hypercall (`xen/include/public/memory.h`): `XENMEM_add_to_physmap`, to
+//! place `shared_info` in our guest-physical map, and `XENMEM_memory_map`, our own memory
+//! map where the PVH start info carries none.
 
 use crate::evtchn::DOMID_SELF;
 use crate::hypercall::{Errno, Hypercalls, arg, nr};
@@ -8,6 +9,10 @@ use crate::hypercall::{Errno, Hypercalls, arg, nr};
 pub const XENMEM_ADD_TO_PHYSMAP: u64 = 7;
 /// `XENMAPSPACE_shared_info`.
 pub const XENMAPSPACE_SHARED_INFO: u32 = 0;
+/// `XENMEM_memory_map`: the domain's pseudo-physical memory map, as set when it was built.
+pub const XENMEM_MEMORY_MAP: u64 = 9;
+/// `E820_RAM` in an entry's `kind`.
+pub const E820_RAM: u32 = 1;
 
 /// `struct xen_add_to_physmap`.
 #[repr(C)]
@@ -34,6 +39,48 @@ const _: () = {
     assert!(offset_of!(AddToPhysmap, idx) == 8);
     assert!(offset_of!(AddToPhysmap, gpfn) == 16);
 };
+
+/// One entry of a memory map in BIOS E820 form (Xen's `struct e820entry`: packed, 20 bytes),
+/// what `XENMEM_memory_map` fills.
+#[repr(C, packed)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct E820Entry {
+    /// Start (guest-physical).
+    pub addr: u64,
+    /// Length in bytes.
+    pub size: u64,
+    /// `E820_RAM`, reserved, ...
+    pub kind: u32,
+}
+
+/// `struct xen_memory_map`.
+#[repr(C)]
+#[derive(Debug)]
+struct MemoryMap {
+    /// In: the buffer's capacity, in entries; out: how many Xen stored.
+    nr_entries: u32,
+    /// The buffer's address (a guest handle).
+    buffer: u64,
+}
+
+const _: () = {
+    use core::mem::{offset_of, size_of};
+    assert!(size_of::<E820Entry>() == 20);
+    assert!(size_of::<MemoryMap>() == 16);
+    assert!(offset_of!(MemoryMap, buffer) == 8);
+};
+
+/// `XENMEM_memory_map`: fills `out` with our memory map and returns how many entries Xen
+/// stored (never more than `out` holds). A domain built by Xen 4.17's `init-xenstore-domain`
+/// gets a version-0 PVH start info without a map; this is where the map is then.
+pub fn memory_map(hc: &mut impl Hypercalls, out: &mut [E820Entry]) -> Result<usize, Errno> {
+    let mut map = MemoryMap {
+        nr_entries: u32::try_from(out.len()).unwrap_or(u32::MAX),
+        buffer: out.as_mut_ptr().expose_provenance() as u64,
+    };
+    Errno::check(hc.call2(nr::MEMORY_OP, XENMEM_MEMORY_MAP, arg(&mut map)))?;
+    Ok((map.nr_entries as usize).min(out.len()))
+}
 
 /// `XENMEM_add_to_physmap` for our own domain.
 pub fn add_to_physmap(
@@ -71,5 +118,23 @@ mod tests {
         let (op, args) = *xen.calls().last().unwrap();
         assert_eq!((op, args[0]), (nr::MEMORY_OP, XENMEM_ADD_TO_PHYSMAP));
         assert_eq!(add_to_physmap(&mut xen, 99, 0, 1), Err(Errno::EINVAL));
+    }
+
+    #[test]
+    fn memory_map_is_read_into_the_buffer_and_capped_by_it() {
+        let mut xen = FakeXen::new();
+        let ram = |addr, size| E820Entry {
+            addr,
+            size,
+            kind: E820_RAM,
+        };
+        xen.set_memory_map(&[ram(0, 0xa0000), ram(0x10_0000, 0x70_0000)]);
+        let mut buf = [E820Entry::default(); 4];
+        assert_eq!(memory_map(&mut xen, &mut buf), Ok(2));
+        assert_eq!(buf[1], ram(0x10_0000, 0x70_0000));
+        // A buffer too small for the map: Xen stores what fits and says so.
+        let mut one = [E820Entry::default(); 1];
+        assert_eq!(memory_map(&mut xen, &mut one), Ok(1));
+        assert_eq!(one[0], ram(0, 0xa0000));
     }
 }

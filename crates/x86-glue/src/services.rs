@@ -1,6 +1,7 @@
 //! [`XenServices`]: the platform services of the serving layer ([`xs_serve::Services`]) on
 //! Xen, for a store running as a stub domain: grant mappings into a reserved guest-physical
-//! range, `event_channel_op`, `XEN_DOMCTL_get_domain_state`, RDRAND, and Xen system time
+//! range, `event_channel_op`, domain states (`XEN_DOMCTL_get_domain_state` on Xen 4.21+,
+//! `XEN_DOMCTL_getdomaininfo` before), RDRAND, and Xen system time
 //! from `vcpu_time_info` and the TSC.
 
 use alloc::collections::BTreeMap;
@@ -39,14 +40,21 @@ impl Deref for XenRing {
     }
 }
 
-/// Whether `XEN_DOMCTL_get_domain_state` works here.
+/// How a domain's state is asked here.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum StateQueries {
-    /// Not probed yet: answers are trusted, but errors do not mean "gone".
+pub enum StateQueries {
+    /// Not probed yet: `XEN_DOMCTL_get_domain_state`'s answers are trusted, but errors do not
+    /// mean "gone".
     Unknown,
-    /// Works (Xen 4.21+, permitted): an error for a domain means it does not exist.
+    /// `XEN_DOMCTL_get_domain_state` works (Xen 4.21+, permitted): an error for a domain
+    /// means it does not exist.
     Supported,
-    /// Refused (older Xen, or XSM): every domain is reported running.
+    /// `XEN_DOMCTL_getdomaininfo` under this interface version: what C xenstored's stub
+    /// domain asks before 4.21 (through libxenctrl), and what Xen's dummy XSM lets the
+    /// XenStore domain ask (`XSM_XS_PRIV`). No domain-id reuse detection: it has no
+    /// unique id.
+    DomainInfo(u32),
+    /// Neither works: every domain is reported running (domains end by RELEASE alone).
     Unsupported,
 }
 
@@ -124,16 +132,18 @@ impl<'s, H: Hypercalls> XenServices<'s, H> {
     }
 
     /// Asks Xen for the state of `domid` (a domain that exists: the privileged one) to learn
-    /// whether `XEN_DOMCTL_get_domain_state` is available; returns whether it is. Without
-    /// it, dying domains are noticed only when the toolstack releases them.
-    pub fn probe_domain_state(&mut self, domid: DomId) -> bool {
-        let ok = domctl::get_domain_state(&mut self.hc, domid.0).is_ok();
-        self.queries = if ok {
+    /// how domain states can be asked here: `XEN_DOMCTL_get_domain_state`, else
+    /// `XEN_DOMCTL_getdomaininfo` under the interface version this Xen accepts, else not at
+    /// all (dying domains are then noticed only when the toolstack releases them).
+    pub fn probe_domain_state(&mut self, domid: DomId) -> StateQueries {
+        self.queries = if domctl::get_domain_state(&mut self.hc, domid.0).is_ok() {
             StateQueries::Supported
+        } else if let Some(v) = domctl::find_interface_version(&mut self.hc, domid.0) {
+            StateQueries::DomainInfo(v)
         } else {
             StateQueries::Unsupported
         };
-        ok
+        self.queries
     }
 
     /// Errors met in operations that cannot return them (unmap, unbind, notify), oldest
@@ -143,7 +153,10 @@ impl<'s, H: Hypercalls> XenServices<'s, H> {
     }
 
     fn unique_id(&mut self, domid: DomId) -> Option<u64> {
-        if self.queries == StateQueries::Unsupported {
+        if matches!(
+            self.queries,
+            StateQueries::Unsupported | StateQueries::DomainInfo(_)
+        ) {
             return None;
         }
         domctl::get_domain_state(&mut self.hc, domid.0)
@@ -234,8 +247,18 @@ impl<H: Hypercalls> Services for XenServices<'_, H> {
     }
 
     fn domain_state(&mut self, domid: DomId) -> DomainState {
-        if self.queries == StateQueries::Unsupported {
-            return DomainState::Running;
+        match self.queries {
+            StateQueries::Unsupported => return DomainState::Running,
+            StateQueries::DomainInfo(v) => {
+                let answer = domctl::getdomaininfo(&mut self.hc, domid.0, v);
+                let (state, unknown) = domctl::state_from_domain_info(domid, answer);
+                if let Some(e) = unknown {
+                    self.errors
+                        .push(format!("dom{domid}: domain state unknown: {e}"));
+                }
+                return state;
+            }
+            StateQueries::Unknown | StateQueries::Supported => {}
         }
         match domctl::get_domain_state(&mut self.hc, domid.0) {
             Ok(s) => {
@@ -307,7 +330,7 @@ mod tests {
         xen.add_domain(2);
         xen.add_domain(3);
         let mut s = services(xen, &si, &mut area);
-        assert!(s.probe_domain_state(DomId(1)));
+        assert_eq!(s.probe_domain_state(DomId(1)), StateQueries::Supported);
         let r1 = s.map_ring(DomId(1), 0).unwrap();
         let r2 = s.map_ring(DomId(2), 0).unwrap();
         assert_eq!(s.map_ring(DomId(3), 0).unwrap_err(), Error::MapAreaFull);
@@ -363,7 +386,7 @@ mod tests {
         xen.add_domain(0);
         xen.add_domain(5);
         let mut s = services(xen, &si, &mut area);
-        assert!(s.probe_domain_state(DomId(0)));
+        assert_eq!(s.probe_domain_state(DomId(0)), StateQueries::Supported);
         let ring = s.map_ring(DomId(5), 0).unwrap();
         assert_eq!(s.domain_state(DomId(5)), DomainState::Running);
         s.hypercalls()
@@ -381,6 +404,31 @@ mod tests {
         assert_eq!(s.domain_state(DomId(5)), DomainState::Running);
     }
 
+    /// Xen 4.17: no `get_domain_state`, but `getdomaininfo` for the XenStore domain, which
+    /// answers about the next domain for one that is gone.
+    #[test]
+    fn on_xen_4_17_states_come_from_getdomaininfo() {
+        let si = Box::new(SharedInfo::new());
+        let mut area = PageBuf::new(1);
+        let mut xen = FakeXen::new();
+        xen.be_xen_4_17();
+        xen.add_domain(0);
+        xen.add_domain(5);
+        xen.add_domain(9);
+        let mut s = services(xen, &si, &mut area);
+        assert!(matches!(
+            s.probe_domain_state(DomId(0)),
+            StateQueries::DomainInfo(_)
+        ));
+        assert_eq!(s.domain_state(DomId(5)), DomainState::Running);
+        s.hypercalls()
+            .set_domain_state(5, domctl::STATE_EXIST | domctl::STATE_SHUTDOWN);
+        assert_eq!(s.domain_state(DomId(5)), DomainState::Shutdown);
+        s.hypercalls().remove_domain(5);
+        assert_eq!(s.domain_state(DomId(5)), DomainState::Dying);
+        assert_eq!(s.domain_state(DomId(9)), DomainState::Running);
+    }
+
     #[test]
     fn without_domain_state_queries_everything_runs() {
         let si = Box::new(SharedInfo::new());
@@ -389,7 +437,7 @@ mod tests {
         xen.add_domain(0);
         xen.refuse_domctl(Errno::EACCES);
         let mut s = services(xen, &si, &mut area);
-        assert!(!s.probe_domain_state(DomId(0)));
+        assert_eq!(s.probe_domain_state(DomId(0)), StateQueries::Unsupported);
         assert_eq!(s.domain_state(DomId(7)), DomainState::Running);
         assert_ne!(s.entropy(), s.entropy());
     }

@@ -100,6 +100,7 @@ pub(crate) struct FakeXen {
     shutdown: Option<u32>,
     params: BTreeMap<u32, u64>,
     console: Vec<u8>,
+    memory_map: Vec<memory::E820Entry>,
 }
 
 /// The argument at `addr`, as Xen's `copy_from_guest` sees it.
@@ -127,6 +128,11 @@ impl FakeXen {
     }
 
     // ----- the test's side -----------------------------------------------------------------
+
+    /// What `XENMEM_memory_map` answers.
+    pub(crate) fn set_memory_map(&mut self, map: &[memory::E820Entry]) {
+        self.memory_map = map.to_vec();
+    }
 
     pub(crate) fn calls(&self) -> &[(u64, [u64; 5])] {
         &self.calls
@@ -467,6 +473,27 @@ impl FakeXen {
                     }
                     _ => return Err(Errno::ENOSYS),
                 }
+                Ok(0)
+            }
+            nr::MEMORY_OP if args[0] == memory::XENMEM_MEMORY_MAP => {
+                #[repr(C)]
+                struct MemoryMap {
+                    nr_entries: u32,
+                    buffer: u64,
+                }
+                // SAFETY: the wrapper passes its local `struct xen_memory_map`.
+                let x = unsafe { at::<MemoryMap>(args[1]) };
+                // As Xen's copy_to_guest: at most `nr_entries`, then the count stored.
+                let n = self.memory_map.len().min(x.nr_entries as usize);
+                for (i, entry) in self.memory_map.iter().take(n).enumerate() {
+                    let to = x.buffer as usize + i * size_of::<memory::E820Entry>();
+                    // SAFETY: the wrapper's buffer holds `nr_entries` entries (packed: any
+                    // address is aligned), live and untouched during the call.
+                    unsafe {
+                        ptr::with_exposed_provenance_mut::<memory::E820Entry>(to).write(*entry)
+                    };
+                }
+                x.nr_entries = n as u32;
                 Ok(0)
             }
             nr::MEMORY_OP => {

@@ -68,23 +68,6 @@ fn from_domain_state(
     }
 }
 
-/// `domid`'s state from `XEN_DOMCTL_getdomaininfo`'s answer, as C xenstored reads
-/// `xc_domain_getinfo`'s: before Xen 4.18 the answer may be about the next domain, which
-/// means this one is gone.
-fn from_domain_info(
-    domid: DomId,
-    answer: Result<domctl::DomainInfo, Errno>,
-) -> (DomainState, Option<Errno>) {
-    match answer {
-        Ok(info) if info.domain != domid.0 => (DomainState::Dying, None),
-        Ok(info) if info.flags & domctl::DOMINF_DYING != 0 => (DomainState::Dying, None),
-        Ok(info) if info.flags & domctl::DOMINF_SHUTDOWN != 0 => (DomainState::Shutdown, None),
-        Ok(_) => (DomainState::Running, None),
-        Err(Errno::ESRCH) => (DomainState::Dying, None),
-        Err(e) => (DomainState::Running, Some(e)),
-    }
-}
-
 /// Bytes in a page (x86).
 const PAGE_SIZE: usize = 4096;
 
@@ -359,9 +342,10 @@ impl Services for HostServices {
             StateQuery::Stable => {
                 from_domain_state(domctl::get_domain_state(&mut x.privcmd, domid.0))
             }
-            StateQuery::DomainInfo(v) => {
-                from_domain_info(domid, domctl::getdomaininfo(&mut x.privcmd, domid.0, v))
-            }
+            StateQuery::DomainInfo(v) => domctl::state_from_domain_info(
+                domid,
+                domctl::getdomaininfo(&mut x.privcmd, domid.0, v),
+            ),
             StateQuery::Unavailable => (DomainState::Running, None),
         };
         if let Some(e) = unknown {
@@ -384,45 +368,6 @@ impl Services for HostServices {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn info(domain: u16, flags: u32) -> Result<domctl::DomainInfo, Errno> {
-        Ok(domctl::DomainInfo {
-            domain,
-            pad: 0,
-            flags,
-            tot_pages: 1,
-        })
-    }
-
-    #[test]
-    fn domain_info_answers() {
-        let d = DomId(5);
-        assert_eq!(
-            from_domain_info(d, info(5, 0)),
-            (DomainState::Running, None)
-        );
-        let shutdown = domctl::DOMINF_SHUTDOWN | (3 << 16);
-        assert_eq!(
-            from_domain_info(d, info(5, shutdown)),
-            (DomainState::Shutdown, None)
-        );
-        let dying = domctl::DOMINF_DYING | domctl::DOMINF_SHUTDOWN;
-        assert_eq!(
-            from_domain_info(d, info(5, dying)),
-            (DomainState::Dying, None)
-        );
-        // Xen 4.17 answers about the next domain when this one is gone.
-        assert_eq!(from_domain_info(d, info(7, 0)), (DomainState::Dying, None));
-        assert_eq!(
-            from_domain_info(d, Err(Errno::ESRCH)),
-            (DomainState::Dying, None)
-        );
-        let (state, unknown) = from_domain_info(d, Err(Errno::EACCES));
-        assert_eq!(
-            (state, unknown),
-            (DomainState::Running, Some(Errno::EACCES))
-        );
-    }
 
     #[test]
     fn domain_state_answers() {
