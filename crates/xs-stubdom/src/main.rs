@@ -47,9 +47,17 @@ extern "C" fn stubdom_main(start_info: u64) -> ! {
     println!();
     println!("xs-stubdom {}: PVH entry", env!("CARGO_PKG_VERSION"));
     idt::init();
-    let info = StartInfo::parse(start_info);
+    let mut info = StartInfo::parse(start_info);
     if !info.valid {
         panic!("no PVH start info at {start_info:#x} (not started through the PVH entry?)");
+    }
+    // Xen, if this runs on it: before the heap, which must know where RAM ends.
+    let xen = x86_glue::cpuid::detect();
+    if let Some(xen) = &xen {
+        xen::use_debug_console();
+        if info.regions().is_empty() {
+            xen::read_memory_map(xen, &mut info);
+        }
     }
     heap::init(&info);
     let (image_start, image_end) = heap::image();
@@ -65,8 +73,7 @@ extern "C" fn stubdom_main(start_info: u64) -> ! {
         heap_end,
         (heap_end - heap_start) >> 20
     );
-    // Xen, if this runs on it.
-    match x86_glue::cpuid::detect() {
+    match xen {
         Some(xen) => xen::run(xen, &info),
         None => selftest::run(&info),
     }

@@ -115,6 +115,16 @@ impl StartInfo {
             .find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
     }
 
+    /// Replaces the memory map (with the one Xen gives through `XENMEM_memory_map` when the
+    /// start info has none); what does not fit is left out.
+    pub(crate) fn set_regions(&mut self, regions: impl IntoIterator<Item = Region>) {
+        self.n_regions = 0;
+        for (slot, region) in self.regions.iter_mut().zip(regions) {
+            *slot = region;
+            self.n_regions += 1;
+        }
+    }
+
     /// The memory map.
     pub(crate) fn regions(&self) -> &[Region] {
         &self.regions[..self.n_regions]

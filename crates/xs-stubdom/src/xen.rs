@@ -20,10 +20,13 @@
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use x86_glue::cpuid::XenInfo;
+use x86_glue::XenHypercalls;
+use x86_glue::cpuid::{Vendor, XenInfo};
+use x86_glue::hypercall::Transfer;
+use x86_glue::memory::{self, E820Entry};
 
 use crate::console::{self, Console, println};
-use crate::startinfo::{RAM, StartInfo};
+use crate::startinfo::{RAM, Region, StartInfo};
 use crate::trace::{self, Event};
 use crate::{boot, heap};
 
@@ -76,6 +79,49 @@ fn debug_port(bytes: &[u8]) {
     unsafe { x86_glue::console::debug_port_write(bytes) };
 }
 
+/// From now on the log goes to Xen's debug port too (COM1 is no one's on Xen): Xen prints it
+/// as the domain's console lines (`(dN) ...` in its log).
+pub(crate) fn use_debug_console() {
+    console::set_sink(debug_port);
+}
+
+/// Fills in the memory map from Xen (`XENMEM_memory_map`) when the start info has none: Xen
+/// 4.17's domain builder gives a domain built by `init-xenstore-domain` a version-0 start
+/// info, which has no map. Runs before the heap exists (nothing here allocates), through
+/// `vmcall`/`vmmcall`: the hypercall page is set up later, once, by x86-glue. Without a map
+/// the heap takes the linker script's whole reservation, which a small domain may not have.
+pub(crate) fn read_memory_map(xen: &XenInfo, info: &mut StartInfo) {
+    let transfer = match xen.vendor {
+        Vendor::Vmx => Transfer::Vmcall,
+        Vendor::Svm => Transfer::Vmmcall,
+        Vendor::Unknown => {
+            println!("xen: no memory map in the start info, and no known hypercall instruction");
+            return;
+        }
+    };
+    // SAFETY: on Xen (CPUID says so), in an HVM/PVH domain in ring 0, where the vendor's
+    // instruction is Xen's hypercall.
+    let mut hc = unsafe { XenHypercalls::new(transfer) };
+    let mut entries = [E820Entry::default(); 32];
+    match memory::memory_map(&mut hc, &mut entries) {
+        Ok(n) => {
+            info.set_regions(entries.iter().take(n).map(|e| Region {
+                addr: e.addr,
+                size: e.size,
+                kind: e.kind,
+            }));
+            println!(
+                "xen: memory map from XENMEM_memory_map ({n} entries; the start info v{} has none)",
+                info.version
+            );
+            for r in info.regions() {
+                println!("xen:   {:#012x}..{:#012x} type {}", r.addr, r.addr + r.size, r.kind);
+            }
+        }
+        Err(e) => println!("xen: XENMEM_memory_map failed: {e}"),
+    }
+}
+
 /// The map area: `MAP_PAGES` pages from the first 2 MiB boundary above the highest RAM (and
 /// above the heap), if no region of the memory map overlaps them and the boot page tables
 /// map them. Returns (base, pages).
@@ -107,7 +153,6 @@ fn map_area(info: &StartInfo) -> Result<(usize, usize), &'static str> {
 
 /// The stub-domain path: never returns.
 pub(crate) fn run(mut xen: XenInfo, info: &StartInfo) -> ! {
-    console::set_sink(debug_port);
     trace::record(Event::Xen, u64::from(xen.base));
     println!(
         "xen: Xen {}.{} (CPUID base {:#x}), command line \"{}\"",
