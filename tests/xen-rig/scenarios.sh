@@ -20,6 +20,12 @@ SOCKET=/run/xenstored/socket            # XEN_RUN_STORED/socket: libxenstore's d
 RING=/dev/xen/xenbus                    # dom0's kernel forwards it over dom0's ring
 PIDFILE=/var/run/xen/xenstored.pid      # where launch-xenstore has the daemon write it
 GUEST_DIR=/var/lib/xen-rig              # the guests' kernel, initrd and disk image
+# With the stub domain there is no socket and no process: dom0 reaches the store only through
+# its kernel's ring, and the pid file holds the stub domain's id (init-xenstore-domain).
+STUB=0
+[ "$DAEMON" = xs-stubdom ] && STUB=1
+STORE=$SOCKET                           # where xen-rig-probe talks to the store
+[ $STUB = 1 ] && STORE=$RING
 CONSOLE_DIR=/var/log/xen/console
 LOGS=/tmp/xen-rig
 GUEST_TIMEOUT=180                       # s for one guest to write feature-poweroff
@@ -32,9 +38,14 @@ mkdir -p "$LOGS"
 selected() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
 PLAN=(launch-xenstore xenstore-ready xen-init-dom0 xenconsoled xl-info xl-list)
 DOM0_PLAN=()
-selected clients && DOM0_PLAN+=(xenstore-socket xenstore-ring)
-selected test-xenstore && DOM0_PLAN+=(test-xenstore-socket test-xenstore-ring)
-selected rtt && DOM0_PLAN+=(rtt-socket rtt-ring)
+if [ $STUB = 0 ]; then
+    selected clients && DOM0_PLAN+=(xenstore-socket)
+    selected test-xenstore && DOM0_PLAN+=(test-xenstore-socket)
+    selected rtt && DOM0_PLAN+=(rtt-socket)
+fi
+selected clients && DOM0_PLAN+=(xenstore-ring)
+selected test-xenstore && DOM0_PLAN+=(test-xenstore-ring)
+selected rtt && DOM0_PLAN+=(rtt-ring)
 GUEST_PLAN=()
 for g in g1 g2; do
     selected $g && GUEST_PLAN+=("$g-create" "$g-feature-poweroff" "$g-console" "$g-shutdown" "$g-gone")
@@ -101,16 +112,35 @@ wait_until() { # SECS COMMAND...
 xs_read() { t 10 xenstore-read "$@" 2>/dev/null; }
 xs_absent() { ! t 10 xenstore-exists "$1" >/dev/null 2>&1; }
 xs_equals() { [ "$(xs_read "$1")" = "$2" ]; } # PATH VALUE
-daemon_pid() { cat "$PIDFILE" 2>/dev/null; }
-# The daemon's syslog lines (dom0-init.sh runs syslogd) that mention PATTERN, as info.
+# The daemon's pid; with the stub domain, its domid (init-xenstore-domain writes "domid:N").
+daemon_pid() { sed 's/^domid://' "$PIDFILE" 2>/dev/null; }
+# /local/domain with no guests: dom0's, and the stub domain's own (init-xenstore-domain
+# writes it), as `xenstore-list | tr '\n' ' '` prints it.
+only_dom0_nodes() {
+    if [ $STUB = 1 ]; then echo "0 $(daemon_pid) "; else echo "0 "; fi
+}
+# What the daemon logged: its syslog lines (dom0-init.sh runs syslogd); the stub domain's
+# console lines, which Xen keeps in its console ring (`(dN) ...`).
+daemon_messages() {
+    if [ $STUB = 1 ]; then
+        t 30 xl dmesg 2>/dev/null | grep "(d$(daemon_pid))"
+    else
+        grep xenstored /var/log/messages 2>/dev/null
+    fi
+}
+# The daemon's log lines that mention PATTERN, as info.
 daemon_log() { # PATTERN
-    grep xenstored /var/log/messages 2>/dev/null | grep -e "$1" | tail -n 5 |
-        sed 's/^/XEN-RIG-INFO syslog: /'
+    daemon_messages | grep -e "$1" | tail -n 5 | sed 's/^/XEN-RIG-INFO log: /'
 }
 # The daemon's CPU time so far in microseconds, all its threads (the scheduler's count in
 # /proc/<pid>/task/*/schedstat, in ns): what the store itself spent on a workload, whatever
-# else the emulated machine did meanwhile.
+# else the emulated machine did meanwhile. The stub domain's: its vCPU time from `xl list`
+# (0.1 s resolution).
 daemon_cpu_us() {
+    if [ $STUB = 1 ]; then
+        t 30 xl list "$(daemon_pid)" 2>/dev/null | awk 'NR == 2 { printf "%d\n", $6 * 1000000 }'
+        return
+    fi
     cat /proc/"$(daemon_pid)"/task/*/schedstat 2>/dev/null |
         awk '{ ns += $1 } END { printf "%d\n", ns / 1000 }'
 }
@@ -126,9 +156,11 @@ launch_xenstore() {
     t 45 /etc/xen/scripts/launch-xenstore >"$LOGS/launch-xenstore.log" 2>&1 </dev/null
     rc=$?
     info "launch-xenstore exited $rc after $(ms_since "$start") ms"
-    [ -s "$PIDFILE" ] && pid=$(cat "$PIDFILE")
-    if [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ]; then
+    [ -s "$PIDFILE" ] && pid=$(daemon_pid)
+    if [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] && [ $STUB = 0 ]; then
         info "xenstored pid $pid: $(tr '\0' ' ' <"/proc/$pid/cmdline")"
+    elif [ -n "$pid" ]; then
+        info "stub domain $pid: $(t 10 xl list "$pid" 2>&1 | tail -n 1 | tr -s ' ')"
     fi
     if [ "$rc" = 137 ]; then
         why="launch-xenstore did not return within 45 s (does the daemon fork and write $PIDFILE?)"
@@ -136,26 +168,29 @@ launch_xenstore() {
         why="launch-xenstore exited $rc: $(last_line "$LOGS/launch-xenstore.log")"
     elif [ -z "$pid" ]; then
         why="no pid in $PIDFILE"
-    elif ! kill -0 "$pid" 2>/dev/null; then
+    elif [ $STUB = 0 ] && ! kill -0 "$pid" 2>/dev/null; then
         why="the daemon (pid $pid) is not running"
     fi
     [ -z "$why" ] || show_log "$LOGS/launch-xenstore.log"
 }
 
-# As Debian's init script and Xen's old xencommons wait: `xenstore-read -s /`, 30 tries.
+# As Debian's init script and Xen's old xencommons wait: `xenstore-read -s /`, 30 tries (with
+# a stub domain, without -s: libxenstore falls back from the socket to /dev/xen/xenbus).
+READY_ARGS=-s
+[ $STUB = 1 ] && READY_ARGS=
 xenstore_ready() {
     local start i=0
     start=$(now_us)
     while [ $i -lt 30 ]; do
-        if t 5 xenstore-read -s / >/dev/null 2>"$LOGS/ready.log"; then
-            info "xenstore-read -s / answered after $(ms_since "$start") ms"
+        if t 5 xenstore-read $READY_ARGS / >/dev/null 2>"$LOGS/ready.log"; then
+            info "xenstore-read $READY_ARGS / answered after $(ms_since "$start") ms"
             STORE_UP=1
             return
         fi
         i=$((i + 1))
         sleep 1
     done
-    why="xenstore-read -s / did not answer within 30 s: $(last_line "$LOGS/ready.log")"
+    why="xenstore-read $READY_ARGS / did not answer within 30 s: $(last_line "$LOGS/ready.log")"
     # The rest can still be tried if dom0's ring is served.
     if XENSTORED_PATH=$RING t 10 xenstore-read / >/dev/null 2>&1; then
         STORE_UP=1
@@ -318,7 +353,7 @@ EOF
 # created, so none is missed); $WATCH_PID; its output in $LOGS/seen.TAG.
 start_watch() { # TAG COUNT SECS
     rm -f "$LOGS/ready.$1"
-    xen-rig-probe wait-feature "$SOCKET" "$2" "$3" "$LOGS/ready.$1" \
+    xen-rig-probe wait-feature "$STORE" "$2" "$3" "$LOGS/ready.$1" \
         >"$LOGS/seen.$1" 2>"$LOGS/probe.$1.log" &
     WATCH_PID=$!
     wait_until 10 test -e "$LOGS/ready.$1" && return 0
@@ -553,8 +588,8 @@ eight_guests() {
         wait "${pids[$i]}" || bad+="${bad:+;} ${names[$i]}: $(last_line "$LOGS/${names[$i]}.destroy.log")"
     done
     only_dom0() {
-        [ "$(t 10 xenstore-list /local/domain 2>/dev/null | tr '\n' ' ')" = "0 " ] &&
-            [ "$(t 30 xl list 2>/dev/null | wc -l)" = 2 ]
+        [ "$(t 10 xenstore-list /local/domain 2>/dev/null | tr '\n' ' ')" = "$ONLY_DOM0" ] &&
+            [ "$(t 30 xl list 2>/dev/null | wc -l)" = $((2 + STUB)) ]
     }
     if [ -n "$bad" ]; then
         fail pv8-destroy "xl destroy failed:$bad"
@@ -592,6 +627,11 @@ EOF
 daemon_usage() {
     local pid fds maps evtchns rss
     pid=$(daemon_pid)
+    if [ $STUB = 1 ]; then
+        # The stub domain's event channels; its mappings and memory are not visible here.
+        echo "0 0 $(t 10 lsevtchn "$pid" 2>/dev/null | wc -l) 0"
+        return
+    fi
     fds=$(ls "/proc/$pid/fd" 2>/dev/null | wc -l)
     maps=$(grep -c -e /dev/xen/gntdev -e /dev/xen/privcmd "/proc/$pid/maps" 2>/dev/null)
     evtchns=$(t 10 lsevtchn 0 2>/dev/null | wc -l)
@@ -600,7 +640,11 @@ daemon_usage() {
 }
 usage_text() { # "fds maps evtchns rss"
     set -- $1
-    echo "$1 descriptors, $2 page mappings, $3 dom0 event channels, RSS $4 kB"
+    if [ $STUB = 1 ]; then
+        echo "$3 event channels of the stub domain"
+    else
+        echo "$1 descriptors, $2 page mappings, $3 dom0 event channels, RSS $4 kB"
+    fi
 }
 # One cycle; $CYC_ERR says why it failed (empty if it did not). The first records the
 # daemon's usage while the guest exists in $CYC_DURING.
@@ -620,7 +664,7 @@ one_cycle() { # I
     fi
     CYC_LAST=$domid
     local answer
-    answer=$(xen-rig-probe introduced "$SOCKET" "$domid" 2>&1)
+    answer=$(xen-rig-probe introduced "$STORE" "$domid" 2>&1)
     [ "$answer" = "$domid T" ] ||
         CYC_ERR="cycle $1: domain $domid is not introduced after xl create -p ($answer)"
     [ -n "${CYC_DURING:-}" ] || CYC_DURING=$(daemon_usage)
@@ -677,11 +721,11 @@ cycles() {
     pass cycles-introduce
 
     # None of them is introduced any more, and only dom0 is left in /local/domain.
-    released=$(xen-rig-probe introduced "$SOCKET" "$first" $(( (first + CYC_LAST) / 2 )) \
+    released=$(xen-rig-probe introduced "$STORE" "$first" $(( (first + CYC_LAST) / 2 )) \
         "$CYC_LAST" 2>&1)
     if [ "$(grep -c ' F$' <<<"$released")" != 3 ]; then
         fail cycles-release "IS_DOMAIN_INTRODUCED after the cycles: $(tr '\n' ' ' <<<"$released")"
-    elif [ "$(t 10 xenstore-list /local/domain 2>/dev/null | tr '\n' ' ')" != "0 " ]; then
+    elif [ "$(t 10 xenstore-list /local/domain 2>/dev/null | tr '\n' ' ')" != "$ONLY_DOM0" ]; then
         fail cycles-release "/local/domain holds: $(t 10 xenstore-list /local/domain | tr '\n' ' ')"
     else
         pass cycles-release
@@ -705,7 +749,7 @@ cycles() {
     set -- $CYC_DURING
     local maps=$2 evtchns=$3
     set -- $before
-    if [ "$maps" -le "$2" ] || [ "$evtchns" -le "$3" ]; then
+    if { [ $STUB = 0 ] && [ "$maps" -le "$2" ]; } || [ "$evtchns" -le "$3" ]; then
         fail cycles-no-leak "with a guest the counts were $(usage_text "$CYC_DURING"), without $(usage_text "$before"): they do not see a guest's mapping and event channel"
     else
         pass cycles-no-leak
@@ -741,7 +785,7 @@ EOF
     spent=$(($(daemon_cpu_us) - cpu))
     info "ring-breaker: domain $domid, $(t 30 xl list breaker 2>&1 | tail -n 1 | tr -s ' ')"
     info "ring-breaker: daemon CPU over 2 s with the broken ring: $spent us"
-    if ! t 10 xenstore-write -s /xen-rig/after-break ok 2>"$LOGS/after-break.log" ||
+    if ! t 10 xenstore-write /xen-rig/after-break ok 2>"$LOGS/after-break.log" ||
         ! xs_equals /xen-rig/after-break ok; then
         why="dom0's requests are not answered with the broken ring there: $(last_line "$LOGS/after-break.log")"
     elif ! XENSTORED_PATH=$RING t 10 xenstore-read /xen-rig/after-break >/dev/null 2>&1; then
@@ -752,11 +796,11 @@ EOF
         why="xl destroy failed: $(last_line "$log")"
     elif ! wait_until 30 domain_gone breaker "$domid"; then
         why="domain $domid's nodes are still there 30 s after xl destroy"
-    elif [ "$(xen-rig-probe introduced "$SOCKET" "$domid" 2>&1)" != "$domid F" ]; then
+    elif [ "$(xen-rig-probe introduced "$STORE" "$domid" 2>&1)" != "$domid F" ]; then
         why="domain $domid is still introduced after xl destroy"
     elif ! wait_until 20 eval '[ "$(daemon_usage | cut -d" " -f1-3)" = "$(cut -d" " -f1-3 <<<"$usage_before")" ]'; then
         why="left behind: before $(usage_text "$usage_before"); after $(usage_text "$(daemon_usage)")"
-    elif [ "$DAEMON" = xs-host ] && ! grep -q "dom$domid: ring no longer served" /var/log/messages; then
+    elif [ "$DAEMON" != cxenstored ] && ! daemon_messages | grep -q "dom$domid: ring no longer served"; then
         # xs-host says so once, when the ring breaks: proof that the guest did break it.
         why="no 'dom$domid: ring no longer served' in the daemon's log"
     fi
@@ -769,14 +813,14 @@ EOF
 # serving everyone.
 hostile_introduce() {
     local answer
-    answer=$(xen-rig-probe introduce "$SOCKET" 31000 1234 5 2>&1)
+    answer=$(xen-rig-probe introduce "$STORE" 31000 1234 5 2>&1)
     info "INTRODUCE of domain 31000 (none such): $answer"
     daemon_log 31000
     if [[ "$answer" != ERROR\ * ]]; then
         why="INTRODUCE of a domain that does not exist answered '$answer', not an error"
-    elif [ "$(xen-rig-probe introduced "$SOCKET" 31000 2>&1)" != "31000 F" ]; then
+    elif [ "$(xen-rig-probe introduced "$STORE" 31000 2>&1)" != "31000 F" ]; then
         why="domain 31000 counts as introduced after a failed INTRODUCE"
-    elif ! t 10 xenstore-write -s /xen-rig/after-introduce ok ||
+    elif ! t 10 xenstore-write /xen-rig/after-introduce ok ||
         ! xs_equals /xen-rig/after-introduce ok; then
         why="the daemon no longer answers after the failed INTRODUCE"
     fi
@@ -784,7 +828,15 @@ hostile_introduce() {
 
 xenstored_alive() {
     local pid
-    pid=$(cat "$PIDFILE" 2>/dev/null)
+    pid=$(daemon_pid)
+    if [ $STUB = 1 ]; then
+        if ! XENSTORED_PATH=$RING t 10 xenstore-read /local/domain/0/name >/dev/null 2>&1; then
+            why="the stub domain ($pid) does not answer any more"
+        else
+            info "stub domain $pid at the end: $(t 10 xl list "$pid" 2>&1 | tail -n 1 | tr -s ' ')"
+        fi
+        return
+    fi
     if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
         why="the daemon from $PIDFILE ('$pid') is not running"
     elif ! t 10 xenstore-read -s /local/domain/0/name >/dev/null 2>&1; then
@@ -796,8 +848,13 @@ xenstored_alive() {
 
 # --- the run ---------------------------------------------------------------------------------
 
-info "daemon $DAEMON as /usr/sbin/xenstored ($(wc -c </usr/sbin/xenstored) bytes)"
+if [ $STUB = 1 ]; then
+    info "daemon $DAEMON: the stub domain /usr/lib/xen-rig/xs-stubdom ($(wc -c </usr/lib/xen-rig/xs-stubdom) bytes)"
+else
+    info "daemon $DAEMON as /usr/sbin/xenstored ($(wc -c </usr/sbin/xenstored) bytes)"
+fi
 scenario launch-xenstore launch_xenstore
+ONLY_DOM0=$(only_dom0_nodes)
 scenario xenstore-ready xenstore_ready
 if [ $STORE_UP = 1 ]; then
     scenario xen-init-dom0 xen_init_dom0
@@ -805,15 +862,15 @@ if [ $STORE_UP = 1 ]; then
     scenario xl-info xl_info
     scenario xl-list xl_list
     if selected clients; then
-        scenario xenstore-socket client_suite socket
+        [ $STUB = 1 ] || scenario xenstore-socket client_suite socket
         scenario xenstore-ring client_suite ring
     fi
     if selected test-xenstore; then
-        scenario test-xenstore-socket test_xenstore socket
+        [ $STUB = 1 ] || scenario test-xenstore-socket test_xenstore socket
         scenario test-xenstore-ring test_xenstore ring
     fi
     if selected rtt; then
-        scenario rtt-socket rtt socket
+        [ $STUB = 1 ] || scenario rtt-socket rtt socket
         scenario rtt-ring rtt ring
     fi
 else

@@ -136,7 +136,7 @@ fn lint(ws: &Workspace) -> Result<(), String> {
 }
 
 /// Builds the image; returns its path.
-fn build(ws: &Workspace) -> Result<PathBuf, String> {
+pub(crate) fn build(ws: &Workspace) -> Result<PathBuf, String> {
     cmd::run(&mut harness::cargo(&ws.root, &ws.target_dir, "build"))?;
     Ok(harness::image_path(&ws.target_dir))
 }

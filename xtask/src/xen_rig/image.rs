@@ -29,6 +29,7 @@ const XEN_PROGRAMS: &[&str] = &[
     "test-xenstore",
     "libxl-save-helper",
     "lsevtchn",
+    "init-xenstore-domain",
 ];
 
 /// Other host programs, at the same path in dom0: the XenStore clients (xenstore-utils, one
@@ -116,7 +117,17 @@ pub(crate) fn dom0(
         Path::new("/lib/x86_64-linux-gnu/libgcc_s.so.1"),
         "lib/x86_64-linux-gnu/libgcc_s.so.1",
     )?;
-    stage.copy_with_libs(parts.xenstored, "usr/sbin/xenstored")?;
+    let xencommons = match parts.daemon {
+        Daemon::XsStubdom => {
+            // A stub domain's kernel: launch-xenstore hands it to init-xenstore-domain.
+            stage.copy(parts.xenstored, "usr/lib/xen-rig/xs-stubdom")?;
+            "xencommons-stubdom"
+        }
+        _ => {
+            stage.copy_with_libs(parts.xenstored, "usr/sbin/xenstored")?;
+            "xencommons"
+        }
+    };
     stage.copy_with_libs(parts.probe, "usr/bin/xen-rig-probe")?;
 
     // Xen's scripts as the host has them (launch-xenstore, block, their helpers).
@@ -127,7 +138,7 @@ pub(crate) fn dom0(
         }
     }
     stage.write("etc/xen/xl.conf", "autoballoon=\"off\"\n", 0o644)?;
-    stage.copy(&parts.scripts.join("xencommons"), "etc/default/xencommons")?;
+    stage.copy(&parts.scripts.join(xencommons), "etc/default/xencommons")?;
     stage.write("etc/xen-rig/config", &parts.config, 0o644)?;
     stage.copy_script(
         &parts.scripts.join("scenarios.sh"),

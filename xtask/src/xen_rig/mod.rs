@@ -42,6 +42,10 @@ pub(crate) enum Daemon {
     CXenstored,
     /// This project's daemon, `target/release/xs-host`.
     XsHost,
+    /// This project's stub-domain image, started by Xen's `launch-xenstore` through
+    /// `init-xenstore-domain` (`XENSTORETYPE=domain`): the store in a domain of its own,
+    /// reached from dom0 only through dom0's kernel ring.
+    XsStubdom,
 }
 
 impl Daemon {
@@ -49,6 +53,7 @@ impl Daemon {
         match self {
             Daemon::CXenstored => "cxenstored",
             Daemon::XsHost => "xs-host",
+            Daemon::XsStubdom => "xs-stubdom",
         }
     }
 }
@@ -110,7 +115,8 @@ impl Default for Options {
 
 /// What `cargo xtask help` says about the command.
 pub(crate) const USAGE: &str = "  \
-  xen-rig [--daemon cxenstored|xs-host|both] [--only GROUP[,GROUP...]] [--keep]
+  xen-rig [--daemon cxenstored|xs-host|xs-stubdom|both|ours|all] [--stubdom]
+          [--only GROUP[,GROUP...]] [--keep]
           [--timeout SECS] [--memory MIB] [--iterations N] [--rtt-ops N] [--cycles N]
           [--rounds N] [--echo]
         boot Xen 4.17 and a Linux dom0 under QEMU (TCG) with the daemon as dom0's
@@ -118,7 +124,9 @@ pub(crate) const USAGE: &str = "  \
         tests/xen-rig in dom0: Xen's clients over the socket and the kernel ring,
         test-xenstore, PV guests through xl create/shutdown, a PV disk, eight guests at
         once, 100 guests created and destroyed in turn with nothing leaking. Prints the verdicts and `bench` lines, a table for both daemons, and
-        `xen-rig: N passed, M failed` last. Default daemon: xs-host. Downloads are cached
+        `xen-rig: N passed, M failed` last. Default daemon: xs-host; xs-stubdom (or
+        --stubdom) is the stub-domain image, started through init-xenstore-domain; both:
+        cxenstored and xs-host; ours: xs-host and xs-stubdom; all: the three. Downloads are cached
         in target/xen-rig/cache. --only: these groups (clients, test-xenstore, rtt, g1,
         g2, vbd, pv8, cycles, hostile; the daemon's start and dom0's set-up always run); --keep: keep the
         staging trees and images; --timeout: per boot (900); --memory: QEMU's, at most
@@ -156,14 +164,19 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
                 o.daemons = match value("a daemon")?.as_str() {
                     "cxenstored" => vec![Daemon::CXenstored],
                     "xs-host" => vec![Daemon::XsHost],
+                    "xs-stubdom" => vec![Daemon::XsStubdom],
                     "both" => vec![Daemon::CXenstored, Daemon::XsHost],
+                    "ours" => vec![Daemon::XsHost, Daemon::XsStubdom],
+                    "all" => vec![Daemon::CXenstored, Daemon::XsHost, Daemon::XsStubdom],
                     other => {
                         return Err(format!(
-                            "--daemon: `{other}` is not cxenstored, xs-host or both"
+                            "--daemon: `{other}` is not cxenstored, xs-host, xs-stubdom, both, \
+                             ours or all"
                         ));
                     }
                 }
             }
+            "--stubdom" => o.daemons = vec![Daemon::XsStubdom],
             "--keep" => o.keep = true,
             "--echo" => o.echo = true,
             "--timeout" => o.timeout = Duration::from_secs(number(value("seconds")?)?.into()),
@@ -221,6 +234,10 @@ pub(crate) fn command(ws: &Workspace, args: &[String]) -> Result<bool, String> {
     if options.daemons.contains(&Daemon::XsHost) {
         cmd::run(&mut ws.cargo(["build", "--release", "-p", "xs-host"]))?;
     }
+    let stub_image = match options.daemons.contains(&Daemon::XsStubdom) {
+        true => stubdom::build(ws)?,
+        false => PathBuf::new(),
+    };
     let release = ws.target_dir.join("release");
     let probe = release.join("xen-rig-probe");
     let xs_host = release.join("xs-host");
@@ -239,6 +256,7 @@ pub(crate) fn command(ws: &Workspace, args: &[String]) -> Result<bool, String> {
             xenstored: match daemon {
                 Daemon::CXenstored => &c_xenstored,
                 Daemon::XsHost => &xs_host,
+                Daemon::XsStubdom => &stub_image,
             },
             probe: &probe,
             scripts: &scripts,
@@ -298,10 +316,11 @@ pub(crate) fn command(ws: &Workspace, args: &[String]) -> Result<bool, String> {
     Ok(failed == 0)
 }
 
-/// The `xen-rig` step of `cargo xtask test`: the command with its defaults (xs-host, every
-/// scenario).
+/// The `xen-rig` step of `cargo xtask test`: every scenario with xs-host, then with the stub
+/// domain.
 pub(crate) fn step(ctx: &crate::steps::Ctx<'_>) -> crate::steps::Outcome {
-    match command(ctx.ws, &[]) {
+    let args = ["--daemon".to_owned(), "ours".to_owned()];
+    match command(ctx.ws, &args) {
         Ok(true) => crate::steps::Outcome::Pass,
         Ok(false) => crate::steps::Outcome::Fail("scenarios failed (see above)".into()),
         Err(e) => crate::steps::Outcome::Fail(e),
