@@ -115,7 +115,8 @@ pub(crate) fn read_memory_map(xen: &XenInfo, info: &mut StartInfo) {
                 info.version
             );
             for r in info.regions() {
-                println!("xen:   {:#012x}..{:#012x} type {}", r.addr, r.addr + r.size, r.kind);
+                let end = r.addr.saturating_add(r.size);
+                println!("xen:   {:#012x}..{end:#012x} type {}", r.addr, r.kind);
             }
         }
         Err(e) => println!("xen: XENMEM_memory_map failed: {e}"),
