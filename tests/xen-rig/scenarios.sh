@@ -43,6 +43,7 @@ if [ $STUB = 0 ]; then
     selected test-xenstore && DOM0_PLAN+=(test-xenstore-socket)
     selected rtt && DOM0_PLAN+=(rtt-socket)
 fi
+[ $STUB = 1 ] && DOM0_PLAN+=(stub-param)
 selected clients && DOM0_PLAN+=(xenstore-ring)
 selected test-xenstore && DOM0_PLAN+=(test-xenstore-ring)
 selected rtt && DOM0_PLAN+=(rtt-ring)
@@ -610,16 +611,17 @@ eight_guests() {
 # daemon: its open descriptors, its mappings of guests' pages (gntdev, privcmd) and dom0's
 # event channels (lsevtchn) as before, its resident memory within CYCLE_RSS_SLACK_KB.
 CYCLE_RSS_SLACK_KB=1024
-tiny_cfg() {
-    cat >/etc/xen/cyc.cfg <<EOF
-name = "cyc"
+# /etc/xen/NAME.cfg for one of the rig's tiny PV kernels (xtask/src/xen_rig/tiny_pv.rs).
+tiny_cfg() { # NAME KERNEL ON_CRASH
+    cat >"/etc/xen/$1.cfg" <<EOF
+name = "$1"
 type = "pv"
-kernel = "$GUEST_DIR/tiny-pv"
+kernel = "$GUEST_DIR/$2"
 memory = 16
 vcpus = 1
 on_poweroff = "destroy"
 on_reboot = "destroy"
-on_crash = "destroy"
+on_crash = "$3"
 EOF
 }
 # "fds maps evtchns rss_kb": the daemon's descriptors, its mappings of other domains' pages,
@@ -682,7 +684,7 @@ one_cycle() { # I
 }
 cycles() {
     local i before after start cpu first released
-    tiny_cfg
+    tiny_cfg cyc tiny-pv destroy
     echo "=== [$(uptime_s)s] cycles: $CYCLES x (xl create -p, xl destroy)"
     # Two cycles first, to let the daemon's allocator and libxl's first-use work settle.
     CYC_DURING="" CYC_CREATE_US=0 CYC_DESTROY_US=0 CYC_GONE_US=0
@@ -763,16 +765,7 @@ cycles() {
 # cleaned up as any other, leaving nothing behind.
 hostile_ring() {
     local domid cpu spent usage_before usage_after log=$LOGS/breaker.log
-    cat >/etc/xen/breaker.cfg <<EOF
-name = "breaker"
-type = "pv"
-kernel = "$GUEST_DIR/ring-breaker"
-memory = 16
-vcpus = 1
-on_poweroff = "destroy"
-on_reboot = "destroy"
-on_crash = "preserve"
-EOF
+    tiny_cfg breaker ring-breaker preserve
     usage_before=$(daemon_usage)
     if ! t 60 xl create /etc/xen/breaker.cfg >"$log" 2>&1; then
         why="xl create failed: $(first_error "$log")"
@@ -826,12 +819,33 @@ hostile_introduce() {
     fi
 }
 
+# The stub domain's command line: xencommons-stubdom passes `--param=--watch-nb=256` through
+# launch-xenstore and init-xenstore-domain; the store must apply it (GET_QUOTA says 256, not
+# the default 128) and say so in its log.
+stub_param() {
+    local watches
+    watches=$(xen-rig-probe get-quota "$STORE" watches 2>&1)
+    info "stub domain: GET_QUOTA watches = $watches"
+    daemon_log "command line"
+    if [ "$watches" != 256 ]; then
+        why="GET_QUOTA watches is '$watches', not the 256 of --param=--watch-nb=256"
+    elif ! daemon_messages | grep -q "quotas from the command line: watches=256"; then
+        why="the stub domain's log does not show the quota from its command line"
+    fi
+}
+
 xenstored_alive() {
     local pid
     pid=$(daemon_pid)
     if [ $STUB = 1 ]; then
         if ! XENSTORED_PATH=$RING t 10 xenstore-read /local/domain/0/name >/dev/null 2>&1; then
             why="the stub domain ($pid) does not answer any more"
+            # Its state as Xen kept it (a crashed HVM/PVH domain stays until destroyed): the
+            # CPU registers say where it stopped.
+            t 30 xl list "$pid" 2>&1 | sed 's/^/XEN-RIG-LOG xl list: /'
+            t 30 xen-hvmctx "$pid" 2>&1 | grep -iE 'rip|rsp|cr[0234]|rflags|rax|rbx|rcx|rdx|rdi|rsi' |
+                head -n 20 | sed 's/^/XEN-RIG-LOG xen-hvmctx: /'
+            t 30 xl dmesg 2>&1 | grep "(d$pid)" | tail -n 10 | sed 's/^/XEN-RIG-LOG xl dmesg: /'
         else
             info "stub domain $pid at the end: $(t 10 xl list "$pid" 2>&1 | tail -n 1 | tr -s ' ')"
         fi
@@ -861,6 +875,7 @@ if [ $STORE_UP = 1 ]; then
     scenario xenconsoled xenconsoled_start
     scenario xl-info xl_info
     scenario xl-list xl_list
+    [ $STUB = 1 ] && scenario stub-param stub_param
     if selected clients; then
         [ $STUB = 1 ] || scenario xenstore-socket client_suite socket
         scenario xenstore-ring client_suite ring

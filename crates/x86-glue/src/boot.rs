@@ -129,7 +129,21 @@ pub unsafe fn start<'s, H: Hypercalls>(
             None => BootPort::FromRing,
         },
     };
-    let mut stub = Dispatcher::with_bootstrap(services, ServeConfig::default(), boot)?;
+    let mut config = ServeConfig::default();
+    for &(kind, value) in &xen.boot.quotas {
+        config.store.quotas.set(kind, value);
+    }
+    for note in &xen.boot.notes {
+        let _ = writeln!(log, "xs: command line: {note}");
+    }
+    if !xen.boot.quotas.is_empty() {
+        let _ = write!(log, "xs: quotas from the command line:");
+        for &(kind, _) in &xen.boot.quotas {
+            let _ = write!(log, " {}={}", kind.name(), config.store.quotas.get(kind));
+        }
+        let _ = writeln!(log);
+    }
+    let mut stub = Dispatcher::with_bootstrap(services, config, boot)?;
     flush_log(&mut stub, log);
     Ok((stub, EventLoop::new(virq)))
 }

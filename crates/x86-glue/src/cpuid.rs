@@ -12,6 +12,8 @@ use core::arch::x86_64::{__cpuid_count, CpuidResult};
 
 use xs_core::DomId;
 
+use crate::options::BootArgs;
+
 /// First leaf searched.
 pub const FIRST_LEAF: u32 = 0x4000_0000;
 /// End of the search (exclusive), as Linux and Xen's own guest code search.
@@ -39,7 +41,7 @@ pub enum Vendor {
 }
 
 /// Xen as CPUID shows it, plus what the boot loader passed on the command line.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub struct XenInfo {
     /// First leaf of Xen's range.
     pub base: u32,
@@ -59,86 +61,6 @@ pub struct XenInfo {
     pub vendor: Vendor,
     /// Boot parameters (the image fills these from the command line, see [`BootArgs::parse`]).
     pub boot: BootArgs,
-}
-
-/// The parameters C xenstored's stub domain takes on its command line
-/// (`tools/xenstored/core.c`, `tools/helpers/init-xenstore-domain.c`).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct BootArgs {
-    /// `--event <port>`: the port the privileged domain allocated for the store (its kernel
-    /// did, in `IOCTL_XENBUS_BACKEND_SETUP`); `None` when absent, in which case the port is
-    /// read from the ring page's `evtchn_port` (dom0less / Hyperlaunch).
-    pub event: Option<u32>,
-    /// `--priv-domid <domid>`: the privileged domain whose ring is served from the start
-    /// (default 0).
-    pub priv_domid: DomId,
-    /// `--master-domid <domid>`: this domain's id, when the loader says.
-    pub master_domid: Option<DomId>,
-}
-
-impl Default for BootArgs {
-    fn default() -> Self {
-        BootArgs {
-            event: None,
-            priv_domid: DomId::DOM0,
-            master_domid: None,
-        }
-    }
-}
-
-impl BootArgs {
-    /// Parses a command line: `--event N`, `--priv-domid N`, `--master-domid N` (also
-    /// `--opt=N`, and the short `-e`/`-p`/`-m`); other words are ignored, as are malformed
-    /// values (the default stays).
-    ///
-    /// # Examples
-    ///
-    /// What `init-xenstore-domain` passes (`--event` is the port dom0's kernel allocated):
-    ///
-    /// ```
-    /// use x86_glue::BootArgs;
-    /// use xs_core::DomId;
-    ///
-    /// let args = BootArgs::parse(b"--event 3 --priv-domid=1 --unknown 7");
-    /// assert_eq!(args.event, Some(3));
-    /// assert_eq!(args.priv_domid, DomId(1));
-    /// assert_eq!(BootArgs::parse(b"--event x").event, None);
-    /// ```
-    pub fn parse(cmdline: &[u8]) -> BootArgs {
-        let mut args = BootArgs::default();
-        let mut words = cmdline
-            .split(|b| b.is_ascii_whitespace() || *b == 0)
-            .filter(|w| !w.is_empty());
-        while let Some(word) = words.next() {
-            let (name, inline) = match word.iter().position(|&b| b == b'=') {
-                Some(i) => (word.get(..i).unwrap_or_default(), word.get(i + 1..)),
-                None => (word, None),
-            };
-            let key = match name {
-                b"--event" | b"-e" => 0,
-                b"--priv-domid" | b"-p" => 1,
-                b"--master-domid" | b"-m" => 2,
-                _ => continue,
-            };
-            let value = match inline {
-                Some(v) => Some(v),
-                None => words.next(),
-            };
-            let Some(n) = value.and_then(xs_core::domid::parse_decimal) else {
-                continue;
-            };
-            match key {
-                0 => args.event = u32::try_from(n).ok().filter(|&p| p != 0),
-                1 => {
-                    if let Some(d) = u16::try_from(n).ok().map(DomId).filter(|d| d.is_real()) {
-                        args.priv_domid = d;
-                    }
-                }
-                _ => args.master_domid = u16::try_from(n).ok().map(DomId).filter(|d| d.is_real()),
-            }
-        }
-        args
-    }
 }
 
 /// Detects Xen on this CPU.
@@ -309,20 +231,5 @@ mod tests {
             Vendor::Svm
         );
         assert_eq!(vendor(r(0, 0, 0, 0)), Vendor::Unknown);
-    }
-
-    #[test]
-    fn boot_args() {
-        let a = BootArgs::parse(b"--event 7 --priv-domid=2 -m 1 other\0");
-        assert_eq!(a.event, Some(7));
-        assert_eq!(a.priv_domid, DomId(2));
-        assert_eq!(a.master_domid, Some(DomId(1)));
-        let d = BootArgs::parse(b"");
-        assert_eq!(d, BootArgs::default());
-        // Malformed or out-of-range values leave the defaults.
-        let bad = BootArgs::parse(b"--event x --priv-domid 70000 --event=0 -p 32752");
-        assert_eq!(bad, BootArgs::default());
-        // A trailing option without its value.
-        assert_eq!(BootArgs::parse(b"--event"), BootArgs::default());
     }
 }

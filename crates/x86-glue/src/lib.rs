@@ -19,7 +19,7 @@
 //! The boot image calls [`run_stub_domain`] once it has found Xen with [`cpuid::detect`]
 //! (and filled [`XenInfo::boot`] from its command line with [`BootArgs::parse`]: `--event`
 //! is the port dom0's kernel allocated for the store, `--priv-domid` the privileged domain,
-//! default 0):
+//! default 0; C xenstored's quota options apply, see [`options`]):
 //!
 //! ```text
 //! pub fn run_stub_domain(xen: XenInfo, hypercall_page: &'static mut [u8; 4096],
@@ -100,6 +100,7 @@ pub mod grant;
 pub mod hvm;
 pub mod hypercall;
 pub mod memory;
+pub mod options;
 pub mod rng;
 pub mod sched;
 pub mod services;
@@ -111,7 +112,8 @@ pub mod version;
 mod xenfake;
 
 pub use boot::run_stub_domain;
-pub use cpuid::{BootArgs, XenInfo};
+pub use cpuid::XenInfo;
 pub use error::Error;
 pub use hypercall::{Errno, Hypercalls, XenHypercalls};
+pub use options::BootArgs;
 pub use services::{StateQueries, XenRing, XenServices};

@@ -20,6 +20,8 @@
 //! xen-rig-probe introduced PATH DOMID...
 //!     asks IS_DOMAIN_INTRODUCED for each DOMID (the daemon's own view: what INTRODUCE made
 //!     and RELEASE or the domain's death ended); prints `<domid> T` or `<domid> F` for each
+//! xen-rig-probe get-quota PATH NAME
+//!     asks GET_QUOTA for the global value of quota NAME (Xen 4.20's request); prints it
 //! xen-rig-probe introduce PATH DOMID MFN PORT
 //!     sends INTRODUCE (as a toolstack does for a new domain); prints `OK` or the error
 //!     reply's name (`ERROR EINVAL`), and exits 0 either way
@@ -156,6 +158,10 @@ fn main() -> ExitCode {
                 Err(_) => return usage(),
             }
         }
+        ["get-quota", path, name] => {
+            deadline(RTT_DEADLINE);
+            get_quota(path, name)
+        }
         ["introduce", path, domid, mfn, port] => {
             deadline(RTT_DEADLINE);
             introduce(path, domid, mfn, port)
@@ -174,7 +180,7 @@ fn main() -> ExitCode {
 fn usage() -> ExitCode {
     eprintln!(
         "usage: xen-rig-probe rtt PATH NODE N | wait-feature PATH COUNT SECS READY-FILE \
-         | introduced PATH DOMID... | introduce PATH DOMID MFN PORT"
+         | introduced PATH DOMID... | introduce PATH DOMID MFN PORT | get-quota PATH NAME"
     );
     ExitCode::from(2)
 }
@@ -228,6 +234,18 @@ fn introduced(path: &str, domids: &[u32]) -> Result<(), String> {
         let answer = String::from_utf8_lossy(reply.strip_suffix(b"\0").unwrap_or(&reply));
         println!("{domid} {answer}");
     }
+    Ok(())
+}
+
+fn get_quota(path: &str, name: &str) -> Result<(), String> {
+    let mut conn = Conn::open(path)?;
+    let reply = conn
+        .request(ty::GET_QUOTA, &strings(&[name.as_bytes()]))
+        .map_err(|e| format!("GET_QUOTA {name}: {e}"))?;
+    println!(
+        "{}",
+        String::from_utf8_lossy(reply.strip_suffix(b"\0").unwrap_or(&reply))
+    );
     Ok(())
 }
 

@@ -30,6 +30,7 @@ const XEN_PROGRAMS: &[&str] = &[
     "libxl-save-helper",
     "lsevtchn",
     "init-xenstore-domain",
+    "xen-hvmctx",
 ];
 
 /// Other host programs, at the same path in dom0: the XenStore clients (xenstore-utils, one

@@ -12,8 +12,8 @@ use xs_ring::layout::Field;
 use xs_ring::{Page, RawPage};
 
 use super::*;
-use crate::cpuid::BootArgs;
 use crate::domctl;
+use crate::options::BootArgs;
 use crate::testutil::{Client, watch_event};
 use crate::xenfake::{FakeXen, PageBuf, shared_info_page};
 
