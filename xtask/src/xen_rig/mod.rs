@@ -316,11 +316,11 @@ pub(crate) fn command(ws: &Workspace, args: &[String]) -> Result<bool, String> {
     Ok(failed == 0)
 }
 
-/// The `xen-rig` step of `cargo xtask test`: every scenario with xs-host, then with the stub
-/// domain.
+/// The `xen-rig` step of `cargo xtask test`: every scenario with xs-host. Not yet the stub
+/// domain: it stopped once with a triple fault in 7 full runs (tests/xen-rig/README.md),
+/// and a step that fails at random would block every change; `--stubdom` runs it.
 pub(crate) fn step(ctx: &crate::steps::Ctx<'_>) -> crate::steps::Outcome {
-    let args = ["--daemon".to_owned(), "ours".to_owned()];
-    match command(ctx.ws, &args) {
+    match command(ctx.ws, &[]) {
         Ok(true) => crate::steps::Outcome::Pass,
         Ok(false) => crate::steps::Outcome::Fail("scenarios failed (see above)".into()),
         Err(e) => crate::steps::Outcome::Fail(e),
