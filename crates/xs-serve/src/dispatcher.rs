@@ -180,8 +180,6 @@ enum Change {
 struct Recorder<H> {
     changes: Vec<Change>,
     log: BoundedLines<LOG_KEPT>,
-    /// When the platform has a clock, the time of the event being served (log stamps).
-    now_ns: Option<u64>,
     /// The program's host.
     program: H,
 }
@@ -192,15 +190,9 @@ impl<H> Recorder<H> {
         self.log(format!("{WARNING}{line}"));
     }
 
-    /// Keeps a log line, stamped with the time of the event being served if known.
+    /// Keeps a log line (stamped when taken: [`Dispatcher::take_log`]).
     fn log(&mut self, line: String) {
-        match self.now_ns {
-            Some(ns) => {
-                let (s, us) = (ns / 1_000_000_000, ns % 1_000_000_000 / 1000);
-                self.log.push(format!("[{s}.{us:06}] {line}"));
-            }
-            None => self.log.push(line),
-        }
+        self.log.push(line);
     }
 }
 
@@ -636,7 +628,6 @@ impl<S: Services, H: Host> Dispatcher<S, H> {
             host: Recorder {
                 changes: Vec::new(),
                 log: BoundedLines::default(),
-                now_ns: None,
                 program: host,
             },
             served_ids: BTreeSet::new(),
@@ -655,7 +646,6 @@ impl<S: Services, H: Host> Dispatcher<S, H> {
         if !self.store.is_privileged(domid) {
             return Err(Error::Store(XsError::Inval));
         }
-        self.stamp();
         let ring = match boot.ring {
             BootRing::Mapped(r) => r,
             BootRing::Grant { gfn } => self
@@ -702,7 +692,6 @@ impl<S: Services, H: Host> Dispatcher<S, H> {
     /// released, watch events delivered to rings; the program's connections with new events
     /// are reported by [`Dispatcher::take_local_notifications`].
     pub fn external<T>(&mut self, f: impl FnOnce(&mut Store, &mut dyn Host) -> T) -> T {
-        self.stamp();
         let out = f(&mut self.store, &mut hooks!(self));
         self.settle();
         out
@@ -747,13 +736,30 @@ impl<S: Services, H: Host> Dispatcher<S, H> {
     /// Takes the log lines since the last call. Warnings (a ring broken by its guest, a
     /// domain that could not be served, a soft quota crossed) start with `warning: `
     /// ([`WARNING`]); the rest is information.
+    ///
+    /// When the platform has a clock, the lines are stamped with its time now, read once and
+    /// only when there are lines: a program takes them at the end of each turn, so that is
+    /// the time of the events that caused them, within the turn. (Reading it for every
+    /// event instead would cost a VM exit per event where Xen emulates the TSC.)
     pub fn take_log(&mut self) -> Vec<String> {
-        self.host.log.take("log lines dropped")
+        let lines = self.host.log.take("log lines dropped");
+        if lines.is_empty() {
+            return lines;
+        }
+        match self.services.now_ns() {
+            Some(ns) => {
+                let (s, us) = (ns / 1_000_000_000, ns % 1_000_000_000 / 1000);
+                lines
+                    .into_iter()
+                    .map(|line| format!("[{s}.{us:06}] {line}"))
+                    .collect()
+            }
+            None => lines,
+        }
     }
 
     /// An event on local `port`: serves the domain bound to it (unknown ports are ignored).
     pub fn on_event(&mut self, port: u32) {
-        self.stamp();
         if let Some(&domid) = self.ports.get(&port) {
             self.service(domid);
         }
@@ -762,7 +768,6 @@ impl<S: Services, H: Host> Dispatcher<S, H> {
 
     /// Some domain changed state (Xen's `VIRQ_DOM_EXC`, or the VMM's guest stopped).
     pub fn on_dom_exc(&mut self) {
-        self.stamp();
         let domids: Vec<DomId> = self
             .served
             .keys()
@@ -785,7 +790,6 @@ impl<S: Services, H: Host> Dispatcher<S, H> {
 
     /// Does the work [`Dispatcher::has_work`] reports.
     pub fn run_pending(&mut self) {
-        self.stamp();
         let domids: Vec<DomId> = mem::take(&mut self.pending).into_iter().collect();
         for domid in domids {
             self.service(domid);
@@ -803,7 +807,6 @@ impl<S: Services, H: Host> Dispatcher<S, H> {
         domid: DomId,
         intro: Introduction,
     ) -> Result<Introduced, Error<S::Error>> {
-        self.stamp();
         self.failure = None;
         let result = protocol::introduce(&mut self.store, &mut hooks!(self), domid, intro);
         let failure = self.failure.take();
@@ -815,7 +818,6 @@ impl<S: Services, H: Host> Dispatcher<S, H> {
     /// nodes removed, `@releaseDomain`) through the same code as `RELEASE`, then its ring
     /// unmapped and its port closed.
     pub fn release(&mut self, domid: DomId) -> Result<(), Error<S::Error>> {
-        self.stamp();
         protocol::release(&mut self.store, &mut hooks!(self), domid)?;
         self.settle();
         Ok(())
@@ -838,7 +840,6 @@ impl<S: Services, H: Host> Dispatcher<S, H> {
     /// rings its changes concern (watch events to deliver). The session's own watch events
     /// are taken with [`Session::pop_event`].
     pub fn session<T>(&mut self, conn: ConnId, f: impl FnOnce(&mut Session<'_>) -> T) -> T {
-        self.stamp();
         let out = f(&mut self.store.session(conn));
         self.settle();
         out
@@ -848,11 +849,6 @@ impl<S: Services, H: Host> Dispatcher<S, H> {
     /// connection order.
     pub fn take_local_notifications(&mut self) -> Vec<ConnId> {
         mem::take(&mut self.local_notified).into_iter().collect()
-    }
-
-    /// Notes the time of the event being served, for the log.
-    fn stamp(&mut self) {
-        self.host.now_ns = self.services.now_ns();
     }
 
     /// Starts serving a domain.
