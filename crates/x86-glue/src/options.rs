@@ -338,6 +338,7 @@ impl BootArgs {
     /// Carries out option `o` (as `shown` on the command line) with `value`.
     fn apply(&mut self, o: &Opt, value: Option<&[u8]>, shown_as: &str) {
         let number = |v: Option<&[u8]>| v.and_then(xs_core::domid::parse_decimal);
+        let count = |v| number(v).and_then(|n| u32::try_from(n).ok());
         let domid = |v| {
             number(v)
                 .and_then(|n| u16::try_from(n).ok())
@@ -355,7 +356,7 @@ impl BootArgs {
             )
         };
         match o.action {
-            Action::Event => match number(value).and_then(|n| u32::try_from(n).ok()) {
+            Action::Event => match count(value) {
                 Some(p) if p != 0 => self.event = Some(p),
                 _ => self.note(bad(value)),
             },
@@ -367,11 +368,11 @@ impl BootArgs {
                 Some(d) => self.master_domid = Some(d),
                 None => self.note(bad(value)),
             },
-            Action::Quota(kind) => match number(value).and_then(|n| u32::try_from(n).ok()) {
+            Action::Quota(kind) => match count(value) {
                 Some(n) => self.quotas.push((kind, n)),
                 None => self.note(bad(value)),
             },
-            Action::PathMax => match number(value).and_then(|n| u32::try_from(n).ok()) {
+            Action::PathMax => match count(value) {
                 // C clamps -M to XENSTORE_REL_PATH_MAX (`min()` in main()).
                 Some(n) => {
                     let max = u32::try_from(REL_PATH_MAX).unwrap_or(u32::MAX);
