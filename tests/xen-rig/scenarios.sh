@@ -76,6 +76,10 @@ fail() {
     shift
     echo "XEN-RIG $name FAIL $*"
     failed=$((failed + 1))
+    # The first failure with a stub domain that no longer answers: what it was doing then.
+    if [ "$STUB" = 1 ] && [ -z "${postmortem_done:-}" ] && ! stub_answers; then
+        stub_postmortem
+    fi
 }
 not_run() { # WHY NAME...
     local why=$1 name
@@ -834,18 +838,46 @@ stub_param() {
     fi
 }
 
+# Whether the stub domain answers dom0's kernel (the only way to it: there is no socket).
+stub_answers() {
+    XENSTORED_PATH=$RING t 10 xenstore-read /local/domain/0/name >/dev/null 2>&1
+}
+
+# What a stub domain that stopped answering was doing, from what needs no store: Xen's view of
+# its vCPU ('q': blocked or running, polling, upcall pending) and of its event channels ('e':
+# pending and masked bits per port), three samples of its registers and stack with symbols
+# (xenctx: one place each time, or a loop), its last console lines, and the state of dom0's
+# xenbus side (interrupt count, the kernel threads' stacks).
+stub_postmortem() {
+    local pid i key
+    postmortem_done=1
+    pid=$(daemon_pid)
+    echo "XEN-RIG-LOG === the stub domain ($pid) does not answer: post-mortem"
+    t 30 xl dmesg 2>&1 | grep "(d$pid)" | tail -n 10 | sed 's/^/XEN-RIG-LOG xl dmesg: /'
+    # Xen's console ring is small: emptied first, so that each key's dump is all there.
+    for key in q e; do
+        t 30 xl dmesg -c >/dev/null 2>&1
+        t 30 xl debug-keys $key >/dev/null 2>&1
+        t 30 xl dmesg 2>&1 | head -n 200 | sed "s/^/XEN-RIG-LOG debug-key $key: /"
+    done
+    for i in 1 2 3; do
+        t 30 xenctx -k 0 -s /usr/lib/xen-rig/xs-stubdom.map -S -n 4 -l 24 "$pid" 2>&1 |
+            head -n 80 | sed "s/^/XEN-RIG-LOG xenctx $i: /"
+        sleep 1
+    done
+    grep -i xenbus /proc/interrupts | tr -s ' ' | sed 's/^/XEN-RIG-LOG dom0 interrupts: /'
+    for i in $(pgrep -x xenbus) $(pgrep -x xenwatch); do
+        sed "s/^/XEN-RIG-LOG dom0 $(cat /proc/$i/comm) stack: /" "/proc/$i/stack" 2>/dev/null
+    done
+}
+
 xenstored_alive() {
     local pid
     pid=$(daemon_pid)
     if [ $STUB = 1 ]; then
-        if ! XENSTORED_PATH=$RING t 10 xenstore-read /local/domain/0/name >/dev/null 2>&1; then
+        if ! stub_answers; then
             why="the stub domain ($pid) does not answer any more"
-            # Its state as Xen kept it (a crashed HVM/PVH domain stays until destroyed): the
-            # CPU registers say where it stopped.
-            t 30 xl list "$pid" 2>&1 | sed 's/^/XEN-RIG-LOG xl list: /'
-            t 30 xen-hvmctx "$pid" 2>&1 | grep -iE 'rip|rsp|cr[0234]|rflags|rax|rbx|rcx|rdx|rdi|rsi' |
-                head -n 20 | sed 's/^/XEN-RIG-LOG xen-hvmctx: /'
-            t 30 xl dmesg 2>&1 | grep "(d$pid)" | tail -n 10 | sed 's/^/XEN-RIG-LOG xl dmesg: /'
+            [ -n "${postmortem_done:-}" ] || stub_postmortem
         else
             info "stub domain $pid at the end: $(t 10 xl list "$pid" 2>&1 | tail -n 1 | tr -s ' ')"
         fi

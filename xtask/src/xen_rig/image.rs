@@ -31,6 +31,7 @@ const XEN_PROGRAMS: &[&str] = &[
     "lsevtchn",
     "init-xenstore-domain",
     "xen-hvmctx",
+    "xenctx",
 ];
 
 /// Other host programs, at the same path in dom0: the XenStore clients (xenstore-utils, one
@@ -122,6 +123,10 @@ pub(crate) fn dom0(
         Daemon::XsStubdom => {
             // A stub domain's kernel: launch-xenstore hands it to init-xenstore-domain.
             stage.copy(parts.xenstored, "usr/lib/xen-rig/xs-stubdom")?;
+            // Its symbols, for `xenctx -s` when it stops answering (the scenarios' last
+            // check): System.map's format, which `nm -n` writes.
+            let symbols = cmd::output(Command::new("nm").arg("-n").arg("-C").arg(parts.xenstored))?;
+            stage.write("usr/lib/xen-rig/xs-stubdom.map", &symbols, 0o644)?;
             "xencommons-stubdom"
         }
         _ => {
