@@ -1075,3 +1075,28 @@ pub fn dispatcher_stats(steps: &[DispatchStep]) -> DispatchStats {
     );
     stats
 }
+
+/// The stub domain's command line ([`x86_glue::BootArgs::parse`]): never fails, and whatever
+/// the input, its result stays small (each quota kind once, at most 16 notes of bounded
+/// length, printable ASCII) and is the same on a second parse.
+pub fn boot_args(data: &[u8]) {
+    let args = x86_glue::BootArgs::parse(data);
+    assert!(args.notes.len() <= 16, "{} notes", args.notes.len());
+    assert!(
+        args.notes
+            .iter()
+            .all(|n| n.len() < 256 && n.bytes().all(|b| b == b' ' || b.is_ascii_graphic())),
+        "{:?}",
+        args.notes
+    );
+    for (i, (kind, _)) in args.quotas.iter().enumerate() {
+        assert!(
+            !args.quotas.iter().skip(i + 1).any(|(k, _)| k == kind),
+            "{kind:?} twice in {:?}",
+            args.quotas
+        );
+    }
+    assert!(args.event != Some(0));
+    assert!(args.priv_domid.is_real());
+    assert_eq!(x86_glue::BootArgs::parse(data), args);
+}

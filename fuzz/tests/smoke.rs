@@ -271,3 +271,43 @@ fn dispatcher() {
         "{t:?}"
     );
 }
+
+#[test]
+fn boot_args() {
+    let mut rng = seeded(0x5eed_0006);
+    for input in saved_inputs("boot_args") {
+        xs_fuzz::boot_args(&input);
+    }
+    for _ in 0..runs() {
+        xs_fuzz::boot_args(&bytes(&mut rng, 96));
+    }
+    // Plausible ones: options, values and separators of C xenstored's command line.
+    let words: [&[u8]; 16] = [
+        b"-E",
+        b"-S",
+        b"-W",
+        b"-Q",
+        b"-M",
+        b"-V",
+        b"-T",
+        b"--event",
+        b"--priv-domid",
+        b"--quota=",
+        b"nodes=",
+        b"1",
+        b"99999999999",
+        b"=",
+        b" ",
+        b"\0",
+    ];
+    for _ in 0..runs() {
+        let mut line = Vec::new();
+        for _ in 0..rng.usize(..12) {
+            line.extend_from_slice(words[rng.usize(..words.len())]);
+            if rng.bool() {
+                line.push(b' ');
+            }
+        }
+        xs_fuzz::boot_args(&line);
+    }
+}

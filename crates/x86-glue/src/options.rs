@@ -30,8 +30,9 @@ pub struct BootArgs {
     pub priv_domid: DomId,
     /// `--master-domid <domid>`: this domain's id, when the loader says.
     pub master_domid: Option<DomId>,
-    /// Quotas set by `-E`, `-S`, `-W`, `-t`, `-A`, `-M` and `-Q NAME=N`, in command-line order
-    /// (a later one wins, as in C).
+    /// Quotas set by `-E`, `-S`, `-W`, `-t`, `-A`, `-M` and `-Q NAME=N`, each kind once, in
+    /// the order first given (a later value for the same kind replaces the earlier one, as in
+    /// C).
     pub quotas: Vec<(QuotaKind, u32)>,
     /// `-V`/`--verbose` was given.
     pub verbose: bool,
@@ -234,10 +235,11 @@ pub fn quota_by_name(name: &[u8]) -> Option<QuotaKind> {
     }
 }
 
-/// `text` for a message: lossy, and cut short.
+/// `text` for a message: printable ASCII (other bytes escaped, `\xNN`), cut short, so a
+/// note is at most a few hundred bytes whatever the command line holds.
 fn shown(text: &[u8]) -> String {
     let cut = text.get(..48).unwrap_or(text);
-    let mut s = String::from_utf8_lossy(cut).into_owned();
+    let mut s = format!("{}", cut.escape_ascii());
     if cut.len() < text.len() {
         s.push_str("...");
     }
@@ -306,7 +308,7 @@ impl BootArgs {
                 while let Some(&c) = letters.get(at) {
                     at += 1;
                     let Some(o) = OPTIONS.iter().find(|o| o.short == Some(c)) else {
-                        args.note(format!("unknown option -{}: ignored", char::from(c)));
+                        args.note(format!("unknown option -{}: ignored", shown(&[c])));
                         continue;
                     };
                     let rest = letters.get(at..).filter(|r| !r.is_empty());
@@ -321,7 +323,7 @@ impl BootArgs {
                     }
                 }
             } else {
-                args.note(format!("stray word {:?}: ignored", shown(word)));
+                args.note(format!("stray word \"{}\": ignored", shown(word)));
             }
         }
         args
@@ -332,6 +334,15 @@ impl BootArgs {
         // from init-xenstore-domain, but not every loader is that one).
         if self.notes.len() < 16 {
             self.notes.push(line);
+        }
+    }
+
+    /// Sets quota `kind`: a repeated option replaces the value, so the list stays as short
+    /// as the kinds of quota, whatever the command line.
+    fn set_quota(&mut self, kind: QuotaKind, value: u32) {
+        match self.quotas.iter_mut().find(|(k, _)| *k == kind) {
+            Some(q) => q.1 = value,
+            None => self.quotas.push((kind, value)),
         }
     }
 
@@ -369,14 +380,14 @@ impl BootArgs {
                 None => self.note(bad(value)),
             },
             Action::Quota(kind) => match count(value) {
-                Some(n) => self.quotas.push((kind, n)),
+                Some(n) => self.set_quota(kind, n),
                 None => self.note(bad(value)),
             },
             Action::PathMax => match count(value) {
                 // C clamps -M to XENSTORE_REL_PATH_MAX (`min()` in main()).
                 Some(n) => {
                     let max = u32::try_from(REL_PATH_MAX).unwrap_or(u32::MAX);
-                    self.quotas.push((QuotaKind::PathMax, n.min(max)));
+                    self.set_quota(QuotaKind::PathMax, n.min(max));
                 }
                 None => self.note(bad(value)),
             },
@@ -388,7 +399,7 @@ impl BootArgs {
                     Some((kind, u32::try_from(n).ok()?))
                 });
                 match setting {
-                    Some(q) => self.quotas.push(q),
+                    Some((kind, n)) => self.set_quota(kind, n),
                     None => self.note(format!(
                         "{shown_as} {}: not NAME=N with a known quota, ignored",
                         shown(value.unwrap_or_default())
@@ -436,10 +447,15 @@ mod tests {
                 (QuotaKind::Watches, 3),
                 (QuotaKind::Transactions, 4),
                 (QuotaKind::NodePermissions, 5),
-                (QuotaKind::PathMax, 2048),
-                (QuotaKind::Memory, 6),
+                // `-M 99999` clamped, then replaced by `path-length=7`.
                 (QuotaKind::PathMax, 7),
+                (QuotaKind::Memory, 6),
             ]
+        );
+        // C clamps -M to XENSTORE_REL_PATH_MAX.
+        assert_eq!(
+            BootArgs::parse(b"-M 99999").quotas,
+            [(QuotaKind::PathMax, 2048)]
         );
         // `--entry` is ambiguous (entry-nb, entry-size): not guessed, and its value is a
         // stray word then.
@@ -495,6 +511,16 @@ mod tests {
         }
         let flood = b"-x ".repeat(1000);
         assert_eq!(BootArgs::parse(&flood).notes.len(), 16);
+        // Repeated quotas: one entry per kind, the last value.
+        let repeated = b"-E 1 -W 2 ".repeat(1000);
+        assert_eq!(
+            BootArgs::parse(&repeated).quotas,
+            [(QuotaKind::Nodes, 1), (QuotaKind::Watches, 2)]
+        );
+        assert_eq!(
+            BootArgs::parse(b"-E 1 -Qnodes=7").quotas,
+            [(QuotaKind::Nodes, 7)]
+        );
         let long = [b'a'; 600];
         let a = BootArgs::parse(&long);
         assert!(a.notes[0].len() < 100, "{}", a.notes[0]);
