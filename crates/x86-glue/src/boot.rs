@@ -42,6 +42,7 @@ use crate::cpuid::{Vendor, XenInfo};
 use crate::error::Error;
 use crate::evtchn::{self, Scanner, VIRQ_DOM_EXC};
 use crate::grant::{MapArea, PAGE_SIZE};
+use crate::host::{HeapUse, StubHost};
 use crate::hypercall::{self, Hypercalls, Transfer, XenHypercalls};
 use crate::memory;
 use crate::rng::Rng;
@@ -56,13 +57,24 @@ pub const EVENT_BUDGET: usize = 64;
 pub const POLL_SLICE_NS: u64 = 10_000_000;
 
 /// The store on Xen.
-pub type XenStub<'s, H> = Dispatcher<XenServices<'s, H>>;
+pub type XenStub<'s, H> = Dispatcher<XenServices<'s, H>, StubHost>;
+
+/// What the image brings besides memory.
+#[derive(Debug)]
+pub struct Platform {
+    /// Entropy.
+    pub rng: Rng,
+    /// Reads the TSC.
+    pub tsc: fn() -> u64,
+    /// The heap's use, for `CONTROL memreport`.
+    pub heap: fn() -> HeapUse,
+}
 
 /// The vCPU the store runs on (the boot vCPU).
 const VCPU: usize = 0;
 
 /// Brings the store up over `hc` (see the module notes): `shared_info` is mapped at the
-/// given page, foreign rings at `map_area` (base, pages); `tsc` reads the TSC.
+/// given page, foreign rings at `map_area` (base, pages).
 ///
 /// # Safety
 ///
@@ -74,8 +86,7 @@ pub unsafe fn start<'s, H: Hypercalls>(
     xen: &XenInfo,
     shared_info: &'s mut [u8; 4096],
     map_area: (usize, usize),
-    rng: Rng,
-    tsc: fn() -> u64,
+    platform: Platform,
     log: &mut dyn Write,
 ) -> Result<(XenStub<'s, H>, EventLoop), Error> {
     match version::version(&mut hc) {
@@ -102,9 +113,9 @@ pub unsafe fn start<'s, H: Hypercalls>(
     let virq = evtchn::bind_virq(&mut hc, VIRQ_DOM_EXC, 0)?;
     evtchn::unmask(&mut hc, si, vcpu, virq)?;
     let area = MapArea::new(map_area.0, map_area.1).ok_or(Error::BadMapArea)?;
-    let rdrand = rng.has_rdrand();
+    let rdrand = platform.rng.has_rdrand();
     // SAFETY: the map area's contract is the caller's.
-    let mut services = unsafe { XenServices::new(hc, si, VCPU, area, rng, tsc) };
+    let mut services = unsafe { XenServices::new(hc, si, VCPU, area, platform.rng, platform.tsc) };
     let priv_domid = xen.boot.priv_domid;
     let states = services.probe_domain_state(priv_domid);
     let _ = writeln!(
@@ -143,7 +154,8 @@ pub unsafe fn start<'s, H: Hypercalls>(
         }
         let _ = writeln!(log);
     }
-    let mut stub = Dispatcher::with_bootstrap(services, config, boot)?;
+    let host = StubHost::new(platform.heap);
+    let mut stub = Dispatcher::with_host_and_bootstrap(services, config, host, boot)?;
     flush_log(&mut stub, log);
     Ok((stub, EventLoop::new(virq)))
 }
@@ -154,6 +166,9 @@ pub fn flush_log<H: Hypercalls>(stub: &mut XenStub<'_, H>, log: &mut dyn Write) 
         let _ = writeln!(log, "xs: {line}");
     }
     for line in stub.services_mut().take_errors() {
+        let _ = writeln!(log, "xs: {line}");
+    }
+    for line in stub.host_mut().take_lines() {
         let _ = writeln!(log, "xs: {line}");
     }
 }
@@ -305,14 +320,15 @@ fn fatal(transfer: Option<Transfer>, log: &mut dyn Write, error: &dyn fmt::Displ
 /// writable page for the hypercall page; `shared_info` a page-aligned page to map shared_info
 /// at; `map_area` a page-aligned virtual range (base, pages) for mapping guests' rings; `log`
 /// the image's console, used until the hypercalls are set up and whenever Xen refuses
-/// `console_io` (which it does to unprivileged domains of a release build). See the crate
-/// documentation for the memory each must be.
+/// `console_io` (which it does to unprivileged domains of a release build); `heap` the heap's
+/// use. See the crate documentation for the memory each must be.
 pub fn run_stub_domain(
     xen: XenInfo,
     hypercall_page: &'static mut [u8; 4096],
     shared_info: &'static mut [u8; 4096],
     map_area: (usize, usize),
     log: &mut dyn Write,
+    heap: fn() -> HeapUse,
 ) -> ! {
     let _ = writeln!(
         log,
@@ -344,8 +360,11 @@ pub fn run_stub_domain(
             &xen,
             shared_info,
             map_area,
-            Rng::detect(),
-            read_tsc,
+            Platform {
+                rng: Rng::detect(),
+                tsc: read_tsc,
+                heap,
+            },
             log,
         )
     };

@@ -593,15 +593,10 @@ impl<S: Services> Dispatcher<S> {
     /// domain's case: see the module documentation).
     pub fn with_bootstrap(
         services: S,
-        mut config: ServeConfig,
+        config: ServeConfig,
         boot: Bootstrap<S::Ring>,
     ) -> Result<Dispatcher<S>, Error<S::Error>> {
-        if boot.domid != DomId::DOM0 && !config.store.privileged.contains(&boot.domid) {
-            config.store.privileged.push(boot.domid);
-        }
-        let mut this = Dispatcher::new(services, config)?;
-        this.bootstrap(boot)?;
-        Ok(this)
+        Dispatcher::with_host_and_bootstrap(services, config, NoHost, boot)
     }
 }
 
@@ -636,6 +631,22 @@ impl<S: Services, H: Host> Dispatcher<S, H> {
             pending: BTreeSet::new(),
             limits: config.limits,
         })
+    }
+
+    /// [`Dispatcher::with_bootstrap`] with the program's own [`Host`] (see
+    /// [`Dispatcher::with_host`]).
+    pub fn with_host_and_bootstrap(
+        services: S,
+        mut config: ServeConfig,
+        host: H,
+        boot: Bootstrap<S::Ring>,
+    ) -> Result<Dispatcher<S, H>, Error<S::Error>> {
+        if boot.domid != DomId::DOM0 && !config.store.privileged.contains(&boot.domid) {
+            config.store.privileged.push(boot.domid);
+        }
+        let mut this = Dispatcher::with_host(services, config, host)?;
+        this.bootstrap(boot)?;
+        Ok(this)
     }
 
     /// Serves the privileged domain's ring (the stub domain's, or dom0's kernel ring under a

@@ -84,3 +84,12 @@ pub(crate) fn init(info: &StartInfo) {
 pub(crate) fn counters() -> talc::base::Counters {
     *HEAP.lock().counters()
 }
+
+/// The heap's use, for the store's `CONTROL memreport`.
+pub(crate) fn usage() -> x86_glue::HeapUse {
+    let (start, end) = region();
+    x86_glue::HeapUse {
+        in_use: counters().allocated_bytes,
+        size: end.saturating_sub(start),
+    }
+}

@@ -178,5 +178,12 @@ pub(crate) fn run(mut xen: XenInfo, info: &StartInfo) -> ! {
         area.0,
         area.1
     );
-    x86_glue::run_stub_domain(xen, hypercall_page, shared_info, area, &mut Console)
+    x86_glue::run_stub_domain(
+        xen,
+        hypercall_page,
+        shared_info,
+        area,
+        &mut Console,
+        heap::usage,
+    )
 }

@@ -72,8 +72,14 @@ impl Machine {
                 &info(event),
                 self.si.page(0),
                 area,
-                Rng::with_rdrand(false),
-                self.tsc,
+                Platform {
+                    rng: Rng::with_rdrand(false),
+                    tsc: self.tsc,
+                    heap: || HeapUse {
+                        in_use: 3 << 20,
+                        size: 6 << 20,
+                    },
+                },
                 &mut log,
             )
         };
@@ -303,4 +309,30 @@ fn many_domains_poll_with_a_timeout() {
     // Every domain is still reachable.
     let last: Vec<u32> = stub.ports().collect();
     assert_eq!(last.len(), usize::from(n) + 1);
+}
+
+/// `CONTROL memreport` from dom0 reaches the log, with the image's heap.
+#[test]
+fn memreport_goes_to_the_log_with_the_heap() {
+    let mut m = Machine::new(4);
+    let dom0_remote = m.dom0_remote;
+    let (mut stub, mut lp) = m.start(Some(dom0_remote)).unwrap();
+    let dom0_port = xen(&mut stub).local_port_for(0, dom0_remote).unwrap();
+    let mut dom0 = client_at(xen(&mut stub).mapping_of(0).unwrap());
+    run(&mut lp, &mut stub);
+
+    dom0.send(MsgType::Control, b"memreport\0");
+    xen(&mut stub).raise(dom0_port);
+    let mut log = String::new();
+    for _ in 0..10 {
+        if lp.turn(&mut stub, &mut log) == Turn::Slept {
+            break;
+        }
+    }
+    assert_eq!(dom0.receive()[0].text(), "OK\0");
+    assert!(log.contains("xs: xs memory report\n"), "{log}");
+    assert!(
+        log.contains("xs: heap: 3072 KiB in use of 6144 KiB\n"),
+        "{log}"
+    );
 }
