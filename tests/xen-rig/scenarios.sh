@@ -43,7 +43,7 @@ if [ $STUB = 0 ]; then
     selected test-xenstore && DOM0_PLAN+=(test-xenstore-socket)
     selected rtt && DOM0_PLAN+=(rtt-socket)
 fi
-[ $STUB = 1 ] && DOM0_PLAN+=(stub-param)
+[ $STUB = 1 ] && DOM0_PLAN+=(stub-param stub-memory)
 selected clients && DOM0_PLAN+=(xenstore-ring)
 selected test-xenstore && DOM0_PLAN+=(test-xenstore-ring)
 selected rtt && DOM0_PLAN+=(rtt-ring)
@@ -578,6 +578,7 @@ eight_guests() {
         fi
     done
     if [ -z "$bad" ]; then pass pv8-console; else fail pv8-console "no hello line from:$bad"; fi
+    stub_heap_figure pv8
 
     echo "=== [$(uptime_s)s] pv8: 8 x xl destroy"
     start=$(now_us)
@@ -871,6 +872,53 @@ stub_postmortem() {
     done
 }
 
+# The stub domain's heap, from its answer to `xenstore-control memreport` (its console): "IN SIZE"
+# in KiB, or nothing.
+stub_heap_kib() {
+    XENSTORED_PATH=$RING t 30 xenstore-control memreport >/dev/null 2>&1 || return
+    local line
+    wait_until 10 eval 'line=$(daemon_messages | grep "xs: heap: " | tail -n 1) && [ "$line" != "${STUB_HEAP_LAST:-}" ]' ||
+        return
+    STUB_HEAP_LAST=$line
+    sed -E 's/.*xs: heap: ([0-9]+) KiB in use of ([0-9]+) KiB.*/\1 \2/' <<<"$line"
+}
+
+# Reports the stub domain's heap as LABEL (info and a bench figure).
+stub_heap_figure() { # LABEL
+    [ $STUB = 1 ] || return 0
+    local heap
+    heap=$(stub_heap_kib)
+    if [ -n "$heap" ]; then
+        info "stub domain heap $1: ${heap% *} KiB in use of ${heap#* } KiB"
+        bench "xen_stub_heap_$1" "${heap% *}" KiB
+    else
+        info "stub domain heap $1: no memreport answer"
+    fi
+}
+
+# The stub domain's memory: xencommons-stubdom gives it --memory 8 and --maxmem 32
+# (XENSTORE_MAX_DOMAIN_SIZE), so Xen lets it grow to 32 MiB but populates 8: the heap must end
+# where the populated RAM does (a touch beyond would fault), and `memreport` must say so.
+stub_memory() {
+    local pid heap pages
+    pid=$(daemon_pid)
+    heap=$(stub_heap_kib)
+    pages=$(t 30 xl debug-keys q >/dev/null 2>&1; t 30 xl dmesg 2>/dev/null |
+        grep -A3 "General information for domain $pid:" | grep -o "nr_pages=[0-9]* .*max_pages=[0-9]*" | tail -n 1)
+    info "stub domain memory: Xen says ${pages:-?}; memreport: ${heap:-none}"
+    daemon_log "heap 0x"
+    if [ -z "$heap" ]; then
+        why="no answer to xenstore-control memreport in the stub domain's log"
+    elif [ "${heap#* }" -gt 8192 ] || [ "${heap% *}" -gt "${heap#* }" ]; then
+        why="memreport says '$heap' KiB: not within the 8 MiB given"
+    elif ! [[ "$pages" =~ nr_pages=([0-9]+).*max_pages=([0-9]+) ]] ||
+        [ "${BASH_REMATCH[2]}" -le "${BASH_REMATCH[1]}" ]; then
+        why="Xen does not show a maximum above the populated pages ('$pages'): --maxmem not in effect"
+    else
+        stub_heap_figure idle
+    fi
+}
+
 xenstored_alive() {
     local pid
     pid=$(daemon_pid)
@@ -907,7 +955,10 @@ if [ $STORE_UP = 1 ]; then
     scenario xenconsoled xenconsoled_start
     scenario xl-info xl_info
     scenario xl-list xl_list
-    [ $STUB = 1 ] && scenario stub-param stub_param
+    if [ $STUB = 1 ]; then
+        scenario stub-param stub_param
+        scenario stub-memory stub_memory
+    fi
     if selected clients; then
         [ $STUB = 1 ] || scenario xenstore-socket client_suite socket
         scenario xenstore-ring client_suite ring

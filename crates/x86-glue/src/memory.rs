@@ -1,6 +1,7 @@
 //! The `memory_op` hypercall (`xen/include/public/memory.h`): `XENMEM_add_to_physmap`, to
-//! place `shared_info` in our guest-physical map, and `XENMEM_memory_map`, our own memory
-//! map where the PVH start info carries none.
+//! place `shared_info` in our guest-physical map; `XENMEM_memory_map`, our own memory map
+//! where the PVH start info carries none; `XENMEM_current_reservation`, how much of it is
+//! populated ([`populated_ram_end`]).
 
 use crate::evtchn::DOMID_SELF;
 use crate::hypercall::{Errno, Hypercalls, arg, nr};
@@ -13,6 +14,12 @@ pub const XENMAPSPACE_SHARED_INFO: u32 = 0;
 pub const XENMEM_MEMORY_MAP: u64 = 9;
 /// `E820_RAM` in an entry's `kind`.
 pub const E820_RAM: u32 = 1;
+/// `XENMEM_current_reservation`: the pages a domain has.
+pub const XENMEM_CURRENT_RESERVATION: u64 = 3;
+/// The pages Xen's HVM/PVH domain builders populate outside RAM, in the reserved region below
+/// 4 GiB (`X86_HVM_NR_SPECIAL_PAGES`: store, console, ...); `init-xenstore-domain` adds them
+/// to the domain's limit in the same way.
+pub const SPECIAL_PAGES: u64 = 8;
 
 /// `struct xen_add_to_physmap`.
 #[repr(C)]
@@ -82,6 +89,36 @@ pub fn memory_map(hc: &mut impl Hypercalls, out: &mut [E820Entry]) -> Result<usi
     Ok((map.nr_entries as usize).min(out.len()))
 }
 
+/// `XENMEM_current_reservation` for our own domain: the pages it has (populated RAM plus
+/// [`SPECIAL_PAGES`] at boot).
+pub fn current_reservation(hc: &mut impl Hypercalls) -> Result<u64, Errno> {
+    let mut domid = DOMID_SELF;
+    Errno::check(hc.call2(nr::MEMORY_OP, XENMEM_CURRENT_RESERVATION, arg(&mut domid)))
+}
+
+/// Where the populated RAM that holds `addr` ends, given the memory map's RAM ranges
+/// `(addr, size)` (in any order) and the domain's `pages` ([`current_reservation`]); `None`
+/// if `addr` is not in populated RAM.
+///
+/// A domain may be given more RAM in its map than is populated: `init-xenstore-domain
+/// --maxmem` maps RAM up to the maximum but populates only `--memory`, leaving the rest to be
+/// ballooned in. Xen's builders populate the RAM ranges from the lowest address up
+/// (`meminit_hvm`), so the populated part is the first `pages - SPECIAL_PAGES` pages of RAM in
+/// address order; a page past it is not there, and touching it faults.
+pub fn populated_ram_end(ram: &[(u64, u64)], pages: u64, addr: u64) -> Option<u64> {
+    let budget = pages.saturating_sub(SPECIAL_PAGES).saturating_mul(4096);
+    ram.iter().find_map(|&(start, size)| {
+        // The populated bytes below this range: the RAM of every range under it.
+        let below: u64 = ram
+            .iter()
+            .filter(|&&(other, _)| other < start)
+            .fold(0, |sum, &(_, s)| sum.saturating_add(s));
+        let here = size.min(budget.saturating_sub(below));
+        let end = start.saturating_add(here);
+        (start <= addr && addr < end).then_some(end)
+    })
+}
+
 /// `XENMEM_add_to_physmap` for our own domain.
 pub fn add_to_physmap(
     hc: &mut impl Hypercalls,
@@ -136,5 +173,38 @@ mod tests {
         let mut one = [E820Entry::default(); 1];
         assert_eq!(memory_map(&mut xen, &mut one), Ok(1));
         assert_eq!(one[0], ram(0, 0xa0000));
+    }
+
+    #[test]
+    fn current_reservation_encoding() {
+        let mut xen = FakeXen::new();
+        xen.set_reservation(2056);
+        assert_eq!(current_reservation(&mut xen), Ok(2056));
+        let (op, args) = *xen.calls().last().unwrap();
+        assert_eq!((op, args[0]), (nr::MEMORY_OP, XENMEM_CURRENT_RESERVATION));
+    }
+
+    #[test]
+    fn populated_ram_is_the_lowest_ram_first() {
+        const MIB: u64 = 1 << 20;
+        // `--memory 8 --maxmem 32`: RAM mapped to 32 MiB, 8 MiB (+ special pages) populated.
+        let ram = [(0, 32 * MIB)];
+        let pages = 2048 + SPECIAL_PAGES;
+        assert_eq!(populated_ram_end(&ram, pages, 2 * MIB), Some(8 * MIB));
+        assert_eq!(populated_ram_end(&ram, pages, 8 * MIB), None);
+        // Without --maxmem the map and the population agree.
+        assert_eq!(populated_ram_end(&[(0, 8 * MIB)], pages, 0), Some(8 * MIB));
+        // Split RAM, listed out of order: the low range fills first.
+        let split = [(16 * MIB, 16 * MIB), (0, 4 * MIB)];
+        assert_eq!(populated_ram_end(&split, pages, MIB), Some(4 * MIB));
+        assert_eq!(populated_ram_end(&split, pages, 16 * MIB), Some(20 * MIB));
+        assert_eq!(populated_ram_end(&split, pages, 20 * MIB), None);
+        // Nothing populated, or a hostile count: no overflow, no RAM beyond the map.
+        assert_eq!(populated_ram_end(&ram, 3, 0), None);
+        assert_eq!(populated_ram_end(&ram, u64::MAX, 0), Some(32 * MIB));
+        assert_eq!(
+            populated_ram_end(&[(u64::MAX, u64::MAX)], u64::MAX, u64::MAX - 1),
+            None
+        );
     }
 }

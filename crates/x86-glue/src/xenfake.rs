@@ -101,6 +101,7 @@ pub(crate) struct FakeXen {
     params: BTreeMap<u32, u64>,
     console: Vec<u8>,
     memory_map: Vec<memory::E820Entry>,
+    reservation: u64,
 }
 
 /// The argument at `addr`, as Xen's `copy_from_guest` sees it.
@@ -128,6 +129,11 @@ impl FakeXen {
     }
 
     // ----- the test's side -----------------------------------------------------------------
+
+    /// What `XENMEM_current_reservation` answers for us.
+    pub(crate) fn set_reservation(&mut self, pages: u64) {
+        self.reservation = pages;
+    }
 
     /// What `XENMEM_memory_map` answers.
     pub(crate) fn set_memory_map(&mut self, map: &[memory::E820Entry]) {
@@ -474,6 +480,14 @@ impl FakeXen {
                     _ => return Err(Errno::ENOSYS),
                 }
                 Ok(0)
+            }
+            nr::MEMORY_OP if args[0] == memory::XENMEM_CURRENT_RESERVATION => {
+                // SAFETY: the wrapper passes its local `domid_t`.
+                let domid = unsafe { *at::<u16>(args[1]) };
+                if domid != crate::evtchn::DOMID_SELF {
+                    return Err(Errno::EPERM);
+                }
+                Ok(self.reservation)
             }
             nr::MEMORY_OP if args[0] == memory::XENMEM_MEMORY_MAP => {
                 #[repr(C)]

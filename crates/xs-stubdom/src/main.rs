@@ -55,9 +55,7 @@ extern "C" fn stubdom_main(start_info: u64) -> ! {
     let xen = x86_glue::cpuid::detect();
     if let Some(xen) = &xen {
         xen::use_debug_console();
-        if info.regions().is_empty() {
-            xen::read_memory_map(xen, &mut info);
-        }
+        xen::read_memory(xen, &mut info);
     }
     heap::init(&info);
     let (image_start, image_end) = heap::image();

@@ -33,6 +33,9 @@ pub(crate) struct StartInfo {
     cmdline_len: usize,
     regions: [Region; 32],
     n_regions: usize,
+    /// The pages the domain has (`XENMEM_current_reservation`), when running on Xen: less
+    /// RAM may be populated than the map holds.
+    populated: Option<u64>,
 }
 
 /// Reads `T` at physical address `addr`, if it lies in the identity-mapped low memory.
@@ -60,6 +63,7 @@ impl StartInfo {
             cmdline_len: 0,
             regions: [Region::default(); 32],
             n_regions: 0,
+            populated: None,
         };
         if read::<u32>(addr) != Some(MAGIC) {
             return info;
@@ -130,12 +134,32 @@ impl StartInfo {
         &self.regions[..self.n_regions]
     }
 
-    /// The end of the RAM region of the memory map that holds `addr`, if one does.
+    /// Sets the pages the domain has (see [`StartInfo::ram_end`]).
+    pub(crate) fn set_populated(&mut self, pages: u64) {
+        self.populated = Some(pages);
+    }
+
+    /// The end of the RAM that holds `addr`, if RAM does: the end of its region of the memory
+    /// map, or on Xen the end of the populated part of it
+    /// ([`x86_glue::memory::populated_ram_end`]).
     pub(crate) fn ram_end(&self, addr: u64) -> Option<u64> {
-        self.regions()
-            .iter()
-            .filter(|r| r.kind == RAM && r.addr <= addr)
-            .map(|r| r.addr.saturating_add(r.size))
-            .find(|&end| addr < end)
+        let mut ram = [(0, 0); 32];
+        let mut n = 0;
+        for (slot, r) in ram
+            .iter_mut()
+            .zip(self.regions().iter().filter(|r| r.kind == RAM))
+        {
+            *slot = (r.addr, r.size);
+            n += 1;
+        }
+        let ram = &ram[..n];
+        match self.populated {
+            Some(pages) => x86_glue::memory::populated_ram_end(ram, pages, addr),
+            None => ram
+                .iter()
+                .filter(|&&(start, _)| start <= addr)
+                .map(|&(start, size)| start.saturating_add(size))
+                .find(|&end| addr < end),
+        }
     }
 }

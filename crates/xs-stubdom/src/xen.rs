@@ -85,42 +85,86 @@ pub(crate) fn use_debug_console() {
     console::set_sink(debug_port);
 }
 
-/// Fills in the memory map from Xen (`XENMEM_memory_map`) when the start info has none: Xen
-/// 4.17's domain builder gives a domain built by `init-xenstore-domain` a version-0 start
-/// info, which has no map. Runs before the heap exists (nothing here allocates), through
-/// `vmcall`/`vmmcall`: the hypercall page is set up later, once, by x86-glue. Without a map
-/// the heap takes the linker script's whole reservation, which a small domain may not have.
-pub(crate) fn read_memory_map(xen: &XenInfo, info: &mut StartInfo) {
+/// What Xen says of this domain's memory, before the heap exists (nothing here allocates),
+/// through `vmcall`/`vmmcall` (the hypercall page is set up later, once, by x86-glue):
+/// * the memory map (`XENMEM_memory_map`) when the start info has none: Xen 4.17's domain
+///   builder gives a domain built by `init-xenstore-domain` a version-0 start info, which has
+///   no map (without one the heap would take the linker script's whole reservation, which a
+///   small domain may not have);
+/// * the pages populated (`XENMEM_current_reservation`): with `--maxmem` above `--memory` the
+///   map holds RAM up to the maximum, of which only `--memory` is there.
+///
+/// Xen 4.17's `init-xenstore-domain` writes a broken map when given `--maxmem`: its `MB()`
+/// macro leaves `maxmem` in bytes, so the map's RAM is 32 bytes for `--maxmem 32` (fixed in
+/// later Xen). A map whose RAM does not even hold this image is that map: RAM is then taken as
+/// what the builder populated, from address 0 up.
+pub(crate) fn read_memory(xen: &XenInfo, info: &mut StartInfo) {
     let transfer = match xen.vendor {
         Vendor::Vmx => Transfer::Vmcall,
         Vendor::Svm => Transfer::Vmmcall,
         Vendor::Unknown => {
-            println!("xen: no memory map in the start info, and no known hypercall instruction");
+            println!("xen: no known hypercall instruction: the memory map is the start info's");
             return;
         }
     };
     // SAFETY: on Xen (CPUID says so), in an HVM/PVH domain in ring 0, where the vendor's
     // instruction is Xen's hypercall.
     let mut hc = unsafe { XenHypercalls::new(transfer) };
-    let mut entries = [E820Entry::default(); 32];
-    match memory::memory_map(&mut hc, &mut entries) {
-        Ok(n) => {
-            info.set_regions(entries.iter().take(n).map(|e| Region {
-                addr: e.addr,
-                size: e.size,
-                kind: e.kind,
-            }));
-            println!(
-                "xen: memory map from XENMEM_memory_map ({n} entries; the start info v{} has none)",
-                info.version
-            );
-            for r in info.regions() {
-                let end = r.addr.saturating_add(r.size);
-                println!("xen:   {:#012x}..{end:#012x} type {}", r.addr, r.kind);
+    if info.regions().is_empty() {
+        let mut entries = [E820Entry::default(); 32];
+        match memory::memory_map(&mut hc, &mut entries) {
+            Ok(n) => {
+                info.set_regions(entries.iter().take(n).map(|e| Region {
+                    addr: e.addr,
+                    size: e.size,
+                    kind: e.kind,
+                }));
+                println!(
+                    "xen: memory map from XENMEM_memory_map ({n} entries; the start info v{} has none)",
+                    info.version
+                );
+            }
+            Err(e) => println!("xen: XENMEM_memory_map failed: {e}"),
+        }
+    }
+    for r in info.regions() {
+        let end = r.addr.saturating_add(r.size);
+        println!("xen:   {:#012x}..{end:#012x} type {}", r.addr, r.kind);
+    }
+    let pages = match memory::current_reservation(&mut hc) {
+        Ok(pages) => pages,
+        Err(e) => {
+            println!("xen: XENMEM_current_reservation failed: {e}; all of the map's RAM taken as there");
+            return;
+        }
+    };
+    let ram = pages.saturating_sub(memory::SPECIAL_PAGES).saturating_mul(4096);
+    println!(
+        "xen: {pages} pages populated: {} KiB of RAM",
+        ram / 1024
+    );
+    let (image_start, _) = heap::image();
+    let holds_image = info
+        .regions()
+        .iter()
+        .any(|r| r.kind == RAM && r.addr <= image_start as u64 && (image_start as u64) < r.addr.saturating_add(r.size));
+    if !holds_image && !info.regions().is_empty() {
+        println!(
+            "xen: the memory map's RAM does not hold this image ({image_start:#x}): taken as \
+             0..{ram:#x}, what was populated (Xen 4.17's init-xenstore-domain with --maxmem)"
+        );
+        let mut regions = [Region::default(); 32];
+        regions[0] = Region { addr: 0, size: ram, kind: RAM };
+        let mut n = 1;
+        for r in info.regions().iter().filter(|r| r.kind != RAM) {
+            if let Some(slot) = regions.get_mut(n) {
+                *slot = *r;
+                n += 1;
             }
         }
-        Err(e) => println!("xen: XENMEM_memory_map failed: {e}"),
+        info.set_regions(regions.into_iter().take(n));
     }
+    info.set_populated(pages);
 }
 
 /// The map area: `MAP_PAGES` pages from the first 2 MiB boundary above the highest RAM (and
