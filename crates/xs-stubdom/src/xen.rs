@@ -134,27 +134,33 @@ pub(crate) fn read_memory(xen: &XenInfo, info: &mut StartInfo) {
     let pages = match memory::current_reservation(&mut hc) {
         Ok(pages) => pages,
         Err(e) => {
-            println!("xen: XENMEM_current_reservation failed: {e}; all of the map's RAM taken as there");
+            println!(
+                "xen: XENMEM_current_reservation failed: {e}; all of the map's RAM taken as there"
+            );
             return;
         }
     };
-    let ram = pages.saturating_sub(memory::SPECIAL_PAGES).saturating_mul(4096);
-    println!(
-        "xen: {pages} pages populated: {} KiB of RAM",
-        ram / 1024
-    );
+    let ram = pages
+        .saturating_sub(memory::SPECIAL_PAGES)
+        .saturating_mul(4096);
+    println!("xen: {pages} pages populated: {} KiB of RAM", ram / 1024);
     let (image_start, _) = heap::image();
-    let holds_image = info
-        .regions()
-        .iter()
-        .any(|r| r.kind == RAM && r.addr <= image_start as u64 && (image_start as u64) < r.addr.saturating_add(r.size));
+    let holds_image = info.regions().iter().any(|r| {
+        r.kind == RAM
+            && r.addr <= image_start as u64
+            && (image_start as u64) < r.addr.saturating_add(r.size)
+    });
     if !holds_image && !info.regions().is_empty() {
         println!(
             "xen: the memory map's RAM does not hold this image ({image_start:#x}): taken as \
              0..{ram:#x}, what was populated (Xen 4.17's init-xenstore-domain with --maxmem)"
         );
         let mut regions = [Region::default(); 32];
-        regions[0] = Region { addr: 0, size: ram, kind: RAM };
+        regions[0] = Region {
+            addr: 0,
+            size: ram,
+            kind: RAM,
+        };
         let mut n = 1;
         for r in info.regions().iter().filter(|r| r.kind != RAM) {
             if let Some(slot) = regions.get_mut(n) {
