@@ -113,7 +113,8 @@ pub(crate) const STEPS: &[Step] = &[
     },
     Step {
         name: "xen-rig",
-        about: "xs-host as dom0's xenstored on Xen 4.17 under QEMU/TCG: `cargo xtask xen-rig` \
+        about: "xs-host as dom0's xenstored, then the stub-domain image as the XenStore \
+                domain, on Xen 4.17 under QEMU/TCG: `cargo xtask xen-rig` \
                 (tests/xen-rig/README.md)",
         run: xen_rig::step,
     },

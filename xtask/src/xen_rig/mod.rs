@@ -316,14 +316,32 @@ pub(crate) fn command(ws: &Workspace, args: &[String]) -> Result<bool, String> {
     Ok(failed == 0)
 }
 
-/// The `xen-rig` step of `cargo xtask test`: every scenario with xs-host. Not yet the stub
-/// domain: it stopped once with a triple fault in 7 full runs (tests/xen-rig/README.md),
-/// and a step that fails at random would block every change; `--stubdom` runs it.
+/// The `xen-rig` step of `cargo xtask test`: every scenario with xs-host, then the stub
+/// domain with every group but `pv8`. Eight Linux guests booting at once are where the stub
+/// domain is slowest under TCG (each event is a world switch of nested SVM that QEMU
+/// emulates): on a loaded machine libxl's fixed 10 s wait for xenconsoled's `console/tty`
+/// ran out for 2 of the 8 guests while xs-host in dom0 passed the same boot. `--stubdom`
+/// runs them all.
 pub(crate) fn step(ctx: &crate::steps::Ctx<'_>) -> crate::steps::Outcome {
-    match command(ctx.ws, &[]) {
-        Ok(true) => crate::steps::Outcome::Pass,
-        Ok(false) => crate::steps::Outcome::Fail("scenarios failed (see above)".into()),
-        Err(e) => crate::steps::Outcome::Fail(e),
+    const STUB_GROUPS: &str = "clients,test-xenstore,rtt,g1,g2,vbd,cycles,hostile";
+    let mut failed = Vec::new();
+    for (what, args) in [
+        ("xs-host", &[][..]),
+        ("the stub domain", &["--stubdom", "--only", STUB_GROUPS][..]),
+    ] {
+        match command(
+            ctx.ws,
+            &args.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        ) {
+            Ok(true) => {}
+            Ok(false) => failed.push(format!("{what}: scenarios failed (see above)")),
+            Err(e) => failed.push(format!("{what}: {e}")),
+        }
+    }
+    if failed.is_empty() {
+        crate::steps::Outcome::Pass
+    } else {
+        crate::steps::Outcome::Fail(failed.join("; "))
     }
 }
 
