@@ -83,7 +83,8 @@ struct Options {
 
 /// The groups of scenarios `--only` picks from (`tests/xen-rig/scenarios.sh`); the daemon's
 /// start, dom0's set-up (`xen-init-dom0`, `xenconsoled`, `xl info`, `xl list`) and the final
-/// check always run.
+/// check always run. `pvh` (Linux as a PVH guest, a diagnosis of this TCG set-up) runs only
+/// when named.
 const GROUPS: &[&str] = &[
     "clients",
     "test-xenstore",
@@ -94,6 +95,7 @@ const GROUPS: &[&str] = &[
     "pv8",
     "cycles",
     "hostile",
+    "pvh",
 ];
 
 impl Default for Options {
@@ -128,12 +130,12 @@ pub(crate) const USAGE: &str = "  \
         --stubdom) is the stub-domain image, started through init-xenstore-domain; both:
         cxenstored and xs-host; ours: xs-host and xs-stubdom; all: the three. Downloads are cached
         in target/xen-rig/cache. --only: these groups (clients, test-xenstore, rtt, g1,
-        g2, vbd, pv8, cycles, hostile; the daemon's start and dom0's set-up always run); --keep: keep the
-        staging trees and images; --timeout: per boot (900); --memory: QEMU's, at most
-        3584 (3072); --iterations: test-xenstore -i (20); --rtt-ops: requests per
-        round-trip measurement (1000); --cycles: create/destroy cycles (100); --rounds:
-        boots per daemon, the daemons alternating, the table showing medians (1); --echo:
-        the whole serial console
+        g2, vbd, pv8, cycles, hostile, and pvh, which runs only when named; the daemon's
+        start and dom0's set-up always run); --keep: keep the staging trees and images;
+        --timeout: per boot (900); --memory: QEMU's, at most 3584 (3072); --iterations:
+        test-xenstore -i (20); --rtt-ops: requests per round-trip measurement (1000);
+        --cycles: create/destroy cycles (100); --rounds: boots per daemon, the daemons
+        alternating, the table showing medians (1); --echo: the whole serial console
 ";
 
 /// Over this, QEMU's `pc` machine puts RAM above 4 GiB, where PV guests break under TCG.
