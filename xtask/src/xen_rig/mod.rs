@@ -319,32 +319,62 @@ pub(crate) fn command(ws: &Workspace, args: &[String]) -> Result<bool, String> {
 }
 
 /// The `xen-rig` step of `cargo xtask test`: every scenario with xs-host, then the stub
-/// domain with every group but `pv8`. Eight Linux guests booting at once are where the stub
-/// domain is slowest under TCG (each event is a world switch of nested SVM that QEMU
-/// emulates): on a loaded machine libxl's fixed 10 s wait for xenconsoled's `console/tty`
-/// ran out for 2 of the 8 guests while xs-host in dom0 passed the same boot. `--stubdom`
-/// runs them all.
+/// domain with a smaller set ([`STUB_STEP_GROUPS`]).
+///
+/// The stub domain runs under nested virtualization here (an HVM/PVH domain of a Xen that
+/// QEMU/TCG emulates, SVM included), where it is slower and where it was lost to the platform
+/// 3 times in about 20 full boots: a `Triple fault` at a benign instruction right after a VM
+/// exit (`out`, `rdtsc`), with no exception of its own before (tests/xen-rig/README.md). So
+/// the step runs the groups that prove it as dom0's store (clients, test-xenstore, a guest's
+/// life, the hostile guests), and boots once more if, and only if, the first boot's serial log
+/// shows that signature; the evidence is printed, and a second failure fails the step.
+/// `--stubdom` runs every group.
 pub(crate) fn step(ctx: &crate::steps::Ctx<'_>) -> crate::steps::Outcome {
-    const STUB_GROUPS: &str = "clients,test-xenstore,rtt,g1,g2,vbd,cycles,hostile";
     let mut failed = Vec::new();
-    for (what, args) in [
-        ("xs-host", &[][..]),
-        ("the stub domain", &["--stubdom", "--only", STUB_GROUPS][..]),
-    ] {
-        match command(
-            ctx.ws,
-            &args.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-        ) {
-            Ok(true) => {}
-            Ok(false) => failed.push(format!("{what}: scenarios failed (see above)")),
-            Err(e) => failed.push(format!("{what}: {e}")),
-        }
+    if let Err(e) = command(ctx.ws, &[]).and_then(ok_or("scenarios failed (see above)")) {
+        failed.push(format!("xs-host: {e}"));
+    }
+    let stub_args: Vec<String> = ["--stubdom", "--only", STUB_STEP_GROUPS]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    let log = ctx.ws.target_dir.join("xen-rig/xs-stubdom/serial.log");
+    let mut result = command(ctx.ws, &stub_args);
+    if matches!(result, Ok(false))
+        && let Some(line) = platform_fault(&log)
+    {
+        println!(
+            "\nxen-rig: the stub domain's boot ended by the platform fault of nested \
+             virtualization under TCG (tests/xen-rig/README.md):\n  {line}\n\
+             xen-rig: booting it once more"
+        );
+        let _ = fs::rename(&log, log.with_extension("first.log"));
+        result = command(ctx.ws, &stub_args);
+    }
+    if let Err(e) = result.and_then(ok_or("scenarios failed (see above)")) {
+        failed.push(format!("the stub domain: {e}"));
     }
     if failed.is_empty() {
         crate::steps::Outcome::Pass
     } else {
         crate::steps::Outcome::Fail(failed.join("; "))
     }
+}
+
+/// The stub domain's groups in the step (see [`step`]).
+const STUB_STEP_GROUPS: &str = "clients,test-xenstore,g1,hostile";
+
+fn ok_or(why: &'static str) -> impl Fn(bool) -> Result<(), String> {
+    move |ok| if ok { Ok(()) } else { Err(why.to_owned()) }
+}
+
+/// Xen's line saying the stub domain triple-faulted, if its serial log has one.
+fn platform_fault(log: &Path) -> Option<String> {
+    let text = fs::read(log).ok()?;
+    String::from_utf8_lossy(&text)
+        .lines()
+        .find(|l| l.contains("d1v0 Triple fault"))
+        .map(str::to_owned)
 }
 
 /// `/etc/xen-rig/config` in dom0, which the scenarios source.
