@@ -367,7 +367,7 @@ impl Store {
     /// Takes the next queued watch event of a connection.
     pub fn pop_event(&mut self, conn: ConnId) -> Option<WatchEvent> {
         let c = self.conns.get_id_mut(conn.0)?;
-        let event = c.events.pop_front()?;
+        let (event, _) = c.events.pop()?;
         let watcher = c.caller;
         self.refund_events(&watcher, watch::charge_event(&event));
         self.refill_missed(conn);
