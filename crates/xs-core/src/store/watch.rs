@@ -33,9 +33,11 @@
 //! pending for the connection is dropped: the watcher has not yet seen the pending one, so it
 //! reads the node after this change anyway. Special events (`@introduceDomain`,
 //! `@releaseDomain`, ...) are exempt, as in C: each announces that something happened to a
-//! domain, not a node to re-read. Here "pending" is the store's queue, checked through
-//! [`EventQueue`]'s index when an event is queued. A write storm against a watcher that does
-//! not read then costs one queued event per distinct path and token, as in C, instead of the
+//! domain, not a node to re-read. "Pending" spans the store's queue, checked through
+//! [`EventQueue`]'s index when an event is queued, and the connection's unsent output,
+//! checked when the connection takes the event (`protocol::Connection::pull_events`, which
+//! says what that changes against C's timing). A write storm against a watcher that does
+//! not read then costs one event per distinct path and token, as in C, instead of the
 //! queue's bound.
 
 use alloc::borrow::Cow;
