@@ -10,10 +10,15 @@
 //!   or in the socket) and takes no more events (they wait, bounded, in the store).
 //!   Unprivileged domains are held to their `outstanding` quota, privileged ones to
 //!   [`Limits::privileged_pending`].
+//! * A watch event identical to one still unsent in the output is dropped when the
+//!   connection takes it from the store (C xenstored's rule against duplicate events; the
+//!   store applies it to its own queue, see [`Connection::pull_events`]).
 
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use core::fmt;
+
+use hashbrown::HashTable;
 
 use super::Host;
 use super::dispatch::{self, Access};
@@ -95,9 +100,28 @@ pub struct Connection {
     payload: Vec<u8>,
     out: Vec<u8>,
     sent: usize,
-    /// End offsets in `out` of the messages not yet wholly sent.
-    ends: VecDeque<usize>,
+    /// The messages in `out` not yet wholly sent.
+    ends: VecDeque<Unsent>,
+    /// The watch events among them that the rule against identical events covers, by key.
+    unsent_events: HashTable<UnsentEvent>,
     fault: Option<Fault>,
+}
+
+/// A message in the output not yet wholly sent.
+#[derive(Clone, Copy, Debug)]
+struct Unsent {
+    /// Its end offset in `out`.
+    end: usize,
+    /// The key of a watch event the rule against identical events covers.
+    event_key: Option<u64>,
+}
+
+/// A watch event in the output not yet wholly sent: where its payload is in `out`.
+#[derive(Clone, Copy, Debug)]
+struct UnsentEvent {
+    key: u64,
+    start: usize,
+    end: usize,
 }
 
 impl Connection {
@@ -114,6 +138,7 @@ impl Connection {
             out: Vec::new(),
             sent: 0,
             ends: VecDeque::new(),
+            unsent_events: HashTable::new(),
             fault: None,
         }
     }
@@ -210,16 +235,25 @@ impl Connection {
             &self.payload,
             &mut self.out,
         );
-        self.queued(host, start);
+        self.queued(host, start, None);
     }
 
-    /// Records the message appended at `start` as pending (and traces it).
-    fn queued(&mut self, host: &mut dyn Host, start: usize) {
+    /// Records the message appended at `start` as pending (and traces it); `event_key` is
+    /// the key of a watch event the rule against identical events covers.
+    fn queued(&mut self, host: &mut dyn Host, start: usize, event_key: Option<u64>) {
         let end = self.out.len();
         if end == start {
             return;
         }
-        self.ends.push_back(end);
+        self.ends.push_back(Unsent { end, event_key });
+        if let Some(key) = event_key {
+            let event = UnsentEvent {
+                key,
+                start: start.saturating_add(HEADER_LEN),
+                end,
+            };
+            self.unsent_events.insert_unique(key, event, |e| e.key);
+        }
         if host.tracing() {
             let mut h = [0u8; HEADER_LEN];
             if let Some(src) = self.out.get(start..start.saturating_add(HEADER_LEN)) {
@@ -234,6 +268,18 @@ impl Connection {
     }
 
     /// Moves queued watch events into the output, while there is room.
+    ///
+    /// An event identical (same path and token) to one still unsent in the output is
+    /// dropped instead, special events (`@...`) excepted: C xenstored's `send_event` drops
+    /// an event identical to one pending on the connection, queued or partly written. Here
+    /// an event is pending first in the store's queue, which applies the rule when the
+    /// event is queued, then in this output, which applies it when the event is taken from
+    /// the store, as the store cannot see this output. The difference from C is in timing
+    /// only: an event queued while an identical one is unsent here, which then goes out
+    /// completely before the event is taken, is sent where C would have dropped it. That
+    /// is one event at most per path and token each time the output drains, and never one
+    /// fewer: an event is dropped only while an identical one is certainly not yet sent, so
+    /// the watcher still looks after the change.
     #[inline]
     pub fn pull_events(&mut self, store: &mut Store, host: &mut dyn Host) {
         // The idle case (nothing queued) is on every pump's path: inline, without the quota
@@ -246,13 +292,31 @@ impl Connection {
     fn move_events(&mut self, store: &mut Store, host: &mut dyn Host) {
         let max = self.max_pending(store);
         while self.pending() < max {
-            let Some(event) = store.pop_event(self.id) else {
+            let Some((event, key)) = store.pop_event_with_key(self.id) else {
                 break;
             };
+            if let Some(key) = key
+                && self.is_unsent(key, &event.path, &event.token)
+            {
+                continue;
+            }
             let start = self.out.len();
             dispatch::push_event(&mut self.out, &event.path, &event.token);
-            self.queued(host, start);
+            self.queued(host, start, key);
         }
+    }
+
+    /// Whether a watch event with `path` and `token` (and key `key`) is unsent in the output.
+    fn is_unsent(&self, key: u64, path: &[u8], token: &[u8]) -> bool {
+        self.unsent_events
+            .find(key, |e| {
+                e.key == key
+                    && self
+                        .out
+                        .get(e.start..e.end)
+                        .is_some_and(|payload| dispatch::is_event_payload(payload, path, token))
+            })
+            .is_some()
     }
 
     /// The bytes waiting to be sent.
@@ -263,19 +327,31 @@ impl Connection {
     /// Marks `n` bytes of [`Connection::output`] as sent.
     pub fn consume_output(&mut self, n: usize) {
         self.sent = self.sent.saturating_add(n).min(self.out.len());
-        while self.ends.front().is_some_and(|&end| end <= self.sent) {
+        while let Some(&Unsent { end, event_key }) = self.ends.front()
+            && end <= self.sent
+        {
             self.ends.pop_front();
+            if let Some(key) = event_key
+                && let Ok(entry) = self.unsent_events.find_entry(key, |e| e.end == end)
+            {
+                entry.remove();
+            }
         }
         if self.sent == self.out.len() {
             self.out.clear();
             self.sent = 0;
             self.ends.clear();
+            self.unsent_events.clear();
         } else if self.sent > 64 * 1024 && self.sent > self.out.len() / 2 {
             // Keep the buffer from growing without bound under a slow reader.
             self.out.drain(..self.sent);
             let sent = self.sent;
-            for end in self.ends.iter_mut() {
-                *end = end.saturating_sub(sent);
+            for unsent in self.ends.iter_mut() {
+                unsent.end = unsent.end.saturating_sub(sent);
+            }
+            for event in self.unsent_events.iter_mut() {
+                event.start = event.start.saturating_sub(sent);
+                event.end = event.end.saturating_sub(sent);
             }
             self.sent = 0;
         }
@@ -290,6 +366,7 @@ impl Connection {
         self.out.clear();
         self.sent = 0;
         self.ends.clear();
+        self.unsent_events.clear();
         self.fault = None;
         store.reset_connection(self.id);
     }

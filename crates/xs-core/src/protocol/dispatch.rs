@@ -353,3 +353,17 @@ pub fn push_event(out: &mut Vec<u8>, path: &[u8], token: &[u8]) {
     out.extend_from_slice(token);
     out.push(0);
 }
+
+/// Whether `payload` is the payload [`push_event`] writes for `path` and `token`.
+pub(crate) fn is_event_payload(payload: &[u8], path: &[u8], token: &[u8]) -> bool {
+    let Some((p, rest)) = payload.split_at_checked(path.len()) else {
+        return false;
+    };
+    let Some((&0, rest)) = rest.split_first() else {
+        return false;
+    };
+    let Some((t, rest)) = rest.split_at_checked(token.len()) else {
+        return false;
+    };
+    p == path && t == token && rest == [0]
+}

@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 
 use super::access::Caller;
 use super::txn::Transaction;
-use super::watch::WatchEvent;
+use super::watch::EventQueue;
 use crate::domid::DomId;
 
 #[derive(Debug)]
@@ -19,7 +19,7 @@ pub(crate) struct Conn {
     pub(crate) watches: Vec<u32>,
     pub(crate) transactions: BTreeMap<u32, Transaction>,
     pub(crate) next_tx_id: u32,
-    pub(crate) events: VecDeque<WatchEvent>,
+    pub(crate) events: EventQueue,
     /// Watches that owe a catch-up event (see the queue policy in `watch.rs`).
     pub(crate) missed: VecDeque<u32>,
     /// Listed in the store's pending notifications.
@@ -34,7 +34,7 @@ impl Conn {
             watches: Vec::new(),
             transactions: BTreeMap::new(),
             next_tx_id: 1,
-            events: VecDeque::new(),
+            events: EventQueue::default(),
             missed: VecDeque::new(),
             notify: false,
         }

@@ -1,9 +1,9 @@
 //! Domain records: introduction state, target, quota overrides and resource usage.
 //!
 //! A record exists for every domain the store knows of: introduced domains, domains with a
-//! connection, and domains named in a permission entry (so that the entry can take effect
-//! once the domain is introduced, as toolstacks create a domain's nodes before introducing
-//! it). Records are removed when the domain is released; with them go the domain's nodes and
+//! connection, and domains a privileged caller named in a permission entry (so that the
+//! entry can take effect once the domain is introduced, as toolstacks create a domain's
+//! nodes before introducing it; guests' entries create no records, see `Store::set_perms`). Records are removed when the domain is released; with them go the domain's nodes and
 //! every permission entry naming it (see `Store::entry_is_live`), so a later domain with the
 //! same domid starts from nothing (Xen XSA-322).
 
@@ -109,9 +109,10 @@ const CHUNK: usize = 64;
 ///
 /// Records live in chunks of [`CHUNK`] consecutive domids, allocated with the first record of
 /// a chunk and freed with its last, so a host's domids (consecutive, mostly) share chunks.
-/// Guests may name any domid in a permission entry, which gives it a record: one domid per
-/// chunk is enough to have every chunk allocated, about 8 MiB for the 32k real domids, the
-/// same bound as a map holding a record for each of them. Iteration is in domid order.
+/// Only privileged callers create records for domids of their choice (naming them in a
+/// permission entry); with one domid per chunk they could have every chunk allocated, about
+/// 8 MiB for the 32k real domids, the same bound as a map holding a record for each of them.
+/// Iteration is in domid order.
 #[derive(Debug, Default)]
 pub(crate) struct DomainTable {
     /// Chunk `i` holds domids `i * CHUNK ..`; the list grows to the highest chunk in use.

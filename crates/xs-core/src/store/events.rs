@@ -75,9 +75,11 @@ impl Store {
             let conn = self.watches.watches.get(w)?.conn;
             Some((w, self.conns.get_id(conn)?.caller))
         }));
+        // The changed path's hash, once for all its watchers (most report it as it is).
+        let path_hash = (!watchers.is_empty()).then(|| self.watches.hash_path(path));
         for (w, watcher) in &watchers {
             if self.watch_permitted(watcher, index, old) {
-                self.queue_event(*w, path);
+                self.queue_event(*w, path, path_hash);
             }
         }
         self.match_buf = matched;
@@ -112,23 +114,36 @@ impl Store {
                 } else {
                     name
                 };
-                self.queue_event(w, path);
+                self.queue_event(w, path, None);
             }
         }
     }
 
-    /// Queues one event for watch `w` about `path`, or marks the watch as having missed one.
-    fn queue_event(&mut self, w: u32, path: &[u8]) {
+    /// Queues one event for watch `w` about `path` (whose hash is `path_hash`, if known),
+    /// drops it if an identical one is pending (see `watch.rs`), or marks the watch as
+    /// having missed one.
+    fn queue_event(&mut self, w: u32, path: &[u8], path_hash: Option<u64>) {
         let Some(watch) = self.watches.watches.get(w) else {
             return;
         };
         let conn_id = watch.conn;
         let reported = self.watches.reported_path(w, watch, path);
+        let dedup = watch::deduplicated(&reported);
+        let key = if dedup {
+            self.watches.event_key(watch, &reported, path, path_hash)
+        } else {
+            0
+        };
         let charge = watch::charge_event_of(reported.len(), watch.token.len());
         let queue_len = self.config.event_queue_len;
         let Some(conn) = self.conns.get_id(conn_id) else {
             return;
         };
+        // Checked before the bound: a dropped duplicate is not a missed event (the pending
+        // one reports it), so it owes no catch-up event.
+        if dedup && conn.events.contains(key, &reported, &watch.token) {
+            return;
+        }
         let watcher = conn.caller;
         let (has_room, empty) = (conn.events.len() < queue_len, conn.events.is_empty());
         let fits = has_room && self.try_charge(&watcher, charge, empty);
@@ -139,7 +154,7 @@ impl Store {
             return;
         };
         if fits {
-            watch::enqueue(&mut conn.events, &reported, &watch.token);
+            conn.events.push(&reported, &watch.token, key);
             if !conn.notify {
                 conn.notify = true;
                 self.notify.push(ConnId(conn_id));
@@ -205,16 +220,29 @@ impl Store {
                 continue;
             };
             let own = self.watches.own_event_path(w);
-            let charge = watch::charge_event_of(own.len(), watch.token.len());
-            if !self.try_charge(&watcher, charge, into_empty) {
-                return;
+            let dedup = watch::deduplicated(&own);
+            let key = if dedup {
+                self.watches.event_key(watch, &own, &own, None)
+            } else {
+                0
+            };
+            // An identical event still queued already says what the catch-up event would:
+            // the watch is owed nothing more (C xenstored's rule would drop it too).
+            let owed = !(dedup && c.events.contains(key, &own, &watch.token));
+            if owed {
+                let charge = watch::charge_event_of(own.len(), watch.token.len());
+                if !self.try_charge(&watcher, charge, into_empty) {
+                    return;
+                }
             }
             if let (Some(c), Some(watch)) = (
                 self.conns.get_id_mut(conn.0),
                 self.watches.watches.get_mut(w),
             ) {
                 c.missed.pop_front();
-                watch::enqueue(&mut c.events, &own, &watch.token);
+                if owed {
+                    c.events.push(&own, &watch.token, key);
+                }
                 watch.missed = false;
             }
         }
@@ -251,7 +279,7 @@ impl Store {
             }
             s.charge(caller.domid, i64::try_from(charge).unwrap_or(i64::MAX));
             // "When a watch is first set up it is triggered once straight away."
-            s.queue_event(index, canonical);
+            s.queue_event(index, canonical, None);
             Ok(())
         })
     }

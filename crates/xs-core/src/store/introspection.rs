@@ -45,8 +45,8 @@ impl Store {
     }
 
     /// Checks the store's invariants (C xenstored's `check` control command): parent links,
-    /// sorted children, owner lists and node counts. Returns a description of the first
-    /// inconsistency found.
+    /// sorted children, owner lists, node counts and the event queues' indices. Returns a
+    /// description of the first inconsistency found.
     pub fn check(&self) -> Result<(), &'static str> {
         let mut counted: BTreeMap<DomId, u64> = BTreeMap::new();
         let mut stack = alloc::vec![self.tree.root];
@@ -85,6 +85,9 @@ impl Store {
         }
         if !self.tree.cursor_is_sound() {
             return Err("lookup cursor names the wrong node");
+        }
+        if self.conns.iter().any(|(_, c)| !c.events.is_consistent()) {
+            return Err("event queue index out of step with the queue");
         }
         if counted.keys().any(|d| !self.domains.contains_key(d)) {
             return Err("node owned by an unknown domain");

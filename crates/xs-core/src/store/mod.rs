@@ -366,12 +366,19 @@ impl Store {
 
     /// Takes the next queued watch event of a connection.
     pub fn pop_event(&mut self, conn: ConnId) -> Option<WatchEvent> {
+        self.pop_event_with_key(conn).map(|(event, _)| event)
+    }
+
+    /// Takes the next queued watch event of a connection, with its key if the rule against
+    /// identical pending events covers it (see `watch.rs`): a connection that keeps the
+    /// event unsent for a while applies the rule to it with the key.
+    pub(crate) fn pop_event_with_key(&mut self, conn: ConnId) -> Option<(WatchEvent, Option<u64>)> {
         let c = self.conns.get_id_mut(conn.0)?;
-        let event = c.events.pop_front()?;
+        let (event, key) = c.events.pop()?;
         let watcher = c.caller;
         self.refund_events(&watcher, watch::charge_event(&event));
         self.refill_missed(conn);
-        Some(event)
+        Some((event, key))
     }
 
     /// Whether `conn` has a transaction `tx`.

@@ -169,7 +169,8 @@ impl Store {
 
     /// `SET_PERMS`: replaces the node's permissions. Needs ownership (or privilege); only
     /// privileged callers may change the owner; unprivileged callers are limited to the
-    /// `node-permissions` quota of entries.
+    /// `node-permissions` quota of entries, and their entries naming domains the store does
+    /// not know are dropped.
     pub fn set_perms(
         &mut self,
         conn: ConnId,
@@ -185,17 +186,47 @@ impl Store {
         }
         self.check_quota(&caller, QuotaKind::NodePermissions, perms.len() as u64)?;
         self.with_path(&caller, path, true, |s, p, canon| {
-            // Entries naming real domains the store does not know yet get a record now, so
-            // that they take effect when the domain is introduced (toolstacks set a
-            // domain's permissions before introducing it). If the change is refused, the
-            // records are dropped again: a refused request leaves nothing behind.
+            // Entries naming a domain the store has no record of. C xenstored asks the
+            // hypervisor (`domain_alloc_permrefs`): a domain that exists gets a record, kept
+            // until the domain is gone; an entry for one that does not is ignored for good.
+            // The store cannot ask, so it goes by who asks. For a privileged caller, entries
+            // naming real domains it does not know get a record now, so that they take
+            // effect when the domain is introduced (toolstacks set a domain's permissions
+            // before introducing it); if the change is refused, the records are dropped
+            // again: a refused request leaves nothing behind. An unprivileged caller's
+            // entries for domains without a record are dropped (C ignores them when the
+            // domain does not exist, and still lists them; `GET_PERMS` here lists no entry
+            // that grants nothing): otherwise any guest could give every domid a record,
+            // megabytes charged to nobody, where it can now create none. A guest still
+            // grants access to every domain the store knows (introduced, connected, or
+            // named by the toolstack); unlike C, not to one that exists but was neither
+            // introduced nor named by the toolstack yet.
             let mut created = Vec::new();
-            for entry in perms {
-                if entry.domid.is_real() && !s.domains.contains_key(&entry.domid) {
-                    s.ensure_domain(entry.domid);
-                    created.push(entry.domid);
+            let kept: Vec<Perm>;
+            let perms = if caller.privileged {
+                for entry in perms {
+                    if entry.domid.is_real() && !s.domains.contains_key(&entry.domid) {
+                        s.ensure_domain(entry.domid);
+                        created.push(entry.domid);
+                    }
                 }
-            }
+                perms
+            } else {
+                let known = |i: usize, e: &Perm| {
+                    i == 0 || e.domid == DomId::ANY || s.domains.contains_key(&e.domid)
+                };
+                if perms.iter().enumerate().all(|(i, e)| known(i, e)) {
+                    perms
+                } else {
+                    kept = perms
+                        .iter()
+                        .enumerate()
+                        .filter(|&(i, e)| known(i, e))
+                        .map(|(_, e)| *e)
+                        .collect();
+                    &kept
+                }
+            };
             let result = if canon.kind == PathKind::Special {
                 s.set_special_perms(&caller, p, perms)
             } else if tx == 0 {

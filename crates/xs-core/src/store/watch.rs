@@ -26,6 +26,19 @@
 //! its nodes would otherwise never get the events it is owed.
 //! (C xenstored instead drops events after a timeout or over quota; oxenstored stops reading
 //! from the connection.)
+//!
+//! ## Identical events
+//!
+//! As C xenstored's `send_event`, an event identical (same path and token bytes) to one still
+//! pending for the connection is dropped: the watcher has not yet seen the pending one, so it
+//! reads the node after this change anyway. Special events (`@introduceDomain`,
+//! `@releaseDomain`, ...) are exempt, as in C: each announces that something happened to a
+//! domain, not a node to re-read. "Pending" spans the store's queue, checked through
+//! [`EventQueue`]'s index when an event is queued, and the connection's unsent output,
+//! checked when the connection takes the event (`protocol::Connection::pull_events`, which
+//! says what that changes against C's timing). A write storm against a watcher that does
+//! not read then costs one event per distinct path and token, as in C, instead of the
+//! queue's bound.
 
 use alloc::borrow::Cow;
 use alloc::boxed::Box;
@@ -195,6 +208,9 @@ pub(crate) struct Watch {
     /// The length of its path.
     path_len: u32,
     pub(crate) token: Token,
+    /// The hash of its token: with the hash of an event's path, the event's key (see
+    /// [`event_key`]), without hashing the token again for every event.
+    token_hash: u64,
     /// Levels below its path that still match (`XENSTORE_SERVER_FEATURE_WATCHDEPTH`).
     pub(crate) depth: Option<u32>,
     /// Length of `/local/domain/<domid>/` if the watch was registered relative.
@@ -237,25 +253,137 @@ pub(crate) fn charge_event(event: &WatchEvent) -> u64 {
     charge_event_of(event.path.len(), event.token.len())
 }
 
-/// Memory charged for a queued event with a path and token of these lengths.
+/// Memory charged for a queued event with a path and token of these lengths: 48 bytes for
+/// its slot, 24 for its key and its entry in the queue's index.
 pub(crate) fn charge_event_of(path_len: usize, token_len: usize) -> u64 {
-    const OVERHEAD: u64 = 48;
+    const OVERHEAD: u64 = 48 + 24;
     OVERHEAD
         .saturating_add(path_len as u64)
         .saturating_add(token_len as u64)
 }
 
-/// Appends the event `path`/`token` to a connection's queue, written in place in the
-/// queue's slot: an event built on the stack and then moved in was copied with
-/// variable-length stores and reloaded in fixed pieces, a store-forwarding stall per event.
-pub(crate) fn enqueue(queue: &mut VecDeque<WatchEvent>, path: &[u8], token: &Token) {
-    queue.push_back(WatchEvent {
-        path: EventPath(Small::EMPTY),
-        token: Token(Small::EMPTY),
-    });
-    if let Some(event) = queue.back_mut() {
-        event.path.0.set(path);
-        event.token.0.copy_from(&token.0);
+/// Whether the rule against identical pending events (see the module's documentation)
+/// covers an event reporting `path`: all but special events do.
+pub(crate) fn deduplicated(path: &[u8]) -> bool {
+    path.first() != Some(&b'@')
+}
+
+/// The key of an event whose path and token have these hashes. Both hashes are keyed, so
+/// guests cannot make keys collide; a collision costs a comparison of bytes, never a wrong
+/// verdict (equal keys are always checked against the bytes).
+pub(crate) fn event_key(path_hash: u64, token_hash: u64) -> u64 {
+    // Rotated, so that an event whose path and token are equal does not get key 0, nor
+    // swapping path and token the same key.
+    path_hash ^ token_hash.rotate_left(32)
+}
+
+/// A queued event and its key.
+#[derive(Debug)]
+struct Queued {
+    event: WatchEvent,
+    key: u64,
+}
+
+/// A connection's queued events, in order, with an index that finds a queued event identical
+/// to a new one in constant time: a scan would make every event of a write storm cost the
+/// queue's length, for every watcher.
+///
+/// The index maps the key of each queued event the rule covers ([`deduplicated`]) to the
+/// event's sequence number, which locates it in the queue (the front's number is kept);
+/// a key found is confirmed by comparing path and token, so the rule is exact. Its memory
+/// follows the queue's (one entry per queued event, charged with it) and is bounded with it.
+#[derive(Debug, Default)]
+pub(crate) struct EventQueue {
+    events: VecDeque<Queued>,
+    index: HashTable<(u64, u64)>,
+    /// Sequence number of the front event (of the next one, when empty).
+    front: u64,
+}
+
+impl EventQueue {
+    pub(crate) fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// The event with sequence number `seq`, if queued.
+    fn at(&self, seq: u64) -> Option<&WatchEvent> {
+        let i = usize::try_from(seq.wrapping_sub(self.front)).ok()?;
+        self.events.get(i).map(|q| &q.event)
+    }
+
+    /// Whether an event with `path` and `token` (with key `key`) is queued. Only events the
+    /// rule covers are found.
+    pub(crate) fn contains(&self, key: u64, path: &[u8], token: &[u8]) -> bool {
+        !self.events.is_empty()
+            && self
+                .index
+                .find(key, |&(k, seq)| {
+                    k == key
+                        && self
+                            .at(seq)
+                            .is_some_and(|e| *e.path == *path && *e.token == *token)
+                })
+                .is_some()
+    }
+
+    /// Appends the event `path`/`token` with key `key`, written in place in the queue's
+    /// slot: an event built on the stack and then moved in was copied with variable-length
+    /// stores and reloaded in fixed pieces, a store-forwarding stall per event.
+    pub(crate) fn push(&mut self, path: &[u8], token: &Token, key: u64) {
+        let seq = self.front.wrapping_add(self.events.len() as u64);
+        self.events.push_back(Queued {
+            event: WatchEvent {
+                path: EventPath(Small::EMPTY),
+                token: Token(Small::EMPTY),
+            },
+            key,
+        });
+        if let Some(q) = self.events.back_mut() {
+            q.event.path.0.set(path);
+            q.event.token.0.copy_from(&token.0);
+        }
+        if deduplicated(path) {
+            self.index.insert_unique(key, (key, seq), |&(k, _)| k);
+        }
+    }
+
+    /// Takes the front event, with its key if the rule covers it.
+    pub(crate) fn pop(&mut self) -> Option<(WatchEvent, Option<u64>)> {
+        let Queued { event, key } = self.events.pop_front()?;
+        let seq = self.front;
+        self.front = self.front.wrapping_add(1);
+        if !deduplicated(&event.path) {
+            return Some((event, None));
+        }
+        if let Ok(entry) = self.index.find_entry(key, |&(_, s)| s == seq) {
+            entry.remove();
+        }
+        Some((event, Some(key)))
+    }
+
+    /// The queued events, front first.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &WatchEvent> {
+        self.events.iter().map(|q| &q.event)
+    }
+
+    /// Whether the index lists exactly the queued events the rule covers, each under its
+    /// key (for [`crate::store::Store::check`]).
+    pub(crate) fn is_consistent(&self) -> bool {
+        let covered = self
+            .events
+            .iter()
+            .filter(|q| deduplicated(&q.event.path))
+            .count();
+        covered == self.index.len()
+            && self.index.iter().all(|&(key, seq)| {
+                let i = usize::try_from(seq.wrapping_sub(self.front)).ok();
+                i.and_then(|i| self.events.get(i))
+                    .is_some_and(|q| q.key == key && deduplicated(&q.event.path))
+            })
     }
 }
 
@@ -439,6 +567,7 @@ impl WatchTable {
             hash,
             path_len: u32::try_from(path.len()).map_err(|_| XsError::Inval)?,
             token: Token::new(token),
+            token_hash: self.hasher.hash(token),
             depth,
             relative_prefix: u32::try_from(relative_prefix).map_err(|_| XsError::Inval)?,
             missed: false,
@@ -506,6 +635,28 @@ impl WatchTable {
             return Cow::Borrowed(watch.event_path(path));
         }
         Cow::Owned(self.own_event_path(index))
+    }
+
+    /// The hash of `path` (an event's path), for [`WatchTable::event_key`].
+    pub(crate) fn hash_path(&self, path: &[u8]) -> u64 {
+        self.hasher.hash(path)
+    }
+
+    /// The key of an event of `watch` that reports `reported`. `path_hash`, if given, is the
+    /// hash of `path`, the changed path, hashed once for all its watchers: it is used when
+    /// the watch reports `path` itself (absolute, and fitting one message), the common case.
+    pub(crate) fn event_key(
+        &self,
+        watch: &Watch,
+        reported: &[u8],
+        path: &[u8],
+        path_hash: Option<u64>,
+    ) -> u64 {
+        let path_hash = match path_hash {
+            Some(h) if core::ptr::eq(reported, path) => h,
+            _ => self.hasher.hash(reported),
+        };
+        event_key(path_hash, watch.token_hash)
     }
 
     /// The event path of watch `index` at its own path (a catch-up event), copied.
@@ -723,12 +874,91 @@ mod tests {
         let mut reused: SmallPath = Small::new(b"/a/longer/path");
         reused.set(b"/a");
         assert_eq!(reused, Small::new(b"/a"));
-        let mut queue = VecDeque::new();
+        let mut queue = EventQueue::default();
         let long_token = Token::new(&[b't'; 40]);
-        enqueue(&mut queue, b"/p", &Token::new(b"tok"));
-        enqueue(&mut queue, b"/q", &long_token);
+        queue.push(b"/p", &Token::new(b"tok"), 1);
+        queue.push(b"/q", &long_token, 2);
         let got: Vec<(&[u8], &[u8])> = queue.iter().map(|e| (&*e.path, &*e.token)).collect();
         assert_eq!(got, [(&b"/p"[..], &b"tok"[..]), (b"/q", &[b't'; 40])]);
+    }
+
+    /// The queue's index finds exactly the queued events the rule covers, by key and bytes:
+    /// not after they are taken, not under another event's key, not special events; keys
+    /// that collide are told apart by their bytes.
+    #[test]
+    fn the_event_queue_finds_queued_events_by_key_and_bytes() {
+        let mut q = EventQueue::default();
+        let (t, u) = (Token::new(b"t"), Token::new(b"u"));
+        assert!(!q.contains(1, b"/a", b"t"));
+        q.push(b"/a", &t, 1);
+        // Same key, other bytes: a collision.
+        q.push(b"/b", &t, 1);
+        q.push(b"@releaseDomain", &t, 3);
+        q.push(b"/a", &u, 4);
+        assert!(q.is_consistent());
+        assert!(q.contains(1, b"/a", b"t"));
+        assert!(q.contains(1, b"/b", b"t"));
+        assert!(!q.contains(1, b"/c", b"t"), "key alone does not decide");
+        assert!(!q.contains(2, b"/a", b"t"), "bytes alone do not either");
+        assert!(
+            !q.contains(3, b"@releaseDomain", b"t"),
+            "special: not indexed"
+        );
+        assert!(q.contains(4, b"/a", b"u"));
+        let (first, key) = q.pop().unwrap();
+        assert_eq!((&*first.path, key), (&b"/a"[..], Some(1)));
+        assert!(!q.contains(1, b"/a", b"t"));
+        assert!(q.contains(1, b"/b", b"t"));
+        q.pop();
+        let (special, key) = q.pop().unwrap();
+        assert_eq!((&*special.path, key), (&b"@releaseDomain"[..], None));
+        assert!(q.is_consistent());
+        // Sequence numbers carry on across a drained queue.
+        q.pop();
+        assert!(q.is_empty());
+        for round in 0..3u64 {
+            q.push(b"/a", &t, 1);
+            q.push(b"/b", &t, 7);
+            assert!(
+                q.contains(1, b"/a", b"t") && q.contains(7, b"/b", b"t"),
+                "{round}"
+            );
+            assert_eq!(q.pop().map(|(_, k)| k), Some(Some(1)));
+            assert!(!q.contains(1, b"/a", b"t"));
+            assert!(q.is_consistent());
+            q.pop();
+        }
+        assert_eq!(q.index.len(), 0);
+    }
+
+    /// Event keys: computed once per path for all watchers of a change, or per reported
+    /// path when a watch reports something else (relative), equal for equal path and token.
+    #[test]
+    fn event_keys_depend_on_path_and_token_only() {
+        let c = Id {
+            index: 0,
+            generation: 0,
+        };
+        let mut t = WatchTable::new([13, 14]);
+        let a = t.add(c, b"/x", b"tok", None, 0).unwrap();
+        let b = t.add(c, b"/", b"tok", None, 0).unwrap();
+        let other = t.add(c, b"/x/y", b"other", None, 0).unwrap();
+        let path: &[u8] = b"/x/y";
+        let hash = t.hash_path(path);
+        let key = |w: u32, reported: &[u8], h: Option<u64>| {
+            let watch = t.watches.get(w).unwrap();
+            t.event_key(watch, reported, path, h)
+        };
+        assert_eq!(key(a, path, Some(hash)), key(b, path, Some(hash)));
+        assert_eq!(key(a, path, Some(hash)), key(a, path, None));
+        assert_ne!(key(a, path, Some(hash)), key(other, path, Some(hash)));
+        // A reported path other than the changed one is hashed itself (the hash given is
+        // for `path`).
+        let copy = path.to_vec();
+        assert_eq!(key(a, &copy, Some(hash ^ 1)), key(a, path, None));
+        assert_ne!(key(a, b"/x", None), key(a, path, None));
+        assert_ne!(event_key(5, 5), 0);
+        assert_ne!(event_key(5, 6), event_key(6, 5));
     }
 
     /// Paths deeper than one probe batch: every ancestor is still matched once, with its

@@ -654,6 +654,10 @@ pub(crate) struct Model {
     pub(crate) tree: Tree,
     pub(crate) specials: BTreeMap<String, Vec<Perm>>,
     pub(crate) doms: BTreeMap<u16, MDom>,
+    /// Domains the store has a record of: dom0, introduced guests, and domains a privileged
+    /// caller named in a permission entry; released ones are forgotten. An unprivileged
+    /// caller's entries naming any other domain are dropped (the engine's `set_perms`).
+    known: BTreeSet<u16>,
     pub(crate) conns: Vec<MConn>,
     pub(crate) log: Vec<Change>,
     pub(crate) domain_nodes: bool,
@@ -680,6 +684,7 @@ impl Model {
             tree: root_tree(),
             specials,
             doms: guests.iter().map(|&g| (g, MDom::default())).collect(),
+            known: BTreeSet::from([0]),
             conns: vec![MConn::new(0), MConn::new(0)],
             log: Vec::new(),
             domain_nodes,
@@ -892,6 +897,10 @@ impl Model {
         }
         let who = conn.who();
         let (result, events) = self.node_op_inner(ci, who, tx, raw, op, engine_nospc);
+        if let (NodeOp::SetPerms(perms), Ok(_), true) = (op, &result, who.privileged) {
+            self.known
+                .extend(perms.iter().filter(|p| is_real(p.domid)).map(|p| p.domid.0));
+        }
         (Expect::Is(result), events)
     }
 
@@ -917,6 +926,23 @@ impl Model {
                 return (Err(XsError::NoSpc), Vec::new());
             }
         }
+        let kept;
+        let op = match op {
+            NodeOp::SetPerms(perms) if !who.privileged => {
+                kept = NodeOp::SetPerms(
+                    perms
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, p)| {
+                            *i == 0 || p.domid.0 == ANY || self.known.contains(&p.domid.0)
+                        })
+                        .map(|(_, p)| *p)
+                        .collect(),
+                );
+                &kept
+            }
+            _ => op,
+        };
         let allow_special = matches!(op, NodeOp::GetPerms | NodeOp::SetPerms(_));
         let path = match canon(raw, who.domid, allow_special) {
             Err(e) => return (Err(e), Vec::new()),
@@ -1280,6 +1306,7 @@ impl Model {
         if dom == 0 || !is_real(DomId(dom)) {
             return (Expect::Is(Err(XsError::Inval)), Vec::new());
         }
+        self.known.insert(dom);
         let d = self.doms.entry(dom).or_default();
         if d.introduced {
             return (Expect::Is(Ok(false)), Vec::new());
@@ -1443,6 +1470,7 @@ impl Model {
             }
         }
         self.doms.insert(dom, MDom::default());
+        self.known.remove(&dom);
         events.extend(self.fire_special(RELEASE_DOMAIN, dom));
         (Expect::Is(Ok(())), events, reset)
     }

@@ -146,19 +146,74 @@ fn resetting_a_privileged_watcher_refunds_nothing_it_was_not_charged() {
 #[test]
 fn a_refused_set_perms_leaves_no_domain_records_behind() {
     let mut h = Host::new();
-    let g = h.guest(3);
     let known = |h: &Host| h.store.known_domains().collect::<Vec<_>>();
     let before = known(&h);
-    assert_eq!(
-        h.s(g).set_perms("/", &perms(&["n0", "r100", "r200"])),
-        Err(XsError::Acces)
-    );
-    assert_eq!(known(&h), before);
-    // Allowed, the same request keeps them (for domains introduced later).
+    let g = h.guest(3);
     h.s(g).write("data/x", b"").unwrap();
-    h.s(g).set_perms("data/x", &perms(&["n3", "r100"])).unwrap();
+    // Refused for not owning the node: the records made for it are dropped again.
+    let d0 = h.dom0;
+    let unknown = perms(&["n0", "r100", "r200"]);
+    assert_eq!(
+        h.store
+            .set_perms(d0, 0, b"/local/domain/3/data/none", &unknown),
+        Err(XsError::NoEnt)
+    );
+    assert_eq!(known(&h), [before.clone(), vec![DomId(3)]].concat());
+    // Allowed, the same request keeps them (for domains introduced later).
+    h.d0()
+        .set_perms("/local/domain/3/data/x", &perms(&["n3", "r100"]))
+        .unwrap();
     assert!(known(&h).contains(&DomId(100)));
     assert!(!known(&h).contains(&DomId(200)));
+}
+
+/// The issue: a guest setting permissions that name every domid in turn gave each a domain
+/// record, megabytes charged to nobody. A guest's entries for domains the store does not
+/// know are dropped instead (C xenstored ignores entries for domains that do not exist);
+/// those for known domains still grant access.
+#[test]
+fn a_guest_naming_every_domid_creates_no_domain_records() {
+    let mut h = Host::new();
+    let g = h.guest(3);
+    let other = h.guest(4);
+    h.s(g).write("data/x", b"secret").unwrap();
+    let records = |h: &Host| h.store.known_domains().count();
+    let before = records(&h);
+    for domid in 0..DomId::FIRST_RESERVED.0 {
+        let list = [Perm::owner(DomId(3)), Perm::new(DomId(domid), Access::READ)];
+        h.store
+            .set_perms(g, 0, b"/local/domain/3/data/x", &list)
+            .unwrap();
+    }
+    assert_eq!(records(&h), before);
+    h.checked();
+    // An entry naming a known domain (or DOMID_ANY) is kept and grants access; one naming
+    // an unknown domain is dropped, and grants nothing once that domain is introduced.
+    h.s(g)
+        .set_perms("data/x", &perms(&["n3", "r4", "r9", "b32757"]))
+        .unwrap();
+    assert_eq!(
+        h.s(g).get_perms("data/x").unwrap(),
+        perms(&["n3", "r4", "b32757"])
+    );
+    h.s(g)
+        .set_perms("data/x", &perms(&["n3", "r4", "r9"]))
+        .unwrap();
+    assert_eq!(h.s(g).get_perms("data/x").unwrap(), perms(&["n3", "r4"]));
+    assert_eq!(
+        h.s(other).read("/local/domain/3/data/x").unwrap(),
+        b"secret"
+    );
+    let late = h.guest(9);
+    assert_eq!(
+        h.s(late).read("/local/domain/3/data/x"),
+        Err(XsError::Acces)
+    );
+    // The toolstack's entries still give a domain not yet introduced a record.
+    h.d0()
+        .set_perms("/local/domain/3/data/x", &perms(&["n3", "r20"]))
+        .unwrap();
+    assert!(h.store.known_domains().any(|d| d == DomId(20)));
 }
 
 #[test]

@@ -61,13 +61,16 @@ fn events_only_for_nodes_the_watcher_may_read() {
     h.events(g);
     h.d0().write("/open/visible", b"").unwrap();
     h.d0().write("/open/hidden/x", b"").unwrap();
+    assert_eq!(
+        h.events(g),
+        [ev("/open/visible", "t"), ev("/open/hidden/x", "t")]
+    );
+    // Taken first: an identical event still pending would be dropped (C xenstored's rule).
     h.d0().set_perms("/open/hidden", &perms(&["n0"])).unwrap();
     h.d0().set_perms("/open/hidden/x", &perms(&["n0"])).unwrap();
     assert_eq!(
         h.events(g),
         [
-            ev("/open/visible", "t"),
-            ev("/open/hidden/x", "t"),
             // A watcher losing access still hears of the change that took it away.
             ev("/open/hidden", "t"),
             ev("/open/hidden/x", "t"),
@@ -218,4 +221,161 @@ fn a_watcher_out_of_memory_quota_still_gets_its_events_one_at_a_time() {
     assert_eq!(h.events(g), []);
     assert_eq!(h.store.usage(DomId(2)).unwrap().memory, used);
     h.checked();
+}
+
+// ----- identical pending events (C xenstored's `send_event`) ------------------------------
+
+#[test]
+fn an_event_identical_to_a_queued_one_is_dropped_until_that_one_is_taken() {
+    let mut h = Host::new();
+    let w = h.store.connect(DomId::DOM0).unwrap();
+    h.s(w).watch("/a", "tok", None).unwrap();
+    h.events(w);
+    for v in [b"1", b"2", b"3"] {
+        h.d0().write("/a/b", v).unwrap();
+    }
+    assert_eq!(h.store.queued_events(w), 1);
+    h.d0().write("/a/c", b"").unwrap();
+    h.d0().write("/a/b", b"4").unwrap();
+    assert_eq!(h.events(w), [ev("/a/b", "tok"), ev("/a/c", "tok")]);
+    // Taken: the next change is reported again.
+    h.d0().write("/a/b", b"5").unwrap();
+    assert_eq!(h.events(w), [ev("/a/b", "tok")]);
+    // Only the bytes decide, not the watch: a second watch with the same token reports the
+    // same event, which is dropped too; another token is another event.
+    h.s(w).watch("/a/b", "tok", None).unwrap();
+    h.s(w).watch("/a/b", "other", None).unwrap();
+    h.events(w);
+    h.d0().write("/a/b", b"6").unwrap();
+    assert_eq!(h.events(w), [ev("/a/b", "tok"), ev("/a/b", "other")]);
+    h.checked();
+}
+
+#[test]
+fn relative_events_are_compared_as_reported() {
+    let mut h = Host::new();
+    let g = h.guest(4);
+    h.s(g).watch("data", "rel", None).unwrap();
+    h.s(g).watch("/local/domain/4/data/x", "rel", None).unwrap();
+    h.events(g);
+    h.s(g).write("data/x", b"1").unwrap();
+    h.s(g).write("data/x", b"2").unwrap();
+    // The same change reported two ways (relative and absolute): different paths, so two
+    // events; each repeat is dropped.
+    assert_eq!(
+        h.events(g),
+        [ev("data/x", "rel"), ev("/local/domain/4/data/x", "rel")]
+    );
+}
+
+#[test]
+fn special_events_are_never_dropped() {
+    let mut h = Host::new();
+    let d0 = h.dom0;
+    h.store.watch(d0, b"@introduceDomain", b"in", None).unwrap();
+    h.store.watch(d0, b"@releaseDomain", b"out", None).unwrap();
+    h.events(d0);
+    h.guest(5);
+    h.guest(6);
+    h.store.release(d0, DomId(5)).unwrap();
+    h.store.release(d0, DomId(6)).unwrap();
+    assert_eq!(
+        h.events(d0),
+        [
+            ev("@introduceDomain", "in"),
+            ev("@introduceDomain", "in"),
+            ev("@releaseDomain", "out"),
+            ev("@releaseDomain", "out"),
+        ]
+    );
+}
+
+/// The bound still coalesces distinct events into catch-up events; a duplicate of a queued
+/// event is not a missed one (the queued one reports it), and a catch-up event identical
+/// to a queued one is dropped with the watch's debt.
+#[test]
+fn duplicates_at_the_bound_owe_no_catch_up() {
+    let mut h = Host::with(StoreConfig {
+        event_queue_len: 2,
+        ..StoreConfig::new([1, 2])
+    });
+    let w = h.store.connect(DomId::DOM0).unwrap();
+    h.s(w).watch("/q", "q", None).unwrap();
+    h.d0().write("/q/a", b"").unwrap();
+    // Full: [/q, /q/a]. Repeats of /q/a are dropped, not missed.
+    for _ in 0..5 {
+        h.d0().write("/q/a", b"1").unwrap();
+    }
+    assert_eq!(h.events(w), [ev("/q", "q"), ev("/q/a", "q")]);
+    // Full again: [/q/a, /q]; /q/b does not fit, the watch misses it.
+    h.d0().write("/q/a", b"2").unwrap();
+    h.d0().write("/q", b"2").unwrap();
+    h.d0().write("/q/b", b"").unwrap();
+    // Its catch-up event (/q) would be identical to the queued /q: dropped, and the watch
+    // owes nothing more.
+    assert_eq!(h.events(w), [ev("/q/a", "q"), ev("/q", "q")]);
+    assert_eq!(h.events(w), []);
+    // Distinct events past the bound coalesce as before.
+    for i in 0..10 {
+        h.d0().write(&alloc::format!("/q/n{i}"), b"").unwrap();
+    }
+    assert_eq!(
+        h.events(w),
+        [ev("/q/n0", "q"), ev("/q/n1", "q"), ev("/q", "q")]
+    );
+    h.checked();
+}
+
+/// Dropped events cost nothing; queued ones are charged until taken.
+#[test]
+fn dropped_duplicates_are_not_charged() {
+    let mut h = Host::new();
+    let g = h.guest(2);
+    h.s(g).watch("data", "d", None).unwrap();
+    h.events(g);
+    let memory = |h: &Host| h.store.usage(DomId(2)).unwrap().memory;
+    h.s(g).write("data/x", b"v").unwrap();
+    h.events(g);
+    let idle = memory(&h);
+    h.d0().write("/local/domain/2/data/x", b"v").unwrap();
+    let with_one = memory(&h);
+    assert!(with_one > idle);
+    for _ in 0..100 {
+        h.d0().write("/local/domain/2/data/x", b"v").unwrap();
+    }
+    assert_eq!(memory(&h), with_one);
+    assert_eq!(h.store.queued_events(g), 1);
+    h.events(g);
+    assert_eq!(memory(&h), idle);
+    h.checked();
+}
+
+/// The measurement, in the store: a watcher that does not read while nodes it
+/// watches are written 5000 times. C xenstored keeps one event pending per path and token;
+/// so does the store's queue.
+#[test]
+fn a_write_storm_queues_one_event_per_path_and_token() {
+    let mut h = Host::new();
+    let g = h.guest(3);
+    h.s(g).watch("data", "a", None).unwrap();
+    h.s(g).watch("data/node", "b", None).unwrap();
+    h.s(g).write("data/node", b"").unwrap();
+    h.s(g).write("data/other", b"").unwrap();
+    for i in 0..5000u32 {
+        let node = if i % 2 == 0 { "node" } else { "other" };
+        h.d0()
+            .write(&alloc::format!("/local/domain/3/data/{node}"), b"v")
+            .unwrap();
+    }
+    let mut got = h.events(g);
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ev("data", "a"),
+            ev("data/node", "a"),
+            ev("data/node", "b"),
+            ev("data/other", "a"),
+        ]
+    );
 }
