@@ -124,10 +124,15 @@ impl Store {
     /// setting them relied on the permissions it was created with, which are no longer known
     /// (a child it created then inherited them, not the other node's). The boot-storm case
     /// merges parents created on the way, whose permissions it never sets.
+    ///
+    /// If the transaction read the node's value before writing one (the empty value of a
+    /// node created on the way or by `MKDIR`), the other node's must be empty too: run at
+    /// commit, the read would return that one.
     fn merge_allowed(&self, caller: &Caller, n: &TxNode, live: &crate::store::node::Node) -> bool {
         if n.perms_set
             || self.sanitize_perms(live.perms(), live.data_gen)
                 != self.sanitize_perms(n.perms.iter().copied(), n.stamp)
+            || (n.relied.contains(Aspects::VALUE) && !live.value().is_empty())
         {
             return false;
         }

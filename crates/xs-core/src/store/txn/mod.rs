@@ -125,14 +125,15 @@ pub(crate) struct TxNode {
     /// For a `Snapshot` node: the live node it stands for.
     live: Option<Id>,
     /// For a `Snapshot` node: what the operations on it relied on about the snapshot's node
-    /// (see `Transaction::keep_read`).
+    /// (see `Transaction::keep_read`). For a `Created` node: `VALUE` if the transaction read
+    /// the (empty) value it was created with, which a merge must then find.
     relied: Aspects,
 }
 
 impl TxNode {
     /// Notes that an operation relied on `aspects` of this node, as far as they are the
     /// snapshot's: not the value or permissions the transaction set itself, nothing of a node
-    /// it created.
+    /// it created (`Created` merges check permissions and, if read, the value).
     fn rely(&mut self, aspects: Aspects) {
         match self.origin {
             Origin::Snapshot => {
@@ -145,6 +146,7 @@ impl TxNode {
                 }
                 self.relied |= aspects.difference(own) | Aspects::EXISTS;
             }
+            Origin::Created if !self.value_set => self.relied |= aspects & Aspects::VALUE,
             Origin::Created | Origin::Recreated | Origin::Fresh => {}
         }
     }

@@ -256,8 +256,8 @@ impl Store {
         caller: &Caller,
         path: &[u8],
     ) -> XsResult<()> {
-        match self.tx_checked(t, caller, path, Rights::WRITE) {
-            Ok(_) => {}
+        let r = match self.tx_checked(t, caller, path, Rights::WRITE) {
+            Ok(r) => r,
             Err(XsError::NoEnt) => {
                 // Fine if the parent exists (C xenstored), ENOENT if it is missing too.
                 let r = self.resolve(t, path);
@@ -271,10 +271,14 @@ impl Store {
                 return Err(XsError::NoEnt);
             }
             Err(e) => return Err(e),
-        }
+        };
         if path == b"/" {
             return Err(XsError::Inval);
         }
+        // Run at commit, the removal must succeed as it did here: the node must still be
+        // there (a missing one's answer depends on its parent). Its value, permissions (for
+        // a privileged caller) and children do not matter: whatever they are, they go.
+        self.note(t, caller, path, r.nearest, Aspects::EXISTS)?;
         let (start, end) = below(path);
         let doomed_keys: Vec<Box<[u8]>> = t
             .overlay
@@ -284,6 +288,24 @@ impl Store {
             ))
             .map(|(k, _)| k.clone())
             .collect();
+        // Nodes the transaction created go again. Had another created one of them
+        // meanwhile, run at commit the transaction's creation would merge with that one, and
+        // what it saw of its own (value, permissions, those inherited below) would not hold:
+        // each such node must still be missing at commit (those below another one going too
+        // are, if it is).
+        let created = |k: &[u8]| {
+            t.overlay
+                .get(k)
+                .is_some_and(|e| matches!(e, TxEntry::Present(n) if n.origin == Origin::Created))
+        };
+        let created_tops: Vec<Box<[u8]>> = core::iter::once(path)
+            .chain(doomed_keys.iter().map(|k| &**k))
+            .filter(|&k| created(k) && (k == path || !path::parent(k).is_some_and(created)))
+            .map(Box::from)
+            .collect();
+        for k in &created_tops {
+            self.note_path(t, caller, k, Aspects::ABSENT)?;
+        }
         let mut change = 0i64;
         for k in doomed_keys {
             change = change.saturating_add(t.take(&k));

@@ -259,19 +259,22 @@ impl Store {
         path: &[u8],
         r: &Resolved,
     ) -> XsResult<()> {
-        let Some(first_missing) = r.missing_from_snapshot else {
-            // Missing because the transaction deleted it: its commit deletes it again.
-            return Ok(());
-        };
+        // Missing because the transaction deleted it (no `missing_from_snapshot`): its commit
+        // deletes it again, so only the nearest node's permissions remain to be relied on.
         if caller.privileged {
-            return self.note_path(t, caller, path, Aspects::ABSENT);
+            return match r.missing_from_snapshot {
+                Some(_) => self.note_path(t, caller, path, Aspects::ABSENT),
+                None => Ok(()),
+            };
         }
-        self.note_path(
-            t,
-            caller,
-            path.get(..first_missing).unwrap_or(path),
-            Aspects::ABSENT,
-        )?;
+        if let Some(first_missing) = r.missing_from_snapshot {
+            self.note_path(
+                t,
+                caller,
+                path.get(..first_missing).unwrap_or(path),
+                Aspects::ABSENT,
+            )?;
+        }
         self.note(
             t,
             caller,
