@@ -304,7 +304,7 @@ pub(crate) enum Done {
 }
 
 impl Done {
-    fn reply(&self) -> Reply {
+    pub(crate) fn reply(&self) -> Reply {
         match self {
             Done::Value(v) => Reply::Value(v.clone()),
             Done::Names(n) => Reply::Names(n.clone()),
