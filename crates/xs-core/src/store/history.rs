@@ -17,11 +17,15 @@ use alloc::collections::{BTreeMap, VecDeque};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
+use super::arena::Id;
 use crate::perms::Perm;
 
 /// One old version of a node.
 #[derive(Debug)]
 pub(crate) struct Version {
+    /// The node it is a version of: a transaction that read it checks at commit that this is
+    /// still the node at the path (and not one created there again since).
+    pub(crate) node: Option<Id>,
     /// First generation at which this version was current.
     pub(crate) from: u64,
     /// Generation of the change that replaced or deleted it.
@@ -67,9 +71,19 @@ impl History {
         self.bytes
     }
 
-    /// Records that `path` had `value`/`perms` from generation `from` until `to`.
-    pub(crate) fn record(&mut self, path: &[u8], from: u64, to: u64, value: &[u8], perms: &[Perm]) {
+    /// Records that `path` (node `node`) had `value`/`perms` from generation `from` until
+    /// `to`.
+    pub(crate) fn record(
+        &mut self,
+        path: &[u8],
+        node: Option<Id>,
+        from: u64,
+        to: u64,
+        value: &[u8],
+        perms: &[Perm],
+    ) {
         let version = Version {
+            node,
             from,
             to,
             value: value.into(),
@@ -173,10 +187,10 @@ mod tests {
     fn versions_cover_their_range_and_prune() {
         let mut h = History::default();
         let p = [Perm::owner(DomId(0))];
-        h.record(b"/a", 1, 5, b"one", &p);
-        h.record(b"/a", 5, 9, b"two", &p);
-        h.record(b"/a/b", 2, 9, b"child", &p);
-        h.record(b"/a/b/c", 2, 9, b"grandchild", &p);
+        h.record(b"/a", None, 1, 5, b"one", &p);
+        h.record(b"/a", None, 5, 9, b"two", &p);
+        h.record(b"/a/b", None, 2, 9, b"child", &p);
+        h.record(b"/a/b/c", None, 2, 9, b"grandchild", &p);
         assert_eq!(&*h.version_at(b"/a", 4).unwrap().value, b"one");
         assert_eq!(&*h.version_at(b"/a", 5).unwrap().value, b"two");
         assert!(h.version_at(b"/a", 9).is_none());

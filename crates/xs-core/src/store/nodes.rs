@@ -140,8 +140,9 @@ impl Store {
             return;
         }
         let perms = node.perm_vec();
+        let id = self.tree.nodes.id_at(index);
         self.history
-            .record(path, node.data_gen, now, node.value(), &perms);
+            .record(path, id, node.data_gen, now, node.value(), &perms);
         self.enforce_history_limit();
     }
 

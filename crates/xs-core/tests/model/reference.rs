@@ -304,7 +304,7 @@ pub(crate) enum Done {
 }
 
 impl Done {
-    fn reply(&self) -> Reply {
+    pub(crate) fn reply(&self) -> Reply {
         match self {
             Done::Value(v) => Reply::Value(v.clone()),
             Done::Names(n) => Reply::Names(n.clone()),
@@ -545,8 +545,11 @@ pub(crate) struct MTx {
     pub(crate) replay: Vec<(String, NodeOp)>,
     /// Every path an operation named.
     pub(crate) accessed: BTreeSet<String>,
-    /// Paths read (`READ`, `GET_PERMS`) from the snapshot, not from its own changes.
-    pub(crate) snap_reads: BTreeSet<String>,
+    /// Paths whose value was read (`READ`) from the snapshot, not from its own changes.
+    pub(crate) value_reads: BTreeSet<String>,
+    /// Paths whose permissions were read from the snapshot: `GET_PERMS`, and `READ` by an
+    /// unprivileged caller (its answer depends on them).
+    pub(crate) perm_reads: BTreeSet<String>,
     /// Paths listed with children from the snapshot.
     pub(crate) listed: BTreeSet<String>,
     /// Paths it got `ENOENT` for, not because of its own removals.
@@ -1033,10 +1036,15 @@ impl Model {
         tx.accessed.insert(path.to_string());
         let own_rm = tx.own_rm_covers(path);
         match &result {
-            Ok(Done::Value(_) | Done::Perms(_))
+            Ok(done @ (Done::Value(_) | Done::Perms(_)))
                 if !own_rm && !tx.own_mod.contains(path) && !tx.own_created.contains(path) =>
             {
-                tx.snap_reads.insert(path.to_string());
+                if matches!(done, Done::Value(_)) {
+                    tx.value_reads.insert(path.to_string());
+                }
+                if matches!(done, Done::Perms(_)) || !who.privileged {
+                    tx.perm_reads.insert(path.to_string());
+                }
             }
             Ok(Done::Names(_)) if !own_rm && !tx.own_created.contains(path) => {
                 tx.listed.insert(path.to_string());
@@ -1097,7 +1105,8 @@ impl Model {
             start: self.log.len(),
             replay: Vec::new(),
             accessed: BTreeSet::new(),
-            snap_reads: BTreeSet::new(),
+            value_reads: BTreeSet::new(),
+            perm_reads: BTreeSet::new(),
             listed: BTreeSet::new(),
             enoent: BTreeSet::new(),
             own_mod: BTreeSet::new(),
@@ -1117,9 +1126,22 @@ impl Model {
         let changed =
             |p: &str, f: &dyn Fn(&Change) -> bool| since.iter().any(|c| c.path() == p && f(c));
         let mut must_fail = None;
-        for p in &tx.snap_reads {
-            if changed(p, &|c| matches!(c, Change::Data(_) | Change::Deleted(_))) {
-                must_fail = Some(format!("it read {p}, which was changed or deleted since"));
+        // A read must conflict when its node was deleted since, or when what it read was
+        // changed and is not the snapshot's again (a change and its undoing leave the engine
+        // free to conflict or not: run at commit, the read answers the same).
+        let differs = |p: &str, what: &dyn Fn(&MNode) -> Vec<u8>| {
+            changed(p, &|c| matches!(c, Change::Data(_)))
+                && self.tree.get(p).map(what) != tx.snapshot.get(p).map(what)
+        };
+        let deleted = |p: &str| changed(p, &|c| matches!(c, Change::Deleted(_)));
+        for p in &tx.value_reads {
+            if deleted(p) || differs(p, &|n| n.value.clone()) {
+                must_fail = Some(format!("it read {p}, whose value changed since"));
+            }
+        }
+        for p in &tx.perm_reads {
+            if deleted(p) || differs(p, &|n| format!("{:?}", n.perms).into_bytes()) {
+                must_fail = Some(format!("it read {p}, whose permissions changed since"));
             }
         }
         // A listing must conflict when its node was deleted since, or when its children

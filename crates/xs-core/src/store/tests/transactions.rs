@@ -294,3 +294,261 @@ fn a_create_then_rm_elsewhere_does_not_conflict_with_a_listing() {
         h.checked();
     }
 }
+
+// ----- what conflicts: only what the transaction relied on -------------------------------
+
+/// A transaction that overwrites a node without reading it commits after a concurrent change
+/// of its value, before or after its own write (C xenstored only when the change came before
+/// the transaction first accessed the node), and its value wins. A concurrent permission
+/// change survives it: the transaction did not set them.
+#[test]
+fn a_blind_write_commits_over_a_concurrent_change() {
+    for change_first in [true, false] {
+        let mut h = Host::new();
+        let other = h.store.connect(DomId::DOM0).unwrap();
+        h.d0().write("/w/x", b"0").unwrap();
+        let tx = h.d0().transaction_start().unwrap();
+        if change_first {
+            h.s(other).write("/w/x", b"other").unwrap();
+        }
+        h.d0().in_tx(tx).write("/w/x", b"mine").unwrap();
+        if !change_first {
+            h.s(other).write("/w/x", b"other").unwrap();
+        }
+        h.s(other).set_perms("/w/x", &perms(&["n0", "r5"])).unwrap();
+        assert_eq!(h.d0().transaction_end(tx, true), Ok(()), "{change_first}");
+        assert_eq!(h.d0().read("/w/x").unwrap(), b"mine");
+        assert_eq!(h.d0().get_perms("/w/x").unwrap(), perms(&["n0", "r5"]));
+        h.checked();
+    }
+}
+
+/// An unprivileged caller's write relied on the permissions it was checked against, not on
+/// the value: a change of the value alone does not conflict, one of the permissions does.
+#[test]
+fn a_guests_blind_write_conflicts_only_with_a_permission_change() {
+    let mut h = Host::new();
+    let g = h.guest(5);
+    h.s(g).write("data/x", b"0").unwrap();
+    let tx = h.s(g).transaction_start().unwrap();
+    h.s(g).in_tx(tx).write("data/x", b"mine").unwrap();
+    h.d0().write("/local/domain/5/data/x", b"other").unwrap();
+    assert_eq!(h.s(g).transaction_end(tx, true), Ok(()));
+    assert_eq!(h.s(g).read("data/x").unwrap(), b"mine");
+    let tx = h.s(g).transaction_start().unwrap();
+    h.s(g).in_tx(tx).write("data/x", b"again").unwrap();
+    h.d0()
+        .set_perms("/local/domain/5/data/x", &perms(&["n0", "r5"]))
+        .unwrap();
+    assert_eq!(h.s(g).transaction_end(tx, true), Err(XsError::Again));
+    assert_eq!(h.s(g).read("data/x").unwrap(), b"mine");
+    h.checked();
+}
+
+/// A listing relied on the set of children only: a change of a child's value, or of the
+/// directory's own value, does not conflict with it; a child added or removed does.
+#[test]
+fn a_listing_conflicts_only_with_a_change_of_the_children() {
+    let mut h = Host::new();
+    let other = h.store.connect(DomId::DOM0).unwrap();
+    h.d0().write("/d/c", b"0").unwrap();
+    for change in ["/d/c", "/d"] {
+        let tx = h.d0().transaction_start().unwrap();
+        assert_eq!(names(h.d0().in_tx(tx).directory("/d").unwrap()), ["c"]);
+        h.s(other).write(change, b"changed").unwrap();
+        h.d0().in_tx(tx).write("/seen", b"c").unwrap();
+        assert_eq!(h.d0().transaction_end(tx, true), Ok(()), "{change}");
+        assert_eq!(h.d0().read("/seen").unwrap(), b"c");
+    }
+    for (add, path) in [(true, "/d/new"), (false, "/d/new")] {
+        let tx = h.d0().transaction_start().unwrap();
+        h.d0().in_tx(tx).directory("/d").unwrap();
+        if add {
+            h.s(other).write(path, b"").unwrap();
+        } else {
+            h.s(other).rm(path).unwrap();
+        }
+        assert_eq!(
+            h.d0().transaction_end(tx, true),
+            Err(XsError::Again),
+            "{add}"
+        );
+    }
+    h.checked();
+}
+
+/// Creating a node relied on its parent being there with the permissions it inherits, not
+/// on the parent's value (C xenstored rewrites the parent, so any change to it conflicts).
+/// A parent removed meanwhile, or given other permissions, conflicts: run at commit, the
+/// write would have created the parent again, or given the child other permissions. That
+/// holds for dom0 too, whose permission checks always pass.
+#[test]
+fn creating_below_a_node_relies_on_its_existence_and_permissions_only() {
+    let mut h = Host::new();
+    let other = h.store.connect(DomId::DOM0).unwrap();
+    h.d0().write("/p", b"0").unwrap();
+    let tx = h.d0().transaction_start().unwrap();
+    h.s(other).write("/p", b"1").unwrap();
+    h.d0().in_tx(tx).write("/p/child", b"c").unwrap();
+    h.s(other).write("/p", b"2").unwrap();
+    assert_eq!(h.d0().transaction_end(tx, true), Ok(()));
+    assert_eq!(h.d0().read("/p").unwrap(), b"2");
+    assert_eq!(h.d0().read("/p/child").unwrap(), b"c");
+
+    let tx = h.d0().transaction_start().unwrap();
+    h.d0().in_tx(tx).write("/p/second", b"c").unwrap();
+    h.s(other).set_perms("/p", &perms(&["n0", "r5"])).unwrap();
+    assert_eq!(h.d0().transaction_end(tx, true), Err(XsError::Again));
+
+    let tx = h.d0().transaction_start().unwrap();
+    h.d0().in_tx(tx).mkdir("/p/third/deep").unwrap();
+    h.s(other).rm("/p").unwrap();
+    assert_eq!(h.d0().transaction_end(tx, true), Err(XsError::Again));
+    assert_eq!(h.d0().read("/p"), Err(XsError::NoEnt));
+    h.checked();
+}
+
+/// What a transaction read conflicts when it changed: a value, a node's existence (a node
+/// removed and created again with the same value is another node), permissions. A read of
+/// the value does not conflict with a change of the permissions alone (for dom0, whose
+/// reads they do not decide), nor with a change undone before the commit.
+#[test]
+fn reads_conflict_with_changes_of_what_they_returned() {
+    let mut h = Host::new();
+    let other = h.store.connect(DomId::DOM0).unwrap();
+    h.d0().write("/r", b"0").unwrap();
+    let read = |h: &mut Host, tx| h.d0().in_tx(tx).read("/r").unwrap();
+    let get_perms = |h: &mut Host, tx| {
+        h.d0().in_tx(tx).get_perms("/r").unwrap();
+    };
+    type Change = fn(&mut Session<'_>);
+    let cases: [(&str, Change, bool, bool); 4] = [
+        ("value", |s| s.write("/r", b"1").unwrap(), false, true),
+        (
+            "perms",
+            |s| s.set_perms("/r", &perms(&["n0", "r5"])).unwrap(),
+            true,
+            false,
+        ),
+        (
+            "value back",
+            |s| {
+                s.write("/r", b"1").unwrap();
+                s.write("/r", b"0").unwrap();
+            },
+            false,
+            false,
+        ),
+        (
+            "recreated",
+            |s| {
+                s.rm("/r").unwrap();
+                s.write("/r", b"0").unwrap();
+            },
+            true,
+            true,
+        ),
+    ];
+    for (what, change, perms_conflict, value_conflict) in cases {
+        h.d0().write("/r", b"0").unwrap();
+        h.d0().set_perms("/r", &perms(&["n0"])).unwrap();
+        let by_value = h.d0().transaction_start().unwrap();
+        assert_eq!(read(&mut h, by_value), b"0");
+        let by_perms = h.d0().transaction_start().unwrap();
+        get_perms(&mut h, by_perms);
+        change(&mut h.s(other));
+        let expect = |conflict: bool| {
+            if conflict {
+                Err(XsError::Again)
+            } else {
+                Ok(())
+            }
+        };
+        assert_eq!(
+            h.d0().transaction_end(by_value, true),
+            expect(value_conflict),
+            "READ, {what}"
+        );
+        assert_eq!(
+            h.d0().transaction_end(by_perms, true),
+            expect(perms_conflict),
+            "GET_PERMS, {what}"
+        );
+    }
+    h.checked();
+}
+
+/// Removing a node relied on it being there: run at commit, removing a missing node whose
+/// parent is missing too fails, so a concurrent removal conflicts (as in C xenstored). Its
+/// value may change meanwhile: it goes anyway.
+#[test]
+fn a_removal_relies_on_the_node_being_there() {
+    let mut h = Host::new();
+    let other = h.store.connect(DomId::DOM0).unwrap();
+    h.d0().write("/q/x", b"0").unwrap();
+    let tx = h.d0().transaction_start().unwrap();
+    h.d0().in_tx(tx).rm("/q/x").unwrap();
+    h.s(other).write("/q/x", b"1").unwrap();
+    assert_eq!(h.d0().transaction_end(tx, true), Ok(()));
+    assert_eq!(h.d0().read("/q/x"), Err(XsError::NoEnt));
+    h.d0().write("/q/x", b"0").unwrap();
+    let tx = h.d0().transaction_start().unwrap();
+    h.d0().in_tx(tx).rm("/q/x").unwrap();
+    h.s(other).rm("/q").unwrap();
+    assert_eq!(h.d0().transaction_end(tx, true), Err(XsError::Again));
+    h.checked();
+}
+
+/// A node the transaction created on the way (empty) merges with the same node created
+/// meanwhile; if the transaction read its value, the other's must be empty too, even if the
+/// transaction wrote the node afterwards (with the other's value, say). If the transaction
+/// removed the node again, the other node must not have appeared at all: its commit would
+/// remove it, but what the transaction saw of its own (here, the value) would not be what a
+/// run at commit time sees.
+#[test]
+fn what_a_transaction_saw_of_a_node_it_created_must_hold_at_commit() {
+    for (other_value, then, expect) in [
+        ("", "", Ok(())),
+        ("1", "", Err(XsError::Again)),
+        ("1", "write", Err(XsError::Again)),
+        ("", "rm", Err(XsError::Again)),
+    ] {
+        let mut h = Host::new();
+        let other = h.store.connect(DomId::DOM0).unwrap();
+        let tx = h.d0().transaction_start().unwrap();
+        h.d0().in_tx(tx).write("/n/c", b"t").unwrap();
+        assert_eq!(h.d0().in_tx(tx).read("/n").unwrap(), b"");
+        match then {
+            "rm" => h.d0().in_tx(tx).rm("/n").unwrap(),
+            "write" => h.d0().in_tx(tx).write("/n", b"1").unwrap(),
+            _ => {}
+        }
+        h.s(other).write("/n", other_value.as_bytes()).unwrap();
+        assert_eq!(
+            h.d0().transaction_end(tx, true),
+            expect,
+            "{other_value:?} {then}"
+        );
+        h.checked();
+    }
+}
+
+/// For an unprivileged caller, the answer on a missing node depends on the permissions of
+/// the nearest node above, also where the transaction removed the node itself: here the
+/// second `RM` succeeds because the parent lets the guest write, which it no longer does at
+/// commit. (Found by the serializability test.)
+#[test]
+fn a_guests_answer_on_a_node_it_removed_relies_on_the_parents_permissions() {
+    let mut h = Host::new();
+    let g = h.guest(5);
+    h.d0().mkdir("/s/x").unwrap();
+    h.d0().set_perms("/s", &perms(&["n0", "w5"])).unwrap();
+    h.d0().set_perms("/s/x", &perms(&["n0", "w5"])).unwrap();
+    let tx = h.s(g).transaction_start().unwrap();
+    h.s(g).in_tx(tx).rm("/s/x").unwrap();
+    h.s(g).in_tx(tx).rm("/s/x").unwrap();
+    h.d0().set_perms("/s", &perms(&["n0"])).unwrap();
+    assert_eq!(h.s(g).transaction_end(tx, true), Err(XsError::Again));
+    assert!(h.d0().read("/s/x").is_ok());
+    h.checked();
+}

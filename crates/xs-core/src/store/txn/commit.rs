@@ -51,24 +51,16 @@ impl Store {
 
     /// Whether everything the transaction relied on is unchanged since its snapshot.
     fn validate(&self, t: &Transaction, caller: &Caller) -> bool {
-        let s = t.snapshot;
-        let unchanged = |path: &[u8], aspects: Aspects, live: Option<Id>| -> bool {
-            if aspects.contains(Aspects::ABSENT) {
-                return self.tree.lookup(path).is_none();
-            }
-            // A node seen in the live tree and since removed has a stale id: changed.
-            self.live_node(path, live)
-                .and_then(|i| self.tree.node(i))
-                .is_some_and(|n| {
-                    n.data_gen <= s && (!aspects.contains(Aspects::CHILDREN) || n.gencnt() <= s)
-                })
-        };
-        if !t.reads.iter().all(|(p, r)| unchanged(p, r.aspects, r.live)) {
+        if !t
+            .reads
+            .iter()
+            .all(|(p, r)| self.unchanged(t, p, r.aspects, r.live))
+        {
             return false;
         }
         t.overlay.iter().all(|(path, entry)| match entry {
             TxEntry::Present(n) if n.origin == Origin::Snapshot => {
-                unchanged(path, Aspects::EXISTS, n.live)
+                self.unchanged(t, path, n.relied | Aspects::EXISTS, n.live)
             }
             TxEntry::Present(n) if n.origin == Origin::Created => {
                 match self.tree.lookup(path).and_then(|i| self.tree.node(i)) {
@@ -78,6 +70,48 @@ impl Store {
             }
             _ => true,
         })
+    }
+
+    /// Whether `aspects` of `path` are as the transaction's snapshot had them, `live` being
+    /// the node it saw there.
+    ///
+    /// Only what was relied on counts: a node whose value changed conflicts with a read of
+    /// the value, not with a listing of its children or a write or a creation below it. C
+    /// xenstored compares the generation of every node the transaction accessed, which any
+    /// change of value, permissions or children moves; here a change of value or
+    /// permissions (one stamp) is compared with the version the snapshot saw, so a node
+    /// changed and changed back, or with only its permissions changed, does not conflict
+    /// with a read of its value: run at commit, the read would answer the same.
+    fn unchanged(&self, t: &Transaction, path: &[u8], aspects: Aspects, live: Option<Id>) -> bool {
+        let s = t.snapshot;
+        if aspects.contains(Aspects::ABSENT) {
+            return self.tree.lookup(path).is_none();
+        }
+        // A node seen in the live tree and since removed has a stale id: changed.
+        let Some(node) = self.live_node(path, live).and_then(|i| self.tree.node(i)) else {
+            return false;
+        };
+        if aspects.contains(Aspects::CHILDREN) && node.children_gen() > s {
+            return false;
+        }
+        if live.is_none() {
+            // Not known to be the same node: only one unchanged since is (a node created
+            // again since has a newer stamp).
+            return node.data_gen <= s;
+        }
+        let data = aspects & (Aspects::VALUE | Aspects::PERMS);
+        if data.is_empty() || node.data_gen <= s {
+            return true;
+        }
+        // Changed since: compared with the version kept for the snapshot (kept for as long
+        // as the transaction was open; without it, a conflict).
+        let Some(old) = self.history.version_at(path, s) else {
+            return false;
+        };
+        (!data.contains(Aspects::VALUE) || *old.value == *node.value())
+            && (!data.contains(Aspects::PERMS)
+                || self.sanitize_perms(old.perms.iter().copied(), old.from)
+                    == self.sanitize_perms(node.perms(), node.data_gen))
     }
 
     /// Whether a node the transaction created may merge with the same node created
@@ -90,10 +124,15 @@ impl Store {
     /// setting them relied on the permissions it was created with, which are no longer known
     /// (a child it created then inherited them, not the other node's). The boot-storm case
     /// merges parents created on the way, whose permissions it never sets.
+    ///
+    /// If the transaction read the node's value before writing one (the empty value of a
+    /// node created on the way or by `MKDIR`), the other node's must be empty too: run at
+    /// commit, the read would return that one.
     fn merge_allowed(&self, caller: &Caller, n: &TxNode, live: &crate::store::node::Node) -> bool {
         if n.perms_set
             || self.sanitize_perms(live.perms(), live.data_gen)
                 != self.sanitize_perms(n.perms.iter().copied(), n.stamp)
+            || (n.relied.contains(Aspects::VALUE) && !live.value().is_empty())
         {
             return false;
         }

@@ -17,24 +17,40 @@
 //!
 //! ## Commit
 //!
-//! Every snapshot fact the transaction relied on is recorded in its read set: values and
-//! permissions it read or checked (`DATA`), child lists it listed (`CHILDREN`), nodes it
-//! needed to exist (`EXISTS`), paths it found missing (`ABSENT`). (An overwritten node's
-//! `Snapshot` overlay entry records its read itself: the entry is checked at commit as the
-//! read would be, and the read moves to the read set if the entry goes.) The commit fails with
-//! `EAGAIN` exactly when one of those changed since `S`; otherwise the overlay is applied in
-//! path order (parents before children) at one new generation, and watches fire then.
-//! Validation and application cost what the transaction touched, not the size of the store.
+//! Every snapshot fact the transaction relied on is recorded in its read set, per path
+//! ([`Aspects`]): a node's value it read (`VALUE`); its permissions, read with `GET_PERMS`,
+//! checked for an unprivileged caller or inherited by nodes created below it (`PERMS`); a
+//! directory's set of children it listed (`CHILDREN`); a node that had to be there, to be
+//! written to, removed or created under (`EXISTS`, implied by the others: the same node, not
+//! one removed and created again); a path it found missing (`ABSENT`). (A node's `Snapshot`
+//! overlay entry records what the operations on it relied on itself, and hands that to the
+//! read set if the entry goes.) The commit fails with `EAGAIN` exactly when one of those
+//! changed since `S`; otherwise the overlay is applied in path order (parents before children)
+//! at one new generation, and watches fire then. Validation and application cost what the
+//! transaction touched, not the size of the store.
 //!
-//! Writes the transaction did not read are not conflicts: the commit behaves as if it ran
-//! after the concurrent change (serializable), so transactions creating disjoint subtrees
-//! under a shared parent both commit. Nodes created on the way (missing parents) merge with
-//! the same node created concurrently when both got the same permissions (the boot-storm
-//! case of two toolstack transactions creating `/local/domain/0/backend/vif/<domid>/0` for
-//! different domids). This is stricter than C xenstored in one way: a node the transaction
-//! read and then wrote is still checked (C lets such a write silently overwrite a concurrent
-//! one), and more permissive in another: C treats any change to a parent's child list as a
-//! conflict.
+//! Changes to what the transaction did not rely on are not conflicts: the commit behaves as
+//! if it ran after them (serializable, in commit order). A write that did not read the value
+//! overwrites a concurrent change of it (the last writer wins); a listing does not conflict
+//! with a change of a child's value or the directory's own; a creation does not conflict with
+//! a change of its parent's value; a read of a value (by dom0, whose reads the permissions do
+//! not decide) does not conflict with a change of the permissions alone, nor with a change
+//! undone before the commit (values and permissions are compared with the version the
+//! snapshot saw). Transactions creating disjoint subtrees under a shared parent both commit.
+//! Nodes created on the way (missing parents) merge with the same node created concurrently
+//! when both got the same permissions (the boot-storm case of two toolstack transactions
+//! creating `/local/domain/0/backend/vif/<domid>/0` for different domids).
+//!
+//! C xenstored (`transaction.c`) instead records the generation of every node a transaction
+//! accesses when it first does, and fails the commit if any of them moved; a node's
+//! generation moves with any change of its value, permissions or children, and every write
+//! reads the node first, a creation its parent too (whose child list it rewrites). So C
+//! conflicts in all the cases above where the change came after the transaction's first
+//! access to the node. It is more permissive in one way: it reads the live node at first
+//! access, so a change between the start and that access is seen and is no conflict, where
+//! here the transaction reads its snapshot and a change to what it read conflicts.
+//! Permission checks, and the errors of a missing path, rely on the whole permission list
+//! (not only on the rights it gives the caller): simpler, and still no stricter than C.
 
 mod commit;
 mod operations;
@@ -54,17 +70,22 @@ use crate::perms::Perm;
 use crate::quota::QuotaKind;
 
 bitflags! {
-    /// What a transaction relied on about one path of its snapshot.
+    /// What a transaction relied on about one path of its snapshot. Every aspect but
+    /// `ABSENT` includes `EXISTS`: the node is still there and is the same node (nodes never
+    /// move; one removed and created again is another node).
     #[derive(Clone, Copy, PartialEq, Eq, Debug)]
     pub(crate) struct Aspects: u8 {
         /// The node existed (and is the same node).
         const EXISTS = 0x01;
-        /// Its value and permissions.
-        const DATA = 0x02;
-        /// Its set of children.
+        /// Its value (`READ`).
+        const VALUE = 0x02;
+        /// Its set of children (`DIRECTORY`).
         const CHILDREN = 0x04;
         /// The path did not exist.
         const ABSENT = 0x08;
+        /// Its permissions: returned (`GET_PERMS`), checked for an unprivileged caller, or
+        /// inherited by the nodes the transaction created below it.
+        const PERMS = 0x10;
     }
 }
 
@@ -101,8 +122,34 @@ pub(crate) struct TxNode {
     perms_set: bool,
     /// The node was the target of an operation: its change fires watches at commit.
     event: bool,
-    /// For a `Snapshot` node seen in the live tree: that node.
+    /// For a `Snapshot` node: the live node it stands for.
     live: Option<Id>,
+    /// For a `Snapshot` node: what the operations on it relied on about the snapshot's node
+    /// (see `Transaction::keep_read`). For a `Created` node: `VALUE` if the transaction read
+    /// the (empty) value it was created with, which a merge must then find.
+    relied: Aspects,
+}
+
+impl TxNode {
+    /// Notes that an operation relied on `aspects` of this node, as far as they are the
+    /// snapshot's: not the value or permissions the transaction set itself, nothing of a node
+    /// it created (`Created` merges check permissions and, if read, the value).
+    fn rely(&mut self, aspects: Aspects) {
+        match self.origin {
+            Origin::Snapshot => {
+                let mut own = Aspects::empty();
+                if self.value_set {
+                    own |= Aspects::VALUE;
+                }
+                if self.perms_set {
+                    own |= Aspects::PERMS;
+                }
+                self.relied |= aspects.difference(own) | Aspects::EXISTS;
+            }
+            Origin::Created if !self.value_set => self.relied |= aspects & Aspects::VALUE,
+            Origin::Created | Origin::Recreated | Origin::Fresh => {}
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -266,10 +313,10 @@ impl Transaction {
         }
     }
 
-    /// A `Snapshot` entry stands for the read of its node that the operation putting it
-    /// relied on (its check at commit is that read's, see `validate`), which is then not in
-    /// the read set; when the entry goes, the read moves there. Returns the bytes to charge
-    /// for it (less than the entry's, which are refunded).
+    /// A `Snapshot` entry stands for the reads of its node that the operations on it relied
+    /// on (`TxNode::relied`, checked at commit as reads are, see `validate`), which are then
+    /// not in the read set; when the entry goes, they move there. Returns the bytes to
+    /// charge for them (less than the entry's, which are refunded).
     fn keep_read(&mut self, path: &[u8], old: &TxEntry) -> u64 {
         let TxEntry::Present(n) = old else {
             return 0;
@@ -279,7 +326,7 @@ impl Transaction {
         }
         match self.reads.get_mut(path) {
             Some(r) => {
-                r.aspects |= Aspects::DATA;
+                r.aspects |= n.relied;
                 r.live = r.live.or(n.live);
                 0
             }
@@ -287,7 +334,7 @@ impl Transaction {
                 self.reads.insert(
                     path.into(),
                     Read {
-                        aspects: Aspects::DATA,
+                        aspects: n.relied,
                         live: n.live,
                     },
                 );

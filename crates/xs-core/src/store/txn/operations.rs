@@ -62,7 +62,7 @@ impl Store {
         if let Some(info) = self.info(t, path, r.nearest) {
             out.extend_from_slice(info.value);
         }
-        self.note(t, caller, path, r.nearest, Aspects::DATA)
+        self.note(t, caller, path, r.nearest, Aspects::VALUE)
     }
 
     pub(crate) fn tx_get_perms(
@@ -76,7 +76,7 @@ impl Store {
             .info(t, path, r.nearest)
             .map(|i| self.sanitize_perms(i.perms.into_iter(), i.stamp))
             .ok_or(XsError::Io)?;
-        self.note(t, caller, path, r.nearest, Aspects::DATA)?;
+        self.note(t, caller, path, r.nearest, Aspects::PERMS)?;
         Ok(perms)
     }
 
@@ -98,26 +98,26 @@ impl Store {
             if !r.exists {
                 self.note_missing(t, caller, path, &r)?;
             } else {
-                self.note(t, caller, path, r.nearest, Aspects::DATA)?;
+                self.note(t, caller, path, r.nearest, Aspects::PERMS)?;
             }
             return Err(XsError::Acces);
         }
-        // What the outcome relies on: the permissions checked (unprivileged callers) or the
-        // node written to / created under still being there. A write to an existing node
-        // records nothing here: the `Snapshot` overlay entry it puts is checked at commit
-        // exactly as this read would be, and keeps it if it goes (`Transaction::put`).
-        let aspect = if caller.privileged {
+        // What the outcome relies on about the node written to: that it is still there (run
+        // at commit, a `WRITE` would create it again, a `MKDIR` would create it), and for an
+        // unprivileged caller the permissions checked. Not its value, nor (for a privileged
+        // caller) its permissions: a blind write commits after whatever changed them
+        // meanwhile, and overwrites the value. C xenstored takes any change to the node since
+        // the transaction first accessed it for a conflict. A write to an existing node
+        // records this in the `Snapshot` overlay entry it puts, which is checked at commit
+        // as a read would be (and keeps it if it goes, `Transaction::put`).
+        let checked = if caller.privileged {
             Aspects::EXISTS
         } else {
-            Aspects::DATA
+            Aspects::PERMS
         };
-        let overwrite = r.exists && matches!(kind, WriteKind::Value(_));
-        if !overwrite {
-            self.note(t, caller, nearest_path, r.nearest, aspect)?;
-        }
         let value = match kind {
             WriteKind::Value(v) => v,
-            WriteKind::Mkdir if r.exists => return Ok(()),
+            WriteKind::Mkdir if r.exists => return self.note(t, caller, path, r.nearest, checked),
             WriteKind::Mkdir => b"",
         };
         if r.exists {
@@ -125,16 +125,21 @@ impl Store {
             self.check_quota(caller, QuotaKind::NodeSize, size as u64)?;
             let now = self.next_gen();
             let node = match t.present(path) {
-                Some(n) => TxNode {
-                    value: value.to_vec(),
-                    perms: n.perms.clone(),
-                    stamp: n.stamp,
-                    origin: n.origin,
-                    value_set: true,
-                    perms_set: n.perms_set,
-                    event: true,
-                    live: n.live,
-                },
+                Some(n) => {
+                    let mut node = TxNode {
+                        value: value.to_vec(),
+                        perms: n.perms.clone(),
+                        stamp: n.stamp,
+                        origin: n.origin,
+                        value_set: true,
+                        perms_set: n.perms_set,
+                        event: true,
+                        live: n.live,
+                        relied: n.relied,
+                    };
+                    node.rely(checked);
+                    node
+                }
                 None => TxNode {
                     value: value.to_vec(),
                     perms,
@@ -143,13 +148,19 @@ impl Store {
                     value_set: true,
                     perms_set: false,
                     event: true,
-                    live: self.src_id(r.nearest),
+                    live: self.src_id(t, path, r.nearest),
+                    relied: checked | Aspects::EXISTS,
                 },
             };
             self.tx_put(t, caller, path, TxEntry::Present(node))?;
             t.last_change = now;
             return Ok(());
         }
+        // The nodes created inherit the permissions of the nearest existing one (C xenstored
+        // takes any change to that node, which it rewrites with the new child, for a
+        // conflict; here only its permissions and its existence matter, the children
+        // merge).
+        self.note(t, caller, nearest_path, r.nearest, Aspects::PERMS)?;
         // Create the missing nodes below the nearest existing one.
         let rest = path.get(r.nearest_len..).unwrap_or_default();
         let count = path::segments(rest).count() as u64;
@@ -200,6 +211,7 @@ impl Store {
                 perms_set: false,
                 event: last || was_deleted,
                 live: None,
+                relied: Aspects::empty(),
             };
             bytes = bytes.saturating_add(node_charge(seg_len, node.value.len(), perms.len()));
             self.tx_put(t, caller, prefix, TxEntry::Present(node))?;
@@ -244,8 +256,8 @@ impl Store {
         caller: &Caller,
         path: &[u8],
     ) -> XsResult<()> {
-        match self.tx_checked(t, caller, path, Rights::WRITE) {
-            Ok(_) => {}
+        let r = match self.tx_checked(t, caller, path, Rights::WRITE) {
+            Ok(r) => r,
             Err(XsError::NoEnt) => {
                 // Fine if the parent exists (C xenstored), ENOENT if it is missing too.
                 let r = self.resolve(t, path);
@@ -259,10 +271,14 @@ impl Store {
                 return Err(XsError::NoEnt);
             }
             Err(e) => return Err(e),
-        }
+        };
         if path == b"/" {
             return Err(XsError::Inval);
         }
+        // Run at commit, the removal must succeed as it did here: the node must still be
+        // there (a missing one's answer depends on its parent). Its value, permissions (for
+        // a privileged caller) and children do not matter: whatever they are, they go.
+        self.note(t, caller, path, r.nearest, Aspects::EXISTS)?;
         let (start, end) = below(path);
         let doomed_keys: Vec<Box<[u8]>> = t
             .overlay
@@ -272,6 +288,24 @@ impl Store {
             ))
             .map(|(k, _)| k.clone())
             .collect();
+        // Nodes the transaction created go again. Had another created one of them
+        // meanwhile, run at commit the transaction's creation would merge with that one, and
+        // what it saw of its own (value, permissions, those inherited below) would not hold:
+        // each such node must still be missing at commit (those below another one going too
+        // are, if it is).
+        let created = |k: &[u8]| {
+            t.overlay
+                .get(k)
+                .is_some_and(|e| matches!(e, TxEntry::Present(n) if n.origin == Origin::Created))
+        };
+        let created_tops: Vec<Box<[u8]>> = core::iter::once(path)
+            .chain(doomed_keys.iter().map(|k| &**k))
+            .filter(|&k| created(k) && (k == path || !path::parent(k).is_some_and(created)))
+            .map(Box::from)
+            .collect();
+        for k in &created_tops {
+            self.note_path(t, caller, k, Aspects::ABSENT)?;
+        }
         let mut change = 0i64;
         for k in doomed_keys {
             change = change.saturating_add(t.take(&k));
@@ -351,8 +385,9 @@ impl Store {
             }
         }
         if !hides {
-            // Its children came (at least partly) from the snapshot.
-            self.note_path(t, caller, path, Aspects::CHILDREN)?;
+            // Its children came (at least partly) from the snapshot. Only the set of their
+            // names is relied on: not their values, nor the directory's own.
+            self.note(t, caller, path, r.nearest, Aspects::CHILDREN)?;
         } else if r.under_created {
             // Only the transaction's own children, which holds only if nobody else creates
             // the node meanwhile (the commit would merge with it, children unseen).
@@ -376,7 +411,9 @@ impl Store {
         if !caller.privileged && perms.first().map(|p| p.domid) != owner {
             return Err(XsError::Perm);
         }
-        self.note(t, caller, path, r.nearest, Aspects::EXISTS)?;
+        // Besides the permissions checked for an unprivileged caller (`tx_checked`), the
+        // outcome relies only on the node still being there: the new permissions replace
+        // whatever they are at commit.
         let now = self.next_gen();
         let perms = self.sanitize_perms(perms.iter().copied(), now);
         let node = match t.present(path) {
@@ -389,6 +426,7 @@ impl Store {
                 perms_set: true,
                 event: true,
                 live: n.live,
+                relied: n.relied,
             },
             None => TxNode {
                 value,
@@ -398,7 +436,8 @@ impl Store {
                 value_set: false,
                 perms_set: true,
                 event: true,
-                live: self.src_id(r.nearest),
+                live: self.src_id(t, path, r.nearest),
+                relied: Aspects::EXISTS,
             },
         };
         self.tx_put(t, caller, path, TxEntry::Present(node))?;

@@ -166,11 +166,16 @@ impl Store {
         }
     }
 
-    /// The live node's id behind a source, if it is the live tree.
-    pub(super) fn src_id(&self, src: Src) -> Option<Id> {
+    /// The live node a snapshot node of `path` stands for (for a node changed since the
+    /// snapshot, the one its kept version was of).
+    pub(super) fn src_id(&self, t: &Transaction, path: &[u8], src: Src) -> Option<Id> {
         match src {
             Src::Main(i) => self.tree.nodes.id_at(i),
-            Src::History | Src::Overlay => None,
+            Src::History => self
+                .history
+                .version_at(path, t.view_at())
+                .and_then(|v| v.node),
+            Src::Overlay => t.present(path).and_then(|n| n.live),
         }
     }
 
@@ -178,8 +183,9 @@ impl Store {
         self.rights_for(caller, info.perms.iter().copied(), info.stamp)
     }
 
-    /// Records that the transaction relied on `aspect` of `path`, if that came from the
-    /// snapshot. `ENOSPC` past the caller's `transaction-nodes` quota.
+    /// Records that the transaction relied on `aspect` of `path`, as far as that came from
+    /// the snapshot (for a node in the overlay, see `TxNode::rely`). `ENOSPC` past the
+    /// caller's `transaction-nodes` quota.
     pub(super) fn note(
         &mut self,
         t: &mut Transaction,
@@ -188,11 +194,13 @@ impl Store {
         src: Src,
         aspect: Aspects,
     ) -> XsResult<()> {
-        let live = match src {
-            Src::Overlay => return Ok(()),
-            Src::History => None,
-            Src::Main(i) => self.tree.nodes.id_at(i),
-        };
+        if src == Src::Overlay {
+            if let Some(TxEntry::Present(n)) = t.overlay.get_mut(path) {
+                n.rely(aspect);
+            }
+            return Ok(());
+        }
+        let live = self.src_id(t, path, src);
         self.note_read(t, caller, path, aspect, live)
     }
 
@@ -242,7 +250,8 @@ impl Store {
     /// Records what a failed lookup relied on. A privileged caller's result only depends on
     /// `path` being absent; an unprivileged caller's error (`ENOENT` or `EACCES`) also
     /// depends on which ancestor is the nearest existing one and on its permissions, so for
-    /// it the first missing prefix must stay missing and the nearest node unchanged.
+    /// it the first missing prefix must stay missing and the nearest node's permissions
+    /// unchanged.
     pub(super) fn note_missing(
         &mut self,
         t: &mut Transaction,
@@ -250,25 +259,28 @@ impl Store {
         path: &[u8],
         r: &Resolved,
     ) -> XsResult<()> {
-        let Some(first_missing) = r.missing_from_snapshot else {
-            // Missing because the transaction deleted it: its commit deletes it again.
-            return Ok(());
-        };
+        // Missing because the transaction deleted it (no `missing_from_snapshot`): its commit
+        // deletes it again, so only the nearest node's permissions remain to be relied on.
         if caller.privileged {
-            return self.note_path(t, caller, path, Aspects::ABSENT);
+            return match r.missing_from_snapshot {
+                Some(_) => self.note_path(t, caller, path, Aspects::ABSENT),
+                None => Ok(()),
+            };
         }
-        self.note_path(
-            t,
-            caller,
-            path.get(..first_missing).unwrap_or(path),
-            Aspects::ABSENT,
-        )?;
+        if let Some(first_missing) = r.missing_from_snapshot {
+            self.note_path(
+                t,
+                caller,
+                path.get(..first_missing).unwrap_or(path),
+                Aspects::ABSENT,
+            )?;
+        }
         self.note(
             t,
             caller,
             path.get(..r.nearest_len).unwrap_or(path),
             r.nearest,
-            Aspects::DATA,
+            Aspects::PERMS,
         )
     }
 
@@ -290,7 +302,7 @@ impl Store {
             return Err(Store::missing_error(rights, need));
         }
         if !caller.privileged || !rights.contains(need) {
-            self.note(t, caller, path, r.nearest, Aspects::DATA)?;
+            self.note(t, caller, path, r.nearest, Aspects::PERMS)?;
         }
         if rights.contains(need) {
             Ok(r)
