@@ -16,10 +16,12 @@
 mod harness;
 #[path = "model/reference.rs"]
 mod reference;
+#[path = "model/strategies.rs"]
+mod strategies;
 
 use proptest::prelude::*;
 use proptest::test_runner::Config;
-use xs_core::{Access, DomId, Perm};
+use xs_core::Perm;
 
 use harness::{Cfg, Op};
 use reference::{ANY, NodeOp, QKind};
@@ -113,27 +115,11 @@ fn value() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
-fn perm(owner: bool) -> impl Strategy<Value = Perm> {
-    let dom = if owner {
-        prop_oneof![30 => 0u16..4, 1 => Just(ANY)].boxed()
-    } else {
-        prop_oneof![8 => 0u16..4, 1 => Just(ANY)].boxed()
-    };
-    let access = prop_oneof![
-        Just(Access::empty()),
-        Just(Access::READ),
-        Just(Access::WRITE),
-        Just(Access::READ | Access::WRITE),
-    ];
-    (dom, access).prop_map(|(d, a)| Perm::new(DomId(d), a))
-}
-
 fn perms() -> impl Strategy<Value = Vec<Perm>> {
-    (perm(true), proptest::collection::vec(perm(false), 0..3)).prop_map(|(o, rest)| {
-        let mut v = vec![o];
-        v.extend(rest);
-        v
-    })
+    strategies::perms(
+        prop_oneof![30 => 0u16..4, 1 => Just(ANY)],
+        prop_oneof![8 => 0u16..4, 1 => Just(ANY)],
+    )
 }
 
 fn node_op() -> impl Strategy<Value = NodeOp> {

@@ -18,12 +18,14 @@
 #[allow(dead_code)]
 #[path = "model/reference.rs"]
 mod reference;
+#[path = "model/strategies.rs"]
+mod strategies;
 
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestRunner};
 use xs_core::store::{Introduction, split_names};
-use xs_core::{Access, ConnId, DomId, Perm, Store, StoreConfig, XsError};
+use xs_core::{ConnId, DomId, Perm, Store, StoreConfig, XsError};
 
 use reference::{ANY, MNode, NodeOp, Reply, Tree, Who, apply, join, root_tree};
 
@@ -48,27 +50,13 @@ enum Step {
     End { c: usize, commit: bool },
 }
 
-fn perm(owner: bool) -> impl Strategy<Value = Perm> {
-    let dom = if owner {
-        prop_oneof![Just(0u16), Just(1), Just(2)].boxed()
-    } else {
-        prop_oneof![Just(0u16), Just(1), Just(2), Just(ANY)].boxed()
-    };
-    let access = prop_oneof![
-        Just(Access::empty()),
-        Just(Access::READ),
-        Just(Access::WRITE),
-        Just(Access::READ | Access::WRITE),
-    ];
-    (dom, access).prop_map(|(d, a)| Perm::new(DomId(d), a))
+/// A domain of a permission entry other than the owner's.
+fn other_dom() -> impl Strategy<Value = u16> {
+    prop_oneof![Just(0u16), Just(1), Just(2), Just(ANY)]
 }
 
 fn perms() -> impl Strategy<Value = Vec<Perm>> {
-    (perm(true), proptest::collection::vec(perm(false), 0..3)).prop_map(|(o, rest)| {
-        let mut v = vec![o];
-        v.extend(rest);
-        v
-    })
+    strategies::perms(prop_oneof![Just(0u16), Just(1), Just(2)], other_dom())
 }
 
 fn node_op() -> impl Strategy<Value = NodeOp> {
@@ -104,7 +92,7 @@ fn case() -> impl Strategy<Value = (Vec<NodeOp>, Vec<Step>)> {
     (2..=4usize).prop_flat_map(|conns| {
         (
             // The initial permissions of `/a`, besides dom0's ownership.
-            proptest::collection::vec(perm(false), 0..3).prop_map(|rest| {
+            proptest::collection::vec(strategies::entry(other_dom()), 0..3).prop_map(|rest| {
                 let mut p = vec![Perm::owner(DomId(0))];
                 p.extend(rest);
                 vec![NodeOp::Mkdir, NodeOp::SetPerms(p)]
