@@ -946,11 +946,12 @@ xenstored_alive() {
 # The guests' Linux as a PVH guest (group `pvh`, only when named: under this QEMU/TCG set-up
 # it does not start, while our own PVH image does): it passes if the guest comes up as the
 # PV one does; either way, what Xen saw is logged: the domain kept after a crash
-# (on_crash = "preserve") with its registers, Xen's lines about it, its console.
+# (on_crash, on_reboot, on_poweroff = "preserve") with its registers, Xen's lines about it,
+# its console.
 pvh_linux() {
     local domid
     guest_cfg pvh1
-    sed -i -e 's/^type = "pv"/type = "pvh"/' -e 's/^on_crash = .*/on_crash = "preserve"/' \
+    sed -i -e 's/^type = "pv"/type = "pvh"/' -e 's/^on_\(crash\|reboot\|poweroff\) = .*/on_\1 = "preserve"/' \
         -e 's/^extra = .*/extra = "console=hvc0 earlyprintk=xen loglevel=8"/' /etc/xen/pvh1.cfg
     t 30 xl dmesg -c >/dev/null 2>&1
     if ! t 120 xl create /etc/xen/pvh1.cfg >"$LOGS/pvh1.create.log" 2>&1; then
@@ -967,7 +968,9 @@ pvh_linux() {
     if [ -n "$why" ] && [ -n "$domid" ]; then
         t 30 xen-hvmctx "$domid" 2>&1 | grep -iE ' rip|rsp|cr[0234]|rflags|efer' | head -n 12 |
             sed 's/^/XEN-RIG-LOG xen-hvmctx: /'
+        t 30 xenctx -k 0 "$domid" 2>&1 | head -n 20 | sed 's/^/XEN-RIG-LOG xenctx: /'
     fi
+    show_log "$LOGS/pvh1.create.log"
     show_console pvh1
     t 60 xl destroy pvh1 >/dev/null 2>&1
 }
