@@ -870,8 +870,13 @@ stub_postmortem() {
         sleep 1
     done
     grep -i xenbus /proc/interrupts | tr -s ' ' | sed 's/^/XEN-RIG-LOG dom0 interrupts: /'
-    for i in $(pgrep -x xenbus) $(pgrep -x xenwatch); do
-        sed "s/^/XEN-RIG-LOG dom0 $(cat /proc/$i/comm) stack: /" "/proc/$i/stack" 2>/dev/null
+    # (busybox here has no pgrep: the kernel threads are found by name in /proc.)
+    for i in /proc/[0-9]*; do
+        case "$(cat "$i/comm" 2>/dev/null)" in
+        xenbus | xenwatch)
+            sed "s/^/XEN-RIG-LOG dom0 $(cat "$i/comm") stack: /" "$i/stack" 2>/dev/null
+            ;;
+        esac
     done
 }
 
