@@ -20,7 +20,6 @@ mod reference;
 mod strategies;
 
 use proptest::prelude::*;
-use proptest::test_runner::Config;
 use xs_core::Perm;
 
 use harness::{Cfg, Op};
@@ -185,22 +184,8 @@ fn cfg() -> impl Strategy<Value = Cfg> {
         )
 }
 
-fn config() -> Config {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(512);
-    Config {
-        cases,
-        // Keep the source tree clean: no regression files.
-        failure_persistence: None,
-        max_shrink_iters: 20_000,
-        ..Config::default()
-    }
-}
-
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(strategies::config(512))]
 
     #[test]
     fn engine_matches_model(cfg in cfg(), ops in proptest::collection::vec(op(), 1..60)) {

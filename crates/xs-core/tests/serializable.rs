@@ -23,7 +23,7 @@ mod strategies;
 
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
-use proptest::test_runner::{Config, TestRunner};
+use proptest::test_runner::TestRunner;
 use xs_core::store::{Introduction, split_names};
 use xs_core::{ConnId, DomId, Perm, Store, StoreConfig, XsError};
 
@@ -359,21 +359,8 @@ fn run(setup: &[NodeOp], steps: &[Step]) -> Result<Stats, String> {
     Ok(r.stats)
 }
 
-fn config() -> Config {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1024);
-    Config {
-        cases,
-        failure_persistence: None,
-        max_shrink_iters: 20_000,
-        ..Config::default()
-    }
-}
-
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(strategies::config(1024))]
 
     #[test]
     fn committed_transactions_are_serializable((setup, steps) in case()) {

@@ -128,12 +128,7 @@ impl Store {
         };
         let conn_id = watch.conn;
         let reported = self.watches.reported_path(w, watch, path);
-        let dedup = watch::deduplicated(&reported);
-        let key = if dedup {
-            self.watches.event_key(watch, &reported, path, path_hash)
-        } else {
-            0
-        };
+        let key = self.watches.event_key(watch, &reported, path, path_hash);
         let charge = watch::charge_event_of(reported.len(), watch.token.len());
         let queue_len = self.config.event_queue_len;
         let Some(conn) = self.conns.get_id(conn_id) else {
@@ -141,7 +136,7 @@ impl Store {
         };
         // Checked before the bound: a dropped duplicate is not a missed event (the pending
         // one reports it), so it owes no catch-up event.
-        if dedup && conn.events.contains(key, &reported, &watch.token) {
+        if key.is_some_and(|k| conn.events.contains(k, &reported, &watch.token)) {
             return;
         }
         let watcher = conn.caller;
@@ -220,15 +215,10 @@ impl Store {
                 continue;
             };
             let own = self.watches.own_event_path(w);
-            let dedup = watch::deduplicated(&own);
-            let key = if dedup {
-                self.watches.event_key(watch, &own, &own, None)
-            } else {
-                0
-            };
+            let key = self.watches.event_key(watch, &own, &own, None);
             // An identical event still queued already says what the catch-up event would:
             // the watch is owed nothing more (C xenstored's rule would drop it too).
-            let owed = !(dedup && c.events.contains(key, &own, &watch.token));
+            let owed = !key.is_some_and(|k| c.events.contains(k, &own, &watch.token));
             if owed {
                 let charge = watch::charge_event_of(own.len(), watch.token.len());
                 if !self.try_charge(&watcher, charge, into_empty) {

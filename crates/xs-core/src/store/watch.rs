@@ -277,18 +277,19 @@ pub(crate) fn event_key(path_hash: u64, token_hash: u64) -> u64 {
     path_hash ^ token_hash.rotate_left(32)
 }
 
-/// A queued event and its key.
+/// A queued event and its key, if the rule covers it.
 #[derive(Debug)]
 struct Queued {
     event: WatchEvent,
-    key: u64,
+    key: Option<u64>,
 }
 
 /// A connection's queued events, in order, with an index that finds a queued event identical
 /// to a new one in constant time: a scan would make every event of a write storm cost the
 /// queue's length, for every watcher.
 ///
-/// The index maps the key of each queued event the rule covers ([`deduplicated`]) to the
+/// The index maps the key of each queued event the rule covers (the events queued with a
+/// key: [`WatchTable::event_key`] gives none to those [`deduplicated`] exempts) to the
 /// event's sequence number, which locates it in the queue (the front's number is kept);
 /// a key found is confirmed by comparing path and token, so the rule is exact. Its memory
 /// follows the queue's (one entry per queued event, charged with it) and is bounded with it.
@@ -330,10 +331,11 @@ impl EventQueue {
                 .is_some()
     }
 
-    /// Appends the event `path`/`token` with key `key`, written in place in the queue's
+    /// Appends the event `path`/`token` with its key, if the rule covers it (indexed then),
+    /// written in place in the queue's
     /// slot: an event built on the stack and then moved in was copied with variable-length
     /// stores and reloaded in fixed pieces, a store-forwarding stall per event.
-    pub(crate) fn push(&mut self, path: &[u8], token: &Token, key: u64) {
+    pub(crate) fn push(&mut self, path: &[u8], token: &Token, key: Option<u64>) {
         let seq = self.front.wrapping_add(self.events.len() as u64);
         self.events.push_back(Queued {
             event: WatchEvent {
@@ -346,7 +348,7 @@ impl EventQueue {
             q.event.path.0.set(path);
             q.event.token.0.copy_from(&token.0);
         }
-        if deduplicated(path) {
+        if let Some(key) = key {
             self.index.insert_unique(key, (key, seq), |&(k, _)| k);
         }
     }
@@ -356,13 +358,12 @@ impl EventQueue {
         let Queued { event, key } = self.events.pop_front()?;
         let seq = self.front;
         self.front = self.front.wrapping_add(1);
-        if !deduplicated(&event.path) {
-            return Some((event, None));
-        }
-        if let Ok(entry) = self.index.find_entry(key, |&(_, s)| s == seq) {
+        if let Some(key) = key
+            && let Ok(entry) = self.index.find_entry(key, |&(_, s)| s == seq)
+        {
             entry.remove();
         }
-        Some((event, Some(key)))
+        Some((event, key))
     }
 
     /// The queued events, front first.
@@ -370,19 +371,18 @@ impl EventQueue {
         self.events.iter().map(|q| &q.event)
     }
 
-    /// Whether the index lists exactly the queued events the rule covers, each under its
-    /// key (for [`crate::store::Store::check`]).
+    /// Whether exactly the queued events the rule covers have a key, and the index lists
+    /// each of them under it (for [`crate::store::Store::check`]).
     pub(crate) fn is_consistent(&self) -> bool {
-        let covered = self
-            .events
+        let keyed = self.events.iter().filter(|q| q.key.is_some()).count();
+        self.events
             .iter()
-            .filter(|q| deduplicated(&q.event.path))
-            .count();
-        covered == self.index.len()
+            .all(|q| q.key.is_some() == deduplicated(&q.event.path))
+            && keyed == self.index.len()
             && self.index.iter().all(|&(key, seq)| {
                 let i = usize::try_from(seq.wrapping_sub(self.front)).ok();
                 i.and_then(|i| self.events.get(i))
-                    .is_some_and(|q| q.key == key && deduplicated(&q.event.path))
+                    .is_some_and(|q| q.key == Some(key))
             })
     }
 }
@@ -642,21 +642,26 @@ impl WatchTable {
         self.hasher.hash(path)
     }
 
-    /// The key of an event of `watch` that reports `reported`. `path_hash`, if given, is the
-    /// hash of `path`, the changed path, hashed once for all its watchers: it is used when
-    /// the watch reports `path` itself (absolute, and fitting one message), the common case.
+    /// The key of an event of `watch` that reports `reported`, or `None` if the rule
+    /// against identical events does not cover it ([`deduplicated`]). `path_hash`, if given,
+    /// is the hash of `path`, the changed path, hashed once for all its watchers: it is used
+    /// when the watch reports `path` itself (absolute, and fitting one message), the common
+    /// case.
     pub(crate) fn event_key(
         &self,
         watch: &Watch,
         reported: &[u8],
         path: &[u8],
         path_hash: Option<u64>,
-    ) -> u64 {
+    ) -> Option<u64> {
+        if !deduplicated(reported) {
+            return None;
+        }
         let path_hash = match path_hash {
             Some(h) if core::ptr::eq(reported, path) => h,
             _ => self.hasher.hash(reported),
         };
-        event_key(path_hash, watch.token_hash)
+        Some(event_key(path_hash, watch.token_hash))
     }
 
     /// The event path of watch `index` at its own path (a catch-up event), copied.
@@ -876,8 +881,8 @@ mod tests {
         assert_eq!(reused, Small::new(b"/a"));
         let mut queue = EventQueue::default();
         let long_token = Token::new(&[b't'; 40]);
-        queue.push(b"/p", &Token::new(b"tok"), 1);
-        queue.push(b"/q", &long_token, 2);
+        queue.push(b"/p", &Token::new(b"tok"), Some(1));
+        queue.push(b"/q", &long_token, Some(2));
         let got: Vec<(&[u8], &[u8])> = queue.iter().map(|e| (&*e.path, &*e.token)).collect();
         assert_eq!(got, [(&b"/p"[..], &b"tok"[..]), (b"/q", &[b't'; 40])]);
     }
@@ -890,11 +895,11 @@ mod tests {
         let mut q = EventQueue::default();
         let (t, u) = (Token::new(b"t"), Token::new(b"u"));
         assert!(!q.contains(1, b"/a", b"t"));
-        q.push(b"/a", &t, 1);
+        q.push(b"/a", &t, Some(1));
         // Same key, other bytes: a collision.
-        q.push(b"/b", &t, 1);
-        q.push(b"@releaseDomain", &t, 3);
-        q.push(b"/a", &u, 4);
+        q.push(b"/b", &t, Some(1));
+        q.push(b"@releaseDomain", &t, None);
+        q.push(b"/a", &u, Some(4));
         assert!(q.is_consistent());
         assert!(q.contains(1, b"/a", b"t"));
         assert!(q.contains(1, b"/b", b"t"));
@@ -917,8 +922,8 @@ mod tests {
         q.pop();
         assert!(q.is_empty());
         for round in 0..3u64 {
-            q.push(b"/a", &t, 1);
-            q.push(b"/b", &t, 7);
+            q.push(b"/a", &t, Some(1));
+            q.push(b"/b", &t, Some(7));
             assert!(
                 q.contains(1, b"/a", b"t") && q.contains(7, b"/b", b"t"),
                 "{round}"

@@ -1,6 +1,8 @@
-//! Generators shared by the property tests (`model.rs`, `serializable.rs`).
+//! Generators and the runner configuration shared by the property tests (`model.rs`,
+//! `serializable.rs`).
 
 use proptest::prelude::*;
+use proptest::test_runner::Config;
 use xs_core::{Access, DomId, Perm};
 
 /// Any of the four access rights a permission entry can carry.
@@ -28,4 +30,19 @@ pub(crate) fn perms(
         v.extend(rest);
         v
     })
+}
+
+/// The runner's configuration: `PROPTEST_CASES` cases, else `default_cases`; no regression
+/// files (the source tree stays clean).
+pub(crate) fn config(default_cases: u32) -> Config {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default_cases);
+    Config {
+        cases,
+        failure_persistence: None,
+        max_shrink_iters: 20_000,
+        ..Config::default()
+    }
 }
