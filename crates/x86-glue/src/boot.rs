@@ -39,6 +39,7 @@ use xs_serve::{BootPort, BootRing, Bootstrap, Dispatcher, ServeConfig, Services}
 
 use crate::console::XenConsole;
 use crate::cpuid::{Vendor, XenInfo};
+use crate::domctl::StateQuery;
 use crate::error::Error;
 use crate::evtchn::{self, Scanner, VIRQ_DOM_EXC};
 use crate::grant::{MapArea, PAGE_SIZE};
@@ -47,7 +48,7 @@ use crate::hypercall::{self, Hypercalls, Transfer, XenHypercalls};
 use crate::memory;
 use crate::rng::Rng;
 use crate::sched::{self, POLL_MAX_PORTS, ShutdownReason};
-use crate::services::{StateQueries, XenServices};
+use crate::services::XenServices;
 use crate::shared_info::SharedInfo;
 use crate::version;
 
@@ -122,11 +123,11 @@ pub unsafe fn start<'s, H: Hypercalls>(
         log,
         "xs: VIRQ_DOM_EXC on port {virq}; domain states through {}; entropy {}",
         match states {
-            StateQueries::Supported | StateQueries::Unknown => Cow::from("get_domain_state"),
-            StateQueries::DomainInfo(v) => {
+            StateQuery::Supported => Cow::from("get_domain_state"),
+            StateQuery::DomainInfo(v) => {
                 Cow::from(alloc::format!("getdomaininfo (domctl interface {v:#x})"))
             }
-            StateQueries::Unsupported => {
+            StateQuery::Unsupported => {
                 Cow::from("nothing: no domctl answers (dying domains end only by RELEASE)")
             }
         },

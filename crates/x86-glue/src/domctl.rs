@@ -172,6 +172,47 @@ pub fn find_interface_version(hc: &mut impl Hypercalls, domid: u16) -> Option<u3
         .find(|&v| getdomaininfo(hc, domid, v).is_ok())
 }
 
+impl GetDomainState {
+    /// The domain's state as these flags say it.
+    pub fn domain_state(&self) -> DomainState {
+        if self.state & STATE_EXIST == 0 || self.state & (STATE_DYING | STATE_DEAD) != 0 {
+            DomainState::Dying
+        } else if self.state & STATE_SHUTDOWN != 0 {
+            DomainState::Shutdown
+        } else {
+            DomainState::Running
+        }
+    }
+}
+
+/// How domain states can be asked of this Xen ([`probe_state_query`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum StateQuery {
+    /// `XEN_DOMCTL_get_domain_state` works (Xen 4.21+, permitted): an error for a domain
+    /// means it does not exist.
+    Supported,
+    /// `XEN_DOMCTL_getdomaininfo` under this interface version: what C xenstored asks before
+    /// 4.21 (through libxenctrl), and what Xen's dummy XSM lets the XenStore domain ask
+    /// (`XSM_XS_PRIV`). No domain-id reuse detection: it has no unique id.
+    DomainInfo(u32),
+    /// Neither works: every domain is reported running (domains end by RELEASE alone).
+    Unsupported,
+}
+
+/// Asks Xen for the state of `domid` (a domain that exists: the privileged one) to learn how
+/// domain states can be asked here: `XEN_DOMCTL_get_domain_state`, else
+/// `XEN_DOMCTL_getdomaininfo` under the interface version this Xen accepts, else not at all
+/// (dying domains are then noticed only when the toolstack releases them).
+pub fn probe_state_query(hc: &mut impl Hypercalls, domid: u16) -> StateQuery {
+    if get_domain_state(hc, domid).is_ok() {
+        StateQuery::Supported
+    } else if let Some(v) = find_interface_version(hc, domid) {
+        StateQuery::DomainInfo(v)
+    } else {
+        StateQuery::Unsupported
+    }
+}
+
 /// `domid`'s state from `XEN_DOMCTL_getdomaininfo`'s answer, as C xenstored reads
 /// `xc_domain_getinfo`'s: before Xen 4.18 the answer may be about the next domain, which
 /// means this one is gone.

@@ -114,8 +114,9 @@ mod xenfake;
 
 pub use boot::run_stub_domain;
 pub use cpuid::XenInfo;
+pub use domctl::StateQuery;
 pub use error::Error;
 pub use host::{HeapUse, StubHost};
 pub use hypercall::{Errno, Hypercalls, XenHypercalls};
 pub use options::BootArgs;
-pub use services::{StateQueries, XenRing, XenServices};
+pub use services::{XenRing, XenServices};

@@ -15,7 +15,7 @@ use xs_core::DomId;
 use xs_ring::RawPage;
 use xs_serve::{BoundedLines, DomainState, Services};
 
-use crate::domctl;
+use crate::domctl::{self, StateQuery};
 use crate::error::Error;
 use crate::evtchn;
 use crate::grant::{self, GNTTAB_RESERVED_XENSTORE, MapArea, Mapping};
@@ -40,24 +40,6 @@ impl Deref for XenRing {
     }
 }
 
-/// How a domain's state is asked here.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum StateQueries {
-    /// Not probed yet: `XEN_DOMCTL_get_domain_state`'s answers are trusted, but errors do not
-    /// mean "gone".
-    Unknown,
-    /// `XEN_DOMCTL_get_domain_state` works (Xen 4.21+, permitted): an error for a domain
-    /// means it does not exist.
-    Supported,
-    /// `XEN_DOMCTL_getdomaininfo` under this interface version: what C xenstored's stub
-    /// domain asks before 4.21 (through libxenctrl), and what Xen's dummy XSM lets the
-    /// XenStore domain ask (`XSM_XS_PRIV`). No domain-id reuse detection: it has no
-    /// unique id.
-    DomainInfo(u32),
-    /// Neither works: every domain is reported running (domains end by RELEASE alone).
-    Unsupported,
-}
-
 /// Most error lines kept for the program to print.
 const ERRORS_KEPT: usize = 32;
 
@@ -73,7 +55,9 @@ pub struct XenServices<'s, H: Hypercalls> {
     tsc: fn() -> u64,
     /// `unique_id` of each mapped domain when its ring was mapped.
     incarnation: BTreeMap<DomId, u64>,
-    queries: StateQueries,
+    /// How domain states are asked; `None` until probed, when `XEN_DOMCTL_get_domain_state`'s
+    /// answers are trusted but its errors do not mean "gone".
+    queries: Option<StateQuery>,
     errors: BoundedLines<ERRORS_KEPT>,
 }
 
@@ -106,7 +90,7 @@ impl<'s, H: Hypercalls> XenServices<'s, H> {
             rng,
             tsc,
             incarnation: BTreeMap::new(),
-            queries: StateQueries::Unknown,
+            queries: None,
             errors: BoundedLines::default(),
         }
     }
@@ -131,19 +115,12 @@ impl<'s, H: Hypercalls> XenServices<'s, H> {
         self.area.available()
     }
 
-    /// Asks Xen for the state of `domid` (a domain that exists: the privileged one) to learn
-    /// how domain states can be asked here: `XEN_DOMCTL_get_domain_state`, else
-    /// `XEN_DOMCTL_getdomaininfo` under the interface version this Xen accepts, else not at
-    /// all (dying domains are then noticed only when the toolstack releases them).
-    pub fn probe_domain_state(&mut self, domid: DomId) -> StateQueries {
-        self.queries = if domctl::get_domain_state(&mut self.hc, domid.0).is_ok() {
-            StateQueries::Supported
-        } else if let Some(v) = domctl::find_interface_version(&mut self.hc, domid.0) {
-            StateQueries::DomainInfo(v)
-        } else {
-            StateQueries::Unsupported
-        };
-        self.queries
+    /// Learns how domain states can be asked here, from `domid` (a domain that exists: the
+    /// privileged one): [`domctl::probe_state_query`].
+    pub fn probe_domain_state(&mut self, domid: DomId) -> StateQuery {
+        let queries = domctl::probe_state_query(&mut self.hc, domid.0);
+        self.queries = Some(queries);
+        queries
     }
 
     /// Errors met in operations that cannot return them (unmap, unbind, notify), oldest
@@ -155,7 +132,7 @@ impl<'s, H: Hypercalls> XenServices<'s, H> {
     fn unique_id(&mut self, domid: DomId) -> Option<u64> {
         if matches!(
             self.queries,
-            StateQueries::Unsupported | StateQueries::DomainInfo(_)
+            Some(StateQuery::Unsupported | StateQuery::DomainInfo(_))
         ) {
             return None;
         }
@@ -248,8 +225,8 @@ impl<H: Hypercalls> Services for XenServices<'_, H> {
 
     fn domain_state(&mut self, domid: DomId) -> DomainState {
         match self.queries {
-            StateQueries::Unsupported => return DomainState::Running,
-            StateQueries::DomainInfo(v) => {
+            Some(StateQuery::Unsupported) => return DomainState::Running,
+            Some(StateQuery::DomainInfo(v)) => {
                 let answer = domctl::getdomaininfo(&mut self.hc, domid.0, v);
                 let (state, unknown) = domctl::state_from_domain_info(domid, answer);
                 if let Some(e) = unknown {
@@ -258,7 +235,7 @@ impl<H: Hypercalls> Services for XenServices<'_, H> {
                 }
                 return state;
             }
-            StateQueries::Unknown | StateQueries::Supported => {}
+            None | Some(StateQuery::Supported) => {}
         }
         match domctl::get_domain_state(&mut self.hc, domid.0) {
             Ok(s) => {
@@ -266,20 +243,15 @@ impl<H: Hypercalls> Services for XenServices<'_, H> {
                     .incarnation
                     .get(&domid)
                     .is_some_and(|&id| id != s.unique_id);
-                if replaced
-                    || s.state & domctl::STATE_EXIST == 0
-                    || s.state & (domctl::STATE_DYING | domctl::STATE_DEAD) != 0
-                {
+                if replaced {
                     DomainState::Dying
-                } else if s.state & domctl::STATE_SHUTDOWN != 0 {
-                    DomainState::Shutdown
                 } else {
-                    DomainState::Running
+                    s.domain_state()
                 }
             }
             // No such domain: `EPERM` for a caller that is not the control domain, `ESRCH`
             // for one that is (`do_domctl`). Trusted only once the query is known to work.
-            Err(Errno::EPERM | Errno::ESRCH) if self.queries == StateQueries::Supported => {
+            Err(Errno::EPERM | Errno::ESRCH) if self.queries == Some(StateQuery::Supported) => {
                 DomainState::Dying
             }
             Err(e) => {
@@ -330,7 +302,7 @@ mod tests {
         xen.add_domain(2);
         xen.add_domain(3);
         let mut s = services(xen, &si, &mut area);
-        assert_eq!(s.probe_domain_state(DomId(1)), StateQueries::Supported);
+        assert_eq!(s.probe_domain_state(DomId(1)), StateQuery::Supported);
         let r1 = s.map_ring(DomId(1), 0).unwrap();
         let r2 = s.map_ring(DomId(2), 0).unwrap();
         assert_eq!(s.map_ring(DomId(3), 0).unwrap_err(), Error::MapAreaFull);
@@ -386,7 +358,7 @@ mod tests {
         xen.add_domain(0);
         xen.add_domain(5);
         let mut s = services(xen, &si, &mut area);
-        assert_eq!(s.probe_domain_state(DomId(0)), StateQueries::Supported);
+        assert_eq!(s.probe_domain_state(DomId(0)), StateQuery::Supported);
         let ring = s.map_ring(DomId(5), 0).unwrap();
         assert_eq!(s.domain_state(DomId(5)), DomainState::Running);
         s.hypercalls()
@@ -418,7 +390,7 @@ mod tests {
         let mut s = services(xen, &si, &mut area);
         assert!(matches!(
             s.probe_domain_state(DomId(0)),
-            StateQueries::DomainInfo(_)
+            StateQuery::DomainInfo(_)
         ));
         assert_eq!(s.domain_state(DomId(5)), DomainState::Running);
         s.hypercalls()
@@ -437,7 +409,7 @@ mod tests {
         xen.add_domain(0);
         xen.refuse_domctl(Errno::EACCES);
         let mut s = services(xen, &si, &mut area);
-        assert_eq!(s.probe_domain_state(DomId(0)), StateQueries::Unsupported);
+        assert_eq!(s.probe_domain_state(DomId(0)), StateQuery::Unsupported);
         assert_eq!(s.domain_state(DomId(7)), DomainState::Running);
         assert_ne!(s.entropy(), s.entropy());
     }

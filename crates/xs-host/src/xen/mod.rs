@@ -40,7 +40,7 @@ use std::ptr::NonNull;
 use rustix::fs::{Mode, OFlags};
 use rustix::mm::{MapFlags, ProtFlags, mmap};
 use x86_glue::Errno;
-use x86_glue::domctl;
+use x86_glue::domctl::{self, StateQuery};
 use xs_core::DomId;
 use xs_ring::RawPage;
 use xs_serve::{DomainState, Services};
@@ -55,12 +55,7 @@ fn from_domain_state(
     answer: Result<domctl::GetDomainState, Errno>,
 ) -> (DomainState, Option<Errno>) {
     match answer {
-        Ok(s) if s.state & domctl::STATE_EXIST == 0 => (DomainState::Dying, None),
-        Ok(s) if s.state & (domctl::STATE_DYING | domctl::STATE_DEAD) != 0 => {
-            (DomainState::Dying, None)
-        }
-        Ok(s) if s.state & domctl::STATE_SHUTDOWN != 0 => (DomainState::Shutdown, None),
-        Ok(_) => (DomainState::Running, None),
+        Ok(s) => (s.domain_state(), None),
         // No such domain: `EPERM` for a caller that is not the control domain, `ESRCH` for
         // one that is (`do_domctl`).
         Err(Errno::ESRCH | Errno::EPERM) => (DomainState::Dying, None),
@@ -85,17 +80,6 @@ fn open_device(path: &str) -> io::Result<File> {
 /// Whether this is a Xen control domain with the Xen filesystem mounted.
 pub(crate) fn is_dom0() -> bool {
     fs::read_to_string("/proc/xen/capabilities").is_ok_and(|c| c.contains("control_d"))
-}
-
-/// How a domain's state is asked.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum StateQuery {
-    /// `XEN_DOMCTL_get_domain_state` (Xen 4.21+).
-    Stable,
-    /// `XEN_DOMCTL_getdomaininfo` under this interface version.
-    DomainInfo(u32),
-    /// Neither works: domains end only by `RELEASE`.
-    Unavailable,
 }
 
 /// The Xen devices.
@@ -173,20 +157,13 @@ impl HostServices {
         let gntdev = GrantDevice::open()?;
         let mut privcmd = Privcmd::open()?;
         let virq = evtchn.bind_virq(VIRQ_DOM_EXC)?;
-        let state = if domctl::get_domain_state(&mut privcmd, master.0).is_ok() {
-            StateQuery::Stable
-        } else {
-            match domctl::find_interface_version(&mut privcmd, master.0) {
-                Some(v) => StateQuery::DomainInfo(v),
-                None => StateQuery::Unavailable,
-            }
-        };
+        let state = domctl::probe_state_query(&mut privcmd, master.0);
         match state {
-            StateQuery::Stable => log::info!("domain states: XEN_DOMCTL_get_domain_state"),
+            StateQuery::Supported => log::info!("domain states: XEN_DOMCTL_get_domain_state"),
             StateQuery::DomainInfo(v) => {
                 log::info!("domain states: XEN_DOMCTL_getdomaininfo, interface version {v:#x}")
             }
-            StateQuery::Unavailable => log::warn!(
+            StateQuery::Unsupported => log::warn!(
                 "domain states unavailable (no domctl this Xen accepts): dead domains are \
                  noticed only when the toolstack releases them"
             ),
@@ -339,14 +316,14 @@ impl Services for HostServices {
             return DomainState::Running;
         };
         let (state, unknown) = match x.state {
-            StateQuery::Stable => {
+            StateQuery::Supported => {
                 from_domain_state(domctl::get_domain_state(&mut x.privcmd, domid.0))
             }
             StateQuery::DomainInfo(v) => domctl::state_from_domain_info(
                 domid,
                 domctl::getdomaininfo(&mut x.privcmd, domid.0, v),
             ),
-            StateQuery::Unavailable => (DomainState::Running, None),
+            StateQuery::Unsupported => (DomainState::Running, None),
         };
         if let Some(e) = unknown {
             log::warn!("dom{domid}: domain state unknown: {e}");
