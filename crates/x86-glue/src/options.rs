@@ -226,15 +226,6 @@ const OPTIONS: &[Opt] = &[
     ),
 ];
 
-/// The quota a `-Q NAME=N` names: the protocol's names, plus `path-length`, which C
-/// xenstored's usage uses for `path-max`.
-pub fn quota_by_name(name: &[u8]) -> Option<QuotaKind> {
-    match name {
-        b"path-length" => Some(QuotaKind::PathMax),
-        _ => QuotaKind::from_name(name),
-    }
-}
-
 /// `text` for a message: printable ASCII (other bytes escaped, `\xNN`), cut short, so a
 /// note is at most a few hundred bytes whatever the command line holds.
 fn shown(text: &[u8]) -> String {
@@ -394,7 +385,7 @@ impl BootArgs {
             Action::NamedQuota => {
                 let setting = value.and_then(|v| {
                     let eq = v.iter().position(|&b| b == b'=')?;
-                    let kind = quota_by_name(v.get(..eq)?)?;
+                    let kind = QuotaKind::from_name(v.get(..eq)?)?;
                     let n = xs_core::domid::parse_decimal(v.get(eq + 1..)?)?;
                     Some((kind, u32::try_from(n).ok()?))
                 });

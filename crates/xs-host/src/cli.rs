@@ -296,7 +296,7 @@ fn resolve_long(name: &str) -> Result<&'static str, UsageError> {
 /// The quota named `name` on the command line (`-Q NAME=N`): the protocol's names, plus
 /// `path-length`, which C xenstored's usage uses for `path-max`.
 pub(crate) fn quota_by_name(name: &str) -> Option<QuotaKind> {
-    x86_glue::options::quota_by_name(name.as_bytes())
+    QuotaKind::from_name(name.as_bytes())
 }
 
 fn number(option: &str, value: &OsStr) -> Result<u32, UsageError> {
