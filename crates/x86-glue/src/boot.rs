@@ -163,13 +163,10 @@ pub unsafe fn start<'s, H: Hypercalls>(
 
 /// Writes the store's and the services' log lines.
 pub fn flush_log<H: Hypercalls>(stub: &mut XenStub<'_, H>, log: &mut dyn Write) {
-    for line in stub.take_log() {
-        let _ = writeln!(log, "xs: {line}");
-    }
-    for line in stub.services_mut().take_errors() {
-        let _ = writeln!(log, "xs: {line}");
-    }
-    for line in stub.host_mut().take_lines() {
+    let lines = stub.take_log();
+    let errors = stub.services_mut().take_errors();
+    let reports = stub.host_mut().take_lines();
+    for line in lines.into_iter().chain(errors).chain(reports) {
         let _ = writeln!(log, "xs: {line}");
     }
 }

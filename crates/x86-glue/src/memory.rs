@@ -96,6 +96,12 @@ pub fn current_reservation(hc: &mut impl Hypercalls) -> Result<u64, Errno> {
     Errno::check(hc.call2(nr::MEMORY_OP, XENMEM_CURRENT_RESERVATION, arg(&mut domid)))
 }
 
+/// The bytes of RAM a domain with `pages` ([`current_reservation`]) has populated: all its
+/// pages but the [`SPECIAL_PAGES`].
+pub fn populated_ram_bytes(pages: u64) -> u64 {
+    pages.saturating_sub(SPECIAL_PAGES).saturating_mul(4096)
+}
+
 /// Where the populated RAM that holds `addr` ends, given the memory map's RAM ranges
 /// `(addr, size)` (in any order) and the domain's `pages` ([`current_reservation`]); `None`
 /// if `addr` is not in populated RAM.
@@ -106,7 +112,7 @@ pub fn current_reservation(hc: &mut impl Hypercalls) -> Result<u64, Errno> {
 /// (`meminit_hvm`), so the populated part is the first `pages - SPECIAL_PAGES` pages of RAM in
 /// address order; a page past it is not there, and touching it faults.
 pub fn populated_ram_end(ram: &[(u64, u64)], pages: u64, addr: u64) -> Option<u64> {
-    let budget = pages.saturating_sub(SPECIAL_PAGES).saturating_mul(4096);
+    let budget = populated_ram_bytes(pages);
     ram.iter().find_map(|&(start, size)| {
         // The populated bytes below this range: the RAM of every range under it.
         let below: u64 = ram

@@ -141,7 +141,7 @@ impl StartInfo {
 
     /// The end of the RAM that holds `addr`, if RAM does: the end of its region of the memory
     /// map, or on Xen the end of the populated part of it
-    /// ([`x86_glue::memory::populated_ram_end`]).
+    /// ([`x86_glue::memory::populated_ram_end`]; without a page count, all of it).
     pub(crate) fn ram_end(&self, addr: u64) -> Option<u64> {
         let mut ram = [(0, 0); 32];
         let mut n = 0;
@@ -152,14 +152,7 @@ impl StartInfo {
             *slot = (r.addr, r.size);
             n += 1;
         }
-        let ram = &ram[..n];
-        match self.populated {
-            Some(pages) => x86_glue::memory::populated_ram_end(ram, pages, addr),
-            None => ram
-                .iter()
-                .filter(|&&(start, _)| start <= addr)
-                .map(|&(start, size)| start.saturating_add(size))
-                .find(|&end| addr < end),
-        }
+        let pages = self.populated.unwrap_or(u64::MAX);
+        x86_glue::memory::populated_ram_end(&ram[..n], pages, addr)
     }
 }

@@ -140,17 +140,10 @@ pub(crate) fn read_memory(xen: &XenInfo, info: &mut StartInfo) {
             return;
         }
     };
-    let ram = pages
-        .saturating_sub(memory::SPECIAL_PAGES)
-        .saturating_mul(4096);
+    let ram = memory::populated_ram_bytes(pages);
     println!("xen: {pages} pages populated: {} KiB of RAM", ram / 1024);
     let (image_start, _) = heap::image();
-    let holds_image = info.regions().iter().any(|r| {
-        r.kind == RAM
-            && r.addr <= image_start as u64
-            && (image_start as u64) < r.addr.saturating_add(r.size)
-    });
-    if !holds_image && !info.regions().is_empty() {
+    if info.ram_end(image_start as u64).is_none() && !info.regions().is_empty() {
         println!(
             "xen: the memory map's RAM does not hold this image ({image_start:#x}): taken as \
              0..{ram:#x}, what was populated (Xen 4.17's init-xenstore-domain with --maxmem)"
