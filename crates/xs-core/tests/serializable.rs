@@ -181,9 +181,10 @@ fn model_op(model: &mut Tree, c: usize, path: &str, op: &NodeOp) -> (Result<Repl
 }
 
 impl Run {
-    fn new(conns: usize) -> Result<Run, String> {
+    fn new(conns: usize, history_limit: usize) -> Result<Run, String> {
         let config = StoreConfig {
             domain_nodes: false,
+            history_limit,
             ..StoreConfig::new([1, 2])
         };
         let mut store = Store::new(config).map_err(|e| format!("Store::new: {e:?}"))?;
@@ -335,8 +336,10 @@ impl Run {
 }
 
 /// Runs a case: the setup of `/a`, the steps, then the commit of every transaction still
-/// open.
-fn run(setup: &[NodeOp], steps: &[Step]) -> Result<Stats, String> {
+/// open. Past `history_limit` bytes of old versions the store rebases the open
+/// transactions (a limit of 0 does so before every change that follows one it kept a
+/// version for): that must keep them serializable too.
+fn run(setup: &[NodeOp], steps: &[Step], history_limit: usize) -> Result<Stats, String> {
     let conns = steps
         .iter()
         .map(|s| match *s {
@@ -345,7 +348,7 @@ fn run(setup: &[NodeOp], steps: &[Step]) -> Result<Stats, String> {
         .max()
         .unwrap_or(1)
         .max(2);
-    let mut r = Run::new(conns)?;
+    let mut r = Run::new(conns, history_limit)?;
     for op in setup {
         r.direct(0, "/a", op).map_err(|e| format!("setup: {e}"))?;
     }
@@ -363,8 +366,11 @@ proptest! {
     #![proptest_config(strategies::config(1024))]
 
     #[test]
-    fn committed_transactions_are_serializable((setup, steps) in case()) {
-        run(&setup, &steps).map_err(TestCaseError::fail)?;
+    fn committed_transactions_are_serializable(
+        (setup, steps) in case(),
+        history_limit in prop_oneof![Just(16 << 20), Just(0), Just(300)],
+    ) {
+        run(&setup, &steps, history_limit).map_err(TestCaseError::fail)?;
     }
 }
 
@@ -373,20 +379,24 @@ proptest! {
 /// changed), and some must conflict.
 #[test]
 fn overlapping_transactions_do_commit() {
-    let mut runner = TestRunner::deterministic();
-    let strategy = case();
-    let mut total = Stats::default();
-    for _ in 0..300 {
-        let (setup, steps) = strategy.new_tree(&mut runner).unwrap().current();
-        let stats = run(&setup, &steps).unwrap();
-        total.commits += stats.commits;
-        total.concurrent_commits += stats.concurrent_commits;
-        total.conflicts += stats.conflicts;
-        total.answers_held += stats.answers_held;
+    // With the history limit at 0 every transaction open across a kept version is rebased:
+    // those that relied on nothing that changed still commit.
+    for history_limit in [16 << 20, 0] {
+        let mut runner = TestRunner::deterministic();
+        let strategy = case();
+        let mut total = Stats::default();
+        for _ in 0..300 {
+            let (setup, steps) = strategy.new_tree(&mut runner).unwrap().current();
+            let stats = run(&setup, &steps, history_limit).unwrap();
+            total.commits += stats.commits;
+            total.concurrent_commits += stats.concurrent_commits;
+            total.conflicts += stats.conflicts;
+            total.answers_held += stats.answers_held;
+        }
+        if std::env::var_os("XS_MODEL_STATS").is_some() {
+            println!("history limit {history_limit}: {total:?}");
+        }
+        assert!(total.conflicts > 0, "{total:?}");
+        assert!(total.concurrent_commits * 4 > total.conflicts, "{total:?}");
     }
-    if std::env::var_os("XS_MODEL_STATS").is_some() {
-        println!("{total:?}");
-    }
-    assert!(total.conflicts > 0, "{total:?}");
-    assert!(total.concurrent_commits * 4 > total.conflicts, "{total:?}");
 }

@@ -8,9 +8,11 @@
 //! the size of the store.
 //!
 //! Versions are appended in increasing `to` order and dropped from the front once no open
-//! transaction started before their `to`. The total size is bounded by the store's history
-//! limit: past it, the oldest transactions are doomed (their commit fails with `EAGAIN`)
-//! instead of letting a transaction held open forever pin unbounded memory.
+//! transaction's snapshot is older than their `to`. Each version is accounted to the domain
+//! whose change replaced it (its writer). Past a bound (the store's history limit, or a
+//! writer's memory quota), the store rebases the open transactions instead of keeping more
+//! (see `Store::settle_history`): a transaction held open forever cannot pin unbounded
+//! memory, and a guest churning its own nodes cannot make unrelated transactions fail.
 
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
@@ -18,6 +20,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use super::arena::Id;
+use crate::domid::DomId;
 use crate::perms::Perm;
 
 /// One old version of a node.
@@ -30,6 +33,8 @@ pub(crate) struct Version {
     pub(crate) from: u64,
     /// Generation of the change that replaced or deleted it.
     pub(crate) to: u64,
+    /// The domain that made that change, which the version is accounted to.
+    writer: DomId,
     pub(crate) value: Box<[u8]>,
     pub(crate) perms: Box<[Perm]>,
 }
@@ -59,6 +64,8 @@ pub(crate) struct History {
     /// `(to, path)` in recording order, for pruning from the oldest.
     log: VecDeque<(u64, Arc<[u8]>)>,
     bytes: usize,
+    /// Bytes by writer: at most one entry per domain with versions kept.
+    by_writer: BTreeMap<DomId, usize>,
 }
 
 impl History {
@@ -71,8 +78,14 @@ impl History {
         self.bytes
     }
 
+    /// Approximate heap bytes held for versions `writer` replaced.
+    pub(crate) fn bytes_of(&self, writer: DomId) -> usize {
+        self.by_writer.get(&writer).copied().unwrap_or(0)
+    }
+
     /// Records that `path` (node `node`) had `value`/`perms` from generation `from` until
-    /// `to`.
+    /// `to`, when `writer` changed it.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn record(
         &mut self,
         path: &[u8],
@@ -81,15 +94,20 @@ impl History {
         to: u64,
         value: &[u8],
         perms: &[Perm],
+        writer: DomId,
     ) {
         let version = Version {
             node,
             from,
             to,
+            writer,
             value: value.into(),
             perms: perms.into(),
         };
-        self.bytes = self.bytes.saturating_add(version.bytes(path.len()));
+        let size = version.bytes(path.len());
+        self.bytes = self.bytes.saturating_add(size);
+        let of_writer = self.by_writer.entry(writer).or_insert(0);
+        *of_writer = of_writer.saturating_add(size);
         let key: Arc<[u8]> = match self.by_path.get_key_value(path) {
             Some((k, _)) => Arc::clone(k),
             None => Arc::from(path),
@@ -154,6 +172,7 @@ impl History {
             self.by_path.clear();
             self.log.clear();
             self.bytes = 0;
+            self.by_writer.clear();
             return;
         };
         while let Some((to, _)) = self.log.front() {
@@ -167,7 +186,14 @@ impl History {
             if let Some(versions) = self.by_path.get_mut(&path) {
                 if !versions.is_empty() {
                     let v = versions.remove(0);
-                    self.bytes = self.bytes.saturating_sub(v.bytes(path.len()));
+                    let size = v.bytes(path.len());
+                    self.bytes = self.bytes.saturating_sub(size);
+                    if let Some(of_writer) = self.by_writer.get_mut(&v.writer) {
+                        *of_writer = of_writer.saturating_sub(size);
+                        if *of_writer == 0 {
+                            self.by_writer.remove(&v.writer);
+                        }
+                    }
                 }
                 now_empty = versions.is_empty();
             }
@@ -187,10 +213,12 @@ mod tests {
     fn versions_cover_their_range_and_prune() {
         let mut h = History::default();
         let p = [Perm::owner(DomId(0))];
-        h.record(b"/a", None, 1, 5, b"one", &p);
-        h.record(b"/a", None, 5, 9, b"two", &p);
-        h.record(b"/a/b", None, 2, 9, b"child", &p);
-        h.record(b"/a/b/c", None, 2, 9, b"grandchild", &p);
+        let (d0, d7) = (DomId(0), DomId(7));
+        h.record(b"/a", None, 1, 5, b"one", &p, d7);
+        h.record(b"/a", None, 5, 9, b"two", &p, d0);
+        h.record(b"/a/b", None, 2, 9, b"child", &p, d7);
+        h.record(b"/a/b/c", None, 2, 9, b"grandchild", &p, d7);
+        assert_eq!(h.bytes_of(d0) + h.bytes_of(d7), h.bytes());
         assert_eq!(&*h.version_at(b"/a", 4).unwrap().value, b"one");
         assert_eq!(&*h.version_at(b"/a", 5).unwrap().value, b"two");
         assert!(h.version_at(b"/a", 9).is_none());
@@ -199,11 +227,18 @@ mod tests {
         assert_eq!(kids, [&b"b"[..]]);
         let top: Vec<&[u8]> = h.children_at(b"/", 3).map(|(n, _)| n).collect();
         assert_eq!(top, [&b"a"[..]]);
+        let before = h.bytes_of(d7);
         h.prune(Some(5));
+        assert!(
+            h.bytes_of(d7) < before,
+            "the pruned version was accounted to its writer"
+        );
+        assert_eq!(h.bytes_of(d0) + h.bytes_of(d7), h.bytes());
         assert!(h.version_at(b"/a", 4).is_none());
         assert!(h.version_at(b"/a", 6).is_some());
         h.prune(None);
         assert!(h.is_empty());
         assert_eq!(h.bytes(), 0);
+        assert_eq!(h.bytes_of(d7), 0);
     }
 }

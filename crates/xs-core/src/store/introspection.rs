@@ -4,7 +4,7 @@
 use alloc::collections::BTreeMap;
 
 use super::conn::Conn;
-use super::{Store, node};
+use super::{ConnId, Store, node};
 use crate::domid::DomId;
 
 impl Store {
@@ -42,6 +42,11 @@ impl Store {
     /// Bytes of old versions currently kept for transaction snapshots.
     pub fn history_bytes(&self) -> usize {
         self.history.bytes()
+    }
+
+    /// Approximate bytes of old versions kept for the changes `writer` made.
+    pub fn history_bytes_of(&self, writer: DomId) -> usize {
+        self.history.bytes_of(writer)
     }
 
     /// Checks the store's invariants (C xenstored's `check` control command): parent links,
@@ -88,6 +93,25 @@ impl Store {
         }
         if self.conns.iter().any(|(_, c)| !c.events.is_consistent()) {
             return Err("event queue index out of step with the queue");
+        }
+        // Every open transaction not doomed is in `open_txs` under its snapshot, and only
+        // those: the history keeps what they need, and rebasing finds them.
+        let mut open = 0usize;
+        for (i, c) in self.conns.iter() {
+            let conn = self
+                .conns
+                .id_at(i)
+                .map(ConnId)
+                .ok_or("connection without id")?;
+            for (&tx, t) in c.transactions.iter().filter(|(_, t)| !t.doomed) {
+                open = open.saturating_add(1);
+                if !self.open_txs.contains(&(t.snapshot, conn, tx)) {
+                    return Err("open transaction missing from the snapshot index");
+                }
+            }
+        }
+        if open != self.open_txs.len() {
+            return Err("snapshot index names transactions that are not open");
         }
         if counted.keys().any(|d| !self.domains.contains_key(d)) {
             return Err("node owned by an unknown domain");

@@ -157,7 +157,7 @@ impl Store {
         let mut home = Store::domain_path(domid);
         let mut id = Vec::new();
         push_decimal(&mut id, u64::from(domid.0));
-        let now = self.next_gen();
+        let now = self.change_gen();
         let created = self.ensure_node(&home, b"", &toolstack, now)?;
         let mut p = home.clone();
         path::push_segment(&mut p, b"domid");
@@ -253,7 +253,7 @@ impl Store {
                 c.dead = true;
             }
         }
-        let now = self.next_gen();
+        let now = self.change_gen();
         // Remove the topmost nodes it owns, each with everything below it, as C xenstored's
         // top-down walk does (the nodes below fire only watches on exactly them).
         let owned = self
@@ -276,7 +276,7 @@ impl Store {
             if index == self.tree.root {
                 owned_root = true;
             } else if self.tree.node(index).is_some() {
-                self.delete_subtree(index, &node_path, now, true);
+                self.delete_subtree(index, &node_path, now, DomId::DOM0, true);
             }
         }
         if owned_root {
@@ -284,12 +284,12 @@ impl Store {
             // that the removals above are reported to whoever could read the root before
             // (a removed node's watchers may read it or its parent, as in C xenstored).
             let root = self.tree.root;
-            let _ = self.set_node_perms(root, b"/", &[Perm::owner(DomId::DOM0)], now);
+            let _ = self.set_node_perms(root, b"/", &[Perm::owner(DomId::DOM0)], now, DomId::DOM0);
         }
         if self.config.remove_home_on_release {
             let home = Store::domain_path(domid);
             if let Some(index) = self.tree.lookup(&home) {
-                self.delete_subtree(index, &home, now, true);
+                self.delete_subtree(index, &home, now, DomId::DOM0, true);
             }
         }
         self.domains.remove(&domid);

@@ -11,9 +11,9 @@
 //!
 //! A global counter stamps every change. Each node records the stamp of its last value or
 //! permission change (`data_gen`) and its child set the stamp of its last change. A
-//! transaction's snapshot is the counter value at its start; the stamps decide what it can see
-//! (with the version history supplying those changed since) and, at commit, whether anything it
-//! relied on changed. Domain records carry the stamp of their creation, which decides whether
+//! transaction's snapshot is the counter value at its start (or at its last rebase); the
+//! stamps decide what it can see (with the version history supplying those changed since)
+//! and, at commit, whether anything it relied on changed. Domain records carry the stamp of their creation, which decides whether
 //! a permission entry naming that domid was written for this domain or an earlier one.
 
 mod access;
@@ -36,7 +36,7 @@ mod watch;
 #[cfg(test)]
 mod tests;
 
-use alloc::collections::BTreeMap;
+use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
 use core::mem;
 
@@ -96,8 +96,9 @@ pub struct StoreConfig {
     pub remove_home_on_release: bool,
     /// Most events queued per connection (see the policy in `watch.rs`).
     pub event_queue_len: usize,
-    /// Most bytes of old versions kept for open transactions' snapshots; past it the oldest
-    /// transactions are doomed to `EAGAIN`.
+    /// Most bytes of old versions kept for open transactions' snapshots (an unprivileged
+    /// writer's versions are also bounded by its memory quota); past it the open
+    /// transactions are rebased (see the module docs of `txn`).
     pub history_limit: usize,
     /// Soft memory quota per unprivileged domain (0 = none): crossing it is reported once
     /// (see [`Store::take_warnings`]), as C xenstored logs it, without refusing anything.
@@ -202,8 +203,11 @@ pub struct Store {
     conns: Slab<Conn>,
     watches: WatchTable,
     history: History,
-    /// Open, not doomed transactions by snapshot generation (unique: each start takes one).
-    open_txs: BTreeMap<u64, (ConnId, TxId)>,
+    /// Open, not doomed transactions by snapshot generation (rebased ones share one).
+    open_txs: BTreeSet<(u64, ConnId, TxId)>,
+    /// The history went past a bound: the open transactions are rebased before the next
+    /// change (`settle_history`).
+    history_over: bool,
     specials: [SpecialNode; 2],
     notify: Vec<ConnId>,
     path_buf: path::PathBuffer,
@@ -255,7 +259,8 @@ impl Store {
             conns: Slab::default(),
             watches: WatchTable::new(config.hash_key),
             history: History::default(),
-            open_txs: BTreeMap::new(),
+            open_txs: BTreeSet::new(),
+            history_over: false,
             specials: [
                 SpecialNode {
                     name: INTRODUCE_DOMAIN,
@@ -296,6 +301,13 @@ impl Store {
     /// The configuration.
     pub fn config(&self) -> &StoreConfig {
         &self.config
+    }
+
+    /// The generation of a change of the live tree about to be made, after rebasing the
+    /// open transactions if the history went past a bound (`settle_history`).
+    fn change_gen(&mut self) -> u64 {
+        self.settle_history();
+        self.next_gen()
     }
 
     fn next_gen(&mut self) -> u64 {

@@ -9,6 +9,7 @@ use core::mem;
 use super::access::Caller;
 use super::arena::NIL;
 use super::{Match, Store, node, node_charge};
+use crate::domid::DomId;
 use crate::error::{XsError, XsResult};
 use crate::path::{self, Canonical, PathKind};
 use crate::perms::Perm;
@@ -126,13 +127,14 @@ impl Store {
     /// changed at `data_gen` (then it must be recorded before changing it).
     fn history_needed(&self, data_gen: u64) -> bool {
         self.open_txs
-            .last_key_value()
-            .is_some_and(|(snapshot, _)| *snapshot >= data_gen)
+            .last()
+            .is_some_and(|(snapshot, _, _)| *snapshot >= data_gen)
     }
 
     /// Records the current version of the node at `index` (path `path`) if an open
-    /// transaction may need it, before it is changed at generation `now`.
-    fn preserve(&mut self, index: u32, path: &[u8], now: u64) {
+    /// transaction may need it, before `writer` changes it at generation `now`. Past a bound
+    /// the open transactions are rebased before the next change (see `settle_history`).
+    fn preserve(&mut self, index: u32, path: &[u8], now: u64, writer: DomId) {
         let Some(node) = self.tree.node(index) else {
             return;
         };
@@ -142,25 +144,13 @@ impl Store {
         let perms = node.perm_vec();
         let id = self.tree.nodes.id_at(index);
         self.history
-            .record(path, id, node.data_gen, now, node.value(), &perms);
-        self.enforce_history_limit();
-    }
-
-    /// Dooms the oldest transactions while the history is over its limit.
-    fn enforce_history_limit(&mut self) {
-        while self.history.bytes() > self.config.history_limit {
-            let Some((_, (conn, tx))) = self.open_txs.pop_first() else {
-                break;
-            };
-            if let Some(t) = self
-                .conns
-                .get_id_mut(conn.0)
-                .and_then(|c| c.transactions.get_mut(&tx))
-            {
-                t.doomed = true;
-            }
-            let oldest = self.open_txs.first_key_value().map(|(s, _)| *s);
-            self.history.prune(oldest);
+            .record(path, id, node.data_gen, now, node.value(), &perms, writer);
+        if self.history.bytes() > self.config.history_limit
+            || self
+                .history_bound(writer)
+                .is_some_and(|bound| self.history.bytes_of(writer) > bound)
+        {
+            self.history_over = true;
         }
     }
 
@@ -171,8 +161,9 @@ impl Store {
         path: &[u8],
         value: &[u8],
         now: u64,
+        writer: DomId,
     ) -> XsResult<()> {
-        self.preserve(index, path, now);
+        self.preserve(index, path, now, writer);
         let node = self.tree.node(index).ok_or(XsError::Io)?;
         // Entries for domains gone since the node was last written must not come back to
         // life with the new stamp (see `entry_is_live`).
@@ -183,7 +174,7 @@ impl Store {
             .any(|p| !self.entry_is_live(p.domid, stamp));
         if stale {
             let perms = self.sanitize_perms(node.perms(), stamp);
-            self.set_node_perms(index, path, &perms, now)?;
+            self.set_node_perms(index, path, &perms, now, writer)?;
         }
         let node = self.tree.node(index).ok_or(XsError::Io)?;
         let owner = node.owner();
@@ -202,8 +193,9 @@ impl Store {
         path: &[u8],
         perms: &[Perm],
         now: u64,
+        writer: DomId,
     ) -> XsResult<()> {
-        self.preserve(index, path, now);
+        self.preserve(index, path, now, writer);
         self.unlink_owner(index);
         let result = match self.tree.node_mut(index) {
             Some(node) => {
@@ -223,7 +215,14 @@ impl Store {
     /// One depth-first walk with an explicit stack (no recursion: a guest can build deep
     /// trees) that keeps the current node's path, so each node's path costs only its name.
     /// Only the root is unlinked from its parent; the nodes below are freed with it.
-    pub(super) fn delete_subtree(&mut self, index: u32, path: &[u8], now: u64, fire_root: bool) {
+    pub(super) fn delete_subtree(
+        &mut self,
+        index: u32,
+        path: &[u8],
+        now: u64,
+        writer: DomId,
+        fire_root: bool,
+    ) {
         let watched = self.watches.any_node_watches();
         let mut node_path = path.to_vec();
         // (node, next child to visit, length of the path without the node's own name)
@@ -245,7 +244,7 @@ impl Store {
             // All children gone: the node itself.
             stack.pop();
             let is_root = node == index;
-            self.preserve(node, &node_path, now);
+            self.preserve(node, &node_path, now, writer);
             if is_root {
                 if fire_root {
                     self.fire(&node_path, Match::Subtree, Some(node), None);

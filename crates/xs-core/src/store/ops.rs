@@ -323,8 +323,8 @@ impl Store {
             if owner == caller.domid {
                 self.check_memory(caller, grows)?;
             }
-            let now = self.next_gen();
-            self.set_node_value(nearest, path, value, now)?;
+            let now = self.change_gen();
+            self.set_node_value(nearest, path, value, now, caller.domid)?;
             self.fire(path, Match::Subtree, Some(nearest), None);
             return Ok(());
         }
@@ -355,7 +355,7 @@ impl Store {
             .map(|n| node_charge(n.len(), 0, perms.len()))
             .fold(value.len() as u64, u64::saturating_add);
         self.check_memory(caller, memory)?;
-        let now = self.next_gen();
+        let now = self.change_gen();
         let mut parent = nearest;
         let last = names.len().saturating_sub(1);
         for (i, name) in names.iter().enumerate() {
@@ -373,8 +373,8 @@ impl Store {
                 if index == self.tree.root {
                     return Err(XsError::Inval);
                 }
-                let now = self.next_gen();
-                self.delete_subtree(index, path, now, true);
+                let now = self.change_gen();
+                self.delete_subtree(index, path, now, caller.domid, true);
                 Ok(())
             }
             Err(XsError::NoEnt) => {
@@ -416,9 +416,9 @@ impl Store {
         }
         let old = node.perm_vec();
         let old_stamp = node.data_gen;
-        let now = self.next_gen();
+        let now = self.change_gen();
         let perms = self.sanitize_perms(perms.iter().copied(), now);
-        self.set_node_perms(index, path, &perms, now)?;
+        self.set_node_perms(index, path, &perms, now, caller.domid)?;
         self.fire(path, Match::Subtree, Some(index), Some((&old, old_stamp)));
         Ok(())
     }

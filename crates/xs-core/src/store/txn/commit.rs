@@ -2,6 +2,7 @@
 //! new generation, firing watches then.
 
 use super::{Aspects, Origin, Transaction, TxEntry, TxNode};
+use crate::domid::DomId;
 use crate::error::{XsError, XsResult};
 use crate::path;
 use crate::quota::QuotaKind;
@@ -30,7 +31,7 @@ impl Store {
         let now = self.next_gen();
         let mut ok = true;
         for (path, entry) in &t.overlay {
-            ok &= self.apply(path, entry, now).is_ok();
+            ok &= self.apply(path, entry, now, caller.domid).is_ok();
         }
         if ok { Ok(()) } else { Err(XsError::Io) }
     }
@@ -50,7 +51,7 @@ impl Store {
     }
 
     /// Whether everything the transaction relied on is unchanged since its snapshot.
-    fn validate(&self, t: &Transaction, caller: &Caller) -> bool {
+    pub(super) fn validate(&self, t: &Transaction, caller: &Caller) -> bool {
         if !t
             .reads
             .iter()
@@ -142,7 +143,7 @@ impl Store {
                 .contains(Rights::WRITE)
     }
 
-    fn apply(&mut self, path: &[u8], entry: &TxEntry, now: u64) -> XsResult<()> {
+    fn apply(&mut self, path: &[u8], entry: &TxEntry, now: u64, writer: DomId) -> XsResult<()> {
         let known = match entry {
             TxEntry::Present(n) => n.live,
             TxEntry::Deleted { .. } => None,
@@ -155,22 +156,29 @@ impl Store {
         match entry {
             TxEntry::Deleted { event } => {
                 if let Some(i) = live.filter(|&i| i != self.tree.root) {
-                    self.delete_subtree(i, path, now, *event);
+                    self.delete_subtree(i, path, now, writer, *event);
                 }
                 Ok(())
             }
             TxEntry::Present(n) => match (n.origin, live) {
                 (Origin::Recreated, Some(i)) if i != self.tree.root => {
-                    self.delete_subtree(i, path, now, false);
+                    self.delete_subtree(i, path, now, writer, false);
                     self.apply_create(path, n, now)
                 }
-                (_, Some(i)) => self.apply_update(i, path, n, now),
+                (_, Some(i)) => self.apply_update(i, path, n, now, writer),
                 (_, None) => self.apply_create(path, n, now),
             },
         }
     }
 
-    fn apply_update(&mut self, index: u32, path: &[u8], n: &TxNode, now: u64) -> XsResult<()> {
+    fn apply_update(
+        &mut self,
+        index: u32,
+        path: &[u8],
+        n: &TxNode,
+        now: u64,
+        writer: DomId,
+    ) -> XsResult<()> {
         // The permissions before the change, for watchers who could read the node only
         // before it (needed only when the permissions change).
         let old = self
@@ -179,11 +187,11 @@ impl Store {
             .filter(|_| n.perms_set && n.event)
             .map(|node| (node.perm_vec(), node.data_gen));
         if n.value_set {
-            self.set_node_value(index, path, &n.value, now)?;
+            self.set_node_value(index, path, &n.value, now, writer)?;
         }
         if n.perms_set {
             let perms = self.sanitize_perms(n.perms.iter().copied(), n.stamp);
-            self.set_node_perms(index, path, &perms, now)?;
+            self.set_node_perms(index, path, &perms, now, writer)?;
         }
         if n.event {
             let old_perms = old.as_ref().map(|(p, s)| (p.as_slice(), *s));

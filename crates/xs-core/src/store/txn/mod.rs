@@ -51,6 +51,21 @@
 //! here the transaction reads its snapshot and a change to what it read conflicts.
 //! Permission checks, and the errors of a missing path, rely on the whole permission list
 //! (not only on the rights it gives the caller): simpler, and still no stricter than C.
+//!
+//! ## Bounded history: rebasing
+//!
+//! The versions a snapshot needs are kept only while a transaction that can see them is
+//! open, accounted to the domain whose change replaced them, and bounded twice: by the
+//! store's history limit, and for an unprivileged writer by its memory quota. When a change
+//! takes either past its bound, every open transaction is rebased before the next change
+//! (`Store::settle_history`): what it relied on is validated as its commit would; if it
+//! holds, its snapshot moves to the present and all old versions can go; if not, the
+//! transaction is doomed (its commit would fail anyway, unless the change were undone in
+//! time). So a guest that churns its own nodes while dom0 holds a transaction open (the
+//! XSA-206 class of attack) fills only its own bound and fails no transaction that did not
+//! rely on its nodes; a transaction held open forever pins no more than the bounds. A
+//! rebased transaction reads what it has not read yet from the new snapshot, as C xenstored
+//! reads every node at first access.
 
 mod commit;
 mod operations;
@@ -197,7 +212,8 @@ const TX_CHARGE: u64 = 256;
 #[derive(Debug)]
 pub(crate) struct Transaction {
     pub(crate) snapshot: u64,
-    /// Its snapshot could not be kept (history limit): the commit will fail.
+    /// What it relied on changed when it was rebased (see the module docs): the commit will
+    /// fail.
     pub(crate) doomed: bool,
     overlay: BTreeMap<Box<[u8]>, TxEntry>,
     reads: BTreeMap<Box<[u8]>, Read>,
@@ -363,11 +379,12 @@ impl Store {
             usage.transactions.saturating_add(1),
         )?;
         self.check_memory(&caller, TX_CHARGE)?;
+        self.settle_history();
         let snapshot = self.next_gen();
         let c = self.conns.get_id_mut(conn.0).ok_or(XsError::Inval)?;
         let id = c.allocate_tx_id();
         c.transactions.insert(id, Transaction::new(snapshot));
-        self.open_txs.insert(snapshot, (conn, id));
+        self.open_txs.insert((snapshot, conn, id));
         if let Some(d) = self.domains.get_mut(&caller.domid) {
             d.usage.transactions = d.usage.transactions.saturating_add(1);
         }
@@ -381,7 +398,7 @@ impl Store {
         let c = self.conns.get_id_mut(conn.0).ok_or(XsError::Inval)?;
         let t = c.transactions.remove(&tx).ok_or(XsError::NoEnt)?;
         let domid = c.domid();
-        self.open_txs.remove(&t.snapshot);
+        self.open_txs.remove(&(t.snapshot, conn, tx));
         if let Some(d) = self.domains.get_mut(&domid) {
             d.usage.transactions = d.usage.transactions.saturating_sub(1);
         }
@@ -396,9 +413,121 @@ impl Store {
         } else {
             Ok(())
         };
-        let oldest = self.open_txs.first_key_value().map(|(s, _)| *s);
-        self.history.prune(oldest);
+        self.settle_history();
+        self.prune_history();
         result
+    }
+
+    /// Drops the versions no open transaction can need.
+    pub(crate) fn prune_history(&mut self) {
+        let oldest = self.open_txs.first().map(|(s, _, _)| *s);
+        self.history.prune(oldest);
+    }
+
+    /// How many bytes of versions `writer`'s changes may keep: its memory quota for an
+    /// unprivileged domain (0 is no limit), the store's history limit alone for a privileged
+    /// one.
+    pub(crate) fn history_bound(&self, writer: crate::domid::DomId) -> Option<usize> {
+        if self.is_privileged(writer) {
+            return None;
+        }
+        match self.quota(writer, QuotaKind::Memory) {
+            0 => None,
+            q => usize::try_from(q).ok(),
+        }
+    }
+
+    /// Rebases every open transaction once the history went past a bound (`preserve` says
+    /// so): validates what it relied on now, as its commit would; if that holds, moves its
+    /// snapshot to the current generation (every change so far is applied: this runs between
+    /// changes), else dooms it (its commit fails with `EAGAIN`, as it would have unless the
+    /// change were undone meanwhile). No transaction then needs a version older than now,
+    /// so the whole history goes.
+    ///
+    /// Rebasing is what makes a guest's churn of its own nodes harmless to others: a
+    /// transaction that relied on none of them commits, whatever the churn; one that relied
+    /// on them fails, as it would at its commit. Moving the snapshot is serializable: what
+    /// it read is as it is now, so it commits (or not) as if it had started now and read
+    /// the same (what it reads from here on comes from the new snapshot, which its commit
+    /// validates in turn). It is what C xenstored does for every read (it reads the live
+    /// node at a transaction's first access of it); here only past the bound.
+    pub(crate) fn settle_history(&mut self) {
+        if !mem::take(&mut self.history_over) {
+            return;
+        }
+        let now = self.generation;
+        let open: Vec<(u64, ConnId, TxId)> = self.open_txs.iter().copied().collect();
+        for (snapshot, conn, tx) in open {
+            let Ok(caller) = self.caller(conn) else {
+                continue;
+            };
+            let valid = self
+                .conns
+                .get_id(conn.0)
+                .and_then(|c| c.transactions.get(&tx))
+                .is_some_and(|t| self.validate(t, &caller));
+            self.open_txs.remove(&(snapshot, conn, tx));
+            let Some(t) = self
+                .conns
+                .get_id_mut(conn.0)
+                .and_then(|c| c.transactions.get_mut(&tx))
+            else {
+                continue;
+            };
+            if valid {
+                t.snapshot = now;
+                // The view changed: a client paging through a directory must start again.
+                t.last_change = now;
+                self.open_txs.insert((now, conn, tx));
+                self.refresh_overlay(conn, tx);
+            } else {
+                t.doomed = true;
+            }
+        }
+        self.prune_history();
+    }
+
+    /// After a rebase: a `Snapshot` overlay node holds a copy of the old snapshot's value
+    /// and permissions where the transaction did not set them; they become the new
+    /// snapshot's (the live node's), which nodes created below it inherit from here on. (What
+    /// the transaction relied on of them was just validated, so only the rest changes.)
+    fn refresh_overlay(&mut self, conn: ConnId, tx: TxId) {
+        let tree = &self.tree;
+        let Some(c) = self.conns.get_id_mut(conn.0) else {
+            return;
+        };
+        let domid = c.domid();
+        let Some(t) = c.transactions.get_mut(&tx) else {
+            return;
+        };
+        let mut change: i64 = 0;
+        for (path, entry) in &mut t.overlay {
+            let before = entry.charge(path.len());
+            let TxEntry::Present(n) = entry else {
+                continue;
+            };
+            if n.origin != Origin::Snapshot || (n.value_set && n.perms_set) {
+                continue;
+            }
+            let live = match n.live {
+                Some(id) => tree.nodes.get_id(id).map(|_| id.index),
+                None => tree.lookup(path),
+            };
+            let Some(node) = live.and_then(|i| tree.node(i)) else {
+                continue;
+            };
+            if !n.value_set {
+                n.value.clear();
+                n.value.extend_from_slice(node.value());
+            }
+            if !n.perms_set {
+                n.perms = node.perm_vec();
+                n.stamp = node.data_gen;
+            }
+            change = change.saturating_add(delta(entry.charge(path.len()), before));
+        }
+        t.charged = t.charged.saturating_add_signed(change);
+        self.charge(domid, change);
     }
 
     /// Runs `f` on transaction `tx` of `conn`.
