@@ -459,7 +459,7 @@ impl Server {
         self.carry_out_actions();
         for id in self.xs.take_local_notifications() {
             if let Some(&t) = self.by_conn.get(&id) {
-                self.pull_events(t);
+                self.notified(t);
             }
         }
         let flush = std::mem::take(&mut self.flush);
@@ -609,7 +609,9 @@ impl Server {
         }
         let xs = &mut self.xs;
         let mut ended: Option<End> = None;
-        if !c.stash.is_empty() {
+        // A request held for a protected transaction is tried again with the input after it
+        // (or none): the store notified the connection.
+        if !c.stash.is_empty() || c.conn.holds_request() {
             let pending = c.stash.pending();
             match xs.external(|store, host| c.conn.receive(store, host, pending)) {
                 Ok(n) => c.stash.consume(n),
@@ -664,6 +666,15 @@ impl Server {
         self.mark_dirty(t);
         if let Some(reason) = ended {
             self.end(t, reason);
+        }
+    }
+
+    /// The store notified a client: watch events for it, or a request it holds may go on
+    /// (see `Connection::holds_request`), which serves it as new input would.
+    fn notified(&mut self, t: usize) {
+        match self.slots.get(t) {
+            Some(Slot::Client(c)) if c.conn.holds_request() => self.serve(t),
+            _ => self.pull_events(t),
         }
     }
 

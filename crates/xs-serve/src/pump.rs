@@ -82,9 +82,18 @@ pub fn pump<P: Page>(
         }
         let mut progress = false;
         let mut used = 0;
-        match ring.peek_request() {
-            Ok([]) => {}
-            Ok(bytes) => match conn.receive(store, host, bytes) {
+        let input = match ring.peek_request() {
+            Ok(bytes) => bytes,
+            Err(fault) => {
+                done.fault = Some(fault);
+                done.notify = true;
+                return done;
+            }
+        };
+        // A held request (waiting for a protected transaction) is tried again even when the
+        // ring has nothing new: the store notified the connection.
+        if !input.is_empty() || conn.holds_request() {
+            match conn.receive(store, host, input) {
                 Ok(n) => {
                     used = n;
                     progress |= n > 0;
@@ -98,11 +107,6 @@ pub fn pump<P: Page>(
                     done.released = true;
                     return done;
                 }
-            },
-            Err(fault) => {
-                done.fault = Some(fault);
-                done.notify = true;
-                return done;
             }
         }
         conn.pull_events(store, host);

@@ -10,6 +10,9 @@
 //!   or in the socket) and takes no more events (they wait, bounded, in the store).
 //!   Unprivileged domains are held to their `outstanding` quota, privileged ones to
 //!   [`Limits::privileged_pending`].
+//! * A request that would change what a starving privileged transaction relied on is held,
+//!   whole and unanswered, until that transaction ends (the store's fairness rules, see
+//!   [`crate::store::PROTECT_AFTER`]); the connection takes nothing after it meanwhile.
 //! * A watch event identical to one still unsent in the output is dropped when the
 //!   connection takes it from the store (C xenstored's rule against duplicate events; the
 //!   store applies it to its own queue, see [`Connection::pull_events`]).
@@ -148,6 +151,14 @@ impl Connection {
         self.id
     }
 
+    /// Whether a whole request is held, waiting for a protected transaction to end (see
+    /// [`dispatch::must_wait`]): once the store notifies the connection, the transport must
+    /// call [`Connection::receive`] again even with no new input.
+    pub fn holds_request(&self) -> bool {
+        self.current
+            .is_some_and(|h| self.payload.len() >= h.len as usize)
+    }
+
     /// Messages waiting to be sent.
     pub fn pending(&self) -> usize {
         self.ends.len()
@@ -190,6 +201,11 @@ impl Connection {
                     .extend_from_slice(rest.get(..take).unwrap_or_default());
                 used = used.saturating_add(take);
                 if take < missing {
+                    break;
+                }
+                if dispatch::must_wait(store, self.id, &header, &self.payload) {
+                    // Held, whole, until the store notifies this connection: then the
+                    // transport offers input again (or none, see `holds_request`).
                     break;
                 }
                 self.current = None;

@@ -15,7 +15,7 @@ use crate::domid::{DomId, push_decimal};
 use crate::error::{XsError, XsResult};
 use crate::perms::{self, Perm};
 use crate::quota::QuotaKind;
-use crate::store::{ConnId, Introduction, Store};
+use crate::store::{ChangeKind, ConnId, Introduction, Store};
 use crate::wire::PAYLOAD_MAX;
 use crate::wire::{Args, Header, MsgType, domid_arg, push_header, u32_arg};
 
@@ -58,6 +58,28 @@ fn writes(t: MsgType) -> bool {
             | MsgType::SetQuota
             | MsgType::Control
     )
+}
+
+/// Whether the request must wait, unanswered, for a protected transaction to end (see
+/// [`crate::store::PROTECT_AFTER`] and the store's fairness rules): a change outside a
+/// transaction, or a commit, that would fail a transaction starving on what it changes. The
+/// store then notifies the connection when it may go on.
+pub fn must_wait(store: &mut Store, conn: ConnId, header: &Header, payload: &[u8]) -> bool {
+    if store.protected_transactions() == 0 {
+        return false;
+    }
+    let first = payload.split(|&b| b == 0).next().unwrap_or_default();
+    let change = match header.kind() {
+        Some(MsgType::TransactionEnd) if header.tx_id != 0 && first == b"T" => {
+            return store.commit_must_wait(conn, header.tx_id);
+        }
+        // Inside a transaction a change takes effect at the commit, which is checked then.
+        _ if header.tx_id != 0 => return false,
+        Some(MsgType::Write | MsgType::Mkdir | MsgType::SetPerms) => ChangeKind::Node,
+        Some(MsgType::Rm) => ChangeKind::Subtree,
+        _ => return false,
+    };
+    store.change_must_wait(conn, first, change)
 }
 
 /// Handles one request and appends exactly one reply message to `out`.

@@ -24,6 +24,10 @@ pub(crate) struct Conn {
     pub(crate) missed: VecDeque<u32>,
     /// Listed in the store's pending notifications.
     pub(crate) notify: bool,
+    /// Listed among the connections waiting for a protected transaction to end.
+    pub(crate) waiting: bool,
+    /// Commits that failed with `EAGAIN` in a row (see `txn::fairness`).
+    pub(crate) failed_commits: u8,
 }
 
 impl Conn {
@@ -37,6 +41,8 @@ impl Conn {
             events: EventQueue::default(),
             missed: VecDeque::new(),
             notify: false,
+            waiting: false,
+            failed_commits: 0,
         }
     }
 

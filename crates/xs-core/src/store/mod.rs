@@ -43,6 +43,7 @@ use core::mem;
 pub use domain::{Introduction, Usage};
 pub use lifecycle::Introduced;
 pub use session::{Session, split_names};
+pub use txn::fairness::{ChangeKind, PROTECT_AFTER};
 pub use watch::{EventPath, WatchEvent};
 
 use access::Caller;
@@ -205,6 +206,10 @@ pub struct Store {
     history: History,
     /// Open, not doomed transactions by snapshot generation (rebased ones share one).
     open_txs: BTreeSet<(u64, ConnId, TxId)>,
+    /// Open protected transactions (see `txn::fairness`); almost always empty.
+    protected: Vec<(ConnId, TxId)>,
+    /// Connections holding a request until a protected transaction ends.
+    waiting: Vec<ConnId>,
     /// The history went past a bound: the open transactions are rebased before the next
     /// change (`settle_history`).
     history_over: bool,
@@ -261,6 +266,8 @@ impl Store {
             history: History::default(),
             open_txs: BTreeSet::new(),
             history_over: false,
+            protected: Vec::new(),
+            waiting: Vec::new(),
             specials: [
                 SpecialNode {
                     name: INTRODUCE_DOMAIN,

@@ -101,6 +101,18 @@ impl Rig {
         self.client(who).receive()
     }
 
+    /// The reply to a request in transaction `tx`.
+    fn ask_tx(&mut self, who: Who, tx: u32, kind: MsgType, payload: &[u8]) -> Message {
+        let client = self.client(who);
+        client.c.send(kind, tx, payload).unwrap();
+        let domid = client.domid;
+        let port = self.stub.local_port(domid).expect("not served");
+        self.stub.on_event(port);
+        let mut msgs = self.client(who).receive();
+        assert!(!msgs.is_empty(), "no reply to {kind:?}");
+        msgs.remove(0)
+    }
+
     /// The reply to a request (the first message; events may follow).
     fn ask(&mut self, who: Who, kind: MsgType, payload: &[u8]) -> Message {
         let mut msgs = self.request(who, kind, payload);
@@ -595,4 +607,48 @@ fn log_lines_are_stamped_with_the_platform_clock() {
 fn the_dispatcher_is_send_when_its_services_are() {
     fn send<T: Send>() {}
     send::<Dispatcher<FakeServices>>();
+}
+
+/// A guest's write to what a starving dom0 transaction read waits in the guest's ring
+/// connection, unanswered, and is answered once that transaction ends: the store's
+/// notification reaches the dispatcher, which serves the ring again with nothing new in it.
+#[test]
+fn a_held_guest_request_is_answered_when_the_protected_transaction_ends() {
+    let mut rig = Rig::new();
+    let (g, _) = rig.introduce(5, 3);
+    let guest = Who::Guest(g);
+    assert_eq!(
+        rig.ask(guest, MsgType::Write, b"data/hot\x000").text(),
+        "OK\0"
+    );
+    let hot = b"/local/domain/5/data/hot\0";
+    let start = |rig: &mut Rig| -> u32 {
+        let id = rig.ask(Who::Dom0, MsgType::TransactionStart, b"\0").text();
+        id.trim_end_matches('\0').parse().unwrap()
+    };
+    for round in 1..=xs_core::store::PROTECT_AFTER {
+        let tx = start(&mut rig);
+        assert_eq!(
+            rig.ask_tx(Who::Dom0, tx, MsgType::Read, hot).payload.len(),
+            1
+        );
+        let write = [&b"data/hot\0"[..], &[b'a' + round]].concat();
+        assert_eq!(rig.ask(guest, MsgType::Write, &write).text(), "OK\0");
+        let end = rig.ask_tx(Who::Dom0, tx, MsgType::TransactionEnd, b"T\0");
+        assert_eq!(end.text(), "EAGAIN\0");
+    }
+    let tx = start(&mut rig);
+    rig.ask_tx(Who::Dom0, tx, MsgType::Read, hot);
+    let held = rig.request(guest, MsgType::Write, b"data/hot\0y");
+    assert!(
+        held.is_empty(),
+        "answered while the transaction is open: {held:?}"
+    );
+    let end = rig.ask_tx(Who::Dom0, tx, MsgType::TransactionEnd, b"T\0");
+    assert_eq!(end.text(), "OK\0");
+    let replies = rig.client(guest).receive();
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert_eq!(replies[0].text(), "OK\0");
+    let read = rig.ask(Who::Dom0, MsgType::Read, hot);
+    assert_eq!(read.payload, b"y");
 }

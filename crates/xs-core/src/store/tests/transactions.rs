@@ -639,3 +639,69 @@ fn a_guests_answer_on_a_node_it_removed_relies_on_the_parents_permissions() {
     assert!(h.d0().read("/s/x").is_ok());
     h.checked();
 }
+
+/// Issue 17, item 5: a privileged connection whose commits keep failing gets its next
+/// transaction protected; while it is open, a guest's change to what it read waits (and is
+/// notified when it may go on), a change to anything else does not, and it commits.
+#[test]
+fn a_starving_privileged_transaction_is_protected_from_guest_writers() {
+    let mut h = Host::new();
+    let g = h.guest(5);
+    h.s(g).write("data/hot", b"0").unwrap();
+    h.s(g).write("data/cold", b"0").unwrap();
+    let hot = "/local/domain/5/data/hot";
+    for i in 0..PROTECT_AFTER {
+        let tx = h.d0().transaction_start().unwrap();
+        assert_eq!(h.store.protected_transactions(), 0);
+        h.d0().in_tx(tx).read(hot).unwrap();
+        h.d0().in_tx(tx).write("/dom0/z", b"1").unwrap();
+        // The guest is not held before its writes made the connection starve.
+        assert!(!h.store.change_must_wait(g, b"data/hot", ChangeKind::Node));
+        h.s(g).write("data/hot", &[b'a' + i]).unwrap();
+        assert_eq!(h.d0().transaction_end(tx, true), Err(XsError::Again));
+    }
+    let tx = h.d0().transaction_start().unwrap();
+    assert_eq!(h.store.protected_transactions(), 1);
+    h.d0().in_tx(tx).read(hot).unwrap();
+    h.d0().in_tx(tx).write("/dom0/z", b"1").unwrap();
+    h.store.take_notifications();
+    // What it read: the guest waits (absolute or relative path, a write or a removal of an
+    // ancestor); the rest goes on.
+    assert!(h.store.change_must_wait(g, b"data/hot", ChangeKind::Node));
+    assert!(
+        h.store
+            .change_must_wait(g, hot.as_bytes(), ChangeKind::Node)
+    );
+    assert!(h.store.change_must_wait(g, b"data", ChangeKind::Subtree));
+    assert!(!h.store.change_must_wait(g, b"data", ChangeKind::Node));
+    assert!(!h.store.change_must_wait(g, b"data/cold", ChangeKind::Node));
+    assert!(
+        !h.store
+            .change_must_wait(g, b"data/hot/below", ChangeKind::Node)
+    );
+    // A guest transaction's commit that writes it waits too; one that only reads it not.
+    let gt = h.s(g).transaction_start().unwrap();
+    h.s(g).in_tx(gt).read("data/hot").unwrap();
+    assert!(!h.store.commit_must_wait(g, gt));
+    h.s(g).in_tx(gt).write("data/hot", b"x").unwrap();
+    assert!(h.store.commit_must_wait(g, gt));
+    // Privileged writers never wait.
+    let other = h.store.connect(DomId::DOM0).unwrap();
+    assert!(
+        !h.store
+            .change_must_wait(other, hot.as_bytes(), ChangeKind::Node)
+    );
+    assert_eq!(h.d0().transaction_end(tx, true), Ok(()));
+    assert_eq!(h.store.protected_transactions(), 0);
+    assert!(
+        h.store.take_notifications().contains(&g),
+        "the waiting guest is told"
+    );
+    assert!(!h.store.change_must_wait(g, b"data/hot", ChangeKind::Node));
+    // A success ends the protection.
+    let tx = h.d0().transaction_start().unwrap();
+    assert_eq!(h.store.protected_transactions(), 0);
+    h.d0().transaction_end(tx, false).unwrap();
+    h.s(g).transaction_end(gt, false).unwrap();
+    h.checked();
+}

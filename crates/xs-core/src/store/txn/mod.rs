@@ -68,6 +68,7 @@
 //! reads every node at first access.
 
 mod commit;
+pub(crate) mod fairness;
 mod operations;
 mod view;
 
@@ -385,6 +386,9 @@ impl Store {
         let id = c.allocate_tx_id();
         c.transactions.insert(id, Transaction::new(snapshot));
         self.open_txs.insert((snapshot, conn, id));
+        if self.earns_protection(conn) {
+            self.protected.push((conn, id));
+        }
         if let Some(d) = self.domains.get_mut(&caller.domid) {
             d.usage.transactions = d.usage.transactions.saturating_add(1);
         }
@@ -409,10 +413,15 @@ impl Store {
                 .saturating_neg(),
         );
         let result = if commit {
-            self.commit(conn, &t)
+            let result = self.commit(conn, &t);
+            self.note_commit(conn, result == Err(XsError::Again));
+            result
         } else {
             Ok(())
         };
+        if self.protected.contains(&(conn, tx)) {
+            self.unprotect(conn, tx);
+        }
         self.settle_history();
         self.prune_history();
         result
@@ -455,36 +464,66 @@ impl Store {
         if !mem::take(&mut self.history_over) {
             return;
         }
-        let now = self.generation;
         let open: Vec<(u64, ConnId, TxId)> = self.open_txs.iter().copied().collect();
         for (snapshot, conn, tx) in open {
-            let Ok(caller) = self.caller(conn) else {
-                continue;
-            };
-            let valid = self
-                .conns
-                .get_id(conn.0)
-                .and_then(|c| c.transactions.get(&tx))
-                .is_some_and(|t| self.validate(t, &caller));
-            self.open_txs.remove(&(snapshot, conn, tx));
-            let Some(t) = self
-                .conns
-                .get_id_mut(conn.0)
-                .and_then(|c| c.transactions.get_mut(&tx))
-            else {
-                continue;
-            };
-            if valid {
-                t.snapshot = now;
-                // The view changed: a client paging through a directory must start again.
-                t.last_change = now;
-                self.open_txs.insert((now, conn, tx));
-                self.refresh_overlay(conn, tx);
-            } else {
-                t.doomed = true;
-            }
+            self.rebase(snapshot, conn, tx);
         }
         self.prune_history();
+    }
+
+    /// Rebases one open transaction (snapshot `snapshot`) to the present, or dooms it (see
+    /// `settle_history`). Runs between changes: every change up to the current generation
+    /// is applied.
+    fn rebase(&mut self, snapshot: u64, conn: ConnId, tx: TxId) {
+        let now = self.generation;
+        let Ok(caller) = self.caller(conn) else {
+            return;
+        };
+        let valid = self
+            .conns
+            .get_id(conn.0)
+            .and_then(|c| c.transactions.get(&tx))
+            .is_some_and(|t| self.validate(t, &caller));
+        self.open_txs.remove(&(snapshot, conn, tx));
+        let Some(t) = self
+            .conns
+            .get_id_mut(conn.0)
+            .and_then(|c| c.transactions.get_mut(&tx))
+        else {
+            return;
+        };
+        if valid {
+            t.snapshot = now;
+            // The view changed: a client paging through a directory must start again.
+            t.last_change = now;
+            self.open_txs.insert((now, conn, tx));
+            self.refresh_overlay(conn, tx);
+        } else {
+            t.doomed = true;
+        }
+    }
+
+    /// A protected transaction (see `fairness`) reads the present: the writers that could
+    /// fail it wait only once it relied on what they change, so what changed before must not
+    /// count against it. Before each of its operations, if anything changed since its
+    /// snapshot, it is rebased (the cost is its read set's, and it is rare).
+    fn refresh_protected(&mut self, conn: ConnId, tx: TxId) {
+        if !self.protected.contains(&(conn, tx)) {
+            return;
+        }
+        let Some(snapshot) = self
+            .conns
+            .get_id(conn.0)
+            .and_then(|c| c.transactions.get(&tx))
+            .filter(|t| !t.doomed)
+            .map(|t| t.snapshot)
+        else {
+            return;
+        };
+        if snapshot < self.generation {
+            self.rebase(snapshot, conn, tx);
+            self.prune_history();
+        }
     }
 
     /// After a rebase: a `Snapshot` overlay node holds a copy of the old snapshot's value
@@ -537,6 +576,7 @@ impl Store {
         tx: TxId,
         f: impl FnOnce(&mut Self, &mut Transaction) -> XsResult<R>,
     ) -> XsResult<R> {
+        self.refresh_protected(conn, tx);
         // The transaction is moved out for `f` (which needs the whole store) and back, an
         // empty placeholder (which allocates nothing) holding its place in the map: cheaper
         // than a removal and a re-insertion. Operations inside a transaction change nothing
