@@ -387,12 +387,16 @@ impl Store {
         Ok(())
     }
 
-    /// `GET_FEATURE`: the feature bits of `domid`, or with `None`, those of the caller.
+    /// `GET_FEATURE`: the feature bits of `domid`, or with `None`, those of the caller. A
+    /// domain the store does not know yet has all of them (it has until `SET_FEATURE`
+    /// limits them); ids that can name no domain are `ENOENT`, as C xenstored answers for a
+    /// domain Xen does not know.
     pub fn get_features(&self, conn: ConnId, domid: Option<DomId>) -> XsResult<u32> {
         let caller = self.caller(conn)?;
         let domid = match domid {
             None => caller.domid,
-            Some(d) if caller.privileged => d,
+            Some(d) if caller.privileged && d.is_real() => d,
+            Some(_) if caller.privileged => return Err(XsError::NoEnt),
             Some(_) => return Err(XsError::Acces),
         };
         Ok(self.domain_features(domid))
@@ -408,16 +412,27 @@ impl Store {
     }
 
     /// `SET_FEATURE`: limits the features offered to `domid`, before it is introduced.
+    ///
+    /// As C xenstored 4.22 (`do_set_feature`), in its order: an id that can name no domain
+    /// is `ENOENT`; a domain already introduced is `EBUSY` (its ring page already advertises
+    /// its features), dom0 always (`docs/misc/xenstore.txt`: "dom0 will always have all
+    /// supported features enabled"); bits the store does not implement are `EINVAL`.
     pub fn set_features(&mut self, conn: ConnId, domid: DomId, bits: u32) -> XsResult<()> {
         self.require_privileged(conn)?;
-        self.guest_domid(domid)?;
+        if !domid.is_real() {
+            return Err(XsError::NoEnt);
+        }
+        let introduced = self
+            .domains
+            .get(&domid)
+            .is_some_and(|d| d.introduced.is_some());
+        if introduced || domid == DomId::DOM0 {
+            return Err(XsError::Busy);
+        }
         if bits & !features::ALL != 0 {
             return Err(XsError::Inval);
         }
-        if self.is_introduced(domid) {
-            return Err(XsError::IsConn);
-        }
-        self.ensure_domain(domid).ok_or(XsError::Io)?.features = bits;
+        self.ensure_domain(domid).ok_or(XsError::NoMem)?.features = bits;
         Ok(())
     }
 }

@@ -217,3 +217,40 @@ fn releasing_the_owner_of_the_root_removes_its_nodes_below_it() {
     assert_eq!(h.d0().read("/a"), Err(XsError::NoEnt));
     assert_eq!(h.d0().read("/kept").unwrap(), b"y");
 }
+
+/// `SET_FEATURE` as C xenstored 4.22 answers it: before `INTRODUCE` only, never for dom0
+/// (`EBUSY`), only bits the store has (`EINVAL`), only ids that can name a domain
+/// (`ENOENT`); the bits set are what the domain is offered once introduced.
+#[test]
+fn set_feature_before_introduction_only() {
+    let mut h = Host::new();
+    let d0 = h.dom0;
+    assert_eq!(h.store.set_features(d0, DomId(4), features::ERROR), Ok(()));
+    assert_eq!(
+        h.store.get_features(d0, Some(DomId(4))),
+        Ok(features::ERROR)
+    );
+    assert_eq!(
+        h.store.set_features(d0, DomId(4), features::ALL + 1),
+        Err(XsError::Inval)
+    );
+    assert_eq!(h.store.set_features(d0, DomId::ANY, 0), Err(XsError::NoEnt));
+    assert_eq!(
+        h.store.get_features(d0, Some(DomId::SELF)),
+        Err(XsError::NoEnt)
+    );
+    assert_eq!(h.store.set_features(d0, DomId::DOM0, 0), Err(XsError::Busy));
+    let g = h.guest(4);
+    assert_eq!(h.store.domain_features(DomId(4)), features::ERROR);
+    assert_eq!(h.store.get_features(g, None), Ok(features::ERROR));
+    assert_eq!(h.store.set_features(d0, DomId(4), 0), Err(XsError::Busy));
+    // Checked in C's order: introduced before the bits.
+    assert_eq!(
+        h.store.set_features(d0, DomId(4), u32::MAX),
+        Err(XsError::Busy)
+    );
+    assert_eq!(h.store.set_features(g, DomId(5), 0), Err(XsError::Acces));
+    assert_eq!(h.store.get_features(g, Some(DomId(4))), Err(XsError::Acces));
+    // A domain never named has all features.
+    assert_eq!(h.store.get_features(d0, Some(DomId(9))), Ok(features::ALL));
+}
