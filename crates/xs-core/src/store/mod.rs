@@ -94,6 +94,12 @@ pub struct StoreConfig {
     /// Remove `/local/domain/<domid>` on release, so a later domain with the same id finds
     /// nothing left behind even if the toolstack does not clean up.
     pub remove_home_on_release: bool,
+    /// Who inherits the nodes of a domain that is gone: `None` (Xen's default) removes them,
+    /// each with everything below it; `Some(heir)` gives them to `heir` instead, which C
+    /// xenstored's `-K`/`--keep-orphans` does (to its privileged domain), at the risk it
+    /// warns of: a guest's nodes outlive it and pile up. Only the owner changes; entries
+    /// naming the gone domain are dropped as in any case.
+    pub orphans_to: Option<DomId>,
     /// Most events queued per connection (see the policy in `watch.rs`).
     pub event_queue_len: usize,
     /// Most bytes of old versions kept for open transactions' snapshots; past it the oldest
@@ -135,6 +141,7 @@ impl StoreConfig {
             privileged: Vec::new(),
             domain_nodes: true,
             remove_home_on_release: true,
+            orphans_to: None,
             event_queue_len: 1024,
             history_limit: 16 << 20,
             memory_soft: 2 << 20,
