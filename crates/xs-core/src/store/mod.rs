@@ -88,8 +88,10 @@ pub struct StoreConfig {
     /// Domains besides dom0 that bypass permission checks and quotas (for example the
     /// hypervisor's own domid when it embeds the store).
     pub privileged: Vec<DomId>,
-    /// Create a domain's default nodes under `/local/domain/<domid>` on `INTRODUCE`
-    /// (turn off when the toolstack creates its own).
+    /// Create a domain's default nodes under `/local/domain/<domid>` on `INTRODUCE`, as
+    /// libxl lays them out: for a program that is itself the toolstack (a VMM). C xenstored
+    /// never creates them (libxl does, before it introduces the domain), and a store under
+    /// Xen's toolstack turns this off, as xs-host does.
     pub domain_nodes: bool,
     /// Remove `/local/domain/<domid>` on release, so a later domain with the same id finds
     /// nothing left behind even if the toolstack does not clean up.
@@ -115,8 +117,9 @@ pub struct StoreConfig {
 }
 
 impl StoreConfig {
-    /// Xen's defaults (C xenstored's quotas, default nodes on `INTRODUCE`, a domain's home
-    /// removed on release), with the watch-hash key `hash_key`, which must come from real
+    /// Xen's defaults (C xenstored's quotas; a domain's default nodes made on `INTRODUCE`
+    /// and its home removed on release, which C leaves to the toolstack), with the watch-hash
+    /// key `hash_key`, which must come from real
     /// entropy (see [`StoreConfig::hash_key`]). There is deliberately no `Default`: the easy
     /// thing to write must not be a fixed key. Adjust the other fields with struct update
     /// syntax.
