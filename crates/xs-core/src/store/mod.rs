@@ -100,7 +100,8 @@ pub struct StoreConfig {
     /// each with everything below it; `Some(heir)` gives them to `heir` instead, which C
     /// xenstored's `-K`/`--keep-orphans` does (to its privileged domain), at the risk it
     /// warns of: a guest's nodes outlive it and pile up. Only the owner changes; entries
-    /// naming the gone domain are dropped as in any case.
+    /// naming the gone domain are dropped as in any case. Its home still goes if
+    /// [`StoreConfig::remove_home_on_release`] says so, with what is below it.
     pub orphans_to: Option<DomId>,
     /// Most events queued per connection (see the policy in `watch.rs`).
     pub event_queue_len: usize,
