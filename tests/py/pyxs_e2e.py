@@ -266,6 +266,10 @@ def guest(c, domain_dir):
         assert c.get_perms(b"/py/g/rw/child")[0] == b"n" + d
         # Relative paths are relative to the guest's home.
         assert g.get_domain_path(domid) == b"/local/domain/" + d
+        # The toolstack makes the guest's data directory, its own (the daemon does not,
+        # as C xenstored does not).
+        c.write(b"/local/domain/" + d + b"/data", b"")
+        c.set_perms(b"/local/domain/" + d + b"/data", [b"n" + d])
         g.write(b"data/x", b"rel")
         assert c.read(b"/local/domain/" + d + b"/data/x") == b"rel"
         # Privileged operations are refused.

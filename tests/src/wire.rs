@@ -37,8 +37,12 @@ pub mod ty {
     pub const WATCH_EVENT: u32 = 15;
     pub const ERROR: u32 = 16;
     pub const IS_DOMAIN_INTRODUCED: u32 = 17;
-    /// Xen 4.19's `XS_GET_QUOTA` (not in C xenstored 4.17).
+    pub const GET_FEATURE: u32 = 23;
+    pub const SET_FEATURE: u32 = 24;
+    /// Xen 4.19's `XS_GET_QUOTA` and `XS_SET_QUOTA` (not in C xenstored 4.17; C answers
+    /// them from 4.22).
     pub const GET_QUOTA: u32 = 25;
+    pub const SET_QUOTA: u32 = 26;
 }
 
 /// Largest payload the protocol allows (`XENSTORE_PAYLOAD_MAX`).

@@ -303,9 +303,9 @@ fn c_options_are_accepted() {
         "-D/--no-domain-init",
         "-R/--no-recovery",
         "-I/--internal-db",
-        "-K/--keep-orphans",
         "-U/--live-update",
         "--trace-control=+wrl",
+        "-w/--timeout watch-event=20",
     ] {
         let warning = format!("xs-host: warning: ignoring {option}: not supported by xs-host");
         assert_eq!(log.matches(&warning).count(), 1, "{warning} in\n{log}");
@@ -439,7 +439,7 @@ fn launch_xenstore_starts_it() {
     fs::write(
         &config,
         format!(
-            "XENSTORED={}\nXENSTORED_TRACE=1\nXENSTORED_ARGS=\"-E 1500 -K\"\n\
+            "XENSTORED={}\nXENSTORED_TRACE=1\nXENSTORED_ARGS=\"-E 1500 -K -U\"\n\
              XENSTORED_MAX_OPEN_FDS=$(ulimit -Hn)\n",
             xs_host_bin().display()
         ),
@@ -474,7 +474,7 @@ fn launch_xenstore_starts_it() {
     run_with_timeout(ask, Duration::from_secs(20)).ok();
     assert_eq!(receive(&notify), format!("READY=1\nMAINPID={}", d.pid()));
     assert_eq!(quota(&rundir.join("socket"), "nodes"), "1500");
-    assert!(out.stderr.contains("ignoring -K/--keep-orphans"), "{out:?}");
+    assert!(out.stderr.contains("ignoring -U/--live-update"), "{out:?}");
     assert!(log_xen.join("xenstored-trace.log").exists());
     d.stop();
     assert!(!rundir.join("socket").exists());

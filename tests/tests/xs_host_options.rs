@@ -156,14 +156,23 @@ fn trace_file_and_log_switch() {
     d.stop();
 }
 
-/// `-Q NAME=N` sets a quota (shown by `xenstore-control quota`); `--no-domain-nodes` leaves
-/// `/local/domain/<N>` to the toolstack.
+/// `-Q NAME=N` sets a quota (shown by `xenstore-control quota`); as C xenstored, xs-host
+/// leaves `/local/domain/<N>` to the toolstack (`--no-domain-nodes`, which said so before it
+/// was the default, is still accepted).
 #[test]
 fn quota_option_and_no_domain_nodes() {
     if !xs_host_only() {
         return;
     }
-    let d = require!(Daemon::start_with(&["-Q", "nodes=42", "--no-domain-nodes"]));
+    let extras: [&[&str]; 2] = [&[], &["--no-domain-nodes"]];
+    for extra in extras {
+        let args = [&["-Q", "nodes=42"][..], extra].concat();
+        quota_option_and_no_domain_nodes_with(&args);
+    }
+}
+
+fn quota_option_and_no_domain_nodes_with(args: &[&str]) {
+    let d = require!(Daemon::start_with(args));
     let mut dom0 = d.connect();
     let quota = dom0.control(&["quota"]).expect("CONTROL quota");
     let quota = String::from_utf8_lossy(&quota).into_owned();
@@ -232,6 +241,10 @@ fn quotas_from_the_command_line() {
             "GET_QUOTA {name}"
         );
     }
+    // The toolstack's part: the guest's data directory, its own.
+    dom0.write("/local/domain/2/data", b"").expect("mkdir");
+    dom0.set_perms("/local/domain/2/data", &["n2"])
+        .expect("chmod");
     let mut g = require!(d.guest(2));
     g.write("data/ok", b"0123456789")
         .expect("a value of the node size");

@@ -145,6 +145,18 @@ pub unsafe fn start<'s, H: Hypercalls>(
     for &(kind, value) in &xen.boot.quotas {
         config.store.quotas.set(kind, value);
     }
+    if let Some(soft) = xen.boot.memory_soft {
+        config.store.memory_soft = soft;
+        let _ = writeln!(log, "xs: soft memory quota from the command line: {soft}");
+    }
+    if xen.boot.keep_orphans {
+        // C's `-K` gives them to its privileged domain.
+        config.store.orphans_to = Some(priv_domid);
+        let _ = writeln!(
+            log,
+            "xs: -K: a gone domain's nodes are given to dom{priv_domid}, not removed"
+        );
+    }
     for note in &xen.boot.notes {
         let _ = writeln!(log, "xs: command line: {note}");
     }

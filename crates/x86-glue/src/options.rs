@@ -34,6 +34,12 @@ pub struct BootArgs {
     /// the order first given (a later value for the same kind replaces the earlier one, as in
     /// C).
     pub quotas: Vec<(QuotaKind, u32)>,
+    /// `-q memory=N`/`--quota-soft memory=N`: the soft memory quota (memory is the only
+    /// quota with a soft level, in C too).
+    pub memory_soft: Option<u32>,
+    /// `-K`/`--keep-orphans`: a gone domain's nodes are given to [`BootArgs::priv_domid`]
+    /// instead of removed.
+    pub keep_orphans: bool,
     /// `-V`/`--verbose` was given.
     pub verbose: bool,
     /// What was not applied, one line each: options without effect here, unknown words, bad
@@ -48,6 +54,8 @@ impl Default for BootArgs {
             priv_domid: DomId::DOM0,
             master_domid: None,
             quotas: Vec::new(),
+            memory_soft: None,
+            keep_orphans: false,
             verbose: false,
             notes: Vec::new(),
         }
@@ -72,6 +80,8 @@ enum Action {
     Quota(QuotaKind),
     PathMax,
     NamedQuota,
+    SoftQuota,
+    KeepOrphans,
     Verbose,
     /// Accepted, no effect in a stub domain; the text says why.
     NoEffect(&'static str),
@@ -145,17 +155,15 @@ const OPTIONS: &[Opt] = &[
     ),
     opt("path-max", Some(b'M'), Value::Required, Action::PathMax),
     opt("quota", Some(b'Q'), Value::Required, Action::NamedQuota),
-    opt(
-        "quota-soft",
-        Some(b'q'),
-        Value::Required,
-        Action::NoEffect("soft quotas are not kept here"),
-    ),
+    opt("quota-soft", Some(b'q'), Value::Required, Action::SoftQuota),
     opt(
         "timeout",
         Some(b'w'),
         Value::Required,
-        Action::NoEffect("timeouts are fixed here"),
+        Action::NoEffect(
+            "watch events do not expire here (a guest's queue is bounded instead: one \
+             event per watch for a watcher that falls behind)",
+        ),
     ),
     opt(
         "trace-file",
@@ -200,12 +208,7 @@ const OPTIONS: &[Opt] = &[
         Value::None,
         Action::NoEffect(NO_FILES),
     ),
-    opt(
-        "keep-orphans",
-        Some(b'K'),
-        Value::None,
-        Action::NoEffect(NO_FILES),
-    ),
+    opt("keep-orphans", Some(b'K'), Value::None, Action::KeepOrphans),
     opt(
         "live-update",
         Some(b'U'),
@@ -397,6 +400,20 @@ impl BootArgs {
                     )),
                 }
             }
+            Action::SoftQuota => {
+                let n = value
+                    .and_then(|v| v.strip_prefix(b"memory="))
+                    .and_then(xs_core::domid::parse_decimal)
+                    .and_then(|n| u32::try_from(n).ok());
+                match n {
+                    Some(n) => self.memory_soft = Some(n),
+                    None => self.note(format!(
+                        "{shown_as} {}: not memory=N (memory is the only soft quota), ignored",
+                        shown(value.unwrap_or_default())
+                    )),
+                }
+            }
+            Action::KeepOrphans => self.keep_orphans = true,
             Action::Verbose => self.verbose = true,
             Action::NoEffect(why) => self.note(format!("{shown_as}: {why}")),
         }
@@ -460,6 +477,20 @@ mod tests {
     }
 
     #[test]
+    fn soft_quota_and_keep_orphans() {
+        let a = BootArgs::parse(b"-q memory=4096 -K --quota-soft=memory=8192 -w watch-event=5");
+        assert_eq!(a.memory_soft, Some(8192));
+        assert!(a.keep_orphans);
+        assert_eq!(a.notes.len(), 1, "{:?}", a.notes);
+        assert!(a.notes[0].contains("do not expire"), "{:?}", a.notes);
+        for bad in [&b"-q nodes=1"[..], b"-q memory", b"-q memory=x", b"-q"] {
+            let a = BootArgs::parse(bad);
+            assert_eq!(a.memory_soft, None, "{bad:?}");
+            assert_eq!(a.notes.len(), 1, "{bad:?}: {:?}", a.notes);
+        }
+    }
+
+    #[test]
     fn flags_group_and_options_without_effect_are_noted() {
         let a = BootArgs::parse(b"--event 1 -VN -T/tmp/t -Ioff -R --pid-file /p");
         assert!(a.verbose);
@@ -498,6 +529,7 @@ mod tests {
                 (None, defaults.priv_domid, None, &defaults.quotas, false),
                 "{line:?}"
             );
+            assert_eq!((a.memory_soft, a.keep_orphans), (None, false), "{line:?}");
             assert!(!a.notes.is_empty(), "{line:?} was not reported");
         }
         let flood = b"-x ".repeat(1000);

@@ -36,5 +36,5 @@ pub mod wire;
 pub use domid::DomId;
 pub use error::{XsError, XsResult};
 pub use perms::{Access, Perm};
-pub use quota::{QuotaKind, Quotas};
+pub use quota::{QuotaKind, QuotaName, Quotas};
 pub use store::{ConnId, Session, Store, StoreConfig, TxId, WatchEvent};

@@ -3,6 +3,27 @@
 //! A value of 0 disables the check. Privileged domains are never limited. A domain's effective
 //! quota is its own override if one was set (`SET_QUOTA <domid>`), else the global value, so a
 //! later change of the global value reaches every domain that has no override.
+//!
+//! That last rule differs from C xenstored 4.22, which copies the global values into a
+//! domain's record when it creates the record and never looks at them again for that domain,
+//! so that `xenstore-control quota set nodes 2000` (or a global `SET_QUOTA`) no longer reaches
+//! the guests already running. Before 4.22 there were only global quotas, and raising one is
+//! how an administrator relieves every guest at once; we keep that meaning. A toolstack that
+//! wants a value for one domain sets it for that domain (as libxl 4.22 does for
+//! `xenstore_quota` in a guest's configuration, before it introduces the guest), and then
+//! the domain keeps it whatever the global value becomes.
+//!
+//! ## Names
+//!
+//! `GET_QUOTA` without arguments lists C xenstored 4.22's names in its order
+//! ([`QuotaName::all`]): a 4.22 toolstack (libxl's `xs_get_quota_names`) reads each listed
+//! name back, per domain too, so the list must be exactly what `GET_QUOTA` and `SET_QUOTA`
+//! take. The limit on permission entries is `node-permissions` there, as C says since 4.19;
+//! `permissions`, the name of `docs/misc/xenstore.txt` and of Xen 4.17's `xenstore-control
+//! quota`, is accepted everywhere too ([`QuotaKind::from_name`]). A quota with a soft level
+//! (only `memory`, as in C) is listed a second time as `soft-memory`: reaching the soft level
+//! is reported, never refused. `CONTROL quota` keeps Xen 4.17's layout and names
+//! ([`QuotaKind::control_name`]), which is what the `xenstore-control` of Xen 4.17 shows.
 
 use core::fmt;
 
@@ -44,10 +65,32 @@ impl QuotaKind {
         QuotaKind::NodePermissions,
     ];
 
-    /// The name used by `GET_QUOTA`/`SET_QUOTA` and `xenstore-control quota`: Xen 4.17's
-    /// names, which `docs/misc/xenstore.txt` also uses ("permissions"; newer C xenstored says
-    /// "node-permissions", accepted too, see [`QuotaKind::from_name`]).
+    /// Every quota in the order C xenstored 4.22 lists them (its `enum accitem`): the order
+    /// of `GET_QUOTA`'s list of names.
+    pub const WIRE_ORDER: [QuotaKind; 9] = [
+        QuotaKind::Nodes,
+        QuotaKind::Watches,
+        QuotaKind::Outstanding,
+        QuotaKind::Memory,
+        QuotaKind::Transactions,
+        QuotaKind::TransactionNodes,
+        QuotaKind::NodePermissions,
+        QuotaKind::PathMax,
+        QuotaKind::NodeSize,
+    ];
+
+    /// The name `GET_QUOTA` lists and `-Q NAME=N` takes: C xenstored's since 4.19
+    /// (`node-permissions`, where Xen 4.17 said `permissions`).
     pub const fn name(self) -> &'static str {
+        match self {
+            QuotaKind::NodePermissions => "node-permissions",
+            other => other.control_name(),
+        }
+    }
+
+    /// The name `CONTROL quota` shows (as `xenstore-control quota` of Xen 4.17 printed it:
+    /// `permissions`, which `docs/misc/xenstore.txt` uses too).
+    pub const fn control_name(self) -> &'static str {
         match self {
             QuotaKind::Nodes => "nodes",
             QuotaKind::Watches => "watches",
@@ -59,6 +102,12 @@ impl QuotaKind {
             QuotaKind::PathMax => "path-max",
             QuotaKind::NodePermissions => "permissions",
         }
+    }
+
+    /// Whether the quota has a soft level besides its limit: only `memory`, as in C
+    /// xenstored (its other soft values are `Q_VAL_DISABLED`, and it refuses to set them).
+    pub const fn has_soft(self) -> bool {
+        matches!(self, QuotaKind::Memory)
     }
 
     /// A one-line description (as `xenstore-control quota` prints).
@@ -76,15 +125,15 @@ impl QuotaKind {
         }
     }
 
-    /// Looks a quota up by name, also under the names newer Xen and xenstored's `-Q` use
-    /// (`node-permissions`, `path-length`).
+    /// Looks a quota up by name: C xenstored's of 4.19+ ([`QuotaKind::name`]), those of Xen
+    /// 4.17 and `docs/misc/xenstore.txt` ([`QuotaKind::control_name`]), and `path-length`,
+    /// which C xenstored's usage text gives for `-Q` (its parser never took it).
     pub fn from_name(name: &[u8]) -> Option<QuotaKind> {
         match name {
-            b"node-permissions" => Some(QuotaKind::NodePermissions),
             b"path-length" => Some(QuotaKind::PathMax),
             _ => QuotaKind::ALL
                 .into_iter()
-                .find(|q| q.name().as_bytes() == name),
+                .find(|q| q.name().as_bytes() == name || q.control_name().as_bytes() == name),
         }
     }
 
@@ -96,6 +145,64 @@ impl QuotaKind {
 impl fmt::Display for QuotaKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// A quota as `GET_QUOTA` and `SET_QUOTA` name it: a limit (`memory`), or the soft level of a
+/// quota that has one (`soft-memory`), as C xenstored 4.22 names them.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct QuotaName {
+    /// Which quota.
+    pub kind: QuotaKind,
+    /// Its soft level (reported when reached, never refused), not its limit.
+    pub soft: bool,
+}
+
+/// What names a quota's soft level (C xenstored's `SOFT_PREFIX`).
+const SOFT_PREFIX: &[u8] = b"soft-";
+
+impl QuotaName {
+    /// The soft level of `kind`, if it has one.
+    pub const fn soft(kind: QuotaKind) -> Option<QuotaName> {
+        if kind.has_soft() {
+            Some(QuotaName { kind, soft: true })
+        } else {
+            None
+        }
+    }
+
+    /// Every name `GET_QUOTA` lists, in C xenstored 4.22's order: each quota, followed by
+    /// its soft level if it has one (`... memory soft-memory transactions ...`).
+    pub fn all() -> impl Iterator<Item = QuotaName> {
+        QuotaKind::WIRE_ORDER
+            .into_iter()
+            .flat_map(|kind| [Some(QuotaName::from(kind)), QuotaName::soft(kind)])
+            .flatten()
+    }
+
+    /// Looks a name up: any name [`QuotaKind::from_name`] knows, or `soft-` and one of those
+    /// for a quota with a soft level. (C xenstored answers `EINVAL` for `soft-nodes`, whose
+    /// soft level it does not keep; so does this.)
+    pub fn parse(name: &[u8]) -> Option<QuotaName> {
+        match name.strip_prefix(SOFT_PREFIX) {
+            Some(rest) => QuotaName::soft(QuotaKind::from_name(rest)?),
+            None => QuotaKind::from_name(name).map(QuotaName::from),
+        }
+    }
+}
+
+impl From<QuotaKind> for QuotaName {
+    fn from(kind: QuotaKind) -> QuotaName {
+        QuotaName { kind, soft: false }
+    }
+}
+
+impl fmt::Display for QuotaName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.soft {
+            f.write_str("soft-")?;
+        }
+        f.write_str(self.kind.name())
     }
 }
 
@@ -198,6 +305,42 @@ mod tests {
         assert_eq!(q.get(QuotaKind::PathMax), 2048);
         assert_eq!(q.get(QuotaKind::Memory), 2560 * 1024);
         assert_eq!(Quotas::UNLIMITED.limit(QuotaKind::Nodes), None);
+    }
+
+    #[test]
+    fn wire_names_are_c_4_22s() {
+        use alloc::string::ToString;
+        use alloc::vec::Vec;
+        let names: Vec<_> = QuotaName::all().map(|n| n.to_string()).collect();
+        assert_eq!(
+            names.join(" "),
+            "nodes watches outstanding memory soft-memory transactions transaction-nodes \
+             node-permissions path-max node-size"
+        );
+        for n in QuotaName::all() {
+            assert_eq!(QuotaName::parse(n.to_string().as_bytes()), Some(n));
+        }
+        // Xen 4.17's name and the documented one.
+        assert_eq!(
+            QuotaName::parse(b"permissions"),
+            Some(QuotaKind::NodePermissions.into())
+        );
+        assert_eq!(
+            QuotaName::parse(b"soft-memory"),
+            QuotaName::soft(QuotaKind::Memory)
+        );
+        // Only memory has a soft level; no prefix twice; nothing unknown.
+        for bad in [
+            &b"soft-nodes"[..],
+            b"soft-soft-memory",
+            b"soft-",
+            b"",
+            b"memory ",
+            b"Memory",
+        ] {
+            assert_eq!(QuotaName::parse(bad), None, "{bad:?}");
+        }
+        assert_eq!(QuotaKind::NodePermissions.control_name(), "permissions");
     }
 
     #[test]

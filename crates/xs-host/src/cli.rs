@@ -33,7 +33,9 @@ Sockets:
                              is created; a client connecting to it acts as domain N
                              (unprivileged); it is removed, and its connections closed, when N
                              is released (RELEASE)
-      --no-domain-nodes      do not create /local/domain/<N> and its default nodes on INTRODUCE
+      --domain-nodes         create /local/domain/<N> and the default nodes libxl makes in it
+                             on INTRODUCE (off by default: as C xenstored, xs-host leaves
+                             them to the toolstack); --no-domain-nodes turns it off again
 
 Process:
   -N, --no-fork              stay in the foreground and log to stderr
@@ -49,8 +51,9 @@ Domains:
   -m, --master-domid N       the domain the store runs in (default 0; for the Xen transport)
       --event PORT           dom0's store event channel, if not read from the kernel (for the
                              Xen transport)
-  -w, --timeout watch-event=SECONDS
-                             how long a watch event may stay pending (for the Xen transport)
+  -K, --keep-orphans         when a domain is gone, give the nodes it owned to the privileged
+                             domain (the last --priv-domid, else dom0) instead of removing
+                             them: as C warns, a security risk (a guest's nodes outlive it)
 
 Quotas (0 means unlimited):
   -E, --entry-nb N           nodes per domain
@@ -62,11 +65,16 @@ Quotas (0 means unlimited):
   -Q, --quota NAME=N         any quota by its name: nodes, watches, outstanding, memory,
                              transactions, transaction-nodes, node-permissions, path-max
                              (or path-length), node-size
-  -q, --quota-soft memory=N  soft memory quota: a domain crossing it is logged once
+  -q, --quota-soft memory=N  soft memory quota (the only soft quota, as in C): a domain
+                             reaching it is logged once, until it is below it again
+                             (GET_QUOTA/SET_QUOTA name it soft-memory, per domain too)
 
 Accepted for compatibility, warned about and ignored: -D/--no-domain-init, -R/--no-recovery,
--I/--internal-db[=on|off], -K/--keep-orphans, -U/--live-update, and the trace switches
-obj, wrl, acc and tdb of --trace-control.
+-I/--internal-db[=on|off], -U/--live-update, the trace switches obj, wrl, acc and tdb of
+--trace-control, and -w/--timeout watch-event=SECONDS: C xenstored drops a watch event still
+pending for a guest after that long (20 s by default); xs-host's events do not expire, as a
+guest's queue is bounded instead (a watcher that falls behind gets one event per watch when
+it reads again, see crates/xs-core/src/store/watch.rs).
 
 Default socket: $XENSTORED_PATH if set, else $XENSTORED_RUNDIR/socket if set, else (as
 root) /var/run/xenstored/socket, where Xen's clients look; for other users
@@ -91,7 +99,10 @@ pub(crate) struct Options {
     pub(crate) socket: Option<PathBuf>,
     pub(crate) socket_ro: RoSocket,
     pub(crate) domain_sockets: Option<PathBuf>,
+    /// `--domain-nodes`: create a domain's default nodes on INTRODUCE.
     pub(crate) domain_nodes: bool,
+    /// `-K`: a gone domain's nodes are kept (given to the privileged domain).
+    pub(crate) keep_orphans: bool,
     pub(crate) privileged: Vec<DomId>,
     /// Fork into the background (no `-N`).
     pub(crate) fork: bool,
@@ -112,9 +123,6 @@ pub(crate) struct Options {
     /// `--event`: dom0's store event channel when the kernel does not tell it (C:
     /// `dom0_event`).
     pub(crate) event: Option<u32>,
-    /// `-w watch-event=S`: seconds a watch event may stay pending (C:
-    /// `timeout_watch_event_msec`).
-    pub(crate) watch_event_timeout: Option<u32>,
     /// C options accepted but not supported, as the warning names them (each once).
     pub(crate) ignored: Vec<String>,
 }
@@ -125,7 +133,8 @@ impl Default for Options {
             socket: None,
             socket_ro: RoSocket::Default,
             domain_sockets: None,
-            domain_nodes: true,
+            domain_nodes: false,
+            keep_orphans: false,
             privileged: Vec::new(),
             fork: true,
             pid_file: None,
@@ -137,7 +146,6 @@ impl Default for Options {
             memory_soft: None,
             master_domid: None,
             event: None,
-            watch_event_timeout: None,
             ignored: Vec::new(),
         }
     }
@@ -208,6 +216,7 @@ pub(crate) const LONG_OPTIONS: &[&str] = &[
     "socket",
     "socket-ro",
     "domain-sockets",
+    "domain-nodes",
     "no-domain-nodes",
     // C xenstored's.
     "no-domain-init",
@@ -373,6 +382,7 @@ where
                 };
             }
             "domain-sockets" => o.domain_sockets = Some(p.value()?.into()),
+            "domain-nodes" => o.domain_nodes = true,
             "no-domain-nodes" => o.domain_nodes = false,
             "priv-domid" => {
                 let d = domid("--priv-domid", &p.value()?, false)?;
@@ -387,7 +397,12 @@ where
                 if what != "watch-event" {
                     return Err(UsageError(format!("{shown}: unknown timeout {what:?}")));
                 }
-                o.watch_event_timeout = Some(seconds);
+                // C drops a guest's pending watch events after `seconds`; 0 turns that off,
+                // which is what xs-host does anyway (see USAGE for why its events do not
+                // expire).
+                if seconds != 0 {
+                    o.ignore(format!("{shown} watch-event={seconds}"));
+                }
             }
             "no-fork" => o.fork = false,
             "pid-file" => o.pid_file = Some(p.value()?.into()),
@@ -461,10 +476,11 @@ where
                 }
                 o.ignore(shown);
             }
+            "keep-orphans" => o.keep_orphans = true,
             // Flags of C that have no meaning here: xs-host has no dom0 ring to set up without
-            // the Xen transport (-D), no database file to recover (-R, -I), no live-update
-            // state to read (-U), and always deletes a released domain's nodes (-K).
-            "no-domain-init" | "no-recovery" | "keep-orphans" | "live-update" => {
+            // the Xen transport (-D), no database file to recover (-R, -I), and no live-update
+            // state to read (-U).
+            "no-domain-init" | "no-recovery" | "live-update" => {
                 o.ignore(shown);
             }
             _ => return Err(UsageError(format!("invalid option '--{name}'"))),
@@ -685,7 +701,8 @@ mod tests {
     fn defaults() {
         let o = run(&[]);
         assert_eq!(o, Options::default());
-        assert!(o.domain_nodes);
+        assert!(!o.domain_nodes, "the toolstack's, as with C xenstored");
+        assert!(!o.keep_orphans);
         assert!(o.fork);
         assert_eq!(o.socket_ro, RoSocket::Default);
     }
@@ -699,7 +716,8 @@ mod tests {
             "/tmp/b",
             "--domain-sockets",
             "/tmp/d",
-            "--no-domain-nodes",
+            "--domain-nodes",
+            "-K",
             "--priv-domid",
             "7",
             "--priv-domid=9",
@@ -736,13 +754,12 @@ mod tests {
             "0",
             "--event",
             "12",
-            "-w",
-            "watch-event=30",
         ]);
         assert_eq!(o.socket, Some(PathBuf::from("/tmp/a")));
         assert_eq!(o.socket_ro, RoSocket::At(PathBuf::from("/tmp/b")));
         assert_eq!(o.domain_sockets, Some(PathBuf::from("/tmp/d")));
-        assert!(!o.domain_nodes);
+        assert!(o.domain_nodes);
+        assert!(o.keep_orphans);
         assert_eq!(o.privileged, vec![DomId(7), DomId(9)]);
         assert!(!o.fork);
         assert_eq!(o.pid_file, Some(PathBuf::from("/tmp/pid")));
@@ -767,8 +784,8 @@ mod tests {
         assert_eq!(o.memory_soft, Some(1000));
         assert_eq!(o.master_domid, Some(DomId(0)));
         assert_eq!(o.event, Some(12));
-        assert_eq!(o.watch_event_timeout, Some(30));
         assert!(o.ignored.is_empty(), "{:?}", o.ignored);
+        assert!(!run(&["--domain-nodes", "--no-domain-nodes"]).domain_nodes);
     }
 
     #[test]
@@ -782,9 +799,11 @@ mod tests {
     #[test]
     fn unsupported_options_are_noted_once_each() {
         let o = run(&[
-            "-K",
-            "-K",
-            "--keep-orphans",
+            "-w",
+            "watch-event=30",
+            "--timeout=watch-event=30",
+            "-w",
+            "watch-event=0",
             "-D",
             "-R",
             "--no-recovery",
@@ -804,7 +823,7 @@ mod tests {
         assert_eq!(
             o.ignored,
             [
-                "-K/--keep-orphans",
+                "-w/--timeout watch-event=30",
                 "-D/--no-domain-init",
                 "-R/--no-recovery",
                 "-I/--internal-db",

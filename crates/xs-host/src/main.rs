@@ -117,8 +117,12 @@ fn store_config(options: &Options) -> io::Result<StoreConfig> {
         w.copy_from_slice(s);
         u64::from_ne_bytes(w)
     };
+    // `-K`: C gives the nodes to its privileged domain, `--priv-domid` (the last one
+    // given) or else the control domain.
+    let heir = options.privileged.last().copied().unwrap_or(DomId::DOM0);
     let mut config = StoreConfig {
         domain_nodes: options.domain_nodes,
+        orphans_to: options.keep_orphans.then_some(heir),
         privileged: options.privileged.clone(),
         ..StoreConfig::new([word(a), word(b)])
     };
@@ -367,14 +371,27 @@ mod tests {
     #[test]
     fn config_from_options() {
         let options = Options {
-            domain_nodes: false,
+            domain_nodes: true,
+            keep_orphans: true,
             privileged: vec![xs_core::DomId(3)],
             quotas: vec![(xs_core::QuotaKind::Nodes, 5)],
             ..Options::default()
         };
         let a = store_config(&options).unwrap();
         let b = store_config(&options).unwrap();
-        assert!(!a.domain_nodes);
+        assert!(a.domain_nodes);
+        assert_eq!(a.orphans_to, Some(xs_core::DomId(3)));
+        let plain = store_config(&Options::default()).unwrap();
+        assert!(!plain.domain_nodes);
+        assert_eq!(plain.orphans_to, None);
+        let keep = Options {
+            keep_orphans: true,
+            ..Options::default()
+        };
+        assert_eq!(
+            store_config(&keep).unwrap().orphans_to,
+            Some(xs_core::DomId::DOM0)
+        );
         assert_eq!(a.privileged, vec![xs_core::DomId(3)]);
         assert_eq!(a.quotas.get(xs_core::QuotaKind::Nodes), 5);
         assert_ne!(a.hash_key, b.hash_key, "drawn afresh");

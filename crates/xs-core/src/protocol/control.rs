@@ -84,7 +84,12 @@ pub(super) fn control(
             let mut s = String::from("Quota settings:\n");
             for kind in QuotaKind::ALL {
                 let value = store.get_quota(conn, None, kind)?;
-                let _ = writeln!(s, "{:<17}: {value:>8} {}", kind.name(), kind.description());
+                let _ = writeln!(
+                    s,
+                    "{:<17}: {value:>8} {}",
+                    kind.control_name(),
+                    kind.description()
+                );
             }
             text(out, &s);
         }
@@ -100,7 +105,12 @@ pub(super) fn control(
         (b"quota", [b"max"]) | (b"quota", [b"max", b"-r"]) => {
             let mut s = String::from("Max. seen accounting values:\n");
             for kind in QuotaKind::ALL {
-                let _ = writeln!(s, "{:<17}: {:>8}", kind.name(), store.peak(None, kind));
+                let _ = writeln!(
+                    s,
+                    "{:<17}: {:>8}",
+                    kind.control_name(),
+                    store.peak(None, kind)
+                );
             }
             if params.len() == 2 {
                 store.reset_peaks();
@@ -139,7 +149,7 @@ pub(super) fn control(
                     _ => 0,
                 };
                 let max = store.peak(Some(domid), kind).max(now);
-                let _ = writeln!(s, "{:<17}: {now:>8} (max {max:>8})", kind.name());
+                let _ = writeln!(s, "{:<17}: {now:>8} (max {max:>8})", kind.control_name());
             }
             text(out, &s);
         }

@@ -7,14 +7,16 @@
 //! `XENSTORE_PAYLOAD_MAX` becomes `E2BIG`. Read-only connections (the `socket_ro` of older
 //! Xen) get `EROFS` for anything that changes the store.
 
+use alloc::string::String;
 use alloc::vec::Vec;
+use core::fmt::Write;
 
 use super::Host;
 use super::control;
 use crate::domid::{DomId, push_decimal};
 use crate::error::{XsError, XsResult};
 use crate::perms::{self, Perm};
-use crate::quota::QuotaKind;
+use crate::quota::QuotaName;
 use crate::store::{ChangeKind, ConnId, Introduction, Store};
 use crate::wire::PAYLOAD_MAX;
 use crate::wire::{Args, Header, MsgType, domid_arg, push_header, u32_arg};
@@ -297,8 +299,8 @@ fn request(
                 }
                 _ => return Err(XsError::Inval),
             };
-            let kind = QuotaKind::from_name(name).ok_or(XsError::Inval)?;
-            store.set_quota(conn, domid, kind, u32_arg(value)?)?;
+            let name = QuotaName::parse(name).ok_or(XsError::Inval)?;
+            store.set_quota(conn, domid, name, u32_arg(value)?)?;
             ok(out);
         }
         MsgType::Control => {
@@ -339,21 +341,26 @@ fn signed_decimal(text: &[u8]) -> XsResult<u64> {
 }
 
 /// `GET_QUOTA [[<domid>|]<quota>|]`: without arguments the supported quota names separated by
-/// blanks; else one value, global or of one domain.
+/// blanks (C xenstored 4.22's, see [`QuotaName::all`]); else one value, global or of one
+/// domain.
 fn get_quota(store: &mut Store, conn: ConnId, args: Args<'_>, out: &mut Vec<u8>) -> XsResult<()> {
     match args.count() {
         0 => {
-            let names: Vec<&str> = QuotaKind::ALL.iter().map(|q| q.name()).collect();
-            push_text(out, names.join(" ").as_bytes());
+            let mut names = String::new();
+            for name in QuotaName::all() {
+                let gap = if names.is_empty() { "" } else { " " };
+                let _ = write!(names, "{gap}{name}");
+            }
+            push_text(out, names.as_bytes());
         }
         1 => {
-            let kind = QuotaKind::from_name(args.one()?).ok_or(XsError::Inval)?;
-            push_number(out, u64::from(store.get_quota(conn, None, kind)?));
+            let name = QuotaName::parse(args.one()?).ok_or(XsError::Inval)?;
+            push_number(out, u64::from(store.get_quota(conn, None, name)?));
         }
         2 => {
             let [domid, name] = args.exactly::<2>()?;
-            let kind = QuotaKind::from_name(name).ok_or(XsError::Inval)?;
-            let value = store.get_quota(conn, Some(domid_arg(domid)?), kind)?;
+            let name = QuotaName::parse(name).ok_or(XsError::Inval)?;
+            let value = store.get_quota(conn, Some(domid_arg(domid)?), name)?;
             push_number(out, u64::from(value));
         }
         _ => return Err(XsError::Inval),

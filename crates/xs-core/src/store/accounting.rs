@@ -11,7 +11,7 @@ use super::{ConnId, Store, Usage, features};
 use crate::domid::DomId;
 use crate::error::{XsError, XsResult};
 use crate::perms::Perm;
-use crate::quota::{QuotaKind, Quotas};
+use crate::quota::{QuotaKind, QuotaName, Quotas};
 
 impl Store {
     // ----- identity, rights and quotas -----------------------------------------------------
@@ -198,12 +198,12 @@ impl Store {
         Ok(())
     }
 
-    /// Reports a domain whose memory reaches the soft quota, once until it is back below.
+    /// Reports a domain whose memory reaches its soft quota, once until it is back below.
     fn note_soft(&self, domid: DomId, memory: u64) {
-        let soft = u64::from(self.config.memory_soft);
         let Some(d) = self.domains.get(&domid) else {
             return;
         };
+        let soft = u64::from(d.memory_soft.unwrap_or(self.config.memory_soft));
         let over = soft != 0 && memory >= soft;
         if over && !d.soft_reported.get() {
             // At most one entry per domain until taken: a guest going up and down across
@@ -221,12 +221,12 @@ impl Store {
         core::mem::take(self.warnings.get_mut())
     }
 
-    /// The soft memory quota (`xenstore-control quota-soft`).
+    /// The global soft memory quota (`xenstore-control quota-soft`).
     pub fn memory_soft_quota(&self) -> u32 {
         self.config.memory_soft
     }
 
-    /// Sets the soft memory quota (0 = none).
+    /// Sets the global soft memory quota (0 = none).
     pub fn set_memory_soft_quota(&mut self, conn: ConnId, value: u32) -> XsResult<()> {
         if !self.caller(conn)?.privileged {
             return Err(XsError::Acces);
@@ -252,42 +252,79 @@ impl Store {
 
     // ----- quotas --------------------------------------------------------------------------
 
-    /// `GET_QUOTA`: a global quota (`domid` `None`) or one domain's effective quota.
-    pub fn get_quota(&self, conn: ConnId, domid: Option<DomId>, kind: QuotaKind) -> XsResult<u32> {
+    /// `GET_QUOTA`: a global quota (`domid` `None`) or one domain's effective quota, its
+    /// limit or (for `soft-memory`) its soft level.
+    ///
+    /// A domain the store does not know yet is answered too, with the global value (which
+    /// is what it will have), as C xenstored 4.22 answers for any domain that exists:
+    /// toolstacks read and set a new domain's quotas before they introduce it. Only ids that
+    /// can name no domain (`DOMID_SELF`, `DOMID_ANY`, ...) are `ENOENT`, as for C, which asks
+    /// Xen whether the domain exists (the store cannot ask).
+    pub fn get_quota(
+        &self,
+        conn: ConnId,
+        domid: Option<DomId>,
+        name: impl Into<QuotaName>,
+    ) -> XsResult<u32> {
         let caller = self.caller(conn)?;
         if !caller.privileged {
             return Err(XsError::Acces);
         }
-        match domid {
-            None => Ok(self.config.quotas.get(kind)),
-            Some(d) if self.domains.contains_key(&d) => Ok(self.effective_quotas(d).get(kind)),
-            Some(_) => Err(XsError::NoEnt),
+        let name = name.into();
+        if name.soft && !name.kind.has_soft() {
+            return Err(XsError::Inval);
         }
+        let record = match domid {
+            None => None,
+            Some(d) if d.is_real() => self.domains.get(&d),
+            Some(_) => return Err(XsError::NoEnt),
+        };
+        Ok(match (name.soft, record) {
+            (false, record) => self.quota_in(record, name.kind),
+            (true, Some(d)) => d.memory_soft.unwrap_or(self.config.memory_soft),
+            (true, None) => self.config.memory_soft,
+        })
     }
 
-    /// `SET_QUOTA`: sets a global quota or one domain's override (0 = unlimited).
+    /// `SET_QUOTA`: sets a global quota or one domain's own value (0 = unlimited), its limit
+    /// or (for `soft-memory`) its soft level.
+    ///
+    /// A domain the store does not know yet gets a record holding the value, as C xenstored
+    /// 4.22 creates one (`find_or_alloc_existing_domain`): libxl sets a guest's quotas before
+    /// it introduces the guest, and `INTRODUCE` takes the record over. Ids that can name no
+    /// domain are `ENOENT` (see [`Store::get_quota`]). `u32::MAX` is refused with `EINVAL` as
+    /// C refuses it (its marker for "no value", `Q_VAL_DISABLED`).
     pub fn set_quota(
         &mut self,
         conn: ConnId,
         domid: Option<DomId>,
-        kind: QuotaKind,
+        name: impl Into<QuotaName>,
         value: u32,
     ) -> XsResult<()> {
         let caller = self.caller(conn)?;
         if !caller.privileged {
             return Err(XsError::Acces);
         }
+        let name = name.into();
+        if value == u32::MAX || (name.soft && !name.kind.has_soft()) {
+            return Err(XsError::Inval);
+        }
         match domid {
-            None => {
-                self.config.quotas.set(kind, value);
-                Ok(())
-            }
+            None if name.soft => self.config.memory_soft = value,
+            None => self.config.quotas.set(name.kind, value),
+            Some(d) if !d.is_real() => return Err(XsError::NoEnt),
             Some(d) => {
-                let record = self.domains.get_mut(&d).ok_or(XsError::NoEnt)?;
-                record.overrides.set(kind, Some(value));
-                Ok(())
+                let record = self.ensure_domain(d).ok_or(XsError::NoMem)?;
+                if name.soft {
+                    record.memory_soft = Some(value);
+                    // Reported again against the new level.
+                    record.soft_reported.set(false);
+                } else {
+                    record.overrides.set(name.kind, Some(value));
+                }
             }
         }
+        Ok(())
     }
 
     /// What a domain currently uses, if the store knows it.

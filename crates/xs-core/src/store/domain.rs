@@ -46,6 +46,8 @@ pub(crate) struct Domain {
     /// `@releaseDomain` was already fired for a shutdown (re-armed by `RESUME`).
     pub(crate) shutdown_reported: bool,
     pub(crate) overrides: QuotaOverrides,
+    /// The domain's own soft memory quota (`SET_QUOTA <domid> soft-memory`), if set.
+    pub(crate) memory_soft: Option<u32>,
     pub(crate) usage: Usage,
     /// Arena indices of the nodes this domain owns (each node knows its position), so that
     /// releasing the domain costs what it owns, not the size of the store. Kept only for
@@ -90,6 +92,7 @@ impl Domain {
             target: None,
             shutdown_reported: false,
             overrides: QuotaOverrides::default(),
+            memory_soft: None,
             usage: Usage::default(),
             owned: Vec::new(),
             features,

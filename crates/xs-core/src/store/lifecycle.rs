@@ -254,13 +254,17 @@ impl Store {
             }
         }
         let now = self.change_gen();
-        // Remove the topmost nodes it owns, each with everything below it, as C xenstored's
-        // top-down walk does (the nodes below fire only watches on exactly them).
         let owned = self
             .domains
             .get(&domid)
             .map(|d| d.owned.clone())
             .unwrap_or_default();
+        if let Some(heir) = self.config.orphans_to.filter(|&h| h != domid) {
+            self.hand_over(domid, owned, heir, now);
+            return self.forget_domain(domid, was_introduced, now);
+        }
+        // Remove the topmost nodes it owns, each with everything below it, as C xenstored's
+        // top-down walk does (the nodes below fire only watches on exactly them).
         let mut tops: Vec<(Vec<u8>, u32)> = owned
             .into_iter()
             .filter(|&i| !self.has_ancestor_owned_by(i, domid))
@@ -286,6 +290,12 @@ impl Store {
             let root = self.tree.root;
             let _ = self.set_node_perms(root, b"/", &[Perm::owner(DomId::DOM0)], now, DomId::DOM0);
         }
+        self.forget_domain(domid, was_introduced, now);
+    }
+
+    /// The end of [`Store::domain_gone`], once the domain's nodes are dealt with: its home
+    /// (if configured) and its record go, and `@releaseDomain` fires.
+    fn forget_domain(&mut self, domid: DomId, was_introduced: bool, now: u64) {
         if self.config.remove_home_on_release {
             let home = Store::domain_path(domid);
             if let Some(index) = self.tree.lookup(&home) {
@@ -307,6 +317,36 @@ impl Store {
         }
         if was_introduced {
             self.fire_special(RELEASE, domid);
+        }
+    }
+
+    /// C xenstored's `-K` (`keep_orphans`, see [`super::StoreConfig::orphans_to`]): every node in
+    /// `owned` (the nodes `domid` owns) is given to `heir`, keeping its access for others and
+    /// its other entries except those naming `domid`, as C does. Nothing fires: C rewrites
+    /// the nodes without firing watches, and no one's view of the node changes but the
+    /// owner's, who is gone. The root goes back to dom0 as in [`Store::domain_gone`].
+    fn hand_over(&mut self, domid: DomId, owned: Vec<u32>, heir: DomId, now: u64) {
+        let mut node_path = Vec::new();
+        for index in owned {
+            let Some(node) = self.tree.node(index) else {
+                continue;
+            };
+            let mut perms = node.perms();
+            let Some(first) = perms.next() else {
+                continue;
+            };
+            let to = if index == self.tree.root {
+                DomId::DOM0
+            } else {
+                heir
+            };
+            let perms: Vec<Perm> = core::iter::once(Perm::new(to, first.access))
+                .chain(perms.filter(|p| p.domid != domid))
+                .collect();
+            node_path.clear();
+            self.tree.path_of(index, &mut node_path);
+            // Cannot fail for a node that exists: its list only got shorter.
+            let _ = self.set_node_perms(index, &node_path, &perms, now, DomId::DOM0);
         }
     }
 
@@ -387,12 +427,16 @@ impl Store {
         Ok(())
     }
 
-    /// `GET_FEATURE`: the feature bits of `domid`, or with `None`, those of the caller.
+    /// `GET_FEATURE`: the feature bits of `domid`, or with `None`, those of the caller. A
+    /// domain the store does not know yet has all of them (it has until `SET_FEATURE`
+    /// limits them); ids that can name no domain are `ENOENT`, as C xenstored answers for a
+    /// domain Xen does not know.
     pub fn get_features(&self, conn: ConnId, domid: Option<DomId>) -> XsResult<u32> {
         let caller = self.caller(conn)?;
         let domid = match domid {
             None => caller.domid,
-            Some(d) if caller.privileged => d,
+            Some(d) if caller.privileged && d.is_real() => d,
+            Some(_) if caller.privileged => return Err(XsError::NoEnt),
             Some(_) => return Err(XsError::Acces),
         };
         Ok(self.domain_features(domid))
@@ -408,16 +452,27 @@ impl Store {
     }
 
     /// `SET_FEATURE`: limits the features offered to `domid`, before it is introduced.
+    ///
+    /// As C xenstored 4.22 (`do_set_feature`), in its order: an id that can name no domain
+    /// is `ENOENT`; a domain already introduced is `EBUSY` (its ring page already advertises
+    /// its features), dom0 always (`docs/misc/xenstore.txt`: "dom0 will always have all
+    /// supported features enabled"); bits the store does not implement are `EINVAL`.
     pub fn set_features(&mut self, conn: ConnId, domid: DomId, bits: u32) -> XsResult<()> {
         self.require_privileged(conn)?;
-        self.guest_domid(domid)?;
+        if !domid.is_real() {
+            return Err(XsError::NoEnt);
+        }
+        let introduced = self
+            .domains
+            .get(&domid)
+            .is_some_and(|d| d.introduced.is_some());
+        if introduced || domid == DomId::DOM0 {
+            return Err(XsError::Busy);
+        }
         if bits & !features::ALL != 0 {
             return Err(XsError::Inval);
         }
-        if self.is_introduced(domid) {
-            return Err(XsError::IsConn);
-        }
-        self.ensure_domain(domid).ok_or(XsError::Io)?.features = bits;
+        self.ensure_domain(domid).ok_or(XsError::NoMem)?.features = bits;
         Ok(())
     }
 }

@@ -89,12 +89,21 @@ pub struct StoreConfig {
     /// Domains besides dom0 that bypass permission checks and quotas (for example the
     /// hypervisor's own domid when it embeds the store).
     pub privileged: Vec<DomId>,
-    /// Create a domain's default nodes under `/local/domain/<domid>` on `INTRODUCE`
-    /// (turn off when the toolstack creates its own).
+    /// Create a domain's default nodes under `/local/domain/<domid>` on `INTRODUCE`, as
+    /// libxl lays them out: for a program that is itself the toolstack (a VMM). C xenstored
+    /// never creates them (libxl does, before it introduces the domain), and a store under
+    /// Xen's toolstack turns this off, as xs-host does.
     pub domain_nodes: bool,
     /// Remove `/local/domain/<domid>` on release, so a later domain with the same id finds
     /// nothing left behind even if the toolstack does not clean up.
     pub remove_home_on_release: bool,
+    /// Who inherits the nodes of a domain that is gone: `None` (Xen's default) removes them,
+    /// each with everything below it; `Some(heir)` gives them to `heir` instead, which C
+    /// xenstored's `-K`/`--keep-orphans` does (to its privileged domain), at the risk it
+    /// warns of: a guest's nodes outlive it and pile up. Only the owner changes; entries
+    /// naming the gone domain are dropped as in any case. Its home still goes if
+    /// [`StoreConfig::remove_home_on_release`] says so, with what is below it.
+    pub orphans_to: Option<DomId>,
     /// Most events queued per connection (see the policy in `watch.rs`).
     pub event_queue_len: usize,
     /// Most bytes of old versions kept for open transactions' snapshots (an unprivileged
@@ -111,8 +120,9 @@ pub struct StoreConfig {
 }
 
 impl StoreConfig {
-    /// Xen's defaults (C xenstored's quotas, default nodes on `INTRODUCE`, a domain's home
-    /// removed on release), with the watch-hash key `hash_key`, which must come from real
+    /// Xen's defaults (C xenstored's quotas; a domain's default nodes made on `INTRODUCE`
+    /// and its home removed on release, which C leaves to the toolstack), with the watch-hash
+    /// key `hash_key`, which must come from real
     /// entropy (see [`StoreConfig::hash_key`]). There is deliberately no `Default`: the easy
     /// thing to write must not be a fixed key. Adjust the other fields with struct update
     /// syntax.
@@ -137,6 +147,7 @@ impl StoreConfig {
             privileged: Vec::new(),
             domain_nodes: true,
             remove_home_on_release: true,
+            orphans_to: None,
             event_queue_len: 1024,
             history_limit: 16 << 20,
             memory_soft: 2 << 20,

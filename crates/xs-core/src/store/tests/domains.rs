@@ -217,3 +217,75 @@ fn releasing_the_owner_of_the_root_removes_its_nodes_below_it() {
     assert_eq!(h.d0().read("/a"), Err(XsError::NoEnt));
     assert_eq!(h.d0().read("/kept").unwrap(), b"y");
 }
+
+/// C xenstored's `-K` (`orphans_to`): a released domain's nodes stay, owned by the heir,
+/// with their access for others and their other entries, less those naming the gone
+/// domain; nothing fires; the domain's record still goes, so a later domain with the same
+/// id owns none of them.
+#[test]
+fn kept_orphans_go_to_the_heir() {
+    let mut h = Host::with(StoreConfig {
+        orphans_to: Some(DomId::DOM0),
+        domain_nodes: false,
+        ..StoreConfig::new([1, 2])
+    });
+    let g = h.guest(7);
+    let _g8 = h.guest(8);
+    h.d0().mkdir("/shared").unwrap();
+    h.d0().set_perms("/shared", &perms(&["n7"])).unwrap();
+    h.s(g).write("/shared/a/b", b"x").unwrap();
+    h.s(g)
+        .set_perms("/shared/a", &perms(&["r7", "w8", "b7"]))
+        .unwrap();
+    let watcher = h.store.connect(DomId::DOM0).unwrap();
+    h.s(watcher).watch("/shared", "w", None).unwrap();
+    h.events(watcher);
+    h.store.release(h.dom0, DomId(7)).unwrap();
+    h.checked();
+    assert_eq!(h.events(watcher), []);
+    assert_eq!(h.d0().read("/shared/a/b").unwrap(), b"x");
+    assert_eq!(h.d0().get_perms("/shared").unwrap(), perms(&["n0"]));
+    assert_eq!(h.d0().get_perms("/shared/a").unwrap(), perms(&["r0", "w8"]));
+    assert_eq!(h.d0().get_perms("/shared/a/b").unwrap(), perms(&["n0"]));
+    assert_eq!(h.store.usage(DomId(7)), None);
+    let g2 = h.guest(7);
+    assert_eq!(h.store.usage(DomId(7)).unwrap().nodes, 0);
+    assert_eq!(h.s(g2).write("/shared/a/b", b"y"), Err(XsError::Acces));
+}
+
+/// `SET_FEATURE` as C xenstored 4.22 answers it: before `INTRODUCE` only, never for dom0
+/// (`EBUSY`), only bits the store has (`EINVAL`), only ids that can name a domain
+/// (`ENOENT`); the bits set are what the domain is offered once introduced.
+#[test]
+fn set_feature_before_introduction_only() {
+    let mut h = Host::new();
+    let d0 = h.dom0;
+    assert_eq!(h.store.set_features(d0, DomId(4), features::ERROR), Ok(()));
+    assert_eq!(
+        h.store.get_features(d0, Some(DomId(4))),
+        Ok(features::ERROR)
+    );
+    assert_eq!(
+        h.store.set_features(d0, DomId(4), features::ALL + 1),
+        Err(XsError::Inval)
+    );
+    assert_eq!(h.store.set_features(d0, DomId::ANY, 0), Err(XsError::NoEnt));
+    assert_eq!(
+        h.store.get_features(d0, Some(DomId::SELF)),
+        Err(XsError::NoEnt)
+    );
+    assert_eq!(h.store.set_features(d0, DomId::DOM0, 0), Err(XsError::Busy));
+    let g = h.guest(4);
+    assert_eq!(h.store.domain_features(DomId(4)), features::ERROR);
+    assert_eq!(h.store.get_features(g, None), Ok(features::ERROR));
+    assert_eq!(h.store.set_features(d0, DomId(4), 0), Err(XsError::Busy));
+    // Checked in C's order: introduced before the bits.
+    assert_eq!(
+        h.store.set_features(d0, DomId(4), u32::MAX),
+        Err(XsError::Busy)
+    );
+    assert_eq!(h.store.set_features(g, DomId(5), 0), Err(XsError::Acces));
+    assert_eq!(h.store.get_features(g, Some(DomId(4))), Err(XsError::Acces));
+    // A domain never named has all features.
+    assert_eq!(h.store.get_features(d0, Some(DomId(9))), Ok(features::ALL));
+}

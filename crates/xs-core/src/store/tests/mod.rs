@@ -13,7 +13,7 @@ use alloc::vec::Vec;
 
 use super::*;
 use crate::perms::Access;
-use crate::quota::QuotaKind;
+use crate::quota::{QuotaKind, QuotaName};
 
 fn p(s: &str) -> Perm {
     Perm::parse(s.as_bytes()).unwrap()

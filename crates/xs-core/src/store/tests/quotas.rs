@@ -252,3 +252,100 @@ fn a_transactions_read_set_is_charged_to_the_readers_memory() {
     assert_eq!(h.store.usage(DomId(3)).unwrap().memory, before);
     h.checked();
 }
+
+/// Quotas set for a domain before `INTRODUCE` (as libxl 4.22 sets a guest's
+/// `xenstore_quota`) hold once it is introduced; reading them before answers the global
+/// values a domain starts with. Ids that can name no domain are `ENOENT`; `u32::MAX` is
+/// refused as C refuses it.
+#[test]
+fn quotas_set_before_introduction_hold() {
+    let mut h = Host::with(StoreConfig {
+        domain_nodes: false,
+        ..StoreConfig::new([1, 2])
+    });
+    let d0 = h.dom0;
+    assert_eq!(
+        h.store.get_quota(d0, Some(DomId(9)), QuotaKind::Nodes),
+        Ok(1000)
+    );
+    assert_eq!(h.store.usage(DomId(9)), None, "reading creates nothing");
+    h.store
+        .set_quota(d0, Some(DomId(9)), QuotaKind::Nodes, 2)
+        .unwrap();
+    assert_eq!(
+        h.store.get_quota(d0, Some(DomId(9)), QuotaKind::Nodes),
+        Ok(2)
+    );
+    assert!(!h.store.is_introduced(DomId(9)));
+    let g = h.guest(9);
+    h.d0().mkdir("/local/domain/9").unwrap();
+    h.d0()
+        .set_perms("/local/domain/9", &perms(&["n9"]))
+        .unwrap();
+    h.s(g).write("a", b"").unwrap();
+    assert_eq!(h.s(g).write("b", b""), Err(XsError::NoSpc));
+    for bad in [DomId::SELF, DomId::ANY, DomId(0xFFFF)] {
+        assert_eq!(
+            h.store.set_quota(d0, Some(bad), QuotaKind::Nodes, 1),
+            Err(XsError::NoEnt)
+        );
+        assert_eq!(
+            h.store.get_quota(d0, Some(bad), QuotaKind::Nodes),
+            Err(XsError::NoEnt)
+        );
+    }
+    assert_eq!(
+        h.store.set_quota(d0, None, QuotaKind::Nodes, u32::MAX),
+        Err(XsError::Inval)
+    );
+    // Released, the domain's own values go with its record.
+    h.store.release(d0, DomId(9)).unwrap();
+    assert_eq!(
+        h.store.get_quota(d0, Some(DomId(9)), QuotaKind::Nodes),
+        Ok(1000)
+    );
+    h.checked();
+}
+
+/// `soft-memory`: global and per domain; reaching it is reported, never refused; only
+/// memory has a soft level.
+#[test]
+fn per_domain_soft_memory_quota() {
+    let mut h = Host::new();
+    let g = h.guest(3);
+    let g4 = h.guest(4);
+    let d0 = h.dom0;
+    let soft = QuotaName::soft(QuotaKind::Memory).unwrap();
+    assert_eq!(h.store.get_quota(d0, None, soft), Ok(2 << 20));
+    assert_eq!(h.store.get_quota(d0, Some(DomId(3)), soft), Ok(2 << 20));
+    let used = h.store.usage(DomId(3)).unwrap().memory as u32;
+    h.store
+        .set_quota(d0, Some(DomId(3)), soft, used + 1000)
+        .unwrap();
+    assert_eq!(h.store.get_quota(d0, Some(DomId(3)), soft), Ok(used + 1000));
+    assert_eq!(h.store.get_quota(d0, None, soft), Ok(2 << 20));
+    for i in 0..20 {
+        h.s(g)
+            .write(&alloc::format!("data/{i}"), &[b'x'; 100])
+            .unwrap();
+        h.s(g4)
+            .write(&alloc::format!("data/{i}"), &[b'x'; 100])
+            .unwrap();
+    }
+    assert_eq!(h.store.take_warnings(), [DomId(3)]);
+    // The global soft level, set through SET_QUOTA, is what CONTROL quota-soft shows.
+    h.store.set_quota(d0, None, soft, 1234).unwrap();
+    assert_eq!(h.store.memory_soft_quota(), 1234);
+    let soft_nodes = QuotaName {
+        kind: QuotaKind::Nodes,
+        soft: true,
+    };
+    assert_eq!(
+        h.store.set_quota(d0, None, soft_nodes, 1),
+        Err(XsError::Inval)
+    );
+    assert_eq!(
+        h.store.get_quota(g, Some(DomId(3)), soft),
+        Err(XsError::Acces)
+    );
+}
