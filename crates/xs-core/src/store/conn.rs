@@ -24,6 +24,17 @@ pub(crate) struct Conn {
     pub(crate) missed: VecDeque<u32>,
     /// Listed in the store's pending notifications.
     pub(crate) notify: bool,
+    /// Messages (replies and watch events) waiting in the connection's output, not yet
+    /// wholly sent, and their bytes; charged to an unprivileged domain (its `outstanding`
+    /// count and its memory) until sent or dropped. See `Store::output_queued`.
+    pub(crate) unsent: Unsent,
+}
+
+/// Output a connection holds unsent.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub(crate) struct Unsent {
+    pub(crate) msgs: u64,
+    pub(crate) bytes: u64,
 }
 
 impl Conn {
@@ -37,6 +48,7 @@ impl Conn {
             events: EventQueue::default(),
             missed: VecDeque::new(),
             notify: false,
+            unsent: Unsent::default(),
         }
     }
 
