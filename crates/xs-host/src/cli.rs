@@ -33,6 +33,9 @@ Sockets:
                              is created; a client connecting to it acts as domain N
                              (unprivileged); it is removed, and its connections closed, when N
                              is released (RELEASE)
+      --domain-connections N connections one domain may have open through DIR/N (default 64;
+                             0 means unlimited); further attempts wait in the socket's backlog,
+                             costing the daemon nothing, until one of them closes
       --no-domain-nodes      do not create /local/domain/<N> and its default nodes on INTRODUCE
 
 Process:
@@ -73,6 +76,12 @@ root) /var/run/xenstored/socket, where Xen's clients look; for other users
 $XDG_RUNTIME_DIR/xs-host/socket, else /tmp/xs-host-<uid>/socket.
 ";
 
+/// Connections one domain may have open through its per-domain socket, by default: far more
+/// than a guest's tools need (its kernel has one ring), few enough that a domain's
+/// connections cost little (each holds a descriptor and at most a request's payload; their
+/// replies and events are bounded per domain by its quotas).
+pub(crate) const DEFAULT_DOMAIN_CONNECTIONS: u32 = 64;
+
 /// Where the read-only socket goes.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub(crate) enum RoSocket {
@@ -91,6 +100,8 @@ pub(crate) struct Options {
     pub(crate) socket: Option<PathBuf>,
     pub(crate) socket_ro: RoSocket,
     pub(crate) domain_sockets: Option<PathBuf>,
+    /// `--domain-connections`: connections per domain through its socket (0: unlimited).
+    pub(crate) domain_connections: u32,
     pub(crate) domain_nodes: bool,
     pub(crate) privileged: Vec<DomId>,
     /// Fork into the background (no `-N`).
@@ -125,6 +136,7 @@ impl Default for Options {
             socket: None,
             socket_ro: RoSocket::Default,
             domain_sockets: None,
+            domain_connections: DEFAULT_DOMAIN_CONNECTIONS,
             domain_nodes: true,
             privileged: Vec::new(),
             fork: true,
@@ -208,6 +220,7 @@ pub(crate) const LONG_OPTIONS: &[&str] = &[
     "socket",
     "socket-ro",
     "domain-sockets",
+    "domain-connections",
     "no-domain-nodes",
     // C xenstored's.
     "no-domain-init",
@@ -373,6 +386,7 @@ where
                 };
             }
             "domain-sockets" => o.domain_sockets = Some(p.value()?.into()),
+            "domain-connections" => o.domain_connections = number(&shown, &p.value()?)?,
             "no-domain-nodes" => o.domain_nodes = false,
             "priv-domid" => {
                 let d = domid("--priv-domid", &p.value()?, false)?;
@@ -688,6 +702,7 @@ mod tests {
         assert!(o.domain_nodes);
         assert!(o.fork);
         assert_eq!(o.socket_ro, RoSocket::Default);
+        assert_eq!(o.domain_connections, DEFAULT_DOMAIN_CONNECTIONS);
     }
 
     #[test]
@@ -699,6 +714,7 @@ mod tests {
             "/tmp/b",
             "--domain-sockets",
             "/tmp/d",
+            "--domain-connections=5",
             "--no-domain-nodes",
             "--priv-domid",
             "7",
@@ -742,6 +758,7 @@ mod tests {
         assert_eq!(o.socket, Some(PathBuf::from("/tmp/a")));
         assert_eq!(o.socket_ro, RoSocket::At(PathBuf::from("/tmp/b")));
         assert_eq!(o.domain_sockets, Some(PathBuf::from("/tmp/d")));
+        assert_eq!(o.domain_connections, 5);
         assert!(!o.domain_nodes);
         assert_eq!(o.privileged, vec![DomId(7), DomId(9)]);
         assert!(!o.fork);
