@@ -93,7 +93,7 @@ pub fn connection(data: &[u8]) {
         conn.pull_events(&mut store, &mut NoHost);
         // The peer reads some of what it was sent.
         let out = conn.output().len();
-        conn.consume_output(out / (usize::from(*select >> 2) % 3 + 1));
+        conn.consume_output(&mut store, out / (usize::from(*select >> 2) % 3 + 1));
         if *select == 0xff {
             conn.reset(&mut store);
         }

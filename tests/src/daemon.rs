@@ -279,12 +279,18 @@ impl Daemon {
         cxs_extra: &[&str],
     ) -> Result<Daemon, Skip> {
         match Kind::from_env() {
-            Kind::XsHost => Ok(Daemon::start_xs_host(dir, xs_host_extra)),
+            Kind::XsHost => Ok(Daemon::start_xs_host(dir, xs_host_extra, None)),
             Kind::CXenstored => Daemon::start_cxenstored(dir, cxs_extra),
         }
     }
 
-    fn start_xs_host(dir: TempDir, extra: &[&str]) -> Daemon {
+    /// xs-host with extra options, started with an open-file limit of `nofile` (soft and
+    /// hard, so that it cannot raise it).
+    pub fn start_xs_host_with_nofile(extra: &[&str], nofile: u64) -> Daemon {
+        Daemon::start_xs_host(TempDir::new(), extra, Some(nofile))
+    }
+
+    fn start_xs_host(dir: TempDir, extra: &[&str], nofile: Option<u64>) -> Daemon {
         let bin = xs_host_bin();
         let socket = dir.path().join("sock");
         let domain_dir = dir.path().join("domains");
@@ -292,7 +298,11 @@ impl Daemon {
             fs::File::create(dir.path().join(name))
                 .unwrap_or_else(|e| panic!("creating the daemon's {name}: {e}"))
         };
-        let child = Command::new(&bin)
+        let mut command = Command::new(&bin);
+        if let Some(n) = nofile {
+            crate::sys::limit_nofile(&mut command, n);
+        }
+        let child = command
             .arg("-s")
             .arg(&socket)
             .arg("--domain-sockets")

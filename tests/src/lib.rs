@@ -18,6 +18,7 @@ pub mod daemon;
 pub mod ring;
 pub mod skip;
 pub mod stubdom;
+pub mod sys;
 pub mod wire;
 
 pub use daemon::{Daemon, Kind, Output, xs_host_only};

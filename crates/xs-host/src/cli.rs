@@ -36,6 +36,9 @@ Sockets:
       --domain-nodes         create /local/domain/<N> and the default nodes libxl makes in it
                              on INTRODUCE (off by default: as C xenstored, xs-host leaves
                              them to the toolstack); --no-domain-nodes turns it off again
+      --domain-connections N connections one domain may have open through DIR/N (default 64;
+                             0 means unlimited); further attempts wait in the socket's backlog,
+                             costing the daemon nothing, until one of them closes
 
 Process:
   -N, --no-fork              stay in the foreground and log to stderr
@@ -81,6 +84,12 @@ root) /var/run/xenstored/socket, where Xen's clients look; for other users
 $XDG_RUNTIME_DIR/xs-host/socket, else /tmp/xs-host-<uid>/socket.
 ";
 
+/// Connections one domain may have open through its per-domain socket, by default: far more
+/// than a guest's tools need (its kernel has one ring), few enough that a domain's
+/// connections cost little (each holds a descriptor and at most a request's payload; their
+/// replies and events are bounded per domain by its quotas).
+pub(crate) const DEFAULT_DOMAIN_CONNECTIONS: u32 = 64;
+
 /// Where the read-only socket goes.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub(crate) enum RoSocket {
@@ -99,6 +108,8 @@ pub(crate) struct Options {
     pub(crate) socket: Option<PathBuf>,
     pub(crate) socket_ro: RoSocket,
     pub(crate) domain_sockets: Option<PathBuf>,
+    /// `--domain-connections`: connections per domain through its socket (0: unlimited).
+    pub(crate) domain_connections: u32,
     /// `--domain-nodes`: create a domain's default nodes on INTRODUCE.
     pub(crate) domain_nodes: bool,
     /// `-K`: a gone domain's nodes are kept (given to the privileged domain).
@@ -133,6 +144,7 @@ impl Default for Options {
             socket: None,
             socket_ro: RoSocket::Default,
             domain_sockets: None,
+            domain_connections: DEFAULT_DOMAIN_CONNECTIONS,
             domain_nodes: false,
             keep_orphans: false,
             privileged: Vec::new(),
@@ -217,6 +229,7 @@ pub(crate) const LONG_OPTIONS: &[&str] = &[
     "socket-ro",
     "domain-sockets",
     "domain-nodes",
+    "domain-connections",
     "no-domain-nodes",
     // C xenstored's.
     "no-domain-init",
@@ -383,6 +396,7 @@ where
             }
             "domain-sockets" => o.domain_sockets = Some(p.value()?.into()),
             "domain-nodes" => o.domain_nodes = true,
+            "domain-connections" => o.domain_connections = number(&shown, &p.value()?)?,
             "no-domain-nodes" => o.domain_nodes = false,
             "priv-domid" => {
                 let d = domid("--priv-domid", &p.value()?, false)?;
@@ -705,6 +719,7 @@ mod tests {
         assert!(!o.keep_orphans);
         assert!(o.fork);
         assert_eq!(o.socket_ro, RoSocket::Default);
+        assert_eq!(o.domain_connections, DEFAULT_DOMAIN_CONNECTIONS);
     }
 
     #[test]
@@ -718,6 +733,7 @@ mod tests {
             "/tmp/d",
             "--domain-nodes",
             "-K",
+            "--domain-connections=5",
             "--priv-domid",
             "7",
             "--priv-domid=9",
@@ -760,6 +776,7 @@ mod tests {
         assert_eq!(o.domain_sockets, Some(PathBuf::from("/tmp/d")));
         assert!(o.domain_nodes);
         assert!(o.keep_orphans);
+        assert_eq!(o.domain_connections, 5);
         assert_eq!(o.privileged, vec![DomId(7), DomId(9)]);
         assert!(!o.fork);
         assert_eq!(o.pid_file, Some(PathBuf::from("/tmp/pid")));

@@ -177,7 +177,8 @@ fn ensure_parent(path: &Path) -> io::Result<()> {
     }
 }
 
-/// Lets the daemon hold as many connections as the hard limit allows.
+/// Lets the daemon hold as many connections as the hard limit allows (the server keeps a
+/// reserve of them for dom0's sockets: `server::FdBudget`).
 fn raise_fd_limit() {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
@@ -245,6 +246,7 @@ fn run(options: &Options, socket: MainSocket, startup: &mut Option<Startup>) -> 
         main: socket.clone(),
         read_only: read_only.clone(),
         domain_dir: options.domain_sockets.clone(),
+        domain_connections: usize::try_from(options.domain_connections).unwrap_or(usize::MAX),
     };
     let xs = start_store(options, host)?;
     let mut server = Server::new(xs, &sockets)?;

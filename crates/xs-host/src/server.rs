@@ -23,12 +23,28 @@
 //! between sockets and rings. Without Xen the same dispatcher serves no ring.
 //!
 //! Backpressure: a peer that does not read its replies stops being read. The connection
-//! takes no more input once too many messages wait to be sent (its `outstanding` quota, or
+//! takes no more input once too many messages wait to be sent (its domain's `outstanding`
+//! quota, across all the domain's connections, or for a privileged connection
 //! [`Limits::privileged_pending`]); bytes it did not consume are kept (at most one read
 //! buffer) and the socket's `READABLE` interest is dropped until the output drains, so the
 //! peer's own writes block in the kernel. Memory per connection stays bounded and the
 //! others are served as usual.
+//!
+//! A domain's socket (`DIR/<domid>`) is bounded as a whole, not per connection, so that
+//! opening more connections gets a guest nothing:
+//!
+//! - at most `--domain-connections` clients: at the limit the listener is taken out of the
+//!   poll, so further attempts wait in the kernel's backlog (or are refused by it) without
+//!   waking the daemon, until one of the domain's clients closes;
+//! - its clients' replies and events waiting to be sent are bounded by the domain's
+//!   `outstanding` quota and charged to its memory (xs-core), and the input they read but
+//!   could not take yet by [`DOMAIN_STASH`] bytes together (each read is cut to what is
+//!   left); a client that cannot go on for either waits in its domain's queue and is
+//!   served again, in turn, once there is room;
+//! - descriptors: [`FdBudget`] keeps a reserve that accepts on domain sockets may not use,
+//!   so that dom0's sockets (main and read-only) always accept.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::fs;
@@ -63,6 +79,11 @@ const SIGNAL: Token = Token(usize::MAX - 1);
 const EVTCHN: Token = Token(usize::MAX - 2);
 /// How long to wait before accepting again after running out of file descriptors.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// Bytes the clients of one domain's socket may hold read but not yet taken, together (a
+/// dom0 client may hold one read of its own).
+const DOMAIN_STASH: usize = READ_CHUNK;
+/// Stash capacity a client keeps once its stash is consumed.
+const RETAINED_STASH: usize = 4096;
 
 /// Which socket a listener serves.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -90,6 +111,80 @@ struct Listener {
     socket: UnixListener,
     path: PathBuf,
     kind: Kind,
+    /// In the poll. A domain's listener leaves it while the domain is at its connection
+    /// limit, or while accepting would eat into the descriptor reserve (then it is also
+    /// `starved`).
+    registered: bool,
+    /// In [`Server::starved`]: it has attempts waiting for descriptors.
+    starved: bool,
+}
+
+/// What the daemon knows of the clients of one domain's socket.
+#[derive(Debug, Default)]
+struct DomainClients {
+    /// Clients connected.
+    count: usize,
+    /// Bytes in their stashes, together (at most [`DOMAIN_STASH`] plus one partly taken
+    /// read).
+    stashed: usize,
+    /// Clients that have work but no room (the domain's `outstanding` quota or its stash),
+    /// in turn; an entry whose client no longer waits is skipped.
+    waiting: VecDeque<usize>,
+    /// Listed in [`Server::waiting_domains`].
+    listed: bool,
+}
+
+/// Descriptors: how many the process may open, and how many of them accepts on domain
+/// sockets must leave free, so that dom0's sockets always accept.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct FdBudget {
+    /// `RLIMIT_NOFILE` (its soft limit, which start-up raises to the hard limit).
+    limit: usize,
+    /// Descriptors only dom0's sockets (and whatever else the daemon opens: the trace
+    /// file, a report) may use.
+    reserve: usize,
+    /// Descriptors open besides clients and domain listeners (the standard streams, the
+    /// poll, the main and read-only listeners, the log, Xen's devices).
+    base: usize,
+}
+
+impl FdBudget {
+    /// For a process whose limit is `limit` with `base` descriptors open besides clients.
+    fn new(limit: usize, base: usize) -> FdBudget {
+        FdBudget {
+            limit,
+            reserve: fd_reserve(limit),
+            base,
+        }
+    }
+
+    /// This process's budget, counting what is open now.
+    fn measure() -> FdBudget {
+        use rustix::process::{Resource, getrlimit};
+        let limit = getrlimit(Resource::Nofile)
+            .current
+            .and_then(|l| usize::try_from(l).ok())
+            .unwrap_or(usize::MAX);
+        // The directory's own descriptor is counted too: one more than is open, which errs
+        // on the safe side.
+        let base = fs::read_dir("/proc/self/fd").map_or(32, |d| d.count());
+        FdBudget::new(limit, base)
+    }
+
+    /// Whether a domain socket's client may take a descriptor while `clients` descriptors
+    /// (clients and domain listeners) are open besides the base.
+    fn domain_may_take(&self, clients: usize) -> bool {
+        self.base
+            .saturating_add(clients)
+            .saturating_add(self.reserve)
+            < self.limit
+    }
+}
+
+/// Descriptors kept from domain sockets' clients for `limit` in all: an eighth, at least 16
+/// (dom0's tools, the trace file, a memory report) and at most 1024.
+fn fd_reserve(limit: usize) -> usize {
+    (limit / 8).clamp(16, 1024)
 }
 
 /// Received bytes a connection did not take yet, consumed from the front without moving
@@ -102,6 +197,10 @@ struct Stash {
 }
 
 impl Stash {
+    fn len(&self) -> usize {
+        self.bytes.len().saturating_sub(self.at)
+    }
+
     fn is_empty(&self) -> bool {
         self.at >= self.bytes.len()
     }
@@ -115,6 +214,8 @@ impl Stash {
         if self.is_empty() {
             self.bytes.clear();
             self.at = 0;
+            // A client that once held a full read does not keep its buffer while idle.
+            self.bytes.shrink_to(RETAINED_STASH);
         }
     }
 
@@ -131,6 +232,12 @@ struct Client {
     stream: UnixStream,
     conn: Connection,
     domid: DomId,
+    /// Connected through its domain's socket (counted in [`Server::domains`]).
+    domain_socket: bool,
+    /// Waits in its domain's queue for room.
+    waiting: bool,
+    /// The peer closed its end entirely: nothing can reach it any more.
+    hung_up: bool,
     /// Input the connection did not take yet (backpressure); at most one read.
     stash: Stash,
     /// The socket may have unread bytes (cleared when a read would block).
@@ -186,6 +293,8 @@ pub(crate) struct Sockets {
     pub(crate) main: PathBuf,
     pub(crate) read_only: Option<PathBuf>,
     pub(crate) domain_dir: Option<PathBuf>,
+    /// Clients one domain may have through its socket (0: unlimited).
+    pub(crate) domain_connections: usize,
 }
 
 /// The daemon.
@@ -202,6 +311,18 @@ pub(crate) struct Server {
     by_conn: HashMap<ConnId, usize>,
     domain_listeners: HashMap<DomId, usize>,
     domain_dir: Option<PathBuf>,
+    /// Clients of domain sockets, by domain.
+    domains: HashMap<DomId, DomainClients>,
+    /// Domains with clients waiting for room.
+    waiting_domains: Vec<DomId>,
+    /// `--domain-connections` (0: unlimited).
+    domain_connections: usize,
+    /// Clients, all sockets together.
+    clients: usize,
+    fds: FdBudget,
+    /// Domain listeners waiting for descriptors, in turn (an entry whose listener is no
+    /// longer `starved` is skipped).
+    starved: VecDeque<usize>,
     limits: Limits,
     /// Clients with work for the next iteration.
     work: VecDeque<usize>,
@@ -292,6 +413,12 @@ impl Server {
             by_conn: HashMap::new(),
             domain_listeners: HashMap::new(),
             domain_dir: sockets.domain_dir.clone(),
+            domains: HashMap::new(),
+            waiting_domains: Vec::new(),
+            domain_connections: sockets.domain_connections,
+            clients: 0,
+            fds: FdBudget::new(usize::MAX, 0),
+            starved: VecDeque::new(),
             limits: Limits::default(),
             work: VecDeque::new(),
             batch: Vec::new(),
@@ -308,6 +435,13 @@ impl Server {
             // On failure the server is dropped, which removes the main socket.
             server.listen(ro, Kind::ReadOnly, 0o660)?;
         }
+        server.fds = FdBudget::measure();
+        log::debug!(
+            "descriptors: limit {}, {} open, {} kept for dom0's sockets",
+            server.fds.limit,
+            server.fds.base,
+            server.fds.reserve
+        );
         Ok(server)
     }
 
@@ -353,6 +487,8 @@ impl Server {
                 socket,
                 path: path.to_owned(),
                 kind,
+                registered: true,
+                starved: false,
             });
         }
         Ok(token)
@@ -392,6 +528,9 @@ impl Server {
                         if event.is_read_closed() || event.is_error() {
                             c.read_closed = true;
                         }
+                        if event.is_write_closed() {
+                            c.hung_up = true;
+                        }
                         if event.is_readable() || c.read_closed {
                             c.can_read = true;
                         }
@@ -411,8 +550,11 @@ impl Server {
             }
             if self.accept_retry {
                 self.accept_retry = false;
+                // Listeners out of the poll are resumed when there is room, not here.
                 for l in self.listener_slots() {
-                    self.accept(l);
+                    if matches!(self.slots.get(l), Some(Slot::Listener(l)) if l.registered) {
+                        self.accept(l);
+                    }
                 }
             }
             self.iterate();
@@ -474,6 +616,7 @@ impl Server {
         }
         self.closing = closing;
         self.closing.clear();
+        self.wake_waiting();
         for line in self.xs.take_log() {
             match line.strip_prefix(WARNING) {
                 Some(warning) => log::warn!("{warning}"),
@@ -497,12 +640,28 @@ impl Server {
         }
     }
 
+    /// Accepts until the listener would block, or (a domain socket) until the domain is at
+    /// its connection limit or the descriptors left are the reserve: then the listener
+    /// leaves the poll until there is room ([`Server::resume`]).
     fn accept(&mut self, token: usize) {
         loop {
             let Some(Slot::Listener(l)) = self.slots.get(token) else {
                 return;
             };
             let kind = l.kind;
+            if let Kind::Domain(domid) = kind {
+                if self.domain_full(domid) {
+                    self.pause(token, false);
+                    return;
+                }
+                if !self.fds.domain_may_take(self.fds_taken()) {
+                    self.pause(token, true);
+                    return;
+                }
+            }
+            let Some(Slot::Listener(l)) = self.slots.get(token) else {
+                return;
+            };
             match l.socket.accept() {
                 Ok((stream, _)) => self.add_client(stream, kind),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
@@ -525,6 +684,81 @@ impl Server {
                     }
                     return;
                 }
+            }
+        }
+    }
+
+    /// Whether `domid` has as many clients through its socket as it may.
+    fn domain_full(&self, domid: DomId) -> bool {
+        self.domain_connections != 0
+            && self
+                .domains
+                .get(&domid)
+                .is_some_and(|d| d.count >= self.domain_connections)
+    }
+
+    /// Descriptors the daemon holds besides its base: clients and domain listeners.
+    fn fds_taken(&self) -> usize {
+        self.clients.saturating_add(self.domain_listeners.len())
+    }
+
+    /// Takes a listener out of the poll (attempts wait in the kernel's backlog meanwhile);
+    /// `starved`: for descriptors, so it is resumed in turn when one is freed (else when its
+    /// domain has a client fewer).
+    fn pause(&mut self, token: usize, starved: bool) {
+        let Some(Slot::Listener(l)) = self.slots.get_mut(token) else {
+            return;
+        };
+        if l.registered {
+            match self.poll.registry().deregister(&mut l.socket) {
+                Ok(()) => l.registered = false,
+                Err(e) => log::warn!("cannot pause {}: {e}", l.path.display()),
+            }
+            log::debug!(
+                "{}: not accepting ({})",
+                l.path.display(),
+                if starved {
+                    "descriptors left are for dom0"
+                } else {
+                    "domain at its connection limit"
+                }
+            );
+        }
+        if starved && !l.starved {
+            l.starved = true;
+            self.starved.push_back(token);
+        }
+    }
+
+    /// Puts a paused listener back in the poll and accepts what waits.
+    fn resume(&mut self, token: usize) {
+        let Some(Slot::Listener(l)) = self.slots.get_mut(token) else {
+            return;
+        };
+        if !l.registered {
+            if let Err(e) =
+                self.poll
+                    .registry()
+                    .register(&mut l.socket, Token(token), Interest::READABLE)
+            {
+                log::warn!("cannot resume {}: {e}", l.path.display());
+                return;
+            }
+            l.registered = true;
+        }
+        self.accept(token);
+    }
+
+    /// Resumes listeners that waited for descriptors, in turn, while there are some.
+    fn resume_starved(&mut self) {
+        while self.fds.domain_may_take(self.fds_taken())
+            && let Some(t) = self.starved.pop_front()
+        {
+            if let Some(Slot::Listener(l)) = self.slots.get_mut(t)
+                && l.starved
+            {
+                l.starved = false;
+                self.resume(t);
             }
         }
     }
@@ -561,6 +795,9 @@ impl Server {
                 stream,
                 conn,
                 domid,
+                domain_socket: matches!(kind, Kind::Domain(_)),
+                waiting: false,
+                hung_up: false,
                 stash: Stash::default(),
                 can_read: false,
                 can_write: true,
@@ -573,6 +810,11 @@ impl Server {
             }));
         }
         self.by_conn.insert(id, token);
+        self.clients = self.clients.saturating_add(1);
+        if let Kind::Domain(d) = kind {
+            let entry = self.domains.entry(d).or_default();
+            entry.count = entry.count.saturating_add(1);
+        }
         self.xs.host_mut().opened(id, number, domid, kind.label());
         log::debug!(
             "conn {number}: connected to the {} as domain {domid}",
@@ -599,7 +841,9 @@ impl Server {
         }
     }
 
-    /// Step 2 for one client: leftover input, then reads, then watch events.
+    /// Step 2 for one client: leftover input, then reads, then watch events. A domain
+    /// socket's client that has work but no room (its domain's `outstanding` quota or
+    /// stash) joins its domain's queue ([`Server::wake_waiting`]).
     fn serve(&mut self, t: usize) {
         let Some(Slot::Client(c)) = self.slots.get_mut(t) else {
             return;
@@ -608,17 +852,32 @@ impl Server {
             return;
         }
         let xs = &mut self.xs;
+        // The stash shared by the domain's socket clients (none for dom0's sockets).
+        let mut shared = if c.domain_socket {
+            self.domains.get_mut(&c.domid)
+        } else {
+            None
+        };
         let mut ended: Option<End> = None;
         // A request held for a protected transaction is tried again with the input after it
         // (or none): the store notified the connection.
         if !c.stash.is_empty() || c.conn.holds_request() {
             let pending = c.stash.pending();
             match xs.external(|store, host| c.conn.receive(store, host, pending)) {
-                Ok(n) => c.stash.consume(n),
+                Ok(n) => {
+                    let before = c.stash.len();
+                    c.stash.consume(n);
+                    if let Some(d) = shared.as_deref_mut() {
+                        let taken = before.saturating_sub(c.stash.len());
+                        d.stashed = d.stashed.saturating_sub(taken);
+                    }
+                }
                 Err(closed) => ended = Some(End::Protocol(closed)),
             }
         }
         let mut reads = 0usize;
+        // The domain's stash is full: reading now could not keep what it does not take.
+        let mut no_stash = false;
         while ended.is_none()
             && c.stash.is_empty()
             && c.can_read
@@ -631,7 +890,16 @@ impl Server {
                 self.work.push_back(t);
                 break;
             }
-            match c.stream.read(&mut self.buf) {
+            let size = shared
+                .as_deref()
+                .map_or(READ_CHUNK, |d| DOMAIN_STASH.saturating_sub(d.stashed))
+                .min(READ_CHUNK);
+            if size == 0 {
+                no_stash = true;
+                break;
+            }
+            let buf = self.buf.get_mut(..size).unwrap_or_default();
+            match c.stream.read(buf) {
                 Ok(0) => {
                     // Half-closed: answer what came, then close (in `write_out`).
                     c.eof = true;
@@ -643,13 +911,16 @@ impl Server {
                     // reports the next arrival, so skip the read that would only say
                     // WouldBlock (one syscall less per request, as Tokio does). Not after a
                     // hang-up: then the next read is the end of input, and no event says so.
-                    if n < self.buf.len() && !c.read_closed {
+                    if n < size && !c.read_closed {
                         c.can_read = false;
                     }
-                    let input = self.buf.get(..n).unwrap_or_default();
+                    let input = buf.get(..n).unwrap_or_default();
                     match xs.external(|store, host| c.conn.receive(store, host, input)) {
                         Ok(used) if used < n => {
                             c.stash.keep(input.get(used..).unwrap_or_default());
+                            if let Some(d) = shared.as_deref_mut() {
+                                d.stashed = d.stashed.saturating_add(n.saturating_sub(used));
+                            }
                         }
                         Ok(_) => {}
                         Err(closed) => ended = Some(End::Protocol(closed)),
@@ -662,6 +933,31 @@ impl Server {
         }
         if ended.is_none() {
             xs.external(|store, host| c.conn.pull_events(store, host));
+        }
+        if ended.is_none()
+            && let Some(d) = shared
+        {
+            let id = c.conn.id();
+            let store = xs.store();
+            let has_work =
+                !c.stash.is_empty() || (c.can_read && !c.eof) || store.queued_events(id) > 0;
+            let blocked = has_work && (no_stash || !c.conn.wants_input(store));
+            if blocked && c.hung_up {
+                // Nobody is left to read what it would be sent.
+                ended = Some(End::Eof);
+            } else if blocked {
+                if !c.waiting {
+                    c.waiting = true;
+                    d.waiting.push_back(t);
+                }
+                if !d.listed {
+                    d.listed = true;
+                    self.waiting_domains.push(c.domid);
+                }
+            } else {
+                // Its entry in the queue, if any, is skipped.
+                c.waiting = false;
+            }
         }
         self.mark_dirty(t);
         if let Some(reason) = ended {
@@ -676,6 +972,53 @@ impl Server {
             Some(Slot::Client(c)) if c.conn.holds_request() => self.serve(t),
             _ => self.pull_events(t),
         }
+    }
+
+    /// End of an iteration: in each domain with clients waiting for room, the first that
+    /// can go on now is served next iteration (one per domain and iteration: a domain whose
+    /// room is taken gets its clients served in turn, and costs one check per iteration
+    /// while it is not).
+    fn wake_waiting(&mut self) {
+        let mut domids = std::mem::take(&mut self.waiting_domains);
+        domids.retain(|&domid| self.wake_one(domid));
+        self.waiting_domains = domids;
+    }
+
+    /// [`Server::wake_waiting`] for one domain; whether clients of it still wait.
+    fn wake_one(&mut self, domid: DomId) -> bool {
+        let Some(d) = self.domains.get_mut(&domid) else {
+            return false;
+        };
+        while let Some(&t) = d.waiting.front() {
+            let Some(Slot::Client(c)) = self.slots.get_mut(t) else {
+                d.waiting.pop_front();
+                continue;
+            };
+            if !c.waiting || !c.domain_socket || c.domid != domid || c.closing.is_some() {
+                d.waiting.pop_front();
+                continue;
+            }
+            let store = self.xs.store();
+            let room = c.conn.wants_input(store)
+                && (!c.stash.is_empty()
+                    || d.stashed < DOMAIN_STASH
+                    || store.queued_events(c.conn.id()) > 0);
+            if room {
+                d.waiting.pop_front();
+                c.waiting = false;
+                if !c.queued {
+                    c.queued = true;
+                    self.work.push_back(t);
+                }
+            }
+            break;
+        }
+        d.listed = !d.waiting.is_empty();
+        if !d.listed && d.count == 0 {
+            self.domains.remove(&domid);
+            return false;
+        }
+        d.listed
     }
 
     fn pull_events(&mut self, t: usize) {
@@ -705,7 +1048,8 @@ impl Server {
                         c.can_write = false;
                     }
                     progressed = n > 0;
-                    c.conn.consume_output(n);
+                    // What was sent no longer counts for the domain.
+                    self.xs.external(|store, _| c.conn.consume_output(store, n));
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => c.can_write = false,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {
@@ -763,6 +1107,17 @@ impl Server {
         let reason = c.closing.take().unwrap_or(End::Eof);
         let _ = self.poll.registry().deregister(&mut c.stream);
         let id = c.conn.id();
+        self.clients = self.clients.saturating_sub(1);
+        if c.domain_socket
+            && let Entry::Occupied(mut e) = self.domains.entry(c.domid)
+        {
+            let d = e.get_mut();
+            d.count = d.count.saturating_sub(1);
+            d.stashed = d.stashed.saturating_sub(c.stash.len());
+            if d.count == 0 && !d.listed {
+                e.remove();
+            }
+        }
         match &reason {
             End::Eof | End::Io(_) => {
                 log::debug!("connection of domain {} closed: {reason}", c.domid);
@@ -777,6 +1132,15 @@ impl Server {
         self.by_conn.remove(&id);
         self.xs.host_mut().closed(id, &reason.to_string());
         self.xs.disconnect(id);
+        // Room for one more: the domain's listener if it was at its limit, else whichever
+        // waited for descriptors.
+        if c.domain_socket
+            && let Some(&listener) = self.domain_listeners.get(&c.domid)
+            && matches!(self.slots.get(listener), Some(Slot::Listener(l)) if !l.registered && !l.starved)
+        {
+            self.resume(listener);
+        }
+        self.resume_starved();
     }
 
     fn carry_out_actions(&mut self) {
@@ -867,4 +1231,35 @@ fn reregister(
     interest: Interest,
 ) -> io::Result<()> {
     registry.reregister(stream, Token(token), interest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_descriptor_reserve() {
+        assert_eq!(fd_reserve(64), 16);
+        assert_eq!(fd_reserve(1024), 128);
+        assert_eq!(fd_reserve(1 << 20), 1024);
+        // 256 in all, 12 open at start: clients and domain listeners may hold
+        // 256 - 12 - 32 = 212 when domain sockets' accepts stop; the last 32 are dom0's.
+        let b = FdBudget::new(256, 12);
+        assert!(b.domain_may_take(211));
+        assert!(!b.domain_may_take(212));
+        assert!(!b.domain_may_take(usize::MAX));
+        assert!(FdBudget::new(usize::MAX, 0).domain_may_take(1 << 30));
+    }
+
+    #[test]
+    fn a_stash_keeps_little_once_consumed() {
+        let mut s = Stash::default();
+        s.keep(&[7; READ_CHUNK]);
+        assert_eq!(s.len(), READ_CHUNK);
+        s.consume(100);
+        assert_eq!((s.len(), s.pending().first()), (READ_CHUNK - 100, Some(&7)));
+        s.consume(READ_CHUNK);
+        assert!(s.is_empty());
+        assert!(s.bytes.capacity() <= RETAINED_STASH);
+    }
 }

@@ -114,7 +114,7 @@ pub fn pump<P: Page>(
         if !out.is_empty() {
             match ring.write(out) {
                 Ok(n) => {
-                    conn.consume_output(n);
+                    conn.consume_output(store, n);
                     progress |= n > 0;
                 }
                 Err(fault) => {

@@ -5,14 +5,19 @@
 //! * Replies are produced in request order; watch events are put between whole messages
 //!   only, when the connection asks the store for them ([`Connection::pull_events`]).
 //! * A header announcing more than 4096 payload bytes is fatal for this connection only.
-//! * A peer that stops reading cannot grow memory: once `max_pending` messages wait to be
-//!   sent, the connection takes no more input (the transport leaves it unread: in the ring,
-//!   or in the socket) and takes no more events (they wait, bounded, in the store).
-//!   Unprivileged domains are held to their `outstanding` quota, privileged ones to
+//! * A peer that stops reading cannot grow memory: once too many messages wait to be sent,
+//!   the connection takes no more input (the transport leaves it unread: in the ring, or in
+//!   the socket) and takes no more events (they wait, bounded, in the store). An
+//!   unprivileged domain's connections together are held to its `outstanding` quota (the
+//!   store counts every message waiting in any of them, and charges their bytes to the
+//!   domain's memory until sent: see [`Store::outstanding_room`]), so that opening more
+//!   connections gets a domain nothing more; a privileged connection is held on its own to
 //!   [`Limits::privileged_pending`].
 //! * A request that would change what a starving privileged transaction relied on is held,
 //!   whole and unanswered, until that transaction ends (the store's fairness rules, see
 //!   [`crate::store::PROTECT_AFTER`]); the connection takes nothing after it meanwhile.
+//! * Buffers shrink back once drained (beyond [`RETAINED_OUTPUT`], or a large request's
+//!   payload), so that an idle connection costs little however much it once held.
 //! * A watch event identical to one still unsent in the output is dropped when the
 //!   connection takes it from the store (C xenstored's rule against duplicate events; the
 //!   store applies it to its own queue, see [`Connection::pull_events`]).
@@ -27,6 +32,17 @@ use super::Host;
 use super::dispatch::{self, Access};
 use crate::store::{ConnId, Store};
 use crate::wire::{Fault, HEADER_LEN, Header};
+
+/// Output capacity an unprivileged connection keeps once its output is all sent (a privileged
+/// one keeps up to [`RETAINED_OUTPUT_PRIVILEGED`]): a domain may hold many idle connections.
+pub const RETAINED_OUTPUT: usize = 4096;
+
+/// Output capacity a privileged connection keeps once its output is all sent (dom0's
+/// pipelining tools reuse it batch after batch).
+pub const RETAINED_OUTPUT_PRIVILEGED: usize = 64 * 1024;
+
+/// Payload capacity a connection keeps after answering a request.
+const RETAINED_PAYLOAD: usize = 1024;
 
 /// Bounds of a connection.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -86,7 +102,7 @@ impl fmt::Display for Closed {
 /// conn.receive(&mut store, &mut NoHost, &request[HEADER_LEN..]).unwrap();
 ///
 /// let reply = conn.output().to_vec();
-/// conn.consume_output(reply.len());
+/// conn.consume_output(&mut store, reply.len());
 /// let header = Header::decode(reply[..HEADER_LEN].try_into().unwrap());
 /// assert_eq!((header.kind(), header.req_id), (Some(MsgType::Write), 7));
 /// assert_eq!(&reply[HEADER_LEN..], b"OK\0");
@@ -164,16 +180,22 @@ impl Connection {
         self.ends.len()
     }
 
-    fn max_pending(&self, store: &Store) -> usize {
-        store
-            .outstanding_limit(self.id)
-            .unwrap_or(self.limits.privileged_pending)
+    /// How many more messages may be queued now: what the domain's `outstanding` quota
+    /// leaves across all its connections, or for a privileged connection (or an unlimited
+    /// quota) what [`Limits::privileged_pending`] leaves of this one's.
+    fn room(&self, store: &Store) -> usize {
+        store.outstanding_room(self.id).unwrap_or_else(|| {
+            self.limits
+                .privileged_pending
+                .saturating_sub(self.pending())
+        })
     }
 
     /// Whether the connection takes input now (it does not while too many messages wait to
-    /// be sent).
+    /// be sent: in this connection, or for an unprivileged domain in any of its
+    /// connections).
     pub fn wants_input(&self, store: &Store) -> bool {
-        self.fault.is_none() && self.pending() < self.max_pending(store)
+        self.fault.is_none() && self.room(store) > 0
     }
 
     /// Takes received bytes, answering every complete request, and returns how many bytes
@@ -190,9 +212,10 @@ impl Connection {
         if store.is_dead(self.id) {
             return Err(Closed::Released);
         }
-        let max = self.max_pending(store);
+        // Only this connection's answers take room meanwhile.
+        let mut room = self.room(store);
         let mut used = 0usize;
-        while self.pending() < max {
+        while room > 0 {
             let rest = input.get(used..).unwrap_or_default();
             if let Some(header) = self.current {
                 let missing = (header.len as usize).saturating_sub(self.payload.len());
@@ -209,7 +232,12 @@ impl Connection {
                     break;
                 }
                 self.current = None;
-                self.answer(store, host, &header);
+                if self.answer(store, host, &header) {
+                    room = room.saturating_sub(1);
+                }
+                if self.payload.capacity() > RETAINED_PAYLOAD {
+                    self.payload = Vec::new();
+                }
             } else {
                 if rest.is_empty() {
                     break;
@@ -237,7 +265,8 @@ impl Connection {
         Ok(used)
     }
 
-    fn answer(&mut self, store: &mut Store, host: &mut dyn Host, header: &Header) {
+    /// Answers the request in `payload`; whether a reply was queued.
+    fn answer(&mut self, store: &mut Store, host: &mut dyn Host, header: &Header) -> bool {
         if host.tracing() {
             host.trace(self.id, true, header, &self.payload);
         }
@@ -251,17 +280,25 @@ impl Connection {
             &self.payload,
             &mut self.out,
         );
-        self.queued(host, start, None);
+        self.queued(store, host, start, None)
     }
 
-    /// Records the message appended at `start` as pending (and traces it); `event_key` is
-    /// the key of a watch event the rule against identical events covers.
-    fn queued(&mut self, host: &mut dyn Host, start: usize, event_key: Option<u64>) {
+    /// Records the message appended at `start` as pending, charged to the domain (and
+    /// traces it); `event_key` is the key of a watch event the rule against identical events
+    /// covers. Whether there was a message.
+    fn queued(
+        &mut self,
+        store: &mut Store,
+        host: &mut dyn Host,
+        start: usize,
+        event_key: Option<u64>,
+    ) -> bool {
         let end = self.out.len();
         if end == start {
-            return;
+            return false;
         }
         self.ends.push_back(Unsent { end, event_key });
+        store.output_queued(self.id, end.saturating_sub(start));
         if let Some(key) = event_key {
             let event = UnsentEvent {
                 key,
@@ -281,6 +318,7 @@ impl Connection {
                 .unwrap_or_default();
             host.trace(self.id, false, &Header::decode(&h), payload);
         }
+        true
     }
 
     /// Moves queued watch events into the output, while there is room.
@@ -306,8 +344,8 @@ impl Connection {
     }
 
     fn move_events(&mut self, store: &mut Store, host: &mut dyn Host) {
-        let max = self.max_pending(store);
-        while self.pending() < max {
+        let mut room = self.room(store);
+        while room > 0 {
             let Some((event, key)) = store.pop_event_with_key(self.id) else {
                 break;
             };
@@ -318,7 +356,9 @@ impl Connection {
             }
             let start = self.out.len();
             dispatch::push_event(&mut self.out, &event.path, &event.token);
-            self.queued(host, start, key);
+            if self.queued(store, host, start, key) {
+                room = room.saturating_sub(1);
+            }
         }
     }
 
@@ -335,29 +375,47 @@ impl Connection {
             .is_some()
     }
 
+    /// Bytes allocated for output (what an idle connection keeps).
+    #[cfg(test)]
+    pub(crate) fn out_capacity(&self) -> usize {
+        self.out.capacity()
+    }
+
     /// The bytes waiting to be sent.
     pub fn output(&self) -> &[u8] {
         self.out.get(self.sent..).unwrap_or_default()
     }
 
-    /// Marks `n` bytes of [`Connection::output`] as sent.
-    pub fn consume_output(&mut self, n: usize) {
+    /// Marks `n` bytes of [`Connection::output`] as sent (what they held no longer counts
+    /// for the domain).
+    pub fn consume_output(&mut self, store: &mut Store, n: usize) {
+        let before = self.sent;
         self.sent = self.sent.saturating_add(n).min(self.out.len());
+        let mut whole = 0usize;
         while let Some(&Unsent { end, event_key }) = self.ends.front()
             && end <= self.sent
         {
             self.ends.pop_front();
+            whole = whole.saturating_add(1);
             if let Some(key) = event_key
                 && let Ok(entry) = self.unsent_events.find_entry(key, |e| e.end == end)
             {
                 entry.remove();
             }
         }
+        store.output_sent(self.id, whole, self.sent.saturating_sub(before));
         if self.sent == self.out.len() {
             self.out.clear();
             self.sent = 0;
             self.ends.clear();
             self.unsent_events.clear();
+            if self.out.capacity() > RETAINED_OUTPUT {
+                let keep = match store.conn_domid(self.id) {
+                    Some(d) if store.is_privileged(d) => RETAINED_OUTPUT_PRIVILEGED,
+                    _ => RETAINED_OUTPUT,
+                };
+                self.out.shrink_to(keep);
+            }
         } else if self.sent > 64 * 1024 && self.sent > self.out.len() / 2 {
             // Keep the buffer from growing without bound under a slow reader.
             self.out.drain(..self.sent);
@@ -376,6 +434,7 @@ impl Connection {
     /// Forgets partial input and unsent output and resets the connection's state in the store
     /// (watches, transactions, queued events): a ring reconnection.
     pub fn reset(&mut self, store: &mut Store) {
+        store.output_dropped(self.id);
         self.header_fill = 0;
         self.current = None;
         self.payload.clear();

@@ -146,6 +146,7 @@ pub(super) fn control(
                     QuotaKind::Watches => usage.watches,
                     QuotaKind::Transactions => usage.transactions,
                     QuotaKind::Memory => usage.memory,
+                    QuotaKind::Outstanding => usage.outstanding,
                     _ => 0,
                 };
                 let max = store.peak(Some(domid), kind).max(now);

@@ -6,6 +6,7 @@
 use alloc::vec::Vec;
 
 use super::access::{self, Caller, Rights};
+use super::conn::Unsent;
 use super::domain::Domain;
 use super::{ConnId, Store, Usage, features};
 use crate::domid::DomId;
@@ -127,9 +128,9 @@ impl Store {
         record.map_or(global.get(kind), |d| d.overrides.effective(global, kind))
     }
 
-    /// How many messages a connection may have waiting to be sent before it takes no more
-    /// input: its domain's `outstanding` quota, `None` for a privileged (or unknown)
-    /// connection or an unlimited quota.
+    /// How many messages a connection's domain may have waiting to be sent, across all its
+    /// connections, before they take no more input: its `outstanding` quota, `None` for a
+    /// privileged (or unknown) connection or an unlimited quota.
     pub fn outstanding_limit(&self, conn: ConnId) -> Option<usize> {
         let caller = self.conns.get_id(conn.0)?.caller;
         if caller.privileged {
@@ -138,6 +139,92 @@ impl Store {
         match self.quota(caller.domid, QuotaKind::Outstanding) {
             0 => None,
             q => Some(q as usize),
+        }
+    }
+
+    // ----- output waiting to be sent -------------------------------------------------------
+    //
+    // A domain's connections together, not each, are bounded by its `outstanding` quota:
+    // every reply or watch event waiting in a connection's output counts for the domain
+    // until it is wholly sent, and its bytes are charged to the domain's memory meanwhile
+    // (C xenstored counts `nboutstanding` per domain and charges queued output to the
+    // domain's memory without checking it, `domain_memory_add_nochk`). A domain with many
+    // connections (a ring and per-domain sockets) therefore gets no more than one with a
+    // single connection. Privileged domains are not counted: each of their connections is
+    // bounded on its own (`Limits::privileged_pending`). A connection's share is kept in its
+    // record too, so that closing it refunds what it held, whatever state its output was in.
+
+    /// How many more messages `conn`'s domain may queue for its connections now: `None` if
+    /// the domain is not bounded (privileged, unknown, or an unlimited quota), in which case
+    /// the connection bounds its own output.
+    pub fn outstanding_room(&self, conn: ConnId) -> Option<usize> {
+        let c = self.conns.get_id(conn.0)?;
+        if c.caller.privileged {
+            return None;
+        }
+        let record = self.domains.get(&c.caller.domid);
+        match self.quota_in(record, QuotaKind::Outstanding) {
+            0 => None,
+            q => {
+                let used = record.map_or(0, |d| d.usage.outstanding);
+                let room = u64::from(q).saturating_sub(used);
+                Some(usize::try_from(room).unwrap_or(usize::MAX))
+            }
+        }
+    }
+
+    /// A message of `bytes` was queued in `conn`'s output: charged to an unprivileged
+    /// domain's `outstanding` count and memory until [`Store::output_sent`].
+    pub(crate) fn output_queued(&mut self, conn: ConnId, bytes: usize) {
+        let Some(c) = self.conns.get_id_mut(conn.0) else {
+            return;
+        };
+        // A released domain's connections (dead) no longer count: its record is gone, and
+        // a later domain with the same id must not inherit their output.
+        if c.caller.privileged || c.dead {
+            return;
+        }
+        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+        c.unsent.msgs = c.unsent.msgs.saturating_add(1);
+        c.unsent.bytes = c.unsent.bytes.saturating_add(bytes);
+        let domid = c.domid();
+        if let Some(d) = self.domains.get_mut(&domid) {
+            d.usage.outstanding = d.usage.outstanding.saturating_add(1);
+            d.usage.memory = d.usage.memory.saturating_add(bytes);
+            d.peaks.note(QuotaKind::Outstanding, d.usage.outstanding);
+            self.peaks.note(QuotaKind::Outstanding, d.usage.outstanding);
+        }
+    }
+
+    /// `msgs` messages of `bytes` in all left `conn`'s output (sent, or dropped): refunded
+    /// to its domain. Never refunds more than the connection was charged.
+    pub(crate) fn output_sent(&mut self, conn: ConnId, msgs: usize, bytes: usize) {
+        let Some(c) = self.conns.get_id_mut(conn.0) else {
+            return;
+        };
+        if c.caller.privileged || c.dead {
+            return;
+        }
+        let msgs = u64::try_from(msgs).unwrap_or(u64::MAX).min(c.unsent.msgs);
+        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX).min(c.unsent.bytes);
+        c.unsent.msgs = c.unsent.msgs.saturating_sub(msgs);
+        c.unsent.bytes = c.unsent.bytes.saturating_sub(bytes);
+        let domid = c.domid();
+        if let Some(d) = self.domains.get_mut(&domid) {
+            d.usage.outstanding = d.usage.outstanding.saturating_sub(msgs);
+            d.usage.memory = d.usage.memory.saturating_sub(bytes);
+        }
+    }
+
+    /// Everything `conn`'s output held was dropped (the connection was reset or closed).
+    pub(crate) fn output_dropped(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_id(conn.0) {
+            let Unsent { msgs, bytes } = c.unsent;
+            self.output_sent(
+                conn,
+                usize::try_from(msgs).unwrap_or(usize::MAX),
+                usize::try_from(bytes).unwrap_or(usize::MAX),
+            );
         }
     }
 

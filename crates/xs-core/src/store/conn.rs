@@ -28,6 +28,17 @@ pub(crate) struct Conn {
     pub(crate) waiting: bool,
     /// Commits that failed with `EAGAIN` in a row (see `txn::fairness`).
     pub(crate) failed_commits: u8,
+    /// Messages (replies and watch events) waiting in the connection's output, not yet
+    /// wholly sent, and their bytes; charged to an unprivileged domain (its `outstanding`
+    /// count and its memory) until sent or dropped. See `Store::output_queued`.
+    pub(crate) unsent: Unsent,
+}
+
+/// Output a connection holds unsent.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub(crate) struct Unsent {
+    pub(crate) msgs: u64,
+    pub(crate) bytes: u64,
 }
 
 impl Conn {
@@ -43,6 +54,7 @@ impl Conn {
             notify: false,
             waiting: false,
             failed_commits: 0,
+            unsent: Unsent::default(),
         }
     }
 

@@ -31,8 +31,12 @@ pub struct Usage {
     pub watches: u64,
     /// Transactions its connections have open.
     pub transactions: u64,
-    /// Bytes charged to it: owned nodes, watches, queued events, transaction data.
+    /// Bytes charged to it: owned nodes, watches, queued events, transaction data, and
+    /// the replies and events waiting in its connections' output.
     pub memory: u64,
+    /// Messages (replies and watch events) waiting in its connections' output, across
+    /// all of them: what its `outstanding` quota bounds (unprivileged domains only).
+    pub outstanding: u64,
 }
 
 /// The record.

@@ -50,8 +50,8 @@ impl Store {
     }
 
     /// Checks the store's invariants (C xenstored's `check` control command): parent links,
-    /// sorted children, owner lists, node counts and the event queues' indices. Returns a
-    /// description of the first inconsistency found.
+    /// sorted children, owner lists, node counts, the event queues' indices and the
+    /// domains' outstanding counts. Returns a description of the first inconsistency found.
     pub fn check(&self) -> Result<(), &'static str> {
         let mut counted: BTreeMap<DomId, u64> = BTreeMap::new();
         let mut stack = alloc::vec![self.tree.root];
@@ -112,6 +112,16 @@ impl Store {
         }
         if open != self.open_txs.len() {
             return Err("snapshot index names transactions that are not open");
+        }
+        let mut unsent: BTreeMap<DomId, u64> = BTreeMap::new();
+        for (_, c) in self.conns.iter().filter(|(_, c)| !c.dead) {
+            let n = unsent.entry(c.domid()).or_default();
+            *n = n.saturating_add(c.unsent.msgs);
+        }
+        for (domid, d) in self.domains.iter() {
+            if unsent.get(&domid).copied().unwrap_or(0) != d.usage.outstanding {
+                return Err("outstanding count does not match the connections' output");
+            }
         }
         if counted.keys().any(|d| !self.domains.contains_key(d)) {
             return Err("node owned by an unknown domain");

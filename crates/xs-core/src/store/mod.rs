@@ -347,8 +347,9 @@ impl Store {
     }
 
     /// Closes a connection: its watches go, its transactions are aborted, its queued events
-    /// are dropped.
+    /// are dropped, and the output it held unsent no longer counts for its domain.
     pub fn disconnect(&mut self, conn: ConnId) {
+        self.output_dropped(conn);
         self.reset_connection(conn);
         self.conns.remove(conn.0.index);
     }

@@ -705,3 +705,28 @@ fn a_starving_privileged_transaction_is_protected_from_guest_writers() {
     h.s(g).transaction_end(gt, false).unwrap();
     h.checked();
 }
+
+/// Xen's `test-xenstore` ("ta err"), on a connection whose commits keep failing: its own
+/// write outside the transaction (a privileged writer never waits) changes what the
+/// protected transaction read, which then reads again what it read (it keeps its snapshot
+/// rather than move to the present) and fails its commit.
+#[test]
+fn a_protected_transaction_still_reads_again_what_it_read() {
+    let mut h = Host::new();
+    for round in 0..=PROTECT_AFTER {
+        h.d0().write("/ta", b"a").unwrap();
+        let tx = h.d0().transaction_start().unwrap();
+        assert_eq!(
+            h.store.protected_transactions(),
+            usize::from(round == PROTECT_AFTER)
+        );
+        assert_eq!(h.d0().in_tx(tx).read("/ta").unwrap(), b"a");
+        h.d0().write("/ta", b"b").unwrap();
+        assert_eq!(h.d0().in_tx(tx).read("/ta").unwrap(), b"a", "round {round}");
+        h.d0().in_tx(tx).write("/ta", b"c").unwrap();
+        assert_eq!(h.d0().in_tx(tx).read("/ta").unwrap(), b"c");
+        assert_eq!(h.d0().transaction_end(tx, true), Err(XsError::Again));
+        assert_eq!(h.d0().read("/ta").unwrap(), b"b");
+    }
+    h.checked();
+}

@@ -466,15 +466,16 @@ impl Store {
         }
         let open: Vec<(u64, ConnId, TxId)> = self.open_txs.iter().copied().collect();
         for (snapshot, conn, tx) in open {
-            self.rebase(snapshot, conn, tx);
+            self.rebase(snapshot, conn, tx, true);
         }
         self.prune_history();
     }
 
-    /// Rebases one open transaction (snapshot `snapshot`) to the present, or dooms it (see
-    /// `settle_history`). Runs between changes: every change up to the current generation
-    /// is applied.
-    fn rebase(&mut self, snapshot: u64, conn: ConnId, tx: TxId) {
+    /// Rebases one open transaction (snapshot `snapshot`) to the present if what it relied
+    /// on holds; else dooms it if `doom` (see `settle_history`), or leaves it as it is (its
+    /// commit will fail, and meanwhile it reads its snapshot as before). Runs between
+    /// changes: every change up to the current generation is applied.
+    fn rebase(&mut self, snapshot: u64, conn: ConnId, tx: TxId, doom: bool) {
         let now = self.generation;
         let Ok(caller) = self.caller(conn) else {
             return;
@@ -484,6 +485,9 @@ impl Store {
             .get_id(conn.0)
             .and_then(|c| c.transactions.get(&tx))
             .is_some_and(|t| self.validate(t, &caller));
+        if !valid && !doom {
+            return;
+        }
         self.open_txs.remove(&(snapshot, conn, tx));
         let Some(t) = self
             .conns
@@ -506,7 +510,10 @@ impl Store {
     /// A protected transaction (see `fairness`) reads the present: the writers that could
     /// fail it wait only once it relied on what they change, so what changed before must not
     /// count against it. Before each of its operations, if anything changed since its
-    /// snapshot, it is rebased (the cost is its read set's, and it is rare).
+    /// snapshot, it is rebased (the cost is its read set's, and it is rare), unless what it
+    /// relied on changed already (a privileged writer, who never waits): then it keeps its
+    /// snapshot, so that it reads again what it read (Xen's `test-xenstore` checks this), and
+    /// its commit fails.
     fn refresh_protected(&mut self, conn: ConnId, tx: TxId) {
         if !self.protected.contains(&(conn, tx)) {
             return;
@@ -521,7 +528,7 @@ impl Store {
             return;
         };
         if snapshot < self.generation {
-            self.rebase(snapshot, conn, tx);
+            self.rebase(snapshot, conn, tx, false);
             self.prune_history();
         }
     }
