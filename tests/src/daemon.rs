@@ -96,8 +96,7 @@ pub fn workspace_root() -> PathBuf {
     manifest.parent().unwrap_or(manifest).to_path_buf()
 }
 
-/// The target directory this test binary was built into
-/// (`<target>/<profile>/deps/<test binary>`).
+/// The target directory this test (or harness binary) was built into.
 pub(crate) fn own_target_dir() -> Option<PathBuf> {
     if let Some(d) = std::env::var_os("CARGO_TARGET_DIR") {
         let d = PathBuf::from(d);
@@ -107,8 +106,14 @@ pub(crate) fn own_target_dir() -> Option<PathBuf> {
             workspace_root().join(d)
         });
     }
+    // A test is `<target>/<profile>/deps/<name>`, a binary (xs-difftest)
+    // `<target>/<profile>/<name>`.
     let exe = std::env::current_exe().ok()?;
-    Some(exe.parent()?.parent()?.parent()?.to_path_buf())
+    let mut dir = exe.parent()?;
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent()?;
+    }
+    Some(dir.parent()?.to_path_buf())
 }
 
 /// The xs-host binary, built on first use.
