@@ -258,6 +258,9 @@ impl Gen {
                 let p = self.path();
                 let mut payload = nul_joined(&[&p]);
                 payload.extend(self.value());
+                // Within the protocol's 4096 bytes (longer messages are a transport
+                // matter, BADLEN's).
+                payload.truncate(4096);
                 self.push(conn, 11, tx, payload);
             }
             300..=349 => {
