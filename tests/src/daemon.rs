@@ -3,7 +3,8 @@
 //!
 //! Which daemon: `XS_E2E_DAEMON=xs-host` (default) or `XS_E2E_DAEMON=cxenstored` (Debian's
 //! C xenstored 4.17 through `shared/anchors/start-anchor.sh`, the reference the tests were
-//! validated against).
+//! validated against). The differential tester (`crate::difftest`) starts all three kinds
+//! side by side with [`Daemon::start_kind`], Xen's OCaml oxenstored 4.17 included.
 //!
 //! The xs-host binary is `$XS_HOST_BIN` if set, else it is built here with
 //! `cargo build --release -p xs-host` into this test binary's own target directory.
@@ -48,6 +49,9 @@ pub enum Kind {
     XsHost,
     /// Xen's C xenstored (reference).
     CXenstored,
+    /// Xen's OCaml oxenstored (second reference; only the differential tester starts it:
+    /// the suite's tests were not validated against it).
+    OXenstored,
 }
 
 impl Kind {
@@ -59,6 +63,31 @@ impl Kind {
             Ok(other) => panic!("XS_E2E_DAEMON={other:?}: expected xs-host or cxenstored"),
         }
     }
+
+    /// The name `start-anchor.sh` and the differential tester's options use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::XsHost => "xs-host",
+            Kind::CXenstored => "cxenstored",
+            Kind::OXenstored => "oxenstored",
+        }
+    }
+
+    /// The kind named `name` ([`Kind::name`]).
+    pub fn from_name(name: &str) -> Option<Kind> {
+        [Kind::XsHost, Kind::CXenstored, Kind::OXenstored]
+            .into_iter()
+            .find(|k| k.name() == name)
+    }
+
+    /// The reference daemon's binary (`None` for xs-host).
+    fn reference_binary(self) -> Option<&'static str> {
+        match self {
+            Kind::XsHost => None,
+            Kind::CXenstored => Some("/usr/lib/xen-4.17/bin/xenstored"),
+            Kind::OXenstored => Some("/usr/lib/xen-4.17/bin/oxenstored"),
+        }
+    }
 }
 
 /// The workspace root (this crate lives in `<root>/tests`).
@@ -67,8 +96,7 @@ pub fn workspace_root() -> PathBuf {
     manifest.parent().unwrap_or(manifest).to_path_buf()
 }
 
-/// The target directory this test binary was built into
-/// (`<target>/<profile>/deps/<test binary>`).
+/// The target directory this test (or harness binary) was built into.
 pub(crate) fn own_target_dir() -> Option<PathBuf> {
     if let Some(d) = std::env::var_os("CARGO_TARGET_DIR") {
         let d = PathBuf::from(d);
@@ -78,8 +106,14 @@ pub(crate) fn own_target_dir() -> Option<PathBuf> {
             workspace_root().join(d)
         });
     }
+    // A test is `<target>/<profile>/deps/<name>`, a binary (xs-difftest)
+    // `<target>/<profile>/<name>`.
     let exe = std::env::current_exe().ok()?;
-    Some(exe.parent()?.parent()?.parent()?.to_path_buf())
+    let mut dir = exe.parent()?;
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent()?;
+    }
+    Some(dir.parent()?.to_path_buf())
 }
 
 /// The xs-host binary, built on first use.
@@ -136,8 +170,8 @@ fn anchors_dir() -> Result<PathBuf, Skip> {
         }
     }
     Err(Skip(
-        "XS_E2E_DAEMON=cxenstored but shared/anchors/start-anchor.sh not found (set \
-         XS_E2E_ANCHORS)"
+        "a reference daemon was asked for but shared/anchors/start-anchor.sh was not found \
+         (set XS_E2E_ANCHORS)"
             .into(),
     ))
 }
@@ -278,9 +312,22 @@ impl Daemon {
         xs_host_extra: &[&str],
         cxs_extra: &[&str],
     ) -> Result<Daemon, Skip> {
-        match Kind::from_env() {
+        Daemon::start_kind(Kind::from_env(), dir, xs_host_extra, cxs_extra)
+    }
+
+    /// Starts a daemon of `kind` in `dir`: xs-host with `xs_host_extra`, a reference daemon
+    /// with `reference_extra` (`ANCHOR_CXS_ARGS` or `ANCHOR_OXS_ARGS`).
+    pub fn start_kind(
+        kind: Kind,
+        dir: TempDir,
+        xs_host_extra: &[&str],
+        reference_extra: &[&str],
+    ) -> Result<Daemon, Skip> {
+        match kind {
             Kind::XsHost => Ok(Daemon::start_xs_host(dir, xs_host_extra, None)),
-            Kind::CXenstored => Daemon::start_cxenstored(dir, cxs_extra),
+            Kind::CXenstored | Kind::OXenstored => {
+                Daemon::start_reference(kind, dir, reference_extra)
+            }
         }
     }
 
@@ -328,9 +375,9 @@ impl Daemon {
         d
     }
 
-    fn start_cxenstored(dir: TempDir, extra: &[&str]) -> Result<Daemon, Skip> {
+    fn start_reference(kind: Kind, dir: TempDir, extra: &[&str]) -> Result<Daemon, Skip> {
         let anchors = anchors_dir()?;
-        let xenstored = Path::new("/usr/lib/xen-4.17/bin/xenstored");
+        let xenstored = Path::new(kind.reference_binary().unwrap_or_default());
         if !xenstored.is_file() {
             return Err(Skip(format!(
                 "{} missing (Debian package xen-utils-4.17)",
@@ -342,21 +389,33 @@ impl Daemon {
         let out = run_with_timeout(
             {
                 let mut c = Command::new(anchors.join("start-anchor.sh"));
-                c.arg("cxenstored")
+                let args_var = match kind {
+                    Kind::OXenstored => "ANCHOR_OXS_ARGS",
+                    _ => "ANCHOR_CXS_ARGS",
+                };
+                c.arg(kind.name())
                     .arg(&socket)
-                    .env("ANCHOR_CXS_ARGS", extra.join(" "));
+                    .env(args_var, extra.join(" "));
                 c
             },
             Duration::from_secs(60),
         );
-        out.ok();
+        if !out.status.success() {
+            return Err(Skip(format!(
+                "{} did not start ({}): {}{}",
+                kind.name(),
+                out.status,
+                out.stdout,
+                out.stderr
+            )));
+        }
         let pidfile = PathBuf::from(format!("{}.pid", socket.display()));
         let pid: u32 = fs::read_to_string(&pidfile)
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or_else(|| panic!("no pid in {}", pidfile.display()));
         let mut d = Daemon {
-            kind: Kind::CXenstored,
+            kind,
             dir,
             socket,
             domain_dir: None,
@@ -420,7 +479,9 @@ impl Daemon {
     pub fn stderr(&self) -> String {
         read_or_empty(&match self.kind {
             Kind::XsHost => self.dir.path().join("daemon.log"),
-            Kind::CXenstored => PathBuf::from(format!("{}.d/daemon.log", self.socket.display())),
+            Kind::CXenstored | Kind::OXenstored => {
+                PathBuf::from(format!("{}.d/daemon.log", self.socket.display()))
+            }
         })
     }
 
@@ -502,6 +563,8 @@ impl Daemon {
 
     /// Introduces `domid` (as dom0) and returns a connection acting as that domain: its
     /// per-domain socket on xs-host, its ring page on C xenstored (see [`crate::ring`]).
+    /// oxenstored has no guests here: under the shim its event channels never fire, and it
+    /// reads a domain's ring only when that domain's channel did.
     pub fn guest(&self, domid: u32) -> Result<Box<dyn Client>, Skip> {
         match self.kind {
             Kind::XsHost => {
@@ -527,6 +590,11 @@ impl Daemon {
                 &self.socket,
                 domid,
             )?)),
+            Kind::OXenstored => Err(Skip(
+                "oxenstored under the anchors' shim serves no guest: it reads a ring only \
+                 after that domain's event channel fired, and the shim's never fire"
+                    .into(),
+            )),
         }
     }
 

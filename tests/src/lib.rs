@@ -15,6 +15,7 @@
 //! - `XS_E2E_ANCHORS=dir`: where `start-anchor.sh` is (default `../shared/anchors`).
 
 pub mod daemon;
+pub mod difftest;
 pub mod ring;
 pub mod skip;
 pub mod stubdom;

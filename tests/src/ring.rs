@@ -133,7 +133,16 @@ impl RingGuest {
             // Rate limiting (wrl) may hold an unprivileged domain back for a while.
             std::thread::sleep(Duration::from_millis(1));
         }
-        self.poke.read("/").map(|_| ()).map_err(io::Error::other)
+        // Not `Client::read`, which panics if the daemon is gone: a dead daemon is an
+        // error the caller reports.
+        self.poke.send_msg(&Msg {
+            ty: crate::wire::ty::READ,
+            req_id: 0,
+            tx_id: 0,
+            payload: b"/\0".to_vec(),
+        })?;
+        while self.poke.recv_msg()?.ty == crate::wire::ty::WATCH_EVENT {}
+        Ok(())
     }
 
     fn read_rsp(&mut self, out: &mut [u8], deadline: Instant) -> io::Result<()> {

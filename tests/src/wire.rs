@@ -37,6 +37,7 @@ pub mod ty {
     pub const WATCH_EVENT: u32 = 15;
     pub const ERROR: u32 = 16;
     pub const IS_DOMAIN_INTRODUCED: u32 = 17;
+    pub const RESET_WATCHES: u32 = 21;
     pub const GET_FEATURE: u32 = 23;
     pub const SET_FEATURE: u32 = 24;
     /// Xen 4.19's `XS_GET_QUOTA` and `XS_SET_QUOTA` (not in C xenstored 4.17; C answers

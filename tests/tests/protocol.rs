@@ -29,7 +29,7 @@ fn write_read_directory() {
     // payload as a (missing) relative path.
     let want = match d.kind() {
         Kind::XsHost => "EINVAL",
-        Kind::CXenstored => "ENOENT",
+        Kind::CXenstored | Kind::OXenstored => "ENOENT",
     };
     assert_eq!(c.request(ty::READ, b"no-nul"), Err(want.to_owned()));
     // An unknown type is an error reply, not the end of the connection; the replies come
