@@ -9,6 +9,10 @@
 //! the engine's tree must be the model's after every step. Transactions whose commit failed
 //! (`EAGAIN`) or that were aborted are left out.
 //!
+//! A transaction that changed nothing may instead take effect at any state the store went
+//! through while it was open (it read a consistent snapshot, and the engine commits it
+//! whatever changed since): some such state must give every answer it got.
+//!
 //! This is what conflict detection is for: it may fail a commit that would have been fine,
 //! never let one through whose answers a serial run at its commit would not give.
 //! `overlapping_transactions_do_commit` keeps the property from being met by failing
@@ -114,6 +118,9 @@ struct Stats {
     /// all avoidable: what it relied on may have changed all the same, e.g. a node removed
     /// and created again).
     answers_held: u64,
+    /// Commits of transactions that changed nothing, serializable only before their commit
+    /// (at a state they read).
+    read_only_commits: u64,
 }
 
 /// An open transaction: its id, the store's change count at its start, and what it did with
@@ -132,6 +139,8 @@ struct Run {
     model: Tree,
     /// Changes to the store so far (commits that changed something, changing operations).
     changes: u64,
+    /// The committed state after each change (`states[changes]` is `model`).
+    states: Vec<Tree>,
     stats: Stats,
 }
 
@@ -205,6 +214,7 @@ impl Run {
             conns: ids,
             model: root_tree(),
             changes: 0,
+            states: vec![root_tree()],
             stats: Stats::default(),
         })
     }
@@ -219,9 +229,34 @@ impl Run {
             ));
         }
         if changed {
-            self.changes += 1;
+            self.changed();
         }
         Ok(())
+    }
+
+    /// The model changed: keep the new state.
+    fn changed(&mut self) {
+        self.changes += 1;
+        self.states.push(self.model.clone());
+    }
+
+    /// Whether the transaction's operations, run on some state the store went through while
+    /// it was open, get the answers it got and change nothing: a transaction that changed
+    /// nothing is serializable at any point of its life (the engine commits one that wrote
+    /// nothing: it read a consistent snapshot).
+    fn read_only_at_some_point(&self, c: usize, tx: &OpenTx) -> bool {
+        let from = usize::try_from(tx.start).unwrap_or(usize::MAX);
+        self.states
+            .get(from..)
+            .unwrap_or_default()
+            .iter()
+            .any(|state| {
+                let mut copy = state.clone();
+                tx.ops.iter().all(|(path, op, got)| {
+                    let (want, changed) = model_op(&mut copy, c, path, op);
+                    want == *got && !changed
+                })
+            })
     }
 
     fn step(&mut self, step: &Step) -> Result<(), String> {
@@ -284,26 +319,49 @@ impl Run {
         if self.changes != tx.start && !tx.ops.is_empty() {
             self.stats.concurrent_commits += 1;
         }
+        let mut at_commit = self.model.clone();
         let mut changed = false;
+        let mut mismatch = None;
         for (i, (path, op, got)) in tx.ops.iter().enumerate() {
-            let (want, ch) = model_op(&mut self.model, c, path, op);
-            if *got != want {
-                return Err(format!(
-                    "connection {c} committed a transaction whose operation {i} ({op:?} {path}) \
-                     got {got:?}; run at its commit it gets {want:?} (the transaction: {:?})",
-                    tx.ops
-                ));
+            let (want, ch) = model_op(&mut at_commit, c, path, op);
+            if *got != want && mismatch.is_none() {
+                mismatch = Some((i, want));
             }
             changed |= ch;
         }
-        if changed {
-            self.changes += 1;
+        // The engine applied its changes at the commit, or (one that changed nothing) took
+        // effect earlier: which one, its tree says.
+        let engine = self.engine_tree()?;
+        if mismatch.is_none() && engine == at_commit {
+            self.model = at_commit;
+            if changed {
+                self.changed();
+            }
+            return Ok(());
         }
-        Ok(())
+        if engine == self.model && self.read_only_at_some_point(c, &tx) {
+            self.stats.read_only_commits += 1;
+            return Ok(());
+        }
+        match mismatch {
+            Some((i, want)) => {
+                let (path, op, got) = &tx.ops[i];
+                Err(format!(
+                    "connection {c} committed a transaction whose operation {i} ({op:?} \
+                     {path}) got {got:?}; run at its commit it gets {want:?}, and no state \
+                     while it was open gives all its answers without a change (the \
+                     transaction: {:?})",
+                    tx.ops
+                ))
+            }
+            None => Err(format!(
+                "trees differ after a commit: engine {engine:?}, serial order {at_commit:?}"
+            )),
+        }
     }
 
-    /// The engine's tree, as dom0 sees it outside transactions, must be the model's.
-    fn compare_trees(&mut self) -> Result<(), String> {
+    /// The engine's tree, as dom0 sees it outside transactions (after `Store::check`).
+    fn engine_tree(&mut self) -> Result<Tree, String> {
         self.store
             .check()
             .map_err(|e| format!("Store::check: {e}"))?;
@@ -325,6 +383,12 @@ impl Run {
             }
             tree.insert(p, MNode { value, perms });
         }
+        Ok(tree)
+    }
+
+    /// The engine's tree, as dom0 sees it outside transactions, must be the model's.
+    fn compare_trees(&mut self) -> Result<(), String> {
+        let tree = self.engine_tree()?;
         if tree != self.model {
             return Err(format!(
                 "trees differ: engine {tree:?}, serial order {:?}",
@@ -392,11 +456,13 @@ fn overlapping_transactions_do_commit() {
             total.concurrent_commits += stats.concurrent_commits;
             total.conflicts += stats.conflicts;
             total.answers_held += stats.answers_held;
+            total.read_only_commits += stats.read_only_commits;
         }
         if std::env::var_os("XS_MODEL_STATS").is_some() {
             println!("history limit {history_limit}: {total:?}");
         }
         assert!(total.conflicts > 0, "{total:?}");
         assert!(total.concurrent_commits * 4 > total.conflicts, "{total:?}");
+        assert!(total.read_only_commits > 0, "{total:?}");
     }
 }

@@ -603,14 +603,17 @@ pub static RULES: &[Rule] = &[
     Rule {
         id: "xs-node-size-accounting",
         who: Who::Daemon(Kind::XsHost),
-        reason: "The node-size quota (2048) of an unprivileged caller: xs-host counts a \
-                 node's value and its children's names (store/node.rs `quota_size`) and \
-                 checks the parent only if the caller owns it; C xenstored 4.17 counts its \
-                 whole database record (24-byte header and 8 bytes per permission on top) \
-                 and checks the parent a creation adds a name to whoever owns it. So C \
-                 refuses (ENOSPC) some writes xs-host takes: values of 2017..2047 bytes, \
-                 a child under another domain's node that is already near the limit. \
-                 Reported to the lead for a decision.",
+        reason: "The node-size quota (2048) of an unprivileged caller: xs-host counts the \
+                 bytes the caller controls, a node's value and its children's names \
+                 (store/node.rs `quota_size`), and checks the parent only if the caller owns \
+                 it; C xenstored 4.17 counts its whole database record (a 24-byte header \
+                 and 8 bytes per permission on top, an artefact of its TDB layout) and \
+                 checks the parent a creation adds a name to whoever owns it. So C refuses \
+                 (ENOSPC) some writes xs-host takes: values of 2017..2047 bytes, a child \
+                 under another domain's node already near the limit. Deliberate: a guest's \
+                 limit does not depend on how many permission entries dom0 gave its nodes, \
+                 and the bytes another domain's node holds are bounded by that domain's \
+                 quotas and the caller's node quota.",
         diverges: false,
         matches: |c| {
             c.domid != 0

@@ -65,18 +65,22 @@ fn only_changes_to_what_was_read_conflict() {
     h.s(other).write("/c/other", b"2").unwrap();
     h.s(other).write("/c/sibling", b"2").unwrap();
     assert_eq!(h.d0().transaction_end(tx, true), Ok(()));
-    // A read node changed: conflict.
+    // A read node changed: conflict (for a transaction that writes: one that only read
+    // commits, see `a_transaction_that_changes_nothing_commits`).
     let tx = h.d0().transaction_start().unwrap();
+    h.d0().in_tx(tx).write("/c/written", b"w").unwrap();
     h.d0().in_tx(tx).read("/c/read").unwrap();
     h.s(other).write("/c/read", b"2").unwrap();
     assert_eq!(h.d0().transaction_end(tx, true), Err(XsError::Again));
     // A path found missing appeared: conflict.
     let tx = h.d0().transaction_start().unwrap();
+    h.d0().in_tx(tx).write("/c/written", b"w").unwrap();
     assert_eq!(h.d0().in_tx(tx).read("/c/ghost"), Err(XsError::NoEnt));
     h.s(other).write("/c/ghost", b"boo").unwrap();
     assert_eq!(h.d0().transaction_end(tx, true), Err(XsError::Again));
     // A listed directory changed: conflict.
     let tx = h.d0().transaction_start().unwrap();
+    h.d0().in_tx(tx).write("/c/written", b"w").unwrap();
     h.d0().in_tx(tx).directory("/c").unwrap();
     h.s(other).rm("/c/sibling").unwrap();
     assert_eq!(h.d0().transaction_end(tx, true), Err(XsError::Again));
@@ -372,6 +376,7 @@ fn a_create_then_rm_elsewhere_does_not_conflict_with_a_listing() {
         let d = h.d0().transaction_start().unwrap();
         let listed = h.d0().in_tx(d).directory("/").unwrap();
         assert_eq!(names(listed), ["tool"]);
+        h.d0().in_tx(d).write("/tool/seen", b"").unwrap();
         assert_eq!(h.s(other).transaction_end(a, true), Ok(()));
         assert_eq!(
             h.d0().directory("/").unwrap().len(),
@@ -450,6 +455,7 @@ fn a_listing_conflicts_only_with_a_change_of_the_children() {
     for (add, path) in [(true, "/d/new"), (false, "/d/new")] {
         let tx = h.d0().transaction_start().unwrap();
         h.d0().in_tx(tx).directory("/d").unwrap();
+        h.d0().in_tx(tx).write("/seen", b"").unwrap();
         if add {
             h.s(other).write(path, b"").unwrap();
         } else {
@@ -541,8 +547,10 @@ fn reads_conflict_with_changes_of_what_they_returned() {
         h.d0().set_perms("/r", &perms(&["n0"])).unwrap();
         let by_value = h.d0().transaction_start().unwrap();
         assert_eq!(read(&mut h, by_value), b"0");
+        h.d0().in_tx(by_value).write("/w", b"").unwrap();
         let by_perms = h.d0().transaction_start().unwrap();
         get_perms(&mut h, by_perms);
+        h.d0().in_tx(by_perms).write("/w", b"").unwrap();
         change(&mut h.s(other));
         let expect = |conflict: bool| {
             if conflict {
@@ -728,5 +736,26 @@ fn a_protected_transaction_still_reads_again_what_it_read() {
         assert_eq!(h.d0().transaction_end(tx, true), Err(XsError::Again));
         assert_eq!(h.d0().read("/ta").unwrap(), b"b");
     }
+    h.checked();
+}
+
+/// A transaction that changed nothing commits whatever changed since its start: it read a
+/// consistent snapshot, and is serializable there (as oxenstored commits it; the
+/// differential tester found xs-host failing it). One whose view was given up (doomed) fails.
+#[test]
+fn a_transaction_that_changes_nothing_commits() {
+    let mut h = Host::new();
+    let other = h.store.connect(DomId::DOM0).unwrap();
+    h.d0().write("/t/b/a", b"0").unwrap();
+    let tx = h.d0().transaction_start().unwrap();
+    assert_eq!(h.d0().in_tx(tx).read("/t/b/a").unwrap(), b"0");
+    assert_eq!(names(h.d0().in_tx(tx).directory("/t/b").unwrap()), ["a"]);
+    assert_eq!(h.d0().in_tx(tx).read("/t/c"), Err(XsError::NoEnt));
+    h.s(other).write("/t/b/a", b"1").unwrap();
+    h.s(other).write("/t/b/new", b"").unwrap();
+    h.s(other).write("/t/c", b"").unwrap();
+    // It still reads its snapshot, and commits.
+    assert_eq!(h.d0().in_tx(tx).read("/t/b/a").unwrap(), b"0");
+    assert_eq!(h.d0().transaction_end(tx, true), Ok(()));
     h.checked();
 }

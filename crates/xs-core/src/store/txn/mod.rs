@@ -24,7 +24,9 @@
 //! written to, removed or created under (`EXISTS`, implied by the others: the same node, not
 //! one removed and created again); a path it found missing (`ABSENT`). (A node's `Snapshot`
 //! overlay entry records what the operations on it relied on itself, and hands that to the
-//! read set if the entry goes.) The commit fails with `EAGAIN` exactly when one of those
+//! read set if the entry goes.) A transaction that changed nothing commits whatever
+//! happened since: it read a consistent snapshot, and is serializable at it (oxenstored
+//! commits it too). Any other commit fails with `EAGAIN` exactly when one of those
 //! changed since `S`; otherwise the overlay is applied in path order (parents before children)
 //! at one new generation, and watches fire then. Validation and application cost what the
 //! transaction touched, not the size of the store.
