@@ -83,6 +83,14 @@ fn ok(r: &Reply) -> bool {
     matches!(r, Reply::Ok { .. })
 }
 
+/// A success, also one carrying another `tx_id` (see `oxs-error-tx-id-zero`).
+fn ok_any_tx(r: &Reply) -> bool {
+    match r {
+        Reply::OtherTx { reply, .. } => ok(reply),
+        r => ok(r),
+    }
+}
+
 /// One accepted difference.
 #[derive(Debug)]
 pub struct Rule {
@@ -381,15 +389,38 @@ pub static RULES: &[Rule] = &[
         who: Who::Daemon(Kind::OXenstored),
         reason: "oxenstored holds every path to its quota-path-max (1024 in Debian's \
                  oxenstored.conf, EINVAL), dom0's too, but lets WATCH take paths longer \
-                 than XENSTORE_ABS_PATH_MAX (3072) that C xenstored and xs-host refuse.",
+                 than C xenstored 4.17 takes (2048 for dom0) and than \
+                 XENSTORE_ABS_PATH_MAX (3072, where xs-host stops), answering them with \
+                 tx_id 0 when the request named a transaction.",
         diverges: false,
         matches: |c| {
             let len = c.step.path().len();
             (len > 1024 && c.this_err() == Some("EINVAL") && c.other_err() != Some("EINVAL"))
                 || (c.ty() == 4
-                    && len > 3072
-                    && ok(&c.this.reply)
+                    && len > 2048
+                    && ok_any_tx(&c.this.reply)
                     && c.other_err() == Some("EINVAL"))
+        },
+    },
+    Rule {
+        id: "oxs-no-event-dedup",
+        who: Who::Daemon(Kind::OXenstored),
+        reason: "C xenstored drops a watch event identical (path and token) to one still \
+                 pending for the connection, and xs-host follows it (issue 17, item 4); \
+                 oxenstored sends every one: two watches with one token that a change \
+                 fires both give it two identical events.",
+        diverges: false,
+        matches: |c| {
+            c.this.reply == c.other.reply
+                && c.this.events != c.other.events
+                && c.this.events.iter().zip(&c.other.events).all(|(x, y)| {
+                    let (mut x, mut y) = (x.clone(), y.clone());
+                    x.sort();
+                    x.dedup();
+                    y.sort();
+                    y.dedup();
+                    x == y
+                })
         },
     },
     Rule {
