@@ -631,13 +631,9 @@ impl Reader<'_> {
             return Err(e("node without permissions"));
         }
         let kind = node_path(path).ok_or_else(|| e("node path malformed"))?;
-        // Entries naming domains the store does not know: as a privileged SET_PERMS,
-        // records for them (so that they take effect when the domain comes).
-        for p in &perms {
-            if p.domid.is_real() {
-                self.store.ensure_domain(p.domid);
-            }
-        }
+        // Entries naming a domain without a record grant nothing: streams have a
+        // DOMAIN_DATA for every domain a live entry names (C's too: it keeps a domain
+        // structure for every domain an entry names, and writes them all).
         if kind == PathKind::Special {
             let which = match path {
                 b"@introduceDomain" => 0,

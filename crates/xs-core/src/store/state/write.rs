@@ -142,8 +142,9 @@ pub fn save<S: Sink>(
             let Some(c) = store.conns.get_id(id.0) else {
                 continue;
             };
+            let nodes = &store.tree.nodes;
             for (&tx, t) in &c.transactions {
-                for entry in t.entries() {
+                for entry in t.entries(|id| nodes.get_id(id).is_some()) {
                     tx_node_record(&mut out.enc, stream_id, tx, &entry)?;
                     out.flush()?;
                 }

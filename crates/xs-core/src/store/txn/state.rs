@@ -119,13 +119,19 @@ impl Transaction {
     }
 
     /// The transaction's entries: its read set, then its overlay, each in path order.
-    pub(crate) fn entries(&self) -> impl Iterator<Item = EntryRef<'_>> {
-        let reads = self.reads.iter().map(|(path, r)| SavedEntry::Read {
+    /// `exists` says whether a node id still names a node: an entry that saw a node since
+    /// removed (possible only in a doomed transaction, whose commit fails anyway) is written
+    /// as having seen none, so that the stream does not depend on what replaced it.
+    pub(crate) fn entries<'a>(
+        &'a self,
+        exists: impl Fn(Id) -> bool + Copy + 'a,
+    ) -> impl Iterator<Item = EntryRef<'a>> {
+        let reads = self.reads.iter().map(move |(path, r)| SavedEntry::Read {
             path: &**path,
             aspects: r.aspects.bits(),
-            live: r.live.is_some(),
+            live: r.live.is_some_and(exists),
         });
-        let overlay = self.overlay.iter().map(|(path, e)| match e {
+        let overlay = self.overlay.iter().map(move |(path, e)| match e {
             TxEntry::Deleted { event } => SavedEntry::Deleted {
                 path: &**path,
                 event: *event,
@@ -138,7 +144,7 @@ impl Transaction {
                 value_set: n.value_set,
                 perms_set: n.perms_set,
                 event: n.event,
-                live: n.live.is_some(),
+                live: n.live.is_some_and(exists),
                 relied: n.relied.bits(),
             },
         });
