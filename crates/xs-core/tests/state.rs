@@ -626,3 +626,277 @@ fn protection_survives() {
     ];
     run(false, &ops, &after).unwrap();
 }
+
+/// Figures for issue 18 (run with `cargo test --release -p xs-core --test state --
+/// --ignored --nocapture`): a store of 120,000 nodes (1,200 guests' homes with 24 devices of
+/// 4 entries each under them, as a host's toolstack lays them out), the stream's size
+/// against the nodes' path, value and permission bytes, the times to write and read it, and
+/// the time to restore against building the same store by direct inserts.
+#[test]
+#[ignore = "figures, run on demand in release"]
+fn figures_120k() {
+    use std::time::Instant;
+    let config = || StoreConfig {
+        domain_nodes: false,
+        ..StoreConfig::new([7, 11])
+    };
+    let mut nodes: Vec<(String, String, Vec<Perm>)> = Vec::new();
+    for d in 1..=1200u16 {
+        let guest = vec![Perm::owner(DomId(d))];
+        let shared = vec![
+            Perm::owner(DomId::DOM0),
+            Perm::new(DomId(d), xs_core::Access::READ),
+        ];
+        let home = format!("/local/domain/{d}");
+        nodes.push((home.clone(), String::new(), shared.clone()));
+        nodes.push((format!("{home}/name"), format!("guest-{d}"), shared.clone()));
+        nodes.push((format!("{home}/device"), String::new(), shared.clone()));
+        for v in 0..24 {
+            let dev = format!("{home}/device/vif/{v}");
+            if v == 0 {
+                nodes.push((format!("{home}/device/vif"), String::new(), shared.clone()));
+            }
+            nodes.push((dev.clone(), String::new(), guest.clone()));
+            nodes.push((
+                format!("{dev}/backend"),
+                format!("/local/domain/0/backend/vif/{d}/{v}"),
+                guest.clone(),
+            ));
+            nodes.push((format!("{dev}/state"), "4".into(), guest.clone()));
+            nodes.push((
+                format!("{dev}/mac"),
+                format!("00:16:3e:{:02x}:{:02x}:{v:02x}", d >> 8, d & 255),
+                guest.clone(),
+            ));
+        }
+    }
+    nodes.truncate(120_000 - 5);
+    let build = || {
+        let mut store = Store::new(config()).unwrap();
+        let dom0 = store.connect(DomId::DOM0).unwrap();
+        for (path, value, perms) in &nodes {
+            store
+                .write(dom0, 0, path.as_bytes(), value.as_bytes())
+                .unwrap();
+            store.set_perms(dom0, 0, path.as_bytes(), perms).unwrap();
+        }
+        store
+    };
+    let t = Instant::now();
+    let mut store = build();
+    let build_time = t.elapsed();
+    let count = store.node_count();
+    let payload: usize = nodes
+        .iter()
+        .map(|(p, v, perms)| {
+            p.len() + 1 + v.len() + perms.iter().map(|q| q.to_string().len() + 1).sum::<usize>()
+        })
+        .sum();
+    let t = Instant::now();
+    let mut stream = Vec::new();
+    state::save(
+        &mut store,
+        Global::default(),
+        &[],
+        SaveOptions::default(),
+        &mut stream,
+    )
+    .unwrap();
+    let write_time = t.elapsed();
+    let t = Instant::now();
+    let restored = state::restore(config(), &stream, |_, _| {
+        (Access::default(), Limits::default())
+    })
+    .unwrap();
+    let read_time = t.elapsed();
+    assert_eq!(restored.store.node_count(), count);
+    println!("bench state_nodes_120k {count}");
+    println!("bench state_bytes_120k {} bytes", stream.len());
+    println!(
+        "bench state_payload_120k {payload} bytes (path+NUL, value, permissions as text): ratio {:.2}",
+        stream.len() as f64 / payload as f64
+    );
+    println!(
+        "bench state_write_120k {:.1} ms",
+        write_time.as_secs_f64() * 1e3
+    );
+    println!(
+        "bench state_read_120k {:.1} ms",
+        read_time.as_secs_f64() * 1e3
+    );
+    println!(
+        "bench state_build_by_inserts_120k {:.1} ms: restore/build {:.2}",
+        build_time.as_secs_f64() * 1e3,
+        read_time.as_secs_f64() / build_time.as_secs_f64()
+    );
+}
+
+/// Hostile streams: each rejected with the record and offset at fault.
+#[test]
+fn malformed_streams_are_rejected() {
+    fn record(kind: u32, body: &[u8]) -> Vec<u8> {
+        let mut body = body.to_vec();
+        while !body.len().is_multiple_of(8) {
+            body.push(0);
+        }
+        let mut r = kind.to_le_bytes().to_vec();
+        r.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        r.extend_from_slice(&body);
+        r
+    }
+    fn node(conn: u32, path: &str, value: &str, perms: &[(u8, u16)]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&conn.to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&(path.len() as u16 + 1).to_le_bytes());
+        b.extend_from_slice(&(value.len() as u16).to_le_bytes());
+        b.extend_from_slice(&0u16.to_le_bytes());
+        b.extend_from_slice(&(perms.len() as u16).to_le_bytes());
+        for (letter, domid) in perms {
+            b.extend_from_slice(&[*letter, 0]);
+            b.extend_from_slice(&domid.to_le_bytes());
+        }
+        b.extend_from_slice(path.as_bytes());
+        b.push(0);
+        b.extend_from_slice(value.as_bytes());
+        record(5, &b)
+    }
+    fn watch(conn: u32, path: &str, token: &str) -> Vec<u8> {
+        let mut b = conn.to_le_bytes().to_vec();
+        b.extend_from_slice(&(path.len() as u16 + 1).to_le_bytes());
+        b.extend_from_slice(&(token.len() as u16 + 1).to_le_bytes());
+        b.extend_from_slice(path.as_bytes());
+        b.push(0);
+        b.extend_from_slice(token.as_bytes());
+        b.push(0);
+        record(3, &b)
+    }
+    fn socket(conn: u32) -> Vec<u8> {
+        let mut b = conn.to_le_bytes().to_vec();
+        b.extend_from_slice(&1u16.to_le_bytes());
+        b.extend_from_slice(&0u16.to_le_bytes());
+        b.extend_from_slice(&5i32.to_le_bytes());
+        b.extend_from_slice(&[0; 4]);
+        b.extend_from_slice(&[0; 8]);
+        record(2, &b)
+    }
+    let header = b"xenstore\0\0\0\x02\0\0\0\0".to_vec();
+    let end = record(0, &[]);
+    let stream = |records: &[Vec<u8>]| {
+        let mut s = header.clone();
+        for r in records {
+            s.extend_from_slice(r);
+        }
+        s
+    };
+    let restore = |s: &[u8]| {
+        state::restore(StoreConfig::new([1, 2]), s, |_, _| {
+            (Access::default(), Limits::default())
+        })
+        .map(|_| ())
+    };
+    let root = node(0, "/", "", &[(b'n', 0)]);
+    let a = node(0, "/a", "1", &[(b'r', 0)]);
+    // A good one, from C xenstored's point of view (its record kinds and layout).
+    let good = stream(&[
+        root.clone(),
+        a.clone(),
+        socket(1),
+        watch(1, "/a", "t"),
+        end.clone(),
+    ]);
+    restore(&good).unwrap();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "truncated",
+            good[..good.len() - 8].to_vec(),
+            "stream ends without END",
+        ),
+        (
+            "bad ident",
+            b"xenstorX\0\0\0\x02\0\0\0\0".to_vec(),
+            "not a xenstore stream",
+        ),
+        (
+            "version 3",
+            b"xenstore\0\0\0\x03\0\0\0\0".to_vec(),
+            "unknown version",
+        ),
+        (
+            "child first",
+            stream(&[node(0, "/a/b", "", &[(b'n', 0)]), end.clone()]),
+            "node before its parent",
+        ),
+        (
+            "duplicate",
+            stream(&[a.clone(), a.clone(), end.clone()]),
+            "duplicate node",
+        ),
+        (
+            "dangling watch",
+            stream(&[watch(7, "/a", "t"), end.clone()]),
+            "watch of an unknown connection",
+        ),
+        (
+            "watch before its connection",
+            stream(&[watch(1, "/a", "t"), socket(1), end.clone()]),
+            "watch of an unknown connection",
+        ),
+        (
+            "duplicate connection",
+            stream(&[socket(1), socket(1), end.clone()]),
+            "duplicate connection id",
+        ),
+        (
+            "bad path",
+            stream(&[node(0, "/a//b", "", &[(b'n', 0)]), end.clone()]),
+            "node path malformed",
+        ),
+        (
+            "bad letter",
+            stream(&[node(0, "/a", "", &[(b'x', 0)]), end.clone()]),
+            "unknown permission letter",
+        ),
+        (
+            "no perms",
+            stream(&[node(0, "/a", "", &[]), end.clone()]),
+            "node without permissions",
+        ),
+        (
+            "after END",
+            {
+                let mut s = good.clone();
+                s.extend_from_slice(&a);
+                s
+            },
+            "bytes after END",
+        ),
+        (
+            "length overrun",
+            {
+                let mut s = header.clone();
+                s.extend_from_slice(&5u32.to_le_bytes());
+                s.extend_from_slice(&4096u32.to_le_bytes());
+                s.extend_from_slice(&[0; 16]);
+                s
+            },
+            "record longer than the stream",
+        ),
+        (
+            "oversized value",
+            stream(&[node(0, "/a", &"v".repeat(5000), &[(b'n', 0)]), end.clone()]),
+            "value too long",
+        ),
+        (
+            "unknown record",
+            stream(&[record(9, &[]), end.clone()]),
+            "unknown record type",
+        ),
+    ];
+    for (name, s, what) in cases {
+        let err = restore(&s).expect_err(name);
+        assert_eq!(err.what, what, "{name}: {err}");
+        let shown = err.to_string();
+        assert!(shown.contains("offset"), "{name}: {shown}");
+    }
+}
