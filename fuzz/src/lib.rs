@@ -1100,3 +1100,96 @@ pub fn boot_args(data: &[u8]) {
     assert!(args.priv_domid.is_real());
     assert_eq!(x86_glue::BootArgs::parse(data), args);
 }
+
+/// A stream written by `xs_core::state::save` of a small store with a bit of everything
+/// (nodes, permissions, watches with and without depth, queued events, an open
+/// transaction, a guest's domain record): the starting point [`state_stream`] mutates, so
+/// that inputs get past the header and the first records.
+pub fn sample_state_stream() -> Vec<u8> {
+    use xs_core::state::{self, Global, SaveOptions};
+    use xs_core::store::Introduction;
+    use xs_core::{DomId, Perm, Store, StoreConfig};
+    let mut store = Store::new(StoreConfig::new([1, 2])).expect("store");
+    let dom0 = store.connect(DomId::DOM0).expect("dom0");
+    store
+        .introduce_domain(DomId(3), Introduction { gfn: 9, evtchn: 4 })
+        .expect("introduce");
+    let guest = store.connect(DomId(3)).expect("guest");
+    let _ = store.write(dom0, 0, b"/a/b", b"v");
+    let _ = store.set_perms(
+        dom0,
+        0,
+        b"/a",
+        &[Perm::owner(DomId::DOM0), Perm::parse(b"r3").expect("perm")],
+    );
+    let _ = store.watch(dom0, b"/a", b"t", None);
+    let _ = store.watch(guest, b"/a", b"u", Some(1));
+    let _ = store.write(dom0, 0, b"/a/c", b"w");
+    if let Ok(tx) = store.transaction_start(dom0) {
+        let _ = store.write(dom0, tx, b"/a/d", b"x");
+        let mut out = Vec::new();
+        let _ = store.read(dom0, tx, b"/a/b", &mut out);
+        let _ = store.rm(dom0, tx, b"/a/c");
+    }
+    let mut stream = Vec::new();
+    let _ = state::save(
+        &mut store,
+        Global::default(),
+        &[],
+        SaveOptions::default(),
+        &mut stream,
+    );
+    stream
+}
+
+/// The state stream reader (`xs_core::state::restore`) on hostile input: the input itself,
+/// and the sample stream with the input's bytes written over it at the offset its first two
+/// bytes give. Every stream is either rejected or restored into a store that passes its
+/// check, saves again, and reads back from that.
+pub fn state_stream(data: &[u8]) {
+    state_stream_once(data);
+    let mut sample = sample_state_stream();
+    if let [hi, lo, rest @ ..] = data {
+        let at = usize::from(u16::from_be_bytes([*hi, *lo])) % sample.len().max(1);
+        for (i, b) in rest.iter().enumerate() {
+            match sample.get_mut(at + i) {
+                Some(slot) => *slot = *b,
+                None => sample.push(*b),
+            }
+        }
+    }
+    state_stream_once(&sample);
+}
+
+fn state_stream_once(stream: &[u8]) {
+    use xs_core::StoreConfig;
+    use xs_core::protocol::{Access, Limits};
+    use xs_core::state::{self, Global, SaveOptions, SavedConnection, Transport};
+    let settings = |_: &Transport, _| (Access::default(), Limits::default());
+    let Ok(restored) = state::restore(StoreConfig::new([5, 6]), stream, settings) else {
+        return;
+    };
+    let mut store = restored.store;
+    store.check().expect("a restored store is consistent");
+    let saved: Vec<SavedConnection<'_>> = restored
+        .connections
+        .iter()
+        .map(|c| SavedConnection {
+            id: c.id,
+            transport: c.transport,
+            protocol: Some(&c.connection),
+        })
+        .collect();
+    let mut again = Vec::new();
+    state::save(
+        &mut store,
+        Global::default(),
+        &saved,
+        SaveOptions::default(),
+        &mut again,
+    )
+    .expect("a restored store saves");
+    let copy = state::restore(StoreConfig::new([5, 6]), &again, settings)
+        .expect("a saved stream reads back");
+    copy.store.check().expect("a restored store is consistent");
+}

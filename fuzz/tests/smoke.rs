@@ -311,3 +311,38 @@ fn boot_args() {
         xs_fuzz::boot_args(&line);
     }
 }
+
+#[test]
+fn state_stream() {
+    let mut rng = seeded(0x5eed_0007);
+    for input in saved_inputs("state") {
+        xs_fuzz::state_stream(&input);
+    }
+    // Restored as written, then cut short at every length (each must be rejected).
+    let sample = xs_fuzz::sample_state_stream();
+    xs_fuzz::state_stream(&[]);
+    for cut in 0..sample.len() {
+        assert!(
+            xs_core_restore_fails(&sample[..cut]),
+            "a stream cut at {cut} bytes was accepted"
+        );
+    }
+    for _ in 0..runs() / 4 {
+        // A few bytes written over the sample at a random place, or random bytes alone.
+        let mut input = bytes(&mut rng, 24);
+        if rng.bool() {
+            let mut head = b"xenstore\0\0\0\x02\0\0\0\0".to_vec();
+            head.append(&mut input);
+            input = head;
+        }
+        xs_fuzz::state_stream(&input);
+    }
+}
+
+fn xs_core_restore_fails(stream: &[u8]) -> bool {
+    use xs_core::protocol::{Access, Limits};
+    xs_core::state::restore(xs_core::StoreConfig::new([5, 6]), stream, |_, _| {
+        (Access::default(), Limits::default())
+    })
+    .is_err()
+}

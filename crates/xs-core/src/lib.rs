@@ -33,6 +33,8 @@ pub mod quota;
 pub mod store;
 pub mod wire;
 
+pub use store::state;
+
 pub use domid::DomId;
 pub use error::{XsError, XsResult};
 pub use perms::{Access, Perm};

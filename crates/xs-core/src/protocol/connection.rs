@@ -119,6 +119,8 @@ pub struct Connection {
     payload: Vec<u8>,
     out: Vec<u8>,
     sent: usize,
+    /// Where the first message not yet wholly sent starts in `out` (at or before `sent`).
+    head: usize,
     /// The messages in `out` not yet wholly sent.
     ends: VecDeque<Unsent>,
     /// The watch events among them that the rule against identical events covers, by key.
@@ -156,6 +158,7 @@ impl Connection {
             payload: Vec::new(),
             out: Vec::new(),
             sent: 0,
+            head: 0,
             ends: VecDeque::new(),
             unsent_events: HashTable::new(),
             fault: None,
@@ -297,6 +300,9 @@ impl Connection {
         if end == start {
             return false;
         }
+        if self.ends.is_empty() {
+            self.head = start;
+        }
         self.ends.push_back(Unsent { end, event_key });
         store.output_queued(self.id, end.saturating_sub(start));
         if let Some(key) = event_key {
@@ -396,6 +402,7 @@ impl Connection {
             && end <= self.sent
         {
             self.ends.pop_front();
+            self.head = end;
             whole = whole.saturating_add(1);
             if let Some(key) = event_key
                 && let Ok(entry) = self.unsent_events.find_entry(key, |e| e.end == end)
@@ -407,6 +414,7 @@ impl Connection {
         if self.sent == self.out.len() {
             self.out.clear();
             self.sent = 0;
+            self.head = 0;
             self.ends.clear();
             self.unsent_events.clear();
             if self.out.capacity() > RETAINED_OUTPUT {
@@ -416,18 +424,21 @@ impl Connection {
                 };
                 self.out.shrink_to(keep);
             }
-        } else if self.sent > 64 * 1024 && self.sent > self.out.len() / 2 {
-            // Keep the buffer from growing without bound under a slow reader.
-            self.out.drain(..self.sent);
-            let sent = self.sent;
+        } else if self.head > 64 * 1024 && self.head > self.out.len() / 2 {
+            // Keep the buffer from growing without bound under a slow reader. Messages
+            // wholly sent go; a message partly sent stays whole (its start is where an
+            // unsent event's bytes are compared, and what the state stream carries).
+            let gone = self.head;
+            self.out.drain(..gone);
             for unsent in self.ends.iter_mut() {
-                unsent.end = unsent.end.saturating_sub(sent);
+                unsent.end = unsent.end.saturating_sub(gone);
             }
             for event in self.unsent_events.iter_mut() {
-                event.start = event.start.saturating_sub(sent);
-                event.end = event.end.saturating_sub(sent);
+                event.start = event.start.saturating_sub(gone);
+                event.end = event.end.saturating_sub(gone);
             }
-            self.sent = 0;
+            self.sent = self.sent.saturating_sub(gone);
+            self.head = 0;
         }
     }
 
@@ -440,6 +451,7 @@ impl Connection {
         self.payload.clear();
         self.out.clear();
         self.sent = 0;
+        self.head = 0;
         self.ends.clear();
         self.unsent_events.clear();
         self.fault = None;
@@ -450,4 +462,137 @@ impl Connection {
     pub fn fault(&self) -> Option<Fault> {
         self.fault
     }
+
+    /// What the state stream (`store::state`) carries of the connection.
+    pub(crate) fn parts(&self) -> Parts<'_> {
+        let (input_header, input_payload) = match self.current {
+            Some(_) => (&self.header[..], self.payload.as_slice()),
+            None => (
+                self.header.get(..self.header_fill).unwrap_or_default(),
+                &[][..],
+            ),
+        };
+        let partly_sent = !self.ends.is_empty() && self.sent > self.head;
+        let (sent_prefix, partial_len) = match self.ends.front() {
+            Some(front) if partly_sent => (
+                self.out.get(self.head..self.sent).unwrap_or_default(),
+                front.end.saturating_sub(self.sent),
+            ),
+            _ => (&[][..], 0),
+        };
+        Parts {
+            input_header,
+            input_payload,
+            sent_prefix,
+            unsent: self.output(),
+            partial_len,
+        }
+    }
+
+    /// A connection restored from a state stream, for the store connection `id` (already
+    /// restored in `store`): `input` holds at most one request, partly read (or whole, held
+    /// for a protected transaction); `sent_prefix` the bytes already sent of a message partly
+    /// sent, whose other `partial_len` bytes start `unsent` (without the prefix, the message
+    /// is taken as it is, opaque); `unsent` otherwise whole messages. The output is charged
+    /// to the connection's domain as if just queued, the events among it indexed for the rule
+    /// against identical events.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn restored(
+        id: ConnId,
+        access: Access,
+        limits: Limits,
+        store: &mut Store,
+        input: &[u8],
+        sent_prefix: &[u8],
+        partial_len: usize,
+        unsent: &[u8],
+    ) -> Result<Connection, &'static str> {
+        let mut c = Connection::new(id, access, limits);
+        match input.split_first_chunk::<HEADER_LEN>() {
+            None => {
+                let room = c.header.get_mut(..input.len()).ok_or("input too long")?;
+                room.copy_from_slice(input);
+                c.header_fill = input.len();
+            }
+            Some((head, payload)) => {
+                let header = Header::decode(head);
+                if header.check().is_err() {
+                    return Err("input header invalid");
+                }
+                if payload.len() > header.len as usize {
+                    return Err("input holds more than one request");
+                }
+                c.header = *head;
+                c.current = Some(header);
+                c.payload = payload.to_vec();
+            }
+        }
+        let total = sent_prefix.len().saturating_add(unsent.len());
+        c.out.reserve_exact(total);
+        c.out.extend_from_slice(sent_prefix);
+        c.out.extend_from_slice(unsent);
+        let mut at = 0usize;
+        if sent_prefix.is_empty() && partial_len > 0 {
+            // A partly sent message without its start (C xenstored writes only the rest):
+            // sent as it is, not parsed.
+            if partial_len > c.out.len() {
+                return Err("partial reply longer than the output");
+            }
+            let rest = c.out.split_off(partial_len);
+            c.queued(store, &mut super::NoHost, 0, None);
+            c.out.extend_from_slice(&rest);
+            at = partial_len;
+        }
+        while at < c.out.len() {
+            let head = c
+                .out
+                .get(at..at.saturating_add(HEADER_LEN))
+                .and_then(|h| <&[u8; HEADER_LEN]>::try_from(h).ok())
+                .ok_or("output ends inside a message header")?;
+            let header = Header::decode(head);
+            let start = at;
+            let end = at
+                .saturating_add(HEADER_LEN)
+                .saturating_add(header.len as usize);
+            if header.len as usize > crate::wire::PAYLOAD_MAX || end > c.out.len() {
+                return Err("output ends inside a message");
+            }
+            let key = if header.kind() == Some(crate::wire::MsgType::WatchEvent) {
+                let payload = c.out.get(start.saturating_add(HEADER_LEN)..end);
+                payload
+                    .and_then(dispatch::event_parts)
+                    .and_then(|(path, token)| store.event_key_of(path, token))
+            } else {
+                None
+            };
+            // `queued` looks at the bytes from `start` to the end of `out`: the message alone.
+            let rest = c.out.split_off(end);
+            c.queued(store, &mut super::NoHost, start, key);
+            c.out.extend_from_slice(&rest);
+            at = end;
+        }
+        if !sent_prefix.is_empty() {
+            if c.ends.is_empty() {
+                return Err("sent bytes without a message");
+            }
+            c.sent = sent_prefix.len();
+            store.output_sent(id, 0, sent_prefix.len());
+        }
+        Ok(c)
+    }
+}
+
+/// What the state stream carries of a [`Connection`] (see [`Connection::parts`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Parts<'a> {
+    /// The header received of the request being read (partly, or whole with its payload).
+    pub(crate) input_header: &'a [u8],
+    /// The payload received of that request.
+    pub(crate) input_payload: &'a [u8],
+    /// The bytes already sent of a message partly sent.
+    pub(crate) sent_prefix: &'a [u8],
+    /// The output not yet sent: the rest of the message partly sent, then whole messages.
+    pub(crate) unsent: &'a [u8],
+    /// How many bytes of `unsent` are the rest of the message partly sent (0 if none).
+    pub(crate) partial_len: usize,
 }

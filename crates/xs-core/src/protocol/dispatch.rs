@@ -383,6 +383,18 @@ pub fn push_event(out: &mut Vec<u8>, path: &[u8], token: &[u8]) {
     out.push(0);
 }
 
+/// The path and token of a `WATCH_EVENT` payload (`<path>\0<token>\0`), if it is one.
+pub(crate) fn event_parts(payload: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (last, body) = payload.split_last()?;
+    if *last != 0 {
+        return None;
+    }
+    let nul = body.iter().position(|&b| b == 0)?;
+    let (path, rest) = body.split_at_checked(nul)?;
+    let token = rest.get(1..)?;
+    (!token.contains(&0)).then_some((path, token))
+}
+
 /// Whether `payload` is the payload [`push_event`] writes for `path` and `token`.
 pub(crate) fn is_event_payload(payload: &[u8], path: &[u8], token: &[u8]) -> bool {
     let Some((p, rest)) = payload.split_at_checked(path.len()) else {

@@ -29,6 +29,7 @@ mod node;
 mod nodes;
 mod ops;
 mod session;
+pub mod state;
 mod tree;
 mod txn;
 mod watch;
@@ -268,6 +269,19 @@ impl Store {
     /// dom0 and the configured privileged domains known.
     pub fn new(config: StoreConfig) -> XsResult<Store> {
         let owner = [Perm::owner(DomId::DOM0)];
+        let mut store = Store::bare(config)?;
+        let root = store.tree.root;
+        let now = store.next_gen();
+        let tool = store.create_node(root, b"tool", b"", &owner, now)?;
+        store.create_node(tool, b"xenstored", b"", &owner, now)?;
+        Ok(store)
+    }
+
+    /// A store holding only `/` (stamped with generation 1, the current one), with dom0 and
+    /// the configured privileged domains known: what [`Store::new`] starts from, and what a
+    /// state stream is restored into.
+    fn bare(config: StoreConfig) -> XsResult<Store> {
+        let owner = [Perm::owner(DomId::DOM0)];
         let mut store = Store {
             tree: Tree::new(&owner, 1)?,
             generation: 1,
@@ -310,9 +324,6 @@ impl Store {
         }
         let root = store.tree.root;
         store.link_owner(root);
-        let now = store.next_gen();
-        let tool = store.create_node(root, b"tool", b"", &owner, now)?;
-        store.create_node(tool, b"xenstored", b"", &owner, now)?;
         Ok(store)
     }
 
@@ -410,6 +421,12 @@ impl Store {
         self.refund_events(&watcher, watch::charge_event(&event));
         self.refill_missed(conn);
         Some((event, key))
+    }
+
+    /// The key of a watch event reporting `path` with `token` for the rule against
+    /// identical events (see `watch.rs`), or `None` if the rule does not cover it.
+    pub(crate) fn event_key_of(&self, path: &[u8], token: &[u8]) -> Option<u64> {
+        self.watches.key_of(path, token)
     }
 
     /// Whether `conn` has a transaction `tx`.

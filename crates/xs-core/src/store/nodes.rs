@@ -83,7 +83,7 @@ impl Store {
     }
 
     /// Takes the node at `index` off its owner's account.
-    fn unlink_owner(&mut self, index: u32) {
+    pub(super) fn unlink_owner(&mut self, index: u32) {
         let Some(node) = self.tree.node(index) else {
             return;
         };

@@ -426,8 +426,15 @@ impl Bucket {
 
     /// Removes `watch`; returns whether the bucket is now empty.
     fn remove(&mut self, watch: u32) -> bool {
+        // Order kept (the next one moves up, not the last): watches on one path are
+        // matched in the order they were registered, which the state stream
+        // (`store::state`) can then restore.
         if self.first.watch == watch {
-            match self.more.as_mut().and_then(|more| more.pop()) {
+            let next = match self.more.as_mut() {
+                Some(more) if !more.is_empty() => Some(more.remove(0)),
+                _ => None,
+            };
+            match next {
                 Some(next) => self.first = next,
                 None => return true,
             }
@@ -662,6 +669,20 @@ impl WatchTable {
             _ => self.hasher.hash(reported),
         };
         Some(event_key(path_hash, watch.token_hash))
+    }
+
+    /// The key of an event reporting `path` with `token` (as [`WatchTable::event_key`]
+    /// gives it), or `None` if the rule against identical events does not cover it: for
+    /// events restored from a state stream, which names no watch.
+    pub(crate) fn key_of(&self, path: &[u8], token: &[u8]) -> Option<u64> {
+        deduplicated(path).then(|| event_key(self.hasher.hash(path), self.hasher.hash(token)))
+    }
+
+    /// The length of `/local/domain/<domid>/` if watch `index` was registered relative.
+    pub(crate) fn relative_prefix(&self, index: u32) -> usize {
+        self.watches
+            .get(index)
+            .map_or(0, |w| w.relative_prefix as usize)
     }
 
     /// The event path of watch `index` at its own path (a catch-up event), copied.

@@ -72,6 +72,7 @@
 mod commit;
 pub(crate) mod fairness;
 mod operations;
+pub(crate) mod state;
 mod view;
 
 use alloc::boxed::Box;
