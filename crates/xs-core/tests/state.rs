@@ -495,9 +495,11 @@ fn protection() -> Vec<Op> {
         split: None,
     };
     let mut ops = Vec::new();
+    // Transactions that write (one that only read would commit).
     for (tx, value) in [(1, "g"), (2, "h")] {
         ops.push(send(0, 0, Req::Start));
         ops.push(send(0, tx, Req::Read("/a")));
+        ops.push(send(0, tx, Req::Write("/z", "t")));
         ops.push(send(2, 0, Req::Write("/a", value)));
         ops.push(send(0, tx, Req::End(true)));
     }

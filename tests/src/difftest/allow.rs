@@ -467,14 +467,16 @@ pub static RULES: &[Rule] = &[
         id: "oxs-dom0-node-size",
         who: Who::Daemon(Kind::OXenstored),
         reason: "oxenstored applies its node-size quota (quota-maxsize 2048 in Debian's \
-                 oxenstored.conf) to dom0 too: E2BIG; C xenstored and xs-host exempt \
-                 privileged domains from quotas.",
+                 oxenstored.conf) to dom0 too, before anything else: E2BIG; C xenstored \
+                 and xs-host exempt privileged domains from quotas (and refuse a write to \
+                 a special path such as @introduceDomain with EINVAL, which oxenstored \
+                 checks after the size).",
         diverges: false,
         matches: |c| {
             c.domid == 0
                 && c.ty() == 11
                 && c.this_err() == Some("E2BIG")
-                && ok(&c.other.reply)
+                && (ok(&c.other.reply) || c.other_err() == Some("EINVAL"))
                 && c.step.args().concat().len() > 2048
         },
     },

@@ -54,7 +54,11 @@ impl Store {
             if tx == 0 {
                 s.main_write(&caller, p, kind)
             } else {
-                s.in_tx(conn, tx, |s, t| s.tx_write(t, &caller, p, kind))
+                s.in_tx(conn, tx, |s, t| {
+                    let done = s.tx_write(t, &caller, p, kind);
+                    t.wrote |= done.is_ok();
+                    done
+                })
             }
         })
     }
@@ -67,7 +71,11 @@ impl Store {
             if tx == 0 {
                 s.main_rm(&caller, p)
             } else {
-                s.in_tx(conn, tx, |s, t| s.tx_rm(t, &caller, p))
+                s.in_tx(conn, tx, |s, t| {
+                    let done = s.tx_rm(t, &caller, p);
+                    t.wrote |= done.is_ok();
+                    done
+                })
             }
         })
     }
@@ -232,7 +240,11 @@ impl Store {
             } else if tx == 0 {
                 s.main_set_perms(&caller, p, perms)
             } else {
-                s.in_tx(conn, tx, |s, t| s.tx_set_perms(t, &caller, p, perms))
+                s.in_tx(conn, tx, |s, t| {
+                    let done = s.tx_set_perms(t, &caller, p, perms);
+                    t.wrote |= done.is_ok();
+                    done
+                })
             };
             if result.is_err() {
                 for domid in created {

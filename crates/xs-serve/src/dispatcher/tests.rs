@@ -632,6 +632,11 @@ fn a_held_guest_request_is_answered_when_the_protected_transaction_ends() {
             rig.ask_tx(Who::Dom0, tx, MsgType::Read, hot).payload.len(),
             1
         );
+        // It writes too (one that only read would commit).
+        assert_eq!(
+            rig.ask_tx(Who::Dom0, tx, MsgType::Write, b"/z\0t").text(),
+            "OK\0"
+        );
         let write = [&b"data/hot\0"[..], &[b'a' + round]].concat();
         assert_eq!(rig.ask(guest, MsgType::Write, &write).text(), "OK\0");
         let end = rig.ask_tx(Who::Dom0, tx, MsgType::TransactionEnd, b"T\0");
@@ -639,6 +644,7 @@ fn a_held_guest_request_is_answered_when_the_protected_transaction_ends() {
     }
     let tx = start(&mut rig);
     rig.ask_tx(Who::Dom0, tx, MsgType::Read, hot);
+    rig.ask_tx(Who::Dom0, tx, MsgType::Write, b"/z\0t");
     let held = rig.request(guest, MsgType::Write, b"data/hot\0y");
     assert!(
         held.is_empty(),

@@ -125,6 +125,8 @@ pub(crate) const TX_FIXED: usize = 8;
 pub(crate) const TX_XS: usize = 24;
 pub(crate) const TX_DOOMED: u32 = 0x0001;
 pub(crate) const TX_PROTECTED: u32 = 0x0002;
+/// A change request succeeded in it (else it only read, and commits whatever changed).
+pub(crate) const TX_WROTE: u32 = 0x0004;
 
 // ----- NODE_DATA -----------------------------------------------------------------------------
 

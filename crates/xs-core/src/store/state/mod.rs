@@ -44,7 +44,8 @@
 //!   [`crate::store::PROTECT_AFTER`]), how many of the trailing output messages were still
 //!   queued in the store, the watches owed a catch-up event, and the bytes already sent of
 //!   a message partly sent (so that the restored connection holds it whole).
-//! * `TRANSACTION_DATA`: 16 more bytes: doomed, protected, and the nodes and bytes its commit
+//! * `TRANSACTION_DATA`: 16 more bytes: doomed, protected, wrote (a change request succeeded
+//!   in it; one that only read commits whatever changed), and the nodes and bytes its commit
 //!   creates for the quota check.
 //! * `NODE_DATA` of a transaction: `access` bit `0x0080` marks the other bits as this
 //!   store's: what the transaction relied on of the path, whether it saw a particular node

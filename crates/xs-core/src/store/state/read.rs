@@ -542,11 +542,17 @@ impl Reader<'_> {
         let e = self.errf();
         let conn_id = d.u32().ok_or_else(|| e("record too short"))?;
         let tx = d.u32().ok_or_else(|| e("record too short"))?;
-        let mut saved = SavedTx::default();
+        // A transaction of another store's stream is taken to have asked for changes: its
+        // commit is validated (C xenstored's validates every commit).
+        let mut saved = SavedTx {
+            wrote: true,
+            ..SavedTx::default()
+        };
         let mut protected = false;
         if d.remaining() >= l::TX_XS.saturating_sub(l::TX_FIXED) {
             let flags = d.u32().ok_or_else(|| e("record too short"))?;
             saved.doomed = flags & l::TX_DOOMED != 0;
+            saved.wrote = flags & l::TX_WROTE != 0;
             protected = flags & l::TX_PROTECTED != 0;
             saved.created_nodes = u64::from(d.u32().ok_or_else(|| e("record too short"))?);
             saved.created_bytes = d.u64().ok_or_else(|| e("record too short"))?;

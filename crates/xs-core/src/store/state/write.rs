@@ -410,6 +410,9 @@ fn write_transactions<S: Sink>(
         if saved.doomed {
             flags |= l::TX_DOOMED;
         }
+        if saved.wrote {
+            flags |= l::TX_WROTE;
+        }
         if store.protected.contains(&(id, tx)) {
             flags |= l::TX_PROTECTED;
         }

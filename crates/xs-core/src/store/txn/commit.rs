@@ -18,11 +18,13 @@ impl Store {
         if t.doomed {
             return Err(XsError::Again);
         }
-        if t.overlay.is_empty() {
-            // Nothing to apply: what it read is its snapshot, consistent as of the snapshot's
+        if !t.wrote {
+            // It only read: what it read is its snapshot, consistent as of the snapshot's
             // generation (a rebase moves it only when everything read before still holds), so
             // it is serializable there, before whatever changed since. oxenstored commits
             // such a transaction too; C xenstored fails it if a node it read has changed.
+            // (One that asked for a change, even one its snapshot made a no-op, such as the
+            // removal of a node it did not have, takes effect at its commit.)
             return Ok(());
         }
         if !self.validate(t, &caller) {

@@ -219,6 +219,9 @@ pub(crate) struct Transaction {
     /// What it relied on changed when it was rebased (see the module docs): the commit will
     /// fail.
     pub(crate) doomed: bool,
+    /// A change request (`WRITE`, `MKDIR`, `RM`, `SET_PERMS`) succeeded in it; one without
+    /// only read, and commits whatever changed since (see `commit`).
+    pub(crate) wrote: bool,
     overlay: BTreeMap<Box<[u8]>, TxEntry>,
     reads: BTreeMap<Box<[u8]>, Read>,
     /// Number of overlay entries that hide the live tree below them.
@@ -272,6 +275,7 @@ impl Transaction {
         Transaction {
             snapshot,
             doomed: false,
+            wrote: false,
             overlay: BTreeMap::new(),
             reads: BTreeMap::new(),
             hiding: 0,

@@ -103,6 +103,8 @@ impl<P: AsRef<[u8]>, V, Q> SavedEntry<P, V, Q> {
 pub(crate) struct SavedTx {
     /// Its commit fails (see `Transaction::doomed`).
     pub(crate) doomed: bool,
+    /// A change request succeeded in it (see `Transaction::wrote`).
+    pub(crate) wrote: bool,
     /// Nodes and bytes its commit creates for the caller's domain (for its quota).
     pub(crate) created_nodes: u64,
     pub(crate) created_bytes: u64,
@@ -113,6 +115,7 @@ impl Transaction {
     pub(crate) fn saved(&self) -> SavedTx {
         SavedTx {
             doomed: self.doomed,
+            wrote: self.wrote,
             created_nodes: self.created_nodes,
             created_bytes: self.created_bytes,
         }
@@ -215,6 +218,7 @@ impl Transaction {
         Transaction {
             snapshot,
             doomed: saved.doomed,
+            wrote: saved.wrote,
             overlay,
             reads,
             hiding,
