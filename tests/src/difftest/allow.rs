@@ -325,15 +325,24 @@ pub static RULES: &[Rule] = &[
         },
     },
     Rule {
+        id: "oxs-release-unknown-domain",
+        who: Who::Daemon(Kind::OXenstored),
+        reason: "RELEASE of a domain that was not introduced: oxenstored answers EINVAL \
+                 and still removes the nodes the domain owns (under the shim every domain \
+                 exists); C xenstored and xs-host answer ENOENT and change nothing.",
+        diverges: true,
+        matches: |c| {
+            c.ty() == 9 && c.this_err() == Some("EINVAL") && c.other_err() == Some("ENOENT")
+        },
+    },
+    Rule {
         id: "oxs-unknown-domain-einval",
         who: Who::Daemon(Kind::OXenstored),
-        reason: "RELEASE or RESUME of a domain that was not introduced: oxenstored EINVAL, \
-                 C xenstored and xs-host ENOENT.",
+        reason: "RESUME of a domain that was not introduced: oxenstored EINVAL, C \
+                 xenstored and xs-host ENOENT.",
         diverges: false,
         matches: |c| {
-            matches!(c.ty(), 9 | 18)
-                && c.this_err() == Some("EINVAL")
-                && c.other_err() == Some("ENOENT")
+            c.ty() == 18 && c.this_err() == Some("EINVAL") && c.other_err() == Some("ENOENT")
         },
     },
     Rule {

@@ -583,11 +583,14 @@ fn normalise(step: &Step, t: u32, reply: Reply, labels: &mut Vec<(u32, u32)>) ->
             let id = std::str::from_utf8(payload.strip_suffix(b"\0").unwrap_or(&payload))
                 .ok()
                 .and_then(|s| s.parse::<u32>().ok());
+            // Ids are each daemon's own choice, also of a start with no label (one whose
+            // payload the generator malformed, which the daemons may take all the same).
             match (id, step.label) {
                 (Some(id), Some(l)) => {
                     labels.push((l, id));
                     b"<tx>\0".to_vec()
                 }
+                (Some(_), None) => b"<tx>\0".to_vec(),
                 _ => payload,
             }
         }
