@@ -704,4 +704,34 @@ pub static RULES: &[Rule] = &[
         diverges: true,
         matches: |c| c.ty() == 7 && ok(&c.this.reply) && c.other_err() == Some("EAGAIN"),
     },
+    Rule {
+        id: "oxs-commits-where-xs-conflicts",
+        who: Who::Daemon(Kind::OXenstored),
+        reason: "oxenstored checks a commit against the lowest common paths of what the \
+                 transaction read and wrote, and does not count a path it found missing \
+                 (a removal that was a no-op), a listed directory whose children changed \
+                 and changed back, or the permissions nodes it created inherited. C \
+                 xenstored fails these commits (it rewrites or re-reads the parents), as \
+                 xs-host does: the transaction relied on that absence, that listing's \
+                 generation, those permissions (xs-host commits a transaction that asked \
+                 for no change whatever happened since).",
+        diverges: true,
+        matches: |c| {
+            c.ty() == 7
+                && ok(&c.this.reply)
+                && c.other_err() == Some("EAGAIN")
+                && matches!(c.other_kind, Kind::XsHost | Kind::CXenstored)
+        },
+    },
+    Rule {
+        id: "oxs-perms-checked-first",
+        who: Who::Daemon(Kind::OXenstored),
+        reason: "SET_PERMS naming domains that are no numbers a daemon takes, on a path \
+                 that does not exist: oxenstored refuses the permissions first (EINVAL), C \
+                 xenstored the path (ENOENT).",
+        diverges: false,
+        matches: |c| {
+            c.ty() == 14 && c.this_err() == Some("EINVAL") && c.other_err() == Some("ENOENT")
+        },
+    },
 ];
