@@ -95,7 +95,7 @@ pub trait Host {
     /// xenstored's delayed requests): a live update's `-s` until the update can happen,
     /// a `TRANSACTION_START` while one is pending. The connection then holds it (and takes
     /// nothing after it) until the program offers it input again
-    /// ([`super::Connection::holds_request`]), when this is asked again.
+    /// ([`Connection::holds_request`]), when this is asked again.
     fn hold_request(
         &mut self,
         _store: &Store,
