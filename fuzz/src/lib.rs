@@ -1178,6 +1178,7 @@ fn state_stream_once(stream: &[u8]) {
             id: c.id,
             transport: c.transport,
             protocol: Some(&c.connection),
+            input: &c.input,
         })
         .collect();
     let mut again = Vec::new();

@@ -1,5 +1,6 @@
-//! `cargo xtask bench <core|socket|ring> [ARGS...]`: runs one of xs-bench's benchmark binaries
-//! in release. Each prints lines `bench <name> <value> <unit>`.
+//! `cargo xtask bench <core|socket|ring|live-update> [ARGS...]`: runs one of xs-bench's
+//! benchmark binaries in release (`live-update` builds the release xs-host it updates
+//! first). Each prints lines `bench <name> <value> <unit>`.
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +11,7 @@ pub(crate) const BENCHES: &[(&str, &str)] = &[
     ("core", "bench-core"),
     ("socket", "bench-socket"),
     ("ring", "bench-ring"),
+    ("live-update", "bench-live-update"),
 ];
 
 /// Where the source of benchmark binary `bin` lives: `<bin>.rs`, or `<bin>/main.rs` for one
@@ -42,6 +44,9 @@ pub(crate) fn run(ws: &Workspace, args: &[String]) -> Result<(), String> {
             "benchmark `{which}` does not exist yet: binary {bin} ({}) is absent",
             path.display()
         ));
+    }
+    if *which == "live-update" {
+        cmd::run(&mut ws.cargo(["build", "--release", "-p", "xs-host"]))?;
     }
     let mut c = ws.cargo(["run", "--release", "-p", "xs-bench", "--bin", bin, "--"]);
     c.args(rest);

@@ -32,7 +32,7 @@ commands:
         text.push_str(&format!("          {:<12} {}\n", step.name, step.about));
     }
     text.push_str(
-        "  bench <core|socket|ring> [ARGS...]
+        "  bench <core|socket|ring|live-update> [ARGS...]
         run a benchmark binary of xs-bench in release, passing ARGS to it
         (e.g. `cargo xtask bench core --quick`)
   stubdom [--run] [--tcg] [--append TEXT] [--timeout SECS] | --step

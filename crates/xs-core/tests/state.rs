@@ -372,6 +372,7 @@ fn round_trip(side: &mut Side, small_queue: bool) -> Side {
                 Transport::Socket { fd: 20 + i as i32 }
             },
             protocol: Some(conn),
+            input: &side.backlog[i],
         })
         .collect();
     let mut stream = Vec::new();
@@ -395,11 +396,14 @@ fn round_trip(side: &mut Side, small_queue: bool) -> Side {
     assert_eq!(restored.connections.len(), side.conns.len());
     let mut ids = Vec::new();
     let mut conns = Vec::new();
+    // What each peer had sent that its connection did not take yet comes back as input.
+    let mut backlogs = Vec::new();
     for (i, rc) in restored.connections.into_iter().enumerate() {
         assert_eq!(rc.domid, DomId(DOMS[i]));
-        assert!(rc.input.is_empty());
+        assert_eq!(rc.input, side.backlog[i]);
         ids.push(rc.id);
         conns.push(rc.connection);
+        backlogs.push(rc.input);
     }
     let mut store = restored.store;
     store.check().unwrap();
@@ -420,6 +424,7 @@ fn round_trip(side: &mut Side, small_queue: bool) -> Side {
                 Transport::Socket { fd: 20 + i as i32 }
             },
             protocol: Some(conn),
+            input: &backlogs[i],
         })
         .collect();
     state::save(
@@ -448,6 +453,7 @@ fn round_trip(side: &mut Side, small_queue: bool) -> Side {
                 Transport::Socket { fd: 20 + i as i32 }
             },
             protocol: Some(conn),
+            input: &side.backlog[i],
         })
         .collect();
     state::save(
@@ -478,7 +484,7 @@ fn round_trip(side: &mut Side, small_queue: bool) -> Side {
         ids,
         conns,
         read: vec![Vec::new(); side.conns.len()],
-        backlog: side.backlog.clone(),
+        backlog: backlogs,
         notified: Vec::new(),
         closed: side.closed.clone(),
     }

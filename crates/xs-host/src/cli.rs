@@ -47,7 +47,15 @@ Process:
   -T, --trace-file FILE      log every request, reply and watch event, one readable line each
       --trace-control=+io|-io  start with request tracing on (the default) or off
   -V, --verbose              more logging (repeatable)
+      --restore FILE         start from a state file (CONTROL save-state FILE wrote it, or C
+                             xenstored's live update): the tree, permissions, quotas, domains;
+                             its connections are gone, with their watches and transactions
   -H, -h, --help             print this help
+
+Live update (xenstore-control live-update [-c CMDLINE] [-t SECS] [-F] FILE) replaces the
+running daemon by FILE, which must be an xs-host, without a client noticing: the store and
+every connection are handed over through memory files, the sockets stay open (see
+crates/xs-host/README.md). CONTROL save-state FILE writes the state for --restore.
 
 Domains:
       --priv-domid N         another privileged domain besides dom0 (repeatable)
@@ -134,6 +142,8 @@ pub(crate) struct Options {
     /// `--event`: dom0's store event channel when the kernel does not tell it (C:
     /// `dom0_event`).
     pub(crate) event: Option<u32>,
+    /// `--restore FILE`: start from this state stream.
+    pub(crate) restore: Option<PathBuf>,
     /// C options accepted but not supported, as the warning names them (each once).
     pub(crate) ignored: Vec<String>,
 }
@@ -158,6 +168,7 @@ impl Default for Options {
             memory_soft: None,
             master_domid: None,
             event: None,
+            restore: None,
             ignored: Vec::new(),
         }
     }
@@ -184,6 +195,7 @@ impl Options {
             self.domain_sockets.as_mut(),
             self.pid_file.as_mut(),
             self.trace_file.as_mut(),
+            self.restore.as_mut(),
         ]
         .into_iter()
         .flatten()
@@ -231,6 +243,7 @@ pub(crate) const LONG_OPTIONS: &[&str] = &[
     "domain-nodes",
     "domain-connections",
     "no-domain-nodes",
+    "restore",
     // C xenstored's.
     "no-domain-init",
     "entry-nb",
@@ -398,6 +411,7 @@ where
             "domain-nodes" => o.domain_nodes = true,
             "domain-connections" => o.domain_connections = number(&shown, &p.value()?)?,
             "no-domain-nodes" => o.domain_nodes = false,
+            "restore" => o.restore = Some(p.value()?.into()),
             "priv-domid" => {
                 let d = domid("--priv-domid", &p.value()?, false)?;
                 if !o.privileged.contains(&d) {

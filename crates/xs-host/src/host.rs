@@ -13,11 +13,12 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::SystemTime;
 
-use xs_core::protocol::Host;
+use xs_core::protocol::{Host, LiveUpdate};
 use xs_core::store::{Introduced, Introduction};
-use xs_core::wire::Header;
+use xs_core::wire::{Header, MsgType};
 use xs_core::{ConnId, DomId, Store, XsError, XsResult};
 
+use crate::live_update;
 use crate::trace::{self, TraceFile};
 
 /// A domain change the event loop must act on.
@@ -45,6 +46,8 @@ pub(crate) struct HostCtx {
     conns: HashMap<ConnId, ConnInfo>,
     /// Domain changes to carry out.
     pub(crate) actions: Vec<Action>,
+    /// Live update: the session, held requests, transaction ages.
+    pub(crate) lu: live_update::Control,
 }
 
 fn path_of(bytes: &[u8]) -> &Path {
@@ -58,7 +61,28 @@ impl HostCtx {
             io: true,
             conns: HashMap::new(),
             actions: Vec::new(),
+            lu: live_update::Control::default(),
         }
+    }
+
+    /// A connection carried over by live update, numbered `number` in the trace as before.
+    pub(crate) fn adopted(&mut self, conn: ConnId, number: u64, domid: DomId) {
+        self.conns.insert(conn, ConnInfo { number, domid });
+    }
+
+    /// The `io` switch (for live update's record).
+    pub(crate) fn io(&self) -> bool {
+        self.io
+    }
+
+    /// Sets the `io` switch (after live update).
+    pub(crate) fn set_io(&mut self, on: bool) {
+        self.io = on;
+    }
+
+    /// The trace file's path, if one is open.
+    pub(crate) fn trace_path(&self) -> Option<&Path> {
+        self.trace.as_ref().map(TraceFile::path)
     }
 
     /// A new connection: `number` names it in the trace.
@@ -73,6 +97,7 @@ impl HostCtx {
 
     /// A connection went away.
     pub(crate) fn closed(&mut self, conn: ConnId, reason: &str) {
+        self.lu.closed(conn);
         if let Some(info) = self.conns.remove(&conn)
             && self.tracing()
         {
@@ -226,6 +251,73 @@ impl Host for HostCtx {
 
     fn tracing(&self) -> bool {
         self.io && self.trace.is_some()
+    }
+
+    fn hold_request(
+        &mut self,
+        store: &Store,
+        conn: ConnId,
+        header: &Header,
+        payload: &[u8],
+    ) -> bool {
+        // Every request passes here: only the two types that may be held are looked at.
+        matches!(
+            header.kind(),
+            Some(MsgType::TransactionStart | MsgType::Control)
+        ) && self.lu.hold(store, conn, header, payload)
+    }
+
+    fn transaction_started(&mut self, conn: ConnId, first: bool) {
+        self.lu.transaction_started(conn, first);
+    }
+
+    fn live_update(
+        &mut self,
+        _store: &mut Store,
+        conn: ConnId,
+        command: LiveUpdate<'_>,
+    ) -> XsResult<Vec<u8>> {
+        Ok(match command {
+            LiveUpdate::Binary(file) => self.lu.binary(conn, file),
+            LiveUpdate::Cmdline(text) => self.lu.cmdline(conn, text),
+            LiveUpdate::Start { version, .. } => self.lu.start_answer(conn, version),
+            LiveUpdate::Abort => self.lu.abort(),
+            // C's daemon takes `-f` only (`lu_arch()` in lu_daemon.c); the upload is a
+            // stub domain's.
+            LiveUpdate::Upload(_) | LiveUpdate::Chunk(_) => return Err(XsError::Inval),
+        })
+    }
+
+    fn save_state(&mut self, store: &mut Store, file: &[u8]) -> XsResult<()> {
+        if file.is_empty() {
+            return Err(XsError::Inval);
+        }
+        let path = path_of(file);
+        match live_update::save_file(store, path) {
+            Ok(stats) => {
+                log::info!(
+                    "state saved to {} ({} records, {} bytes)",
+                    path.display(),
+                    stats.records,
+                    stats.bytes
+                );
+                Ok(())
+            }
+            Err(e) => {
+                log::warn!("save-state to {}: {e}", path.display());
+                Err(XsError::Io)
+            }
+        }
+    }
+
+    fn control_commands(&self) -> Vec<(&'static str, &'static str)> {
+        vec![
+            (
+                "live-update",
+                "[-c <cmdline>] [-F] [-t <timeout>] [-v <version>] <file>\n    Default timeout is 60 seconds, default version is 2.",
+            ),
+            ("save-state", "<file>"),
+        ]
     }
 }
 

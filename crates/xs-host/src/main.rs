@@ -6,6 +6,7 @@
 mod cli;
 mod daemon;
 mod host;
+mod live_update;
 mod logger;
 mod server;
 mod trace;
@@ -18,19 +19,33 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use xs_core::protocol::{Host, Limits};
+use xs_core::protocol::{Access, Host, Limits};
+use xs_core::state::{self, Transport};
 use xs_core::{DomId, StoreConfig};
 use xs_serve::{BootPort, BootRing, Bootstrap, Dispatcher, ServeConfig, Services as _};
 
 use crate::cli::{Command, Options};
 use crate::daemon::{Forked, Startup};
 use crate::host::HostCtx;
-use crate::server::{Server, Sockets, Xs};
+use crate::live_update::{Hidden, Record, SocketKind};
+use crate::server::{Adopted, Restart, Server, Sockets, Xs};
 use crate::trace::TraceFile;
 use crate::xen::HostServices;
 
 fn main() -> ExitCode {
-    let mut options = match cli::parse(std::env::args_os().skip(1)) {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let (args, hidden) = match live_update::take_hidden(args) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("xs-host: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if hidden.probe {
+        println!("{}", live_update::PROBE_ANSWER);
+        return ExitCode::SUCCESS;
+    }
+    let mut options = match cli::parse(args.clone()) {
         Ok(Command::Run(o)) => o,
         Ok(Command::Help) => {
             print!("{}", cli::USAGE);
@@ -38,10 +53,26 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("xs-host: {e}\nTry 'xs-host --help' for the options.");
+            // A live update's command line (`-c`) this binary does not take: the old one
+            // takes its state back.
+            if let (Some((state_fd, record_fd)), Some(exe), None) =
+                (hidden.state, hidden.fallback, &hidden.failed)
+            {
+                let old_args = read_fd(record_fd)
+                    .ok()
+                    .and_then(|t| Record::decode(&String::from_utf8_lossy(&t)).ok())
+                    .map_or(args, |r| r.args);
+                let e = go_back(exe, state_fd, record_fd, old_args, &format!("usage: {e}"));
+                eprintln!("xs-host: live-update: cannot go back to the old binary: {e}");
+            }
             return ExitCode::from(2);
         }
     };
     logger::init(options.verbose);
+    if hidden.state.is_some() {
+        return restarted(options, args, hidden);
+    }
+    let cwd = std::env::current_dir().ok();
     // Before the daemon moves to `/`.
     let socket = match main_socket(&mut options) {
         Ok(s) => s,
@@ -65,7 +96,12 @@ fn main() -> ExitCode {
     for what in &options.ignored {
         log::warn!("ignoring {what}: not supported by xs-host");
     }
-    match run(&options, socket, &mut startup) {
+    let restart = Restart {
+        args,
+        cwd,
+        daemon: options.fork,
+    };
+    match run(&options, socket, &mut startup, restart) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
@@ -204,7 +240,12 @@ impl Drop for PidFile {
 
 /// Sets up and serves; `startup` is the forked daemon's report to its first parent, sent (and
 /// taken) once the daemon serves.
-fn run(options: &Options, socket: MainSocket, startup: &mut Option<Startup>) -> io::Result<()> {
+fn run(
+    options: &Options,
+    socket: MainSocket,
+    startup: &mut Option<Startup>,
+    restart: Restart,
+) -> io::Result<()> {
     let MainSocket {
         path: socket,
         private_dir: private,
@@ -250,6 +291,9 @@ fn run(options: &Options, socket: MainSocket, startup: &mut Option<Startup>) -> 
     };
     let xs = start_store(options, host)?;
     let mut server = Server::new(xs, &sockets)?;
+    server.set_restart(restart);
+    // A restored store's domains get their sockets back.
+    server.serve_introduced_domains();
     // Written once the sockets listen, by the daemon itself (its final pid): Xen's
     // `launch-xenstore` takes the file's existence for readiness.
     let _pid_file = match &options.pid_file {
@@ -326,6 +370,33 @@ fn start_store(options: &Options, host: HostCtx) -> io::Result<Xs> {
         store: store_config(options)?,
         limits: Limits::default(),
     };
+    if let Some(file) = &options.restore {
+        if services.serves_rings() {
+            return Err(io::Error::other(
+                "--restore: not supported while serving Xen rings (the rings' connections \
+                 cannot be set up again from a state file yet)",
+            ));
+        }
+        let bytes = fs::read(file)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", file.display())))?;
+        let restored = state::restore(config.store, &bytes, |_, _| {
+            (Access::default(), Limits::default())
+        })
+        .map_err(|e| io::Error::other(format!("--restore {}: {e}", file.display())))?;
+        let mut store = restored.store;
+        // Crash recovery: the clients of the process that wrote it are gone, and their
+        // watches and transactions with them.
+        for c in &restored.connections {
+            store.disconnect(c.id);
+        }
+        log::info!(
+            "restored from {}: {} nodes, {} domains",
+            file.display(),
+            store.node_count(),
+            store.known_domains().count()
+        );
+        return Ok(Dispatcher::with_store(services, store, config.limits, host));
+    }
     let mut xs = Dispatcher::with_host(services, config, host)
         .map_err(|e| io::Error::other(format!("cannot create the store: {e}")))?;
     if xs.services().serves_rings() {
@@ -342,6 +413,199 @@ fn start_store(options: &Options, host: HostCtx) -> io::Result<Xs> {
         .map_err(|e| io::Error::other(format!("serving dom0's ring (port {port}): {e}")))?;
     }
     Ok(xs)
+}
+
+/// The new process of a live update: takes the state over from the old one (see
+/// `live_update.rs`), or goes back to the old binary if it cannot.
+fn restarted(mut options: Box<Options>, args: Vec<OsString>, hidden: Hidden) -> ExitCode {
+    if options.fork {
+        logger::to_syslog();
+        logger::stderr_off();
+    }
+    let Some((state_fd, record_fd)) = hidden.state else {
+        return ExitCode::FAILURE;
+    };
+    // The fallback is the old binary; the fallback itself has none.
+    let fallback = hidden.fallback.filter(|_| hidden.failed.is_none());
+    let old_args = std::sync::Arc::new(std::sync::Mutex::new(args.clone()));
+    if let Some(exe) = fallback {
+        let old_args = old_args.clone();
+        std::panic::set_hook(Box::new(move |info| {
+            let why = format!("the new binary panicked: {info}");
+            log::error!("live-update: {why}");
+            let args = old_args.lock().map(|a| a.clone()).unwrap_or_default();
+            let e = go_back(exe, state_fd, record_fd, args, &why);
+            log::error!("live-update: cannot go back to the old binary: {e}");
+        }));
+    }
+    match take_over(&mut options, &args, &hidden, &old_args) {
+        Ok(mut server) => {
+            if fallback.is_some() {
+                let _ = std::panic::take_hook();
+            }
+            // The state and the old binary are no longer needed.
+            for fd in [Some(state_fd), Some(record_fd), hidden.fallback]
+                .into_iter()
+                .flatten()
+            {
+                // SAFETY: descriptors passed to this process for live update alone, used
+                // only through the duplicates `take_over` read from.
+                drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+            }
+            let _pid_file = options.pid_file.as_ref().and_then(|p| {
+                fs::write(p, format!("{}\n", std::process::id()))
+                    .ok()
+                    .map(|()| PidFile(p.clone()))
+            });
+            match server.run() {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    log::error!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Err(e) => {
+            log::error!("live-update: cannot take over: {e}");
+            if let Some(exe) = fallback {
+                let args = old_args.lock().map(|a| a.clone()).unwrap_or(args);
+                let e = go_back(exe, state_fd, record_fd, args, &e.to_string());
+                log::error!("live-update: cannot go back to the old binary: {e}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Execs the old binary (open on `exe`) with the same state, telling it why; returns only
+/// on failure.
+fn go_back(
+    exe: i32,
+    state_fd: i32,
+    record_fd: i32,
+    mut args: Vec<OsString>,
+    why: &str,
+) -> io::Error {
+    args.push(format!("--live-update-state={state_fd},{record_fd}").into());
+    // One line: the option's value is the answer the client gets.
+    let why: String = why
+        .chars()
+        .map(|c| if c == '\n' { ' ' } else { c })
+        .collect();
+    args.push(format!("--live-update-failed={why}").into());
+    live_update::exec(live_update::fd_path(exe).as_os_str(), &args)
+}
+
+/// Reads `fd` from its start without closing it (the fallback may need it again).
+fn read_fd(fd: i32) -> io::Result<Vec<u8>> {
+    use std::io::{Read, Seek};
+    // SAFETY: `fd` was passed to this process for live update and stays open meanwhile.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let mut file = fs::File::from(borrowed.try_clone_to_owned()?);
+    file.seek(io::SeekFrom::Start(0))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Restores the state and adopts the sockets.
+fn take_over(
+    options: &mut Options,
+    args: &[OsString],
+    hidden: &Hidden,
+    old_args: &std::sync::Mutex<Vec<OsString>>,
+) -> io::Result<Server> {
+    let started = std::time::Instant::now();
+    let Some((state_fd, record_fd)) = hidden.state else {
+        return Err(io::Error::other("no state"));
+    };
+    let cwd = std::env::current_dir().ok();
+    let socket = main_socket(options)?;
+    if options.fork {
+        std::env::set_current_dir("/")?;
+    }
+    let text = read_fd(record_fd)?;
+    let record = Record::decode(&String::from_utf8_lossy(&text)).map_err(io::Error::other)?;
+    if let Ok(mut a) = old_args.lock() {
+        *a = record.args.clone();
+    }
+    let stream = read_fd(state_fd)?;
+    if xen::is_dom0() {
+        return Err(io::Error::other(
+            "cannot take over on a Xen dom0: ring connections are not carried over",
+        ));
+    }
+    let kinds: std::collections::HashMap<i32, &live_update::RecordClient> =
+        record.clients.iter().map(|c| (c.fd, c)).collect();
+    let config = store_config(options)?;
+    let restored = state::restore(config, &stream, |transport, _| {
+        let read_only = matches!(transport, Transport::Socket { fd }
+            if kinds.get(fd).is_some_and(|c| c.kind == SocketKind::ReadOnly));
+        (Access { read_only }, Limits::default())
+    })
+    .map_err(|e| io::Error::other(e.to_string()))?;
+    let read = started.elapsed();
+    let mut store = restored.store;
+    let mut adopted = Vec::new();
+    for c in restored.connections {
+        match c.transport {
+            Transport::Socket { fd } => match kinds.get(&fd) {
+                Some(&&r) => adopted.push(Adopted {
+                    record: r,
+                    conn: c.connection,
+                    input: c.input,
+                }),
+                None => store.disconnect(c.id),
+            },
+            Transport::Ring { .. } => {
+                return Err(io::Error::other("the state has ring connections"));
+            }
+        }
+    }
+    let trace_path = options.trace_file.clone().or_else(|| record.trace.clone());
+    let trace = match &trace_path {
+        Some(p) => TraceFile::open(p)
+            .map_err(|e| log::warn!("trace file {}: {e}", p.display()))
+            .ok(),
+        None => None,
+    };
+    let mut host = HostCtx::new(trace);
+    host.set_io(record.io);
+    let xs = Dispatcher::with_store(HostServices::sockets_only(), store, Limits::default(), host);
+    let sockets = Sockets {
+        main: socket.path,
+        // The listeners come from the record.
+        read_only: None,
+        domain_dir: options.domain_sockets.clone(),
+        domain_connections: usize::try_from(options.domain_connections).unwrap_or(usize::MAX),
+    };
+    let mut server = Server::adopt(xs, &sockets, &record, adopted)?;
+    if let Some(conn) = record.answer.and_then(|fd| server.conn_on_fd(fd)) {
+        let answer = match &hidden.failed {
+            None => b"OK".to_vec(),
+            Some(why) => format!("Error activating new binary: {why}").into_bytes(),
+        };
+        server.host_mut().lu.answer_after_restart(conn, answer);
+    }
+    server.set_restart(Restart {
+        args: args.to_vec(),
+        cwd,
+        daemon: options.fork,
+    });
+    server.set_cloexec();
+    match &hidden.failed {
+        None => log::info!(
+            "live-update: took over {} clients, state of {} bytes read in {:.1} ms, serving after {:.1} ms",
+            record.clients.len(),
+            stream.len(),
+            read.as_secs_f64() * 1e3,
+            started.elapsed().as_secs_f64() * 1e3
+        ),
+        Some(why) => {
+            log::warn!("live-update: the new binary could not take over ({why}); serving on")
+        }
+    }
+    Ok(server)
 }
 
 /// `path` as a shell word.

@@ -49,6 +49,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::fs;
 use std::io::{self, ErrorKind, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -60,11 +61,14 @@ use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use xs_core::protocol::connection::Closed;
 use xs_core::protocol::{Access, Connection, Limits};
+use xs_core::state::{Global, SavedConnection, Transport};
 use xs_core::{ConnId, DomId};
 use xs_serve::{Dispatcher, WARNING};
 
 use crate::host::{Action, HostCtx};
+use crate::live_update::{self, Due, Record, RecordClient, RecordListener, SocketKind};
 use crate::xen::HostServices;
+use xs_serve::Services as _;
 
 /// The store, serving rings (on Xen) and the program's sockets.
 pub(crate) type Xs = Dispatcher<HostServices, HostCtx>;
@@ -232,6 +236,10 @@ struct Client {
     stream: UnixStream,
     conn: Connection,
     domid: DomId,
+    /// The socket it came through.
+    kind: Kind,
+    /// Its number in the trace.
+    number: u64,
     /// Connected through its domain's socket (counted in [`Server::domains`]).
     domain_socket: bool,
     /// Waits in its domain's queue for room.
@@ -337,6 +345,21 @@ pub(crate) struct Server {
     accept_retry: bool,
     last_accept_warning: Option<Instant>,
     stop: bool,
+    /// How to start the next binary (live update).
+    restart: Restart,
+    /// When a held live update was last looked at.
+    last_lu_check: Instant,
+}
+
+/// What live update needs to start the next process as this one was started.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Restart {
+    /// The command line (without the program name and the hidden options).
+    pub(crate) args: Vec<std::ffi::OsString>,
+    /// The directory it was started in (relative paths in `args` are taken from it).
+    pub(crate) cwd: Option<PathBuf>,
+    /// The daemon moved to `/` (forked).
+    pub(crate) daemon: bool,
 }
 
 /// Whether something answers on the socket at `path`: refuses to start if a daemon does,
@@ -392,6 +415,33 @@ impl Server {
     /// Binds the sockets; fails if one is in use by another daemon. On Xen, polls the
     /// event-channel device too.
     pub(crate) fn new(xs: Xs, sockets: &Sockets) -> io::Result<Server> {
+        let mut server = Server::empty(xs, sockets)?;
+        server.listen(&sockets.main, Kind::Main, 0o600)?;
+        if let Some(ro) = &sockets.read_only {
+            // On failure the server is dropped, which removes the main socket.
+            server.listen(ro, Kind::ReadOnly, 0o660)?;
+        }
+        server.measure_fds();
+        Ok(server)
+    }
+
+    fn measure_fds(&mut self) {
+        self.fds = FdBudget::measure();
+        log::debug!(
+            "descriptors: limit {}, {} open, {} kept for dom0's sockets",
+            self.fds.limit,
+            self.fds.base,
+            self.fds.reserve
+        );
+    }
+
+    /// How live update starts the next binary.
+    pub(crate) fn set_restart(&mut self, restart: Restart) {
+        self.restart = restart;
+    }
+
+    /// A server without sockets yet.
+    fn empty(xs: Xs, sockets: &Sockets) -> io::Result<Server> {
         let poll = Poll::new()?;
         let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
         poll.registry()
@@ -429,19 +479,17 @@ impl Server {
             accept_retry: false,
             last_accept_warning: None,
             stop: false,
+            restart: Restart::default(),
+            last_lu_check: Instant::now(),
         };
-        server.listen(&sockets.main, Kind::Main, 0o600)?;
-        if let Some(ro) = &sockets.read_only {
-            // On failure the server is dropped, which removes the main socket.
-            server.listen(ro, Kind::ReadOnly, 0o660)?;
+        if let Some(why) = server
+            .xs
+            .services()
+            .serves_rings()
+            .then(|| "live update is not supported while xs-host serves Xen rings".to_owned())
+        {
+            server.xs.host_mut().lu.unsupported = Some(why);
         }
-        server.fds = FdBudget::measure();
-        log::debug!(
-            "descriptors: limit {}, {} open, {} kept for dom0's sockets",
-            server.fds.limit,
-            server.fds.base,
-            server.fds.reserve
-        );
         Ok(server)
     }
 
@@ -502,6 +550,8 @@ impl Server {
                 Some(Duration::ZERO)
             } else if self.accept_retry {
                 Some(ACCEPT_RETRY)
+            } else if self.xs.host().lu.busy() {
+                Some(live_update::RECHECK)
             } else {
                 None
             };
@@ -558,6 +608,7 @@ impl Server {
                 }
             }
             self.iterate();
+            self.live_update_step();
         }
         log::info!("shutting down");
         self.remove_sockets();
@@ -798,6 +849,8 @@ impl Server {
                 stream,
                 conn,
                 domid,
+                kind,
+                number,
                 domain_socket: matches!(kind, Kind::Domain(_)),
                 waiting: false,
                 hung_up: false,
@@ -1245,6 +1298,390 @@ fn bound_kernel_buffers(stream: &UnixStream) {
     let received = sockopt::set_socket_recv_buffer_size(stream, GUEST_SOCKET_BUFFER);
     if let Err(e) = sent.and(received) {
         log::debug!("cannot bound a guest socket's buffers: {e}");
+    }
+}
+
+impl Kind {
+    fn socket_kind(self) -> SocketKind {
+        match self {
+            Kind::Main => SocketKind::Main,
+            Kind::ReadOnly => SocketKind::ReadOnly,
+            Kind::Domain(d) => SocketKind::Domain(d),
+        }
+    }
+
+    fn of(kind: SocketKind) -> Kind {
+        match kind {
+            SocketKind::Main => Kind::Main,
+            SocketKind::ReadOnly => Kind::ReadOnly,
+            SocketKind::Domain(d) => Kind::Domain(d),
+        }
+    }
+}
+
+/// A client carried over by live update: its socket, its record entry, its restored
+/// connection.
+#[derive(Debug)]
+pub(crate) struct Adopted {
+    pub(crate) record: RecordClient,
+    pub(crate) conn: Connection,
+    pub(crate) input: Vec<u8>,
+}
+
+impl Server {
+    /// After an iteration: requests held for live update that may go on are served again,
+    /// a `-s` waiting for transactions is looked at again (every [`live_update::RECHECK`]),
+    /// and a due update is carried out.
+    fn live_update_step(&mut self) {
+        let lu = &mut self.xs.host_mut().lu;
+        let mut wake = lu.take_released();
+        if let Some(conn) = lu.waiting_start()
+            && self.last_lu_check.elapsed() >= live_update::RECHECK
+        {
+            self.last_lu_check = Instant::now();
+            wake.push(conn);
+        }
+        for conn in wake {
+            if let Some(&t) = self.by_conn.get(&conn)
+                && let Some(Slot::Client(c)) = self.slots.get_mut(t)
+                && !c.queued
+            {
+                c.queued = true;
+                self.work.push_back(t);
+            }
+        }
+        if let Some(due) = self.xs.host_mut().lu.take_due() {
+            let conn = due.conn;
+            let e = self.exec_update(&due);
+            self.xs
+                .host_mut()
+                .lu
+                .failed(conn, format!("Error activating new binary: {e}"));
+            if let Some(&t) = self.by_conn.get(&conn)
+                && let Some(Slot::Client(c)) = self.slots.get_mut(t)
+                && !c.queued
+            {
+                c.queued = true;
+                self.work.push_back(t);
+            }
+        }
+    }
+
+    /// Writes the state and execs the new binary: returns only if that failed, with every
+    /// descriptor as it was.
+    fn exec_update(&mut self, due: &Due) -> io::Error {
+        let started = Instant::now();
+        let mut record = Record {
+            next_number: self.next_number,
+            io: self.xs.host().io(),
+            trace: self.xs.host().trace_path().map(Path::to_owned),
+            args: self.restart.args.clone(),
+            ..Record::default()
+        };
+        let mut main_fd = -1;
+        let mut fds: Vec<RawFd> = Vec::new();
+        for slot in &self.slots {
+            match slot {
+                Slot::Listener(l) => {
+                    let fd = l.socket.as_raw_fd();
+                    if l.kind == Kind::Main {
+                        main_fd = fd;
+                    }
+                    fds.push(fd);
+                    record.listeners.push(RecordListener {
+                        fd,
+                        kind: l.kind.socket_kind(),
+                        path: l.path.clone(),
+                    });
+                }
+                Slot::Client(c) => {
+                    let fd = c.stream.as_raw_fd();
+                    fds.push(fd);
+                    if c.conn.id() == due.conn {
+                        record.answer = Some(fd);
+                    }
+                    record.clients.push(RecordClient {
+                        fd,
+                        kind: c.kind.socket_kind(),
+                        number: c.number,
+                        ta_age: self
+                            .xs
+                            .host()
+                            .lu
+                            .transaction_age(self.xs.store(), c.conn.id()),
+                    });
+                }
+                Slot::Free => {}
+            }
+        }
+        let saved: Vec<SavedConnection<'_>> = self
+            .slots
+            .iter()
+            .filter_map(|slot| match slot {
+                Slot::Client(c) => Some(SavedConnection {
+                    id: c.conn.id(),
+                    transport: Transport::Socket {
+                        fd: c.stream.as_raw_fd(),
+                    },
+                    protocol: Some(&c.conn),
+                    input: c.stash.pending(),
+                }),
+                _ => None,
+            })
+            .collect();
+        let global = Global {
+            socket_fd: main_fd,
+            evtchn_fd: -1,
+        };
+        let xs = &mut self.xs;
+        let saved_state = xs.external(|store, _| live_update::save_memfd(store, global, &saved));
+        drop(saved);
+        let (state, stats) = match saved_state {
+            Ok(s) => s,
+            Err(e) => return io::Error::new(e.kind(), format!("writing the state: {e}")),
+        };
+        let written = started.elapsed();
+        let text = record.encode();
+        let record_fd =
+            match live_update::sealed_memfd("xs-host-record", |f| f.write_all(text.as_bytes())) {
+                Ok(fd) => fd,
+                Err(e) => return io::Error::new(e.kind(), format!("writing the record: {e}")),
+            };
+        let exe = match live_update::open_self() {
+            Ok(f) => f,
+            Err(e) => return io::Error::new(e.kind(), format!("/proc/self/exe: {e}")),
+        };
+        let mut args: Vec<std::ffi::OsString> = match &due.cmdline {
+            Some(c) => c.split_whitespace().map(Into::into).collect(),
+            None => self.restart.args.clone(),
+        };
+        args.push(
+            format!(
+                "--live-update-state={},{}",
+                state.as_raw_fd(),
+                record_fd.as_raw_fd()
+            )
+            .into(),
+        );
+        args.push(format!("--live-update-fallback={}", exe.as_raw_fd()).into());
+        log::info!(
+            "live-update: state written ({} records, {} bytes, {} clients) in {:.1} ms; exec {}",
+            stats.records,
+            stats.bytes,
+            record.clients.len(),
+            written.as_secs_f64() * 1e3,
+            due.binary.display()
+        );
+        self.xs.host_mut().flush();
+        let inherit: Vec<RawFd> = fds
+            .iter()
+            .copied()
+            .chain([state.as_raw_fd(), record_fd.as_raw_fd(), exe.as_raw_fd()])
+            .collect();
+        let set_all = |on: bool| {
+            for &fd in &inherit {
+                // SAFETY: each descriptor is open for the whole of this function: the
+                // listeners' and clients' are held by their slots, the others by locals.
+                let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                live_update::set_cloexec(fd, on)?;
+            }
+            Ok::<(), io::Error>(())
+        };
+        if let Err(e) = set_all(false) {
+            let _ = set_all(true);
+            return io::Error::new(e.kind(), format!("clearing close-on-exec: {e}"));
+        }
+        if let Some(cwd) = &self.restart.cwd {
+            let _ = std::env::set_current_dir(cwd);
+        }
+        let e = live_update::exec(due.binary.as_os_str(), &args);
+        // Still here: nothing changed but the descriptors' flags and the directory.
+        if self.restart.daemon {
+            let _ = std::env::set_current_dir("/");
+        }
+        let _ = set_all(true);
+        e
+    }
+
+    /// A server over the sockets a live update carried over: the listeners and clients of
+    /// `record`, with the connections restored from the state. Fails without touching the
+    /// descriptors' files (no socket file is removed, no descriptor closed) if one is not
+    /// what the record says.
+    pub(crate) fn adopt(
+        xs: Xs,
+        sockets: &Sockets,
+        record: &Record,
+        clients: Vec<Adopted>,
+    ) -> io::Result<Server> {
+        for fd in record
+            .listeners
+            .iter()
+            .map(|l| l.fd)
+            .chain(clients.iter().map(|c| c.record.fd))
+        {
+            // SAFETY: a descriptor this process inherited; only looked at here.
+            let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            let stat = rustix::fs::fstat(borrowed)
+                .map_err(|e| io::Error::other(format!("descriptor {fd}: {e}")))?;
+            if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Socket {
+                return Err(io::Error::other(format!("descriptor {fd} is not a socket")));
+            }
+        }
+        let mut server = Server::empty(xs, sockets)?;
+        let result = server.adopt_sockets(record, clients);
+        if let Err(e) = result {
+            // Nothing of what was adopted may be closed or removed: the fallback takes it.
+            for slot in std::mem::take(&mut server.slots) {
+                match slot {
+                    Slot::Listener(l) => {
+                        let _ = std::os::fd::IntoRawFd::into_raw_fd(l.socket);
+                    }
+                    Slot::Client(c) => {
+                        let _ = std::os::fd::IntoRawFd::into_raw_fd(c.stream);
+                    }
+                    Slot::Free => {}
+                }
+            }
+            std::mem::forget(server);
+            return Err(e);
+        }
+        server.measure_fds();
+        Ok(server)
+    }
+
+    fn adopt_sockets(&mut self, record: &Record, clients: Vec<Adopted>) -> io::Result<()> {
+        for l in &record.listeners {
+            // SAFETY: the record names this descriptor as the old process's listener, which
+            // it passed to this one (checked to be a socket); nothing else owns it.
+            let std_socket = unsafe { std::os::unix::net::UnixListener::from_raw_fd(l.fd) };
+            let mut socket = UnixListener::from_std(std_socket);
+            let kind = Kind::of(l.kind);
+            let token = self.alloc_slot(Slot::Free);
+            let registered =
+                self.poll
+                    .registry()
+                    .register(&mut socket, Token(token), Interest::READABLE);
+            if let Some(s) = self.slots.get_mut(token) {
+                *s = Slot::Listener(Listener {
+                    socket,
+                    path: l.path.clone(),
+                    kind,
+                    registered: registered.is_ok(),
+                    starved: false,
+                });
+            }
+            registered?;
+            if let Kind::Domain(d) = kind {
+                self.domain_listeners.insert(d, token);
+            }
+        }
+        self.next_number = record.next_number;
+        for a in clients {
+            let fd = a.record.fd;
+            // SAFETY: as for the listeners: the old process's client socket, passed on.
+            let std_stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
+            let mut stream = UnixStream::from_std(std_stream);
+            let kind = Kind::of(a.record.kind);
+            let domid = match kind {
+                Kind::Main | Kind::ReadOnly => DomId::DOM0,
+                Kind::Domain(d) => d,
+            };
+            let id = a.conn.id();
+            let token = self.alloc_slot(Slot::Free);
+            let registered = self.poll.registry().register(
+                &mut stream,
+                Token(token),
+                Interest::READABLE | Interest::WRITABLE,
+            );
+            let mut stash = Stash::default();
+            stash.keep(&a.input);
+            let domain_socket = matches!(kind, Kind::Domain(_));
+            if let Some(s) = self.slots.get_mut(token) {
+                *s = Slot::Client(Box::new(Client {
+                    stream,
+                    conn: a.conn,
+                    domid,
+                    kind,
+                    number: a.record.number,
+                    domain_socket,
+                    waiting: false,
+                    hung_up: false,
+                    stash,
+                    // Served in the first iteration: whatever arrived meanwhile is read,
+                    // what the old process had not sent is written.
+                    can_read: true,
+                    can_write: true,
+                    interest: Interest::READABLE | Interest::WRITABLE,
+                    queued: true,
+                    dirty: false,
+                    eof: false,
+                    read_closed: false,
+                    closing: None,
+                }));
+            }
+            registered?;
+            self.work.push_back(token);
+            self.by_conn.insert(id, token);
+            self.clients = self.clients.saturating_add(1);
+            if domain_socket {
+                let entry = self.domains.entry(domid).or_default();
+                entry.count = entry.count.saturating_add(1);
+                entry.stashed = entry.stashed.saturating_add(a.input.len());
+            }
+            let host = self.xs.host_mut();
+            host.adopted(id, a.record.number, domid);
+            if let Some(age) = a.record.ta_age {
+                host.lu.restored_transactions(id, age);
+            }
+        }
+        // Domains at their connection limit stop accepting, as they would have.
+        for (&domid, &token) in &self.domain_listeners.clone() {
+            if self.domain_full(domid) {
+                self.pause(token, false);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets close-on-exec again on every socket (after [`Server::adopt`]: live update
+    /// cleared it for the exec).
+    pub(crate) fn set_cloexec(&self) {
+        for slot in &self.slots {
+            let result = match slot {
+                Slot::Listener(l) => live_update::set_cloexec(&l.socket, true),
+                Slot::Client(c) => live_update::set_cloexec(&c.stream, true),
+                Slot::Free => Ok(()),
+            };
+            if let Err(e) = result {
+                log::warn!("close-on-exec: {e}");
+            }
+        }
+    }
+
+    /// Serves the sockets of the domains the store has introduced (a restored store's).
+    pub(crate) fn serve_introduced_domains(&mut self) {
+        let domids: Vec<DomId> = self
+            .xs
+            .store()
+            .known_domains()
+            .filter(|&d| self.xs.store().is_introduced(d))
+            .collect();
+        for d in domids {
+            self.domain_introduced(d);
+        }
+    }
+
+    /// The connection of the client on socket `fd` (after [`Server::adopt`]).
+    pub(crate) fn conn_on_fd(&self, fd: RawFd) -> Option<ConnId> {
+        self.slots.iter().find_map(|s| match s {
+            Slot::Client(c) if c.stream.as_raw_fd() == fd => Some(c.conn.id()),
+            _ => None,
+        })
+    }
+
+    /// The daemon's host.
+    pub(crate) fn host_mut(&mut self) -> &mut HostCtx {
+        self.xs.host_mut()
     }
 }
 

@@ -50,7 +50,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::mem;
 
-use xs_core::protocol::{self, Access, Connection, Host, Limits, NoHost};
+use xs_core::protocol::{self, Access, Connection, Host, Limits, LiveUpdate, NoHost};
 use xs_core::store::{Introduced, Introduction, Session, features};
 use xs_core::wire::Header;
 use xs_core::{ConnId, DomId, Store, StoreConfig, XsError, XsResult};
@@ -246,6 +246,37 @@ impl<H: Host> Host for Recorder<H> {
     fn tracing(&self) -> bool {
         self.program.tracing()
     }
+
+    fn hold_request(
+        &mut self,
+        store: &Store,
+        conn: ConnId,
+        header: &Header,
+        payload: &[u8],
+    ) -> bool {
+        self.program.hold_request(store, conn, header, payload)
+    }
+
+    fn transaction_started(&mut self, conn: ConnId, first: bool) {
+        self.program.transaction_started(conn, first);
+    }
+
+    fn live_update(
+        &mut self,
+        store: &mut Store,
+        conn: ConnId,
+        command: LiveUpdate<'_>,
+    ) -> XsResult<Vec<u8>> {
+        self.program.live_update(store, conn, command)
+    }
+
+    fn save_state(&mut self, store: &mut Store, file: &[u8]) -> XsResult<()> {
+        self.program.save_state(store, file)
+    }
+
+    fn control_commands(&self) -> Vec<(&'static str, &'static str)> {
+        self.program.control_commands()
+    }
 }
 
 /// A domain's ring set up by [`Hooks::introducing`], installed once the store introduced it.
@@ -429,6 +460,37 @@ impl<S: Services, H: Host> Host for Hooks<'_, S, H> {
 
     fn tracing(&self) -> bool {
         self.rec.tracing()
+    }
+
+    fn hold_request(
+        &mut self,
+        store: &Store,
+        conn: ConnId,
+        header: &Header,
+        payload: &[u8],
+    ) -> bool {
+        self.rec.hold_request(store, conn, header, payload)
+    }
+
+    fn transaction_started(&mut self, conn: ConnId, first: bool) {
+        self.rec.transaction_started(conn, first);
+    }
+
+    fn live_update(
+        &mut self,
+        store: &mut Store,
+        conn: ConnId,
+        command: LiveUpdate<'_>,
+    ) -> XsResult<Vec<u8>> {
+        self.rec.live_update(store, conn, command)
+    }
+
+    fn save_state(&mut self, store: &mut Store, file: &[u8]) -> XsResult<()> {
+        self.rec.save_state(store, file)
+    }
+
+    fn control_commands(&self) -> Vec<(&'static str, &'static str)> {
+        self.rec.control_commands()
     }
 }
 
@@ -631,6 +693,34 @@ impl<S: Services, H: Host> Dispatcher<S, H> {
             pending: BTreeSet::new(),
             limits: config.limits,
         })
+    }
+
+    /// Serves a store restored from its state stream (`xs_core::state::restore`), with the
+    /// program's own [`Host`] (see [`Dispatcher::with_host`]): the store's connections are
+    /// the program's, and no ring is served yet (a program that served rings before sets
+    /// them up again by its own means). Notifications the store carried over are reported
+    /// by [`Dispatcher::take_local_notifications`].
+    pub fn with_store(services: S, store: Store, limits: Limits, host: H) -> Dispatcher<S, H> {
+        let mut this = Dispatcher {
+            store,
+            services,
+            served: BTreeMap::new(),
+            ports: BTreeMap::new(),
+            ring_conns: BTreeMap::new(),
+            local_notified: BTreeSet::new(),
+            host: Recorder {
+                changes: Vec::new(),
+                log: BoundedLines::default(),
+                program: host,
+            },
+            served_ids: BTreeSet::new(),
+            prepared: BTreeMap::new(),
+            failure: None,
+            pending: BTreeSet::new(),
+            limits,
+        };
+        this.settle();
+        this
     }
 
     /// [`Dispatcher::with_bootstrap`] with the program's own [`Host`] (see

@@ -229,7 +229,9 @@ impl Connection {
                 if take < missing {
                     break;
                 }
-                if dispatch::must_wait(store, self.id, &header, &self.payload) {
+                if dispatch::must_wait(store, self.id, &header, &self.payload)
+                    || host.hold_request(store, self.id, &header, &self.payload)
+                {
                     // Held, whole, until the store notifies this connection: then the
                     // transport offers input again (or none, see `holds_request`).
                     break;

@@ -6,6 +6,7 @@ use alloc::vec::Vec;
 use core::fmt::Write;
 
 use super::Host;
+use super::live_update::{self, LiveUpdate};
 use crate::domid::DomId;
 use crate::error::{XsError, XsResult};
 use crate::quota::QuotaKind;
@@ -51,10 +52,29 @@ pub(super) fn control(
         }
         (b"help", []) => {
             let mut s = String::new();
-            for (name, pars) in COMMANDS {
+            let extra = host.control_commands();
+            let mut all: Vec<(&str, &str)> = COMMANDS.iter().copied().chain(extra).collect();
+            // Alphabetical as C lists them, `help` last.
+            all.sort_by_key(|&(name, _)| (name == "help", name));
+            for (name, pars) in all {
                 let _ = writeln!(s, "{name:<15} {pars}");
             }
             text(out, &s);
+        }
+        (live_update::COMMAND, _) => {
+            // The parameters as bytes: an uploaded chunk (`-d`) may hold NULs.
+            let raw = args
+                .0
+                .get(live_update::COMMAND.len().saturating_add(1)..)
+                .unwrap_or_default();
+            let command = LiveUpdate::parse(raw).ok_or(XsError::Inval)?;
+            let mut answer = host.live_update(store, conn, command)?;
+            answer.push(0);
+            out.extend_from_slice(&answer);
+        }
+        (b"save-state", [file]) => {
+            host.save_state(store, file)?;
+            ok(out);
         }
         (b"print", [msg]) => {
             host.print(msg);

@@ -225,6 +225,7 @@ fn request(
                 return Err(XsError::Busy);
             }
             let id = store.transaction_start(conn)?;
+            host.transaction_started(conn, store.open_transactions(conn) == 1);
             push_number(out, u64::from(id));
         }
         MsgType::TransactionEnd => {

@@ -9,6 +9,7 @@
 pub mod connection;
 mod control;
 pub mod dispatch;
+pub mod live_update;
 #[cfg(test)]
 mod tests;
 
@@ -17,6 +18,7 @@ use alloc::vec::Vec;
 pub use connection::{Connection, Limits};
 pub use control::memory_report;
 pub use dispatch::Access;
+pub use live_update::LiveUpdate;
 
 use crate::domid::DomId;
 use crate::error::{XsError, XsResult};
@@ -87,6 +89,48 @@ pub trait Host {
     /// of re-reading its replies when it does not).
     fn tracing(&self) -> bool {
         false
+    }
+
+    /// Whether the whole request `header`/`payload` of `conn` must wait, unanswered (C
+    /// xenstored's delayed requests): a live update's `-s` until the update can happen,
+    /// a `TRANSACTION_START` while one is pending. The connection then holds it (and takes
+    /// nothing after it) until the program offers it input again
+    /// ([`Connection::holds_request`]), when this is asked again.
+    fn hold_request(
+        &mut self,
+        _store: &Store,
+        _conn: ConnId,
+        _header: &Header,
+        _payload: &[u8],
+    ) -> bool {
+        false
+    }
+
+    /// `conn` started a transaction (`first`: its only open one now), for the age of its
+    /// transactions that live update's `-t` weighs.
+    fn transaction_started(&mut self, _conn: ConnId, _first: bool) {}
+
+    /// `CONTROL live-update <params>` from `conn` (see [`live_update`]): the text to answer
+    /// (`OK`, or what went wrong). `EINVAL` where the program cannot update itself.
+    fn live_update(
+        &mut self,
+        _store: &mut Store,
+        _conn: ConnId,
+        _command: LiveUpdate<'_>,
+    ) -> XsResult<Vec<u8>> {
+        Err(XsError::Inval)
+    }
+
+    /// `CONTROL save-state <file>`: write the store's state stream ([`crate::state`]) to
+    /// `file`. `EINVAL` where the program has no files.
+    fn save_state(&mut self, _store: &mut Store, _file: &[u8]) -> XsResult<()> {
+        Err(XsError::Inval)
+    }
+
+    /// The `CONTROL` commands the program adds (name, parameters), for `help`: those of
+    /// [`Host::live_update`] and [`Host::save_state`] where it implements them.
+    fn control_commands(&self) -> Vec<(&'static str, &'static str)> {
+        Vec::new()
     }
 }
 

@@ -25,6 +25,13 @@ impl Store {
         self.conns_iter().map(|(_, c)| c.transactions.len()).sum()
     }
 
+    /// Number of transactions `conn` has open (doomed ones included).
+    pub fn open_transactions(&self, conn: ConnId) -> usize {
+        self.conns
+            .get_id(conn.0)
+            .map_or(0, |c| c.transactions.len())
+    }
+
     pub(super) fn conns_iter(&self) -> impl Iterator<Item = (u32, &Conn)> {
         self.conns.iter()
     }

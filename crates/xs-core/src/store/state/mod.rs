@@ -43,7 +43,9 @@
 //!   transaction, its next transaction id, its run of failed commits (fairness, see
 //!   [`crate::store::PROTECT_AFTER`]), how many of the trailing output messages were still
 //!   queued in the store, the watches owed a catch-up event, and the bytes already sent of
-//!   a message partly sent (so that the restored connection holds it whole).
+//!   a message partly sent (so that the restored connection holds it whole), and, if any,
+//!   the input the program received but did not feed the connection yet (its backlog,
+//!   [`SavedConnection::input`]).
 //! * `TRANSACTION_DATA`: 16 more bytes: doomed, protected, wrote (a change request succeeded
 //!   in it; one that only read commits whatever changed), and the nodes and bytes its commit
 //!   creates for the quota check.
@@ -193,6 +195,10 @@ pub struct SavedConnection<'a> {
     pub transport: Transport,
     /// Its protocol state (partly read request, unsent output), if it has one.
     pub protocol: Option<&'a Connection>,
+    /// Bytes the program received for the connection after those `protocol` took, and did
+    /// not feed it yet (a backlog kept while the connection took no input): they come back
+    /// in [`RestoredConnection::input`], after the request being read.
+    pub input: &'a [u8],
 }
 
 /// `GLOBAL_DATA`: descriptors of the daemon (only meaningful to the same process after an
@@ -306,8 +312,9 @@ pub struct RestoredConnection {
     pub transport: Transport,
     /// Its protocol state: the request it was reading, the output it had not sent.
     pub connection: Connection,
-    /// Requests read but not yet answered that the connection could not take back as its
-    /// own state (C xenstored's delayed requests: several in one stream): feed them to
-    /// [`Connection::receive`] before any new input. Empty for streams written here.
+    /// Input to feed to [`Connection::receive`] before any new input: requests read but not
+    /// yet answered that the connection could not take back as its own state (C
+    /// xenstored's delayed requests: several in one stream), then the backlog saved with
+    /// the connection ([`SavedConnection::input`]).
     pub input: Vec<u8>,
 }

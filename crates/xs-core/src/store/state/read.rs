@@ -342,6 +342,7 @@ impl Reader<'_> {
         let mut failed_commits = 0u8;
         let mut missed = Vec::new();
         let mut sent_prefix: &[u8] = &[];
+        let mut backlog: &[u8] = &[];
         if fields & l::FIELD_XS != 0 {
             let ext_len = d.u32().ok_or_else(|| e(short()))? as usize;
             let ext = d
@@ -369,6 +370,13 @@ impl Reader<'_> {
                 missed.push(x.u32().ok_or_else(|| e(bad()))?);
             }
             sent_prefix = x.take(sent_len).ok_or_else(|| e(bad()))?;
+            if x.remaining() != 0 {
+                let len = x.u32().ok_or_else(|| e(bad()))? as usize;
+                backlog = x.take(len).ok_or_else(|| e(bad()))?;
+                if backlog.is_empty() {
+                    return Err(e(bad()));
+                }
+            }
             if x.remaining() != 0 || (sent_len > 0) != (resp_len > 0) {
                 return Err(e(bad()));
             }
@@ -450,11 +458,12 @@ impl Reader<'_> {
                 input.len().saturating_sub(HEADER_LEN) <= len
             }
         };
-        let (own_input, replay) = if single {
+        let (own_input, mut replay) = if single {
             (input, Vec::new())
         } else {
             (&[][..], input.to_vec())
         };
+        replay.extend_from_slice(backlog);
         let (access, limits) = settings(&transport, domid);
         let connection = Connection::restored(
             id,

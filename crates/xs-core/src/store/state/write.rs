@@ -312,6 +312,13 @@ fn write_connection<S: Sink>(
         tail.u32(*m);
     }
     tail.bytes(sent_prefix);
+    // Input the program received after the connection's own and has not fed it yet (its
+    // backlog): only written when there is some, so that streams without stay as before.
+    let backlog = saved.map_or(&[][..], |s| s.input);
+    if !backlog.is_empty() {
+        tail.u32(u32_of(backlog.len(), "backlog")?);
+        tail.bytes(backlog);
+    }
     let ext_len = u32_of(
         tail.buf.len().saturating_sub(ext_start).saturating_sub(4),
         "connection state",

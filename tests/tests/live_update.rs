@@ -1,0 +1,314 @@
+//! Live update of xs-host (issue 18), driven by Xen's own `xenstore-control live-update`:
+//! clients keep their connections, watches, transactions and queued events across ten
+//! updates to the same binary while `test-xenstore` and a writer run; the refusals (an open
+//! transaction without `-F`, a missing, non-executable or foreign binary, a new process
+//! that cannot start) leave the old process serving; `CONTROL save-state` and `--restore`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use xs_e2e::daemon::{TempDir, run_with_timeout, xs_host_bin};
+use xs_e2e::wire::ty;
+use xs_e2e::{Client, Daemon, Output, Wire, require, tools, xs_host_only};
+
+/// The whole tree, one node a line with its value and permissions.
+fn dump(d: &Daemon, ls: &Path) -> String {
+    d.run(ls, &["-f", "-p", "/"]).ok().to_owned()
+}
+
+/// `xenstore-control live-update ARGS...`.
+fn live_update(d: &Daemon, control: &Path, args: &[&str]) -> Output {
+    let mut all = vec!["live-update"];
+    all.extend_from_slice(args);
+    d.run(control, &all)
+}
+
+fn bin() -> String {
+    xs_host_bin().to_string_lossy().into_owned()
+}
+
+fn took_over(d: &Daemon) -> usize {
+    d.log().matches("live-update: took over").count()
+}
+
+#[test]
+fn ten_updates_keep_every_client() {
+    if !xs_host_only() {
+        return;
+    }
+    let [control, ls, test] = require!(tools(["xenstore-control", "xenstore-ls", "test-xenstore"]));
+    let d = require!(Daemon::start_with(&["--domain-nodes"]));
+    let pid = d.pid();
+    let bin = bin();
+
+    // A tree with a bit of everything, and a guest with its own socket.
+    let mut setup = d.connect();
+    for i in 0..50 {
+        setup
+            .write(&format!("/static/n{i}"), format!("value {i}").as_bytes())
+            .unwrap();
+    }
+    setup.set_perms("/static/n1", &["n0", "r5", "b7"]).unwrap();
+    let mut guest = require!(d.guest(5));
+    guest.write("data/start", b"1").unwrap();
+    guest.watch("data", "guest-token").unwrap();
+    assert_eq!(guest.next_event().0, "data");
+
+    // A watcher reading events all along, a writer making one distinct event per write,
+    // a transaction left open, test-xenstore in a loop.
+    let mut watcher = d.connect();
+    watcher.watch("/watched", "tok").unwrap();
+    let mut held = d.connect();
+    let tx = held.transaction_start().unwrap();
+    held.request_tx(ty::WRITE, tx, b"/tx/value\0inside")
+        .unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    // Writers and test-xenstore hold it while they work: the test takes it to look at a
+    // quiet tree around every other update.
+    let gate = Arc::new(Mutex::new(()));
+    let writes = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let (stop, gate, writes) = (stop.clone(), gate.clone(), writes.clone());
+        let mut w = d.connect();
+        std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) && i < 400 {
+                {
+                    let _g = gate.lock().unwrap();
+                    w.write(&format!("/watched/k{i}"), b"x").unwrap();
+                }
+                i += 1;
+                writes.store(i, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            i
+        })
+    };
+    let done_runs = Arc::new(AtomicUsize::new(0));
+    let runs = {
+        let (stop, gate, done_runs) = (stop.clone(), gate.clone(), done_runs.clone());
+        let socket = d.socket().to_owned();
+        std::thread::spawn(move || {
+            let mut runs = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let _g = gate.lock().unwrap();
+                let mut c = Command::new(&test);
+                c.env("XENSTORED_PATH", &socket).args(["-i", "1"]);
+                runs.push(run_with_timeout(c, Duration::from_secs(30)));
+                done_runs.fetch_add(1, Ordering::Relaxed);
+                drop(_g);
+                // Let the others take the gate.
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            runs
+        })
+    };
+
+    let started = Instant::now();
+    for round in 0..10 {
+        // The clients get on between updates: some writes, a whole test-xenstore run.
+        let (w0, r0) = (
+            writes.load(Ordering::Relaxed),
+            done_runs.load(Ordering::Relaxed),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while (writes.load(Ordering::Relaxed) < w0 + 10 || done_runs.load(Ordering::Relaxed) == r0)
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let quiet = (round % 2 == 0).then(|| gate.lock().unwrap());
+        let before = quiet.as_ref().map(|_| dump(&d, &ls));
+        let out = live_update(&d, &control, &["-t", "1", "-F", &bin]);
+        out.ok();
+        if let Some(before) = before {
+            assert_eq!(
+                dump(&d, &ls),
+                before,
+                "the tree changed across update {round}"
+            );
+        }
+        drop(quiet);
+        // The guest is served after each update.
+        let key = format!("data/r{round}");
+        guest.write(&key, round.to_string().as_bytes()).unwrap();
+        assert_eq!(guest.read(&key).unwrap(), round.to_string().as_bytes());
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(took_over(&d), 10, "log:\n{}", d.log());
+    stop.store(true, Ordering::Relaxed);
+    let written = writer.join().unwrap();
+    let runs = runs.join().unwrap();
+    assert!(!runs.is_empty());
+    for r in &runs {
+        r.ok();
+        assert!(!r.stdout.contains("failed"), "{}", r.stdout);
+    }
+
+    // Every write's event, once, after the watch's own.
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let (path, token) = watcher.next_event();
+    assert_eq!((path.as_str(), token.as_str()), ("/watched", "tok"));
+    watcher
+        .stream()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    for _ in 0..written {
+        let (path, token) = watcher.next_event();
+        assert_eq!(token, "tok");
+        *seen.entry(path).or_default() += 1;
+    }
+    assert_eq!(seen.len(), written, "events: {seen:?}");
+    assert!(seen.values().all(|&n| n == 1), "duplicated: {seen:?}");
+    // None more (a duplicate would be here).
+    watcher
+        .stream()
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    assert!(xs_e2e::wire::read_msg(watcher.stream()).is_err());
+
+    // The guest's watch fired once per write of its own, in order.
+    for round in 0..10 {
+        assert_eq!(guest.next_event().0, format!("data/r{round}"));
+    }
+
+    // The transaction opened before the first update commits after the last.
+    assert_eq!(held.read("/tx/value"), Err("ENOENT".to_owned()));
+    held.request_tx(ty::TRANSACTION_END, tx, b"T\0").unwrap();
+    assert_eq!(held.read("/tx/value").unwrap(), b"inside");
+    assert_eq!(d.pid(), pid);
+    eprintln!(
+        "10 updates in {:.2} s with {} test-xenstore runs and {written} watched writes",
+        elapsed.as_secs_f64(),
+        runs.len()
+    );
+    d.stop();
+}
+
+#[test]
+fn refusals_leave_the_old_process_serving() {
+    if !xs_host_only() {
+        return;
+    }
+    let [control, ls] = require!(tools(["xenstore-control", "xenstore-ls"]));
+    let d = require!(Daemon::start());
+    let bin = bin();
+    let mut w = d.connect();
+    w.write("/keep/a", b"1").unwrap();
+    let tree = dump(&d, &ls);
+
+    // An open transaction, no -F: refused once -t is over, with C's reason.
+    let mut t = d.connect();
+    let tx = t.transaction_start().unwrap();
+    t.request_tx(ty::WRITE, tx, b"/keep/tx\0v").unwrap();
+    let out = live_update(&d, &control, &["-t", "1", &bin]);
+    assert_eq!(out.code(), Some(3), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("Domains with long running transactions:")
+            || out.stderr.contains("Overlapping transactions"),
+        "{out:?}"
+    );
+    t.request_tx(ty::TRANSACTION_END, tx, b"T\0").unwrap();
+
+    // Binaries that cannot take over are refused before anything is written.
+    let dir = TempDir::new();
+    let plain = dir.path().join("not-executable");
+    std::fs::write(&plain, "x").unwrap();
+    for (binary, why) in [
+        ("/nonexistent/xs-host", "File not accessible."),
+        (plain.to_str().unwrap(), "File not executable."),
+        ("/bin/true", "File cannot take over"),
+    ] {
+        let out = live_update(&d, &control, &[binary]);
+        assert_eq!(out.code(), Some(3), "{out:?}");
+        assert!(out.stderr.contains(why), "{binary}: {out:?}");
+    }
+
+    // A new process that cannot start (a command line it refuses): the old binary takes
+    // the state back and says why.
+    let out = live_update(&d, &control, &["-c", "--no-such-option", &bin]);
+    assert_eq!(out.code(), Some(3), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("Error activating new binary: usage: invalid option '--no-such-option'"),
+        "{out:?}"
+    );
+
+    // The session rules: -s only on the session's connection.
+    let reply = w.control(&["live-update", "-s"]).unwrap();
+    assert_eq!(reply, b"Not in live-update session.\0");
+    assert_eq!(
+        w.control(&["live-update", "-a"]).unwrap(),
+        b"No live-update session active.\0"
+    );
+
+    // The old process served all along, and still updates.
+    let mut now = dump(&d, &ls);
+    now.retain(|_| true);
+    let now: Vec<&str> = now.lines().filter(|l| !l.starts_with("/keep/tx")).collect();
+    assert_eq!(now, tree.lines().collect::<Vec<_>>());
+    assert_eq!(w.read("/keep/tx").unwrap(), b"v");
+    assert_eq!(w.read("/keep/a").unwrap(), b"1");
+    live_update(&d, &control, &[&bin]).ok();
+    assert_eq!(w.read("/keep/a").unwrap(), b"1");
+    d.stop();
+}
+
+#[test]
+fn save_state_and_restore() {
+    if !xs_host_only() {
+        return;
+    }
+    let [control, ls] = require!(tools(["xenstore-control", "xenstore-ls"]));
+    let dir = TempDir::new();
+    let state = dir.path().join("state");
+    let tree;
+    {
+        let d = require!(Daemon::start_with(&["--domain-nodes"]));
+        let mut w = d.connect();
+        for i in 0..100 {
+            w.write(&format!("/saved/n{i}"), format!("{i}").as_bytes())
+                .unwrap();
+        }
+        w.set_perms("/saved/n3", &["n0", "r2"]).unwrap();
+        let mut g = require!(d.guest(5));
+        g.write("data/name", b"guest").unwrap();
+        d.run(&control, &["save-state", state.to_str().unwrap()])
+            .ok();
+        tree = dump(&d, &ls);
+        d.stop();
+    }
+
+    // A truncated state file: refused, with the record and offset named; nothing served.
+    let bytes = std::fs::read(&state).unwrap();
+    let truncated = dir.path().join("truncated");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let socket = dir.path().join("refused.sock");
+    let mut c = Command::new(xs_host_bin());
+    c.arg("-N")
+        .arg("-s")
+        .arg(&socket)
+        .arg("--restore")
+        .arg(&truncated);
+    let out = run_with_timeout(c, Duration::from_secs(20));
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("state stream") && out.stderr.contains("offset"),
+        "{out:?}"
+    );
+    assert!(!socket.exists());
+
+    // The whole file: the same tree, the guest's socket back.
+    let state_arg = state.to_str().unwrap().to_owned();
+    let d = require!(Daemon::start_with(&["--restore", &state_arg]));
+    assert_eq!(dump(&d, &ls), tree);
+    let mut g = Wire::connect(&d.domain_socket(5).unwrap()).unwrap();
+    assert_eq!(g.read("data/name").unwrap(), b"guest");
+    d.stop();
+}
