@@ -724,6 +724,25 @@ pub static RULES: &[Rule] = &[
         },
     },
     Rule {
+        id: "oxs-c417-keep-bad-domids-apart",
+        who: Who::Daemon(Kind::OXenstored),
+        reason: "Both reference daemons take a SET_PERMS entry whose domid is no domid \
+                 (`b-1`), and keep different things: C xenstored 4.17 the text's atoi \
+                 (GET_PERMS gives `b-1` back), oxenstored its own integer parse \
+                 (`b9223372036854775807`). xs-host refuses the request (see \
+                 `oxs-atoi-perms`, `xs-strict-perms`).",
+        diverges: true,
+        matches: |c| {
+            c.ty() == 3
+                && c.other_kind == Kind::CXenstored
+                && ok(&c.this.reply)
+                && ok(&c.other.reply)
+                && c.seq.steps[..c.index]
+                    .iter()
+                    .any(|s| s.ty() == 14 && s.args().iter().skip(1).any(|p| bad_perm(p)))
+        },
+    },
+    Rule {
         id: "oxs-perms-checked-first",
         who: Who::Daemon(Kind::OXenstored),
         reason: "SET_PERMS naming domains that are no numbers a daemon takes, on a path \
