@@ -23,5 +23,5 @@ pub mod sys;
 pub mod wire;
 
 pub use daemon::{Daemon, Kind, Output, xs_host_only};
-pub use skip::{Skip, note, tool, tools};
+pub use skip::{Skip, note, python_with_pyxs, tool, tools};
 pub use wire::{Client, Wire, XsResult};

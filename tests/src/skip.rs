@@ -104,3 +104,26 @@ pub fn tools<const N: usize>(names: [&str; N]) -> Result<[PathBuf; N], Skip> {
     }
     Ok(out)
 }
+
+/// A Python 3 that can import pyxs. Debian's module is in the system Python's
+/// dist-packages, so /usr/bin/python3 comes first (a `python3` earlier in PATH, e.g. from
+/// pyenv, does not see it).
+pub fn python_with_pyxs() -> Result<PathBuf, Skip> {
+    let mut candidates = vec![PathBuf::from("/usr/bin/python3")];
+    if let Ok(p) = tool("python3") {
+        candidates.push(p);
+    }
+    for py in candidates.iter().filter(|p| p.is_file()) {
+        let mut c = std::process::Command::new(py);
+        c.args(["-c", "import pyxs"]);
+        if crate::daemon::run_with_timeout(c, std::time::Duration::from_secs(30))
+            .status
+            .success()
+        {
+            return Ok(py.clone());
+        }
+    }
+    Err(Skip(format!(
+        "no python3 that can `import pyxs` (tried {candidates:?}; Debian package python3-pyxs)"
+    )))
+}

@@ -1,19 +1,21 @@
 //! Live update of xs-host (issue 18), driven by Xen's own `xenstore-control live-update`:
-//! clients keep their connections, watches, transactions and queued events across ten
-//! updates to the same binary while `test-xenstore` and a writer run; the refusals (an open
+//! clients (raw ones, a guest on its socket, and a pyxs client) keep their connections,
+//! watches, transactions and queued events across ten updates to the same binary while
+//! `test-xenstore` and a writer run; the refusals (an open
 //! transaction without `-F`, a missing, non-executable or foreign binary, a new process
 //! that cannot start) leave the old process serving; `CONTROL save-state` and `--restore`.
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use xs_e2e::daemon::{TempDir, run_with_timeout, xs_host_bin};
+use xs_e2e::daemon::{TempDir, run_with_timeout, workspace_root, xs_host_bin};
 use xs_e2e::wire::ty;
-use xs_e2e::{Client, Daemon, Output, Wire, require, tools, xs_host_only};
+use xs_e2e::{Client, Daemon, Output, Wire, python_with_pyxs, require, tools, xs_host_only};
 
 /// The whole tree, one node a line with its value and permissions.
 fn dump(d: &Daemon, ls: &Path) -> String {
@@ -57,6 +59,21 @@ fn ten_updates_keep_every_client() {
     guest.write("data/start", b"1").unwrap();
     guest.watch("data", "guest-token").unwrap();
     assert_eq!(guest.next_event().0, "data");
+
+    // A pyxs client (Debian's python3-pyxs) holding a watch and an open transaction.
+    let py = require!(python_with_pyxs());
+    let mut pyxs = Command::new(py)
+        .arg(workspace_root().join("tests/py/pyxs_live_update.py"))
+        .arg(d.socket())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the pyxs client");
+    let mut pyxs_out = BufReader::new(pyxs.stdout.take().expect("pyxs stdout"));
+    let mut line = String::new();
+    pyxs_out.read_line(&mut line).expect("pyxs READY");
+    assert_eq!(line.trim(), "READY", "pyxs client: {line}");
 
     // A watcher reading events all along, a writer making one distinct event per write,
     // a transaction left open, test-xenstore in a loop.
@@ -134,6 +151,8 @@ fn ten_updates_keep_every_client() {
             );
         }
         drop(quiet);
+        // The pyxs client's watch fires after each update.
+        setup.write(&format!("/pylu/k{round}"), b"x").unwrap();
         // The guest is served after each update.
         let key = format!("data/r{round}");
         guest.write(&key, round.to_string().as_bytes()).unwrap();
@@ -182,6 +201,20 @@ fn ten_updates_keep_every_client() {
     held.request_tx(ty::TRANSACTION_END, tx, b"T\0").unwrap();
     assert_eq!(held.read("/tx/value").unwrap(), b"inside");
     assert_eq!(d.pid(), pid);
+
+    // The pyxs client: each of its events once, and its transaction commits.
+    writeln!(pyxs.stdin.take().expect("pyxs stdin"), "GO 10").expect("tell pyxs");
+    let status = pyxs.wait().expect("pyxs client");
+    let mut rest = String::new();
+    pyxs_out.read_to_string(&mut rest).ok();
+    let mut err = String::new();
+    if let Some(mut e) = pyxs.stderr.take() {
+        e.read_to_string(&mut err).ok();
+    }
+    assert!(
+        status.success() && rest.contains("pyxs live update: ok"),
+        "pyxs client ({status}):\n{rest}\n{err}"
+    );
     eprintln!(
         "10 updates in {:.2} s with {} test-xenstore runs and {written} watched writes",
         elapsed.as_secs_f64(),

@@ -7,30 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use xs_e2e::daemon::{run_with_timeout, workspace_root};
-use xs_e2e::{Daemon, Kind, Skip, note, require};
-
-/// A Python 3 that can import pyxs. Debian's module is in the system Python's
-/// dist-packages, so /usr/bin/python3 comes first (a `python3` earlier in PATH, e.g. from
-/// pyenv, does not see it).
-fn python_with_pyxs() -> Result<PathBuf, Skip> {
-    let mut candidates = vec![PathBuf::from("/usr/bin/python3")];
-    if let Ok(p) = xs_e2e::tool("python3") {
-        candidates.push(p);
-    }
-    for py in candidates.iter().filter(|p| p.is_file()) {
-        let mut c = Command::new(py);
-        c.args(["-c", "import pyxs"]);
-        if run_with_timeout(c, Duration::from_secs(30))
-            .status
-            .success()
-        {
-            return Ok(py.clone());
-        }
-    }
-    Err(Skip(format!(
-        "no python3 that can `import pyxs` (tried {candidates:?}; Debian package python3-pyxs)"
-    )))
-}
+use xs_e2e::{Daemon, Kind, note, python_with_pyxs, require};
 
 fn script() -> PathBuf {
     workspace_root().join("tests/py/pyxs_e2e.py")
