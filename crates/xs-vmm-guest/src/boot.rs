@@ -24,6 +24,14 @@
 //!   the upcall in [`upcalls`], writes the local APIC's EOI, returns. The CPL3 code scans
 //!   the event bitmaps itself.
 //!
+//! # Hypercalls
+//!
+//! Xen takes hypercalls from CPL0 only, and the VMM's hypercall page (`mov eax, nr; out
+//! 0xe5, eax; ret`) works only there (this host's KVM forces IOPL 0 at CPL3). The CPL3 code
+//! calls a trampoline page instead ([`hypercall_trampoline`]): stubs `mov eax, nr; ud2;
+//! ret`, whose `#UD` the handler turns into a call of the real stub at CPL0, returning past
+//! the `ud2`. Arguments and result stay in the ABI's registers throughout.
+//!
 //! # The way in from CPL3
 //!
 //! A `ud2` at one known address, `wrmsr_gate`: the `#UD` handler sees it there, performs
@@ -34,12 +42,48 @@
 //! delivered to the guest's IDT as on hardware.)
 
 use core::arch::global_asm;
+use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 /// The event-channel upcall vector (Linux's `HYPERVISOR_CALLBACK_VECTOR`).
 pub(crate) const UPCALL_VECTOR: u8 = 0xf3;
 /// Where a CPU exception is reported (xs-vmm's debug port for fatal guest faults).
 pub(crate) const FAULT_PORT: u8 = 0xe6;
+
+/// The hypercall page Xen (the VMM) wrote (read by the CPL0 `#UD` handler).
+#[unsafe(no_mangle)]
+static HYPERCALL_PAGE: AtomicU64 = AtomicU64::new(0);
+/// The page of trampoline stubs the CPL3 code calls (`mov eax, nr; ud2; ret`).
+#[unsafe(no_mangle)]
+static TRAMPOLINE: AtomicU64 = AtomicU64::new(u64::MAX - 4096);
+
+/// Makes hypercalls from CPL3 possible: `trampoline` gets a stub per hypercall whose `ud2`
+/// the CPL0 `#UD` handler turns into a call of Xen's stub in `hypercall_page` (so every
+/// hypercall is made at CPL0, as Xen wants, the way Linux's `privcmd` makes them for its
+/// user space). Returns the trampoline, to be used as a hypercall page.
+pub(crate) fn hypercall_trampoline(
+    hypercall_page: NonNull<u8>,
+    trampoline: NonNull<u8>,
+) -> NonNull<u8> {
+    // SAFETY: `trampoline` is a whole page of ours, written only here.
+    let page = unsafe { core::slice::from_raw_parts_mut(trampoline.as_ptr(), 4096) };
+    for (nr, stub) in page.chunks_exact_mut(32).enumerate() {
+        stub[0] = 0xb8;
+        stub[1..5].copy_from_slice(&(nr as u32).to_le_bytes());
+        stub[5..7].copy_from_slice(&[0x0f, 0x0b]);
+        stub[7] = 0xc3;
+    }
+    // ORDERING: the handler runs on this vCPU after these stores, on a later `ud2`.
+    HYPERCALL_PAGE.store(
+        hypercall_page.as_ptr().expose_provenance() as u64,
+        Ordering::SeqCst,
+    );
+    TRAMPOLINE.store(
+        trampoline.as_ptr().expose_provenance() as u64,
+        Ordering::SeqCst,
+    );
+    trampoline
+}
 
 /// Upcalls taken so far (written by the CPL0 upcall stub, read at CPL3).
 #[unsafe(no_mangle)]
@@ -155,6 +199,13 @@ upcall_entry:
 
     .balign 16
 ud_entry:
+    /* A hypercall: the `ud2` of a trampoline stub (`mov eax, nr; ud2; ret`). */
+    push rcx
+    mov rcx, [rsp + 8]
+    sub rcx, [rip + TRAMPOLINE]
+    cmp rcx, 4096
+    jb 5f
+    pop rcx
     push rax
     lea rax, [rip + wrmsr_gate]
     cmp [rsp + 8], rax
@@ -173,6 +224,16 @@ ud_entry:
 4:
     pop rax
     jmp fault_stubs + 16 * 6
+5:
+    /* rax = nr < 128: Xen's stub at HYPERCALL_PAGE + 32 * nr, made at CPL0. */
+    mov rcx, rax
+    and ecx, 127
+    shl ecx, 5
+    add rcx, [rip + HYPERCALL_PAGE]
+    call rcx
+    pop rcx
+    add qword ptr [rsp], 2
+    iretq
 
     /* CPL3 from here on. */
     .text

@@ -53,10 +53,11 @@ pub(crate) struct Xen {
 pub(crate) struct Failed(pub(crate) &'static str, pub(crate) Errno);
 
 impl Xen {
-    /// Hypercalls through the page.
+    /// Hypercalls through the page, or the trampoline to it (see `boot`).
     pub(crate) fn hc(&self) -> XenHypercalls {
-        // SAFETY: the page holds the VMM's stubs (checked in `init`), executable (all memory
-        // is), for the life of the program.
+        // SAFETY: the VMM's stubs (checked in `init`), called directly when they work at
+        // CPL3, else through the trampoline's stubs at CPL0; all memory is executable; the
+        // pages live as long as the program.
         unsafe { XenHypercalls::new(Transfer::Page(self.page)) }
     }
 
@@ -74,6 +75,13 @@ impl Xen {
             return Err(Failed("the hypercall page was not written", Errno::EIO));
         }
         let tsc_khz = u64::from(core::arch::x86_64::__cpuid_count(info.base + 3, 0).ecx);
+        // Stubs that exit by MMIO (`movabs [addr], eax` after the `mov`) work at CPL3: call
+        // them directly. Port-I/O stubs need CPL0: go through the trampoline.
+        let calls = if stubs[at + 5] == 0xa3 {
+            hypercall_page
+        } else {
+            boot::hypercall_trampoline(hypercall_page, page())
+        };
         let si_page = page();
         let vcpu_page = page();
         let grant_frame = page();
@@ -88,7 +96,7 @@ impl Xen {
         let vcpu = unsafe { &*vcpu_ptr };
         let xen = Xen {
             info,
-            page: hypercall_page,
+            page: calls,
             shared_info,
             vcpu,
             grant_frame,

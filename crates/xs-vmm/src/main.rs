@@ -1,4 +1,4 @@
-//! `xs-vmm [--bench N] [--timeout SECS] GUEST`: runs the guest image under KVM with the store
+//! `xs-vmm [--bench N] [--timeout SECS] [--no-sync-regs] [--mmio-hypercalls] GUEST`: runs the guest image under KVM with the store
 //! built in. Prints what the guest prints (its PV console, `console_io`, the debug port) and
 //! the VMM's own lines (`xs-vmm: ...`), then the figures. Exit status 0 when the guest
 //! powered off, 1 when it shut down otherwise or exited non-zero, 2 on a VMM or KVM error.
@@ -33,8 +33,15 @@ fn run() -> Result<ExitCode, String> {
                 let secs = n.parse().map_err(|_| format!("--timeout: `{n}`"))?;
                 options.timeout = Some(Duration::from_secs(secs));
             }
+            "--no-sync-regs" => options.no_sync_regs = true,
+            "--mmio-hypercalls" => options.mmio_hypercalls = true,
             "-h" | "--help" => {
-                println!("usage: xs-vmm [--bench N] [--timeout SECS] GUEST-ELF");
+                println!(
+                    "usage: xs-vmm [--bench N] [--timeout SECS] [--no-sync-regs] [--mmio-hypercalls] GUEST-ELF\n\
+                     --bench N: the guest measures N READ round trips per mode\n\
+                     --no-sync-regs: register ioctls on hypercalls, not KVM_CAP_SYNC_REGS\n\
+                     --mmio-hypercalls: hypercall stubs that exit by MMIO, callable at CPL3"
+                );
                 return Ok(ExitCode::SUCCESS);
             }
             _ if image.is_none() && !arg.starts_with('-') => image = Some(arg),
@@ -56,6 +63,12 @@ fn run() -> Result<ExitCode, String> {
     println!(
         "xs-vmm: {} exits, {} hypercalls ({} ENOSYS, {} other errors), {} upcalls",
         f.exits, f.xen.hypercalls, f.xen.unknown, f.xen.errors, f.xen.upcalls
+    );
+    println!(
+        "xs-vmm: {:.3} s in KVM_RUN, {:.3} s handling hypercalls (of which {:.3} s in register ioctls)",
+        f.in_kvm_run.as_secs_f64(),
+        f.in_hypercalls.as_secs_f64(),
+        f.in_reg_ioctls.as_secs_f64()
     );
     match outcome? {
         Outcome::Shutdown(0) => Ok(ExitCode::SUCCESS),

@@ -18,7 +18,8 @@ use kvm_bindings::{
     kvm_userspace_memory_region,
 };
 use kvm_ioctls::{
-    Cap, Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VcpuExit, VcpuFd, VmFd,
+    Cap, Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, SyncReg, VcpuExit,
+    VcpuFd, VmFd,
 };
 use xs_core::store::Introduction;
 use xs_core::{ConnId, DomId};
@@ -42,6 +43,11 @@ pub struct Options {
     pub bench: Option<u32>,
     /// Give up after this long.
     pub timeout: Option<Duration>,
+    /// Use register ioctls on hypercalls even where KVM offers `KVM_CAP_SYNC_REGS`.
+    pub no_sync_regs: bool,
+    /// Hypercall stubs that exit by MMIO (usable at CPL3) instead of port I/O (CPL0 only),
+    /// and hypercalls accepted from CPL3.
+    pub mmio_hypercalls: bool,
 }
 
 /// How a run ended.
@@ -62,6 +68,13 @@ pub struct Figures {
     pub exits: u64,
     /// Counters of the Xen surface.
     pub xen: xen::Counters,
+    /// Time spent in `KVM_RUN` (the guest running, and KVM's own exit handling).
+    pub in_kvm_run: Duration,
+    /// Time spent in the register ioctls of hypercall exits (`KVM_GET_REGS`, `KVM_GET_SREGS`,
+    /// `KVM_SET_REGS`).
+    pub in_reg_ioctls: Duration,
+    /// Time spent handling hypercalls (the Xen surface, the store, the backends, injection).
+    pub in_hypercalls: Duration,
 }
 
 /// The watch tokens of the VMM's own connection.
@@ -85,6 +98,9 @@ pub struct Machine {
     figures: Figures,
     out: Box<dyn FnMut(&str)>,
     debug_line: Vec<u8>,
+    /// KVM hands the registers over in `kvm_run` at each exit (`KVM_CAP_SYNC_REGS`): no
+    /// register ioctls on a hypercall.
+    sync_regs: bool,
 }
 
 impl std::fmt::Debug for Machine {
@@ -158,9 +174,14 @@ impl Machine {
         )
         .map_err(|e| format!("KVM_X86_SET_MSR_FILTER: {e}"))?;
 
-        let vcpu = vm
+        let mut vcpu = vm
             .create_vcpu(0)
             .map_err(|e| format!("KVM_CREATE_VCPU: {e}"))?;
+        let sync_regs = kvm.check_extension(Cap::SyncRegs) && !options.no_sync_regs;
+        if sync_regs {
+            vcpu.set_sync_valid_reg(SyncReg::Register);
+            vcpu.set_sync_valid_reg(SyncReg::SystemRegister);
+        }
         let tsc_khz = vcpu.get_tsc_khz().unwrap_or(0);
         let mut cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -212,8 +233,12 @@ impl Machine {
         let mut xen = Xen::new(Config {
             domid: GUEST_DOMID,
             ram_pages: RAM_SIZE / PAGE_SIZE,
-            user_hypercalls: true,
-            stubs: Stubs::Mmio,
+            user_hypercalls: options.mmio_hypercalls,
+            stubs: if options.mmio_hypercalls {
+                Stubs::Mmio
+            } else {
+                Stubs::Port
+            },
         });
         let store_port = xen
             .alloc_guest_unbound(xen::DOM0)
@@ -271,6 +296,7 @@ impl Machine {
             figures: Figures::default(),
             out,
             debug_line: Vec::new(),
+            sync_regs,
         };
         m.react();
         let log = m.xs.take_log();
@@ -410,7 +436,10 @@ impl Machine {
                 return Err(format!("the guest did not finish within {} s", t.as_secs()));
             }
             self.figures.exits += 1;
-            let exit = match self.vcpu.run() {
+            let entered = Instant::now();
+            let result = self.vcpu.run();
+            self.figures.in_kvm_run += entered.elapsed();
+            let exit = match result {
                 Ok(VcpuExit::IoOut(port, data)) => {
                     let mut v = [0u8; 4];
                     v[..data.len().min(4)].copy_from_slice(&data[..data.len().min(4)]);
@@ -481,29 +510,47 @@ impl Machine {
 
     /// Handles a hypercall exit; `Some` when the guest shut down.
     fn hypercall(&mut self, nr: u32) -> Result<Option<Outcome>, String> {
-        let mut regs = self
-            .vcpu
-            .get_regs()
-            .map_err(|e| format!("KVM_GET_REGS: {e}"))?;
-        let sregs = self
-            .vcpu
-            .get_sregs()
-            .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
+        let started = Instant::now();
+        let result = self.hypercall_inner(nr, started);
+        self.figures.in_hypercalls += started.elapsed();
+        result
+    }
+
+    fn hypercall_inner(&mut self, nr: u32, started: Instant) -> Result<Option<Outcome>, String> {
+        let (mut regs, cr0, cr3, cpl) = if self.sync_regs {
+            let s = self.vcpu.sync_regs();
+            (s.regs, s.sregs.cr0, s.sregs.cr3, s.sregs.cs.dpl)
+        } else {
+            let regs = self
+                .vcpu
+                .get_regs()
+                .map_err(|e| format!("KVM_GET_REGS: {e}"))?;
+            let sregs = self
+                .vcpu
+                .get_sregs()
+                .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
+            (regs, sregs.cr0, sregs.cr3, sregs.cs.dpl)
+        };
+        self.figures.in_reg_ioctls += started.elapsed();
         let platform = self.xs.services_mut();
+        let ram = Arc::clone(&platform.ram);
         let mem = Access {
-            ram: &platform.ram,
-            cr3: (sregs.cr0 & (1 << 31) != 0).then_some(sregs.cr3),
+            ram: &ram,
+            cr3: (cr0 & (1 << 31) != 0).then_some(cr3),
         };
         let args = [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8];
-        let ram = Arc::clone(&platform.ram);
-        let mem = Access { ram: &ram, ..mem };
-        let (rc, request) = platform
-            .xen
-            .hypercall(&mem, sregs.cs.dpl, u64::from(nr), args);
-        regs.rax = rc as u64;
-        self.vcpu
-            .set_regs(&regs)
-            .map_err(|e| format!("KVM_SET_REGS: {e}"))?;
+        let (rc, request) = platform.xen.hypercall(&mem, cpl, u64::from(nr), args);
+        let set = Instant::now();
+        if self.sync_regs {
+            self.vcpu.sync_regs_mut().regs.rax = rc as u64;
+            self.vcpu.set_sync_dirty_reg(SyncReg::Register);
+        } else {
+            regs.rax = rc as u64;
+            self.vcpu
+                .set_regs(&regs)
+                .map_err(|e| format!("KVM_SET_REGS: {e}"))?;
+        }
+        self.figures.in_reg_ioctls += set.elapsed();
         let console = self.xs.services_mut().xen.take_console();
         if !console.is_empty() {
             for line in String::from_utf8_lossy(&console).lines() {
