@@ -212,6 +212,30 @@ pub fn hypercall_page(stubs: Stubs) -> [u8; PAGE_SIZE as usize] {
     page
 }
 
+/// Rewrites the `vmcall` (`0f 01 c1`) and `vmmcall` (`0f 01 d9`) instructions in `code` into
+/// `out HYPERCALL_PORT, eax; nop` (`e7 e5 90`, the same length); returns how many it rewrote.
+///
+/// For kernels that no longer call a hypercall page but issue the instruction themselves
+/// (Linux from 6.13: `xen_hypercall_intel` and `xen_hypercall_amd`, with the hypercall
+/// number already in `eax`): without KVM's Xen intercept (`KVM_CAP_XEN_HVM`, absent on this
+/// host) `vmcall` never reaches the VMM, an `out` does. `code` must be exactly those
+/// functions' bytes (found by their symbols): matching the pattern anywhere else in a kernel
+/// could hit the middle of another instruction.
+pub fn rewrite_direct_hypercalls(code: &mut [u8]) -> usize {
+    let mut n = 0;
+    let mut i = 0;
+    while i + 3 <= code.len() {
+        if code[i] == 0x0f && code[i + 1] == 0x01 && matches!(code[i + 2], 0xc1 | 0xd9) {
+            code[i..i + 3].copy_from_slice(&[0xe7, HYPERCALL_PORT as u8, 0x90]);
+            n += 1;
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    n
+}
+
 /// How guest addresses in hypercall arguments are reached: guest-virtual addresses
 /// translated through the guest's page tables (as Xen does for an HVM guest), or, with
 /// paging off, guest-physical.

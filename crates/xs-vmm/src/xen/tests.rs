@@ -675,3 +675,24 @@ fn random_hypercalls_never_panic() {
     }
     assert!(xen.counters.errors > 0);
 }
+
+#[test]
+fn direct_hypercalls_are_rewritten() {
+    // Linux's xen_hypercall_intel (6.13): endbr64; push rbp; mov rbp, rsp; vmcall; pop rbp;
+    // ret — and the AMD twin with vmmcall.
+    let intel = [
+        0xf3, 0x0f, 0x1e, 0xfa, 0x55, 0x48, 0x89, 0xe5, 0x0f, 0x01, 0xc1, 0x5d, 0xc3,
+    ];
+    let mut code = intel;
+    assert_eq!(rewrite_direct_hypercalls(&mut code), 1);
+    assert_eq!(code[8..11], [0xe7, HYPERCALL_PORT as u8, 0x90]);
+    assert_eq!(code[..8], intel[..8]);
+    assert_eq!(code[11..], intel[11..]);
+    let mut amd = [0x0f, 0x01, 0xd9, 0xc3];
+    assert_eq!(rewrite_direct_hypercalls(&mut amd), 1);
+    assert_eq!(amd, [0xe7, HYPERCALL_PORT as u8, 0x90, 0xc3]);
+    // Other 0f 01 instructions (lgdt, swapgs, rdtscp) and short tails are left alone.
+    let mut other = [0x0f, 0x01, 0x15, 0x0f, 0x01, 0xf8, 0x0f, 0x01];
+    assert_eq!(rewrite_direct_hypercalls(&mut other), 0);
+    assert_eq!(other, [0x0f, 0x01, 0x15, 0x0f, 0x01, 0xf8, 0x0f, 0x01]);
+}
