@@ -1,6 +1,7 @@
-//! `cargo xtask bench <core|socket|ring|live-update> [ARGS...]`: runs one of xs-bench's
+//! `cargo xtask bench <core|socket|ring|live-update|vmm> [ARGS...]`: runs one of xs-bench's
 //! benchmark binaries in release (`live-update` builds the release xs-host it updates
-//! first). Each prints lines `bench <name> <value> <unit>`.
+//! first; `vmm` runs xs-vmm's guest benchmark instead, see `vmm.rs`). Each prints lines
+//! `bench <name> <value> <unit>`.
 
 use std::path::{Path, PathBuf};
 
@@ -30,11 +31,17 @@ pub(crate) fn source(root: &Path, bin: &str) -> PathBuf {
 pub(crate) fn run(ws: &Workspace, args: &[String]) -> Result<(), String> {
     let names: Vec<&str> = BENCHES.iter().map(|(name, _)| *name).collect();
     let Some((which, rest)) = args.split_first() else {
-        return Err(format!("which benchmark? one of: {}", names.join(", ")));
+        return Err(format!(
+            "which benchmark? one of: {}, vmm",
+            names.join(", ")
+        ));
     };
+    if which == "vmm" {
+        return crate::vmm::bench(ws, rest);
+    }
     let Some(&(_, bin)) = BENCHES.iter().find(|(name, _)| name == which) else {
         return Err(format!(
-            "no benchmark `{which}`; one of: {}",
+            "no benchmark `{which}`; one of: {}, vmm",
             names.join(", ")
         ));
     };

@@ -11,6 +11,7 @@ mod nostd;
 mod packages;
 mod steps;
 mod stubdom;
+mod vmm;
 mod xen_rig;
 
 use std::process::ExitCode;
@@ -32,7 +33,7 @@ commands:
         text.push_str(&format!("          {:<12} {}\n", step.name, step.about));
     }
     text.push_str(
-        "  bench <core|socket|ring|live-update> [ARGS...]
+        "  bench <core|socket|ring|live-update|vmm> [ARGS...]
         run a benchmark binary of xs-bench in release, passing ARGS to it
         (e.g. `cargo xtask bench core --quick`)
   stubdom [--run] [--tcg] [--append TEXT] [--timeout SECS] | --step
@@ -41,6 +42,14 @@ commands:
         if its self-test passed; --append: the image's command line; --step: what the
         test step does (fmt, clippy, doc, build, check, and the boots of
         tests/tests/stubdom.rs)
+",
+    );
+    text.push_str(
+        "  vmm [--run] | --step
+        build xs-vmm and its guest (crates/xs-vmm-guest) and print their paths;
+        --run: run the guest under KVM and pass only if its self-test passed;
+        --step: what the test step does (the guest's fmt and clippy, the builds, the run
+        when /dev/kvm is usable)
 ",
     );
     text.push_str(xen_rig::USAGE);
@@ -77,6 +86,13 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("xtask stubdom: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some("vmm") => match vmm::command(&ws, &args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("xtask vmm: {e}");
                 ExitCode::FAILURE
             }
         },

@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use crate::cmd::{self, Workspace};
-use crate::{bench, features, nostd, packages, stubdom, xen_rig};
+use crate::{bench, features, nostd, packages, stubdom, vmm, xen_rig};
 
 /// What a step is given.
 #[derive(Debug)]
@@ -110,6 +110,13 @@ pub(crate) const STEPS: &[Step] = &[
         about: "stub-domain image: fmt/clippy/doc, build, nm -u, PVH note, size; its boots under \
                 QEMU (tests/tests/stubdom.rs) unless step `test` runs them",
         run: stubdom::step,
+    },
+    // The guest image is its own workspace too (`<target>/vmm-guest`).
+    Step {
+        name: "vmm",
+        about: "xs-vmm's guest: fmt/clippy, build with xs-vmm; run under KVM and pass only if \
+                its self-test passed (skipped when /dev/kvm is not usable)",
+        run: vmm::step,
     },
     Step {
         name: "xen-rig",
