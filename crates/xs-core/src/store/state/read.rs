@@ -632,6 +632,17 @@ impl Reader<'_> {
         let access = d.u16().ok_or_else(|| e(short))?;
         let perm_n = usize::from(d.u16().ok_or_else(|| e(short))?);
         let perms = self.perms(&mut d, perm_n)?;
+        // An entry not flagged IGNORE stays, also one naming a domain the stream has no
+        // record of: C xenstored writes such entries with flags 0 (libxl gives a guest's
+        // home its permissions before INTRODUCE; under the anchors' shim every domain
+        // exists), and keeps them. This store keeps an entry only for a domain it has a
+        // record of (see `entry_is_live`), so one is made, as a privileged SET_PERMS makes
+        // it (at most one per domid).
+        for p in perms.iter().skip(1) {
+            if p.domid.is_real() {
+                self.store.ensure_domain(p.domid);
+            }
+        }
         let path = self.string(&mut d, path_len, "node path malformed")?;
         let value = d
             .take(value_len)
