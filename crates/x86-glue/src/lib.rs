@@ -96,6 +96,8 @@ pub mod cpuid;
 pub mod domctl;
 mod error;
 pub mod evtchn;
+#[cfg(feature = "freestanding-mem")]
+pub mod freestanding_mem;
 pub mod grant;
 pub mod host;
 pub mod hvm;
