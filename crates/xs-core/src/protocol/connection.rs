@@ -170,9 +170,10 @@ impl Connection {
         self.id
     }
 
-    /// Whether a whole request is held, waiting for a protected transaction to end (see
-    /// [`dispatch::must_wait`]): once the store notifies the connection, the transport must
-    /// call [`Connection::receive`] again even with no new input.
+    /// Whether a whole request is held: waiting for a protected transaction to end (see
+    /// [`dispatch::must_wait`]), or held by the host ([`Host::hold_request`]). Once the store
+    /// or the host lets it go on, the transport must call [`Connection::receive`] again
+    /// even with no new input.
     pub fn holds_request(&self) -> bool {
         self.current
             .is_some_and(|h| self.payload.len() >= h.len as usize)

@@ -54,11 +54,7 @@ impl Store {
             if tx == 0 {
                 s.main_write(&caller, p, kind)
             } else {
-                s.in_tx(conn, tx, |s, t| {
-                    let done = s.tx_write(t, &caller, p, kind);
-                    t.wrote |= done.is_ok();
-                    done
-                })
+                s.in_tx_change(conn, tx, |s, t| s.tx_write(t, &caller, p, kind))
             }
         })
     }
@@ -71,11 +67,7 @@ impl Store {
             if tx == 0 {
                 s.main_rm(&caller, p)
             } else {
-                s.in_tx(conn, tx, |s, t| {
-                    let done = s.tx_rm(t, &caller, p);
-                    t.wrote |= done.is_ok();
-                    done
-                })
+                s.in_tx_change(conn, tx, |s, t| s.tx_rm(t, &caller, p))
             }
         })
     }
@@ -240,11 +232,7 @@ impl Store {
             } else if tx == 0 {
                 s.main_set_perms(&caller, p, perms)
             } else {
-                s.in_tx(conn, tx, |s, t| {
-                    let done = s.tx_set_perms(t, &caller, p, perms);
-                    t.wrote |= done.is_ok();
-                    done
-                })
+                s.in_tx_change(conn, tx, |s, t| s.tx_set_perms(t, &caller, p, perms))
             };
             if result.is_err() {
                 for domid in created {

@@ -614,6 +614,21 @@ impl Store {
         result
     }
 
+    /// [`Store::in_tx`] for a change request (`WRITE`, `MKDIR`, `RM`, `SET_PERMS`): one that
+    /// succeeds marks the transaction as having asked for a change (`Transaction::wrote`).
+    pub(crate) fn in_tx_change(
+        &mut self,
+        conn: ConnId,
+        tx: TxId,
+        f: impl FnOnce(&mut Self, &mut Transaction) -> XsResult<()>,
+    ) -> XsResult<()> {
+        self.in_tx(conn, tx, |s, t| {
+            let done = f(s, t);
+            t.wrote |= done.is_ok();
+            done
+        })
+    }
+
     /// Applies a change of a transaction's overlay charge to it and to `domid`'s usage.
     fn tx_charge(&mut self, t: &mut Transaction, domid: crate::domid::DomId, change: i64) {
         t.charged = t.charged.saturating_add_signed(change);
