@@ -694,6 +694,24 @@ fn figures_120k() {
     let mut store = build();
     let build_time = t.elapsed();
     let count = store.node_count();
+    // The shape: 1,000 clients with ten watches each, every tenth with a
+    // transaction open that wrote a node.
+    for c in 0..1000u32 {
+        let conn = store.connect(DomId::DOM0).unwrap();
+        for w in 0..10 {
+            let path = format!("/local/domain/{}/device/vif/{w}", c % 100 + 1);
+            store
+                .watch(conn, path.as_bytes(), format!("c{c}w{w}").as_bytes(), None)
+                .unwrap();
+        }
+        while store.pop_event(conn).is_some() {}
+        if c % 10 == 0 {
+            let tx = store.transaction_start(conn).unwrap();
+            store
+                .write(conn, tx, format!("/tx/c{c}").as_bytes(), b"in-tx")
+                .unwrap();
+        }
+    }
     let payload: usize = nodes
         .iter()
         .map(|(p, v, perms)| {
@@ -718,6 +736,7 @@ fn figures_120k() {
     .unwrap();
     let read_time = t.elapsed();
     assert_eq!(restored.store.node_count(), count);
+    assert_eq!(restored.connections.len(), 1001);
     println!("bench state_nodes_120k {count}");
     println!("bench state_bytes_120k {} bytes", stream.len());
     println!(
@@ -814,7 +833,51 @@ fn malformed_streams_are_rejected() {
         end.clone(),
     ]);
     restore(&good).unwrap();
+    // Children out of name order (C xenstored writes them in its own order), and children
+    // of a node read after its subtree was left: linked, and listed in name order.
+    let n = |p: &str| node(0, p, "", &[(b'n', 0)]);
+    let unsorted = stream(&[
+        root.clone(),
+        a.clone(),
+        n("/a/zz"),
+        n("/a/zz/deep"),
+        n("/a/b"),
+        n("/a/longer-than-eight-2"),
+        n("/a/longer-than-eight-1"),
+        n("/c"),
+        n("/a/m"),
+        end.clone(),
+    ]);
+    let mut restored = state::restore(StoreConfig::new([1, 2]), &unsorted, |_, _| {
+        (Access::default(), Limits::default())
+    })
+    .unwrap();
+    let dom0 = restored.store.connect(DomId::DOM0).unwrap();
+    let mut out = Vec::new();
+    restored.store.directory(dom0, 0, b"/a", &mut out).unwrap();
+    assert_eq!(out, b"b\0longer-than-eight-1\0longer-than-eight-2\0m\0zz\0");
+    restored.store.check().unwrap();
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "duplicate among unsorted children",
+            stream(&[a.clone(), n("/a/x"), n("/a/b"), n("/a/x"), end.clone()]),
+            "duplicate node",
+        ),
+        (
+            "duplicate of a child linked before",
+            stream(&[a.clone(), n("/a/x"), n("/c"), n("/a/x"), end.clone()]),
+            "duplicate node",
+        ),
+        (
+            "duplicate long names",
+            stream(&[
+                a.clone(),
+                n("/a/longer-than-eight"),
+                n("/a/longer-than-eight"),
+                end.clone(),
+            ]),
+            "duplicate node",
+        ),
         (
             "truncated",
             good[..good.len() - 8].to_vec(),

@@ -503,7 +503,10 @@ fn read_fd(fd: i32) -> io::Result<Vec<u8>> {
     let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
     let mut file = fs::File::from(borrowed.try_clone_to_owned()?);
     file.seek(io::SeekFrom::Start(0))?;
-    let mut bytes = Vec::new();
+    // Sized once: the state of a large store is tens of megabytes, which growing by
+    // doubling would copy twice over.
+    let size = file.metadata().map_or(0, |m| m.len());
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
     file.read_to_end(&mut bytes)?;
     Ok(bytes)
 }

@@ -1,4 +1,5 @@
-//! `cargo xtask bench live-update [--xs-host PATH] [--nodes N] [--clients N]`: live update
+//! `cargo xtask bench live-update [--xs-host PATH] [--nodes N] [--clients N] [--pause SECS]
+//! [--show-log]`: live update
 //! of a loaded xs-host (issue 18). A store of 120,000 nodes, 1,000 connected clients with
 //! 10,000 watches among them and 100 open transactions is handed from one process to the
 //! next by `CONTROL live-update -f <the same binary>` then `-s -t 0 -F`, as
@@ -26,6 +27,10 @@ struct Args {
     xs_host: PathBuf,
     nodes: usize,
     clients: usize,
+    /// `--pause SECS`: wait before the update (to attach a profiler to the daemon).
+    pause: Option<u64>,
+    /// `--show-log`: print the daemon's log.
+    show_log: bool,
 }
 
 fn parse_args() -> Args {
@@ -34,6 +39,8 @@ fn parse_args() -> Args {
         xs_host: root.join("target/release/xs-host"),
         nodes: 120_000,
         clients: 1000,
+        pause: None,
+        show_log: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -42,6 +49,8 @@ fn parse_args() -> Args {
             "--xs-host" => a.xs_host = PathBuf::from(value()),
             "--nodes" => a.nodes = value().parse().expect("--nodes N"),
             "--clients" => a.clients = value().parse().expect("--clients N"),
+            "--pause" => a.pause = Some(value().parse().expect("--pause SECS")),
+            "--show-log" => a.show_log = true,
             other => panic!("unknown argument {other}"),
         }
     }
@@ -98,7 +107,7 @@ fn main() {
         assert!(started.elapsed() < TIMEOUT, "xs-host did not start");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let result = std::panic::catch_unwind(|| run(&args, &socket, &log_path));
+    let result = std::panic::catch_unwind(|| run(&args, &socket, &log_path, daemon.id()));
     let _ = daemon.kill();
     let _ = daemon.wait();
     if result.is_err() {
@@ -113,7 +122,7 @@ fn main() {
     }
 }
 
-fn run(args: &Args, socket: &Path, log_path: &Path) {
+fn run(args: &Args, socket: &Path, log_path: &Path, daemon_pid: u32) {
     let t = Instant::now();
     let mut setup = Client::connect(socket, TIMEOUT).expect("connect");
     // The tree: 100 domains' worth of backend-like directories, values of 10-30 bytes.
@@ -213,6 +222,10 @@ fn run(args: &Args, socket: &Path, log_path: &Path) {
         txs.len()
     );
 
+    if let Some(secs) = args.pause {
+        eprintln!("pausing {secs} s before the update (xs-host pid {daemon_pid})");
+        std::thread::sleep(Duration::from_secs(secs));
+    }
     let bin = args.xs_host.to_string_lossy().into_owned();
     let mut lu = Client::connect(socket, TIMEOUT).expect("connect");
     let answer = control(&mut lu, &[b"live-update", b"-f", bin.as_bytes()]);
@@ -257,6 +270,9 @@ fn run(args: &Args, socket: &Path, log_path: &Path) {
     }
 
     let log = std::fs::read_to_string(log_path).unwrap_or_default();
+    if args.show_log {
+        eprint!("{log}");
+    }
     let written = logged_ms(&log, "state written", "clients) in ");
     let read = logged_ms(&log, "took over", "bytes read in ");
     let serving = logged_ms(&log, "took over", "serving after ");

@@ -35,7 +35,7 @@ pub(crate) struct ChildRef {
 }
 
 impl ChildRef {
-    fn new(key: u64, index: u32) -> ChildRef {
+    pub(crate) fn new(key: u64, index: u32) -> ChildRef {
         ChildRef {
             key_hi: (key >> 32) as u32,
             key_lo: key as u32,
@@ -310,6 +310,23 @@ impl Node {
         }
         let at = position.saturating_add(1).min(entries.len());
         entries.insert(at, ChildRef::new(key, index));
+        self.children = entries.into_boxed_slice();
+    }
+
+    /// Replaces the children with `entries[1..]` (sorted by name, no two alike), whose
+    /// names take `name_bytes` as a `DIRECTORY` reply carries them; `entries[0]` is room
+    /// for the header. A restore links a directory's children at once this way instead of
+    /// growing the array by one for each.
+    pub(crate) fn set_children(
+        &mut self,
+        mut entries: Vec<ChildRef>,
+        name_bytes: usize,
+        generation: u64,
+    ) {
+        match entries.first_mut() {
+            Some(h) => *h = header(generation, name_bytes),
+            None => entries.push(header(generation, name_bytes)),
+        }
         self.children = entries.into_boxed_slice();
     }
 

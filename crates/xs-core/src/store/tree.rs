@@ -8,7 +8,7 @@ use core::cell::Cell;
 use core::cmp::Ordering;
 
 use super::arena::{Arena, NIL};
-use super::node::{Node, NodeSlot, key_decides, name_key};
+use super::node::{ChildRef, Node, NodeSlot, key_decides, name_key};
 use crate::error::{XsError, XsResult};
 use crate::perms::Perm;
 
@@ -220,6 +220,44 @@ impl Tree {
         };
         parent_node.insert_child(position, key, index, name_len, generation);
         Ok(index)
+    }
+
+    /// Links `new[1..]` (nodes already in the arena, each naming `parent` as its parent)
+    /// as children of `parent`, beside those it has, in one step; `new[0]` is room for the
+    /// header (see [`Node::set_children`]). `new_sorted` says `new[1..]` is in name order.
+    /// Fails, changing nothing, if two children would share a name.
+    pub(crate) fn attach_children(
+        &mut self,
+        parent: u32,
+        mut new: Vec<ChildRef>,
+        new_sorted: bool,
+        generation: u64,
+    ) -> XsResult<()> {
+        let node = self.nodes.get(parent).ok_or(XsError::Io)?;
+        let mut bytes = node.child_name_bytes();
+        for c in new.get(1..).unwrap_or_default() {
+            let len = self.nodes.get(c.index).map_or(0, |n| n.name().len());
+            bytes = bytes.saturating_add(len).saturating_add(1);
+        }
+        if new.is_empty() {
+            new.push(ChildRef::default());
+        }
+        if !(node.children().is_empty() && new_sorted) {
+            new.extend_from_slice(node.children());
+            let name = |c: &ChildRef| self.nodes.get(c.index).map_or(&[][..], |n| n.name());
+            let children = new.get_mut(1..).unwrap_or_default();
+            children
+                .sort_unstable_by(|a, b| a.key().cmp(&b.key()).then_with(|| name(a).cmp(name(b))));
+            if children
+                .windows(2)
+                .any(|w| matches!(w, [a, b] if a.key() == b.key() && name(a) == name(b)))
+            {
+                return Err(XsError::Exist);
+            }
+        }
+        let node = self.nodes.get_mut(parent).ok_or(XsError::Io)?;
+        node.set_children(new, bytes, generation);
+        Ok(())
     }
 
     /// Unlinks a childless node from its parent and frees it. Returns the node.

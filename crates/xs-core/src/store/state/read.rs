@@ -121,10 +121,36 @@ struct Reader<'a> {
     root_seen: bool,
     specials_seen: [bool; 2],
     domains_seen: BTreeSet<u16>,
-    /// The path of the last node restored and the nodes along it (path length, index):
-    /// streams list nodes depth first, so a node's parent is on it.
-    chain: Vec<(usize, u32)>,
+    /// The path of the last node restored and the nodes along it: streams list nodes
+    /// depth first, so a node's parent is on it.
+    chain: Vec<Link>,
     chain_path: Vec<u8>,
+}
+
+/// A node on the chain, with the children read for it so far, linked when it leaves the
+/// chain (one allocation for a directory's children, not one per child; see
+/// [`crate::store::tree::Tree::attach_children`]). Nodes off the chain have all their
+/// children linked, so lookups see them.
+struct Link {
+    /// Length of its path (a prefix of `chain_path`).
+    len: usize,
+    index: u32,
+    /// Room for the header, then the children read (empty while there are none).
+    pending: Vec<node::ChildRef>,
+    /// Offset of the first child record out of name order (C's streams are not sorted),
+    /// if any: duplicates among them are found when they are linked.
+    unsorted_at: Option<usize>,
+}
+
+impl Link {
+    fn new(len: usize, index: u32) -> Link {
+        Link {
+            len,
+            index,
+            pending: Vec::new(),
+            unsorted_at: None,
+        }
+    }
 }
 
 type R<T> = Result<T, StateError>;
@@ -201,6 +227,9 @@ impl Reader<'_> {
             return Err(self.err("padding not zero"));
         }
         let d = Dec::new(body, self.big);
+        if kind != RecordKind::Node {
+            self.close_chain()?;
+        }
         match kind {
             RecordKind::End if len != 0 => return Err(self.err("END with a body")),
             RecordKind::End => {}
@@ -651,6 +680,7 @@ impl Reader<'_> {
             return Err(e("value too long"));
         }
         if conn_id != 0 {
+            self.close_chain()?;
             return self.tx_node(conn_id, tx, access, path, value, perms);
         }
         if perms.is_empty() {
@@ -678,12 +708,13 @@ impl Reader<'_> {
             }
             return Ok(());
         }
-        let store = &mut self.store;
         if path == b"/" {
             if self.root_seen {
                 return Err(e("duplicate node"));
             }
             self.root_seen = true;
+            self.close_chain()?;
+            let store = &mut self.store;
             let root = store.tree.root;
             store.unlink_owner(root);
             let ok = store
@@ -691,8 +722,7 @@ impl Reader<'_> {
                 .node_mut(root)
                 .is_some_and(|n| n.set_perms(&perms).is_ok() && n.set_value(value).is_ok());
             store.link_owner(root);
-            self.chain.clear();
-            self.chain.push((1, root));
+            self.chain.push(Link::new(1, root));
             self.chain_path.clear();
             self.chain_path.push(b'/');
             return if ok { Ok(()) } else { Err(e("node malformed")) };
@@ -700,35 +730,77 @@ impl Reader<'_> {
         let parent_path = path::parent(path).ok_or_else(|| e("node path malformed"))?;
         // The parent: on the chain of the last node's ancestors (streams are depth first),
         // else looked up.
-        while let Some(&(len, _)) = self.chain.last() {
-            if self.chain_path.get(..len) == Some(parent_path) {
+        while let Some(link) = self.chain.last() {
+            if self.chain_path.get(..link.len) == Some(parent_path) {
                 break;
             }
-            self.chain.pop();
+            self.pop_link()?;
         }
-        let parent = match self.chain.last() {
-            Some(&(_, index)) => index,
-            None => {
-                let index = store
-                    .tree
-                    .lookup(parent_path)
-                    .ok_or_else(|| e("node before its parent"))?;
-                self.chain.push((parent_path.len(), index));
-                index
-            }
-        };
+        if self.chain.is_empty() {
+            let index = self
+                .store
+                .tree
+                .lookup(parent_path)
+                .ok_or_else(|| e("node before its parent"))?;
+            self.chain.push(Link::new(parent_path.len(), index));
+        }
+        let offset = self.offset;
+        let tree = &mut self.store.tree;
+        let link = self
+            .chain
+            .last_mut()
+            .ok_or_else(|| e("node before its parent"))?;
         let name = path::basename(path);
-        let n =
-            node::Node::new(name, value, &perms, parent, BASE).map_err(|_| e("node malformed"))?;
-        let index = match store.tree.add_child(parent, n, BASE) {
-            Ok(index) => index,
-            Err(crate::error::XsError::Exist) => return Err(e("duplicate node")),
-            Err(_) => return Err(e("too many nodes")),
-        };
-        store.link_owner(index);
+        let key = node::name_key(name);
+        // In name order after the last child read (as this store writes them), or not.
+        if let Some(last) = link.pending.get(1..).and_then(<[_]>::last) {
+            let last_name = tree.node(last.index).map_or(&[][..], |n| n.name());
+            match (last.key(), last_name).cmp(&(key, name)) {
+                core::cmp::Ordering::Less => {}
+                core::cmp::Ordering::Equal => return Err(e("duplicate node")),
+                core::cmp::Ordering::Greater => {
+                    link.unsorted_at.get_or_insert(offset);
+                }
+            }
+        }
+        let n = node::Node::new(name, value, &perms, link.index, BASE)
+            .map_err(|_| e("node malformed"))?;
+        let index = tree.nodes.insert(n).map_err(|_| e("too many nodes"))?.index;
+        if link.pending.is_empty() {
+            link.pending.push(node::ChildRef::default());
+        }
+        link.pending.push(node::ChildRef::new(key, index));
+        self.store.link_owner(index);
         self.chain_path.clear();
         self.chain_path.extend_from_slice(path);
-        self.chain.push((path.len(), index));
+        self.chain.push(Link::new(path.len(), index));
+        Ok(())
+    }
+
+    /// Takes the last node off the chain, linking the children read for it.
+    fn pop_link(&mut self) -> R<()> {
+        let Some(link) = self.chain.pop() else {
+            return Ok(());
+        };
+        if link.pending.len() <= 1 {
+            return Ok(());
+        }
+        let sorted = link.unsorted_at.is_none();
+        self.store
+            .tree
+            .attach_children(link.index, link.pending, sorted, BASE)
+            .map_err(|_| StateError {
+                offset: link.unsorted_at.unwrap_or(self.offset),
+                record: Some(RecordKind::Node),
+                what: "duplicate node",
+            })
+    }
+
+    /// Takes every node off the chain (before anything looks nodes up).
+    fn close_chain(&mut self) -> R<()> {
+        while !self.chain.is_empty() {
+            self.pop_link()?;
+        }
         Ok(())
     }
 
@@ -960,7 +1032,8 @@ impl Reader<'_> {
                 }
             }
         }
-        let domids: Vec<DomId> = self.conns.values().map(|c| c.domid).collect();
+        // Once per domain: each refresh walks every connection.
+        let domids: BTreeSet<DomId> = self.conns.values().map(|c| c.domid).collect();
         for d in domids {
             self.store.refresh_callers(d);
         }
@@ -1006,6 +1079,7 @@ fn node_path(p: &[u8]) -> Option<PathKind> {
     if p.first() != Some(&b'/') && p.first() != Some(&b'@') {
         return None;
     }
+    // Absolute and special paths are checked in place: nothing is written to `buf`.
     let mut buf = Vec::new();
     path::canonicalize(p, DomId::DOM0, true, &mut buf)
         .ok()
