@@ -49,7 +49,7 @@ use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -304,6 +304,68 @@ pub(crate) fn sealed_memfd(
         SealFlags::WRITE | SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL,
     )?;
     Ok(OwnedFd::from(file))
+}
+
+/// A sealed memory file mapped read-only: the state stream read in place, without copying
+/// tens of megabytes before restoring them.
+pub(crate) struct SealedMap {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+impl SealedMap {
+    /// Maps `fd` if it is a memory file sealed against writes and shrinking (as
+    /// [`sealed_memfd`] leaves it), else `None` (the caller reads it instead). Empty files
+    /// are not mapped either.
+    pub(crate) fn new(fd: BorrowedFd<'_>) -> io::Result<Option<SealedMap>> {
+        use rustix::fs::SealFlags;
+        use rustix::mm::{MapFlags, ProtFlags};
+        let Ok(seals) = rustix::fs::fcntl_get_seals(fd) else {
+            return Ok(None);
+        };
+        if !seals.contains(SealFlags::WRITE | SealFlags::SHRINK) {
+            return Ok(None);
+        }
+        let len = usize::try_from(rustix::fs::fstat(fd)?.st_size)
+            .map_err(|_| io::Error::other("state file size"))?;
+        if len == 0 {
+            return Ok(None);
+        }
+        // SAFETY: a fresh read-only private mapping of `len` bytes at an address the kernel
+        // chooses: it aliases no Rust object. The file is sealed against writes and
+        // shrinking, so the bytes cannot change while mapped and no page past the end can
+        // appear (no SIGBUS): reading it through a `&[u8]` is sound until `Drop` unmaps it.
+        let addr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ,
+                MapFlags::PRIVATE | MapFlags::POPULATE,
+                fd,
+                0,
+            )?
+        };
+        let ptr = std::ptr::NonNull::new(addr.cast::<u8>())
+            .ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(Some(SealedMap { ptr, len }))
+    }
+}
+
+impl std::ops::Deref for SealedMap {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `ptr` maps `len` readable bytes that cannot change (see `new`) until
+        // `drop`, and the slice borrows `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for SealedMap {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once; no slice of it outlives `self`.
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
 }
 
 /// A [`Sink`] over any writer.

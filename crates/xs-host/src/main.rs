@@ -532,7 +532,16 @@ fn take_over(
     if let Ok(mut a) = old_args.lock() {
         *a = record.args.clone();
     }
-    let stream = read_fd(state_fd)?;
+    // SAFETY: `state_fd` was passed to this process for live update and stays open for
+    // the whole restore.
+    let state = unsafe { std::os::fd::BorrowedFd::borrow_raw(state_fd) };
+    let mapped = live_update::SealedMap::new(state)?;
+    let copied = match mapped {
+        Some(_) => Vec::new(),
+        None => read_fd(state_fd)?,
+    };
+    let stream: &[u8] = mapped.as_deref().unwrap_or(&copied);
+    let loaded = started.elapsed();
     if xen::is_dom0() {
         return Err(io::Error::other(
             "cannot take over on a Xen dom0: ring connections are not carried over",
@@ -541,7 +550,7 @@ fn take_over(
     let kinds: std::collections::HashMap<i32, &live_update::RecordClient> =
         record.clients.iter().map(|c| (c.fd, c)).collect();
     let config = store_config(options)?;
-    let restored = state::restore(config, &stream, |transport, _| {
+    let restored = state::restore(config, stream, |transport, _| {
         let read_only = matches!(transport, Transport::Socket { fd }
             if kinds.get(fd).is_some_and(|c| c.kind == SocketKind::ReadOnly));
         (Access { read_only }, Limits::default())
@@ -598,10 +607,12 @@ fn take_over(
     server.set_cloexec();
     match &hidden.failed {
         None => log::info!(
-            "live-update: took over {} clients, state of {} bytes read in {:.1} ms, serving after {:.1} ms",
+            "live-update: took over {} clients, state of {} bytes read in {:.1} ms ({} in {:.1} ms), serving after {:.1} ms",
             record.clients.len(),
             stream.len(),
             read.as_secs_f64() * 1e3,
+            if mapped.is_some() { "mapped" } else { "copied" },
+            loaded.as_secs_f64() * 1e3,
             started.elapsed().as_secs_f64() * 1e3
         ),
         Some(why) => {
