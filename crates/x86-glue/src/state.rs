@@ -8,14 +8,16 @@
 //! are the dispatcher's, which the protocol's host does not reach, so the save runs at the
 //! serving loop's level, at the end of the turn that received the request
 //! ([`crate::boot::EventLoop::turn`] calls [`run_requested`]). The answer therefore says the
-//! save was taken on, not that it succeeded; the outcome is a console line:
+//! save was taken on, not that it succeeded; the outcome is a console line (the time after
+//! `in` is that of the save into the buffer, the second below; then that of the check):
 //!
 //! ```text
 //! xs: state: saved 5120 bytes, 61 records in 84 us; verified: 40 nodes, 3 connections, saved again to the same bytes in 95 us
 //! ```
 //!
-//! 1. The stream's length is measured first by saving into a counter (saving changes
-//!    nothing, so the second save writes exactly as much). A stream longer than
+//! 1. The stream's length is measured first by saving into a counter (the first save
+//!    carries out what the dispatcher had pending and rebases open transactions; a save
+//!    after it changes nothing, so the second writes exactly as much). A stream longer than
 //!    [`STATE_MAX`], or one that would not leave [`HEAP_MARGIN`] of the heap free, is
 //!    refused, with a line saying why.
 //! 2. The buffer is allocated at once at that length (`try_reserve_exact`: an allocation
@@ -31,17 +33,22 @@
 //!    halve the heap the guests may use; once a handover exists, it is what would be
 //!    handed over.
 //!
+//! The save works on a [`StubState`] (a trait object: the code is in the image once): the
+//! stub's dispatcher, or the image's self-test, which serves its rings by hand.
+//!
 //! # Not done
 //!
 //! The handover itself (a kexec of a new image with the buffer and the map area passed on,
 //! the new image then calling [`Dispatcher::restore`]) is not implemented.
 
 use alloc::vec::Vec;
-use core::convert::Infallible;
 use core::fmt;
 
+use xs_core::Store;
 use xs_core::protocol::{Access, Limits};
-use xs_core::state::{self, Global, SaveOptions, SavedConnection, Sink, StateError};
+use xs_core::state::{
+    self, Global, SaveError, SaveOptions, SaveStats, SavedConnection, Sink, StateError,
+};
 use xs_serve::{Dispatcher, Services};
 
 use crate::host::StubHost;
@@ -174,84 +181,133 @@ impl fmt::Display for Refused {
     }
 }
 
-/// Counts what it is given.
-struct Counter(usize);
+/// Where the stub's saves go: one sink type for measuring, filling the buffer and comparing,
+/// so that the stream writer (generic over its sink) is in the image once.
+pub struct StateSink<'a>(Mode<'a>);
 
-impl Sink for Counter {
-    type Error = Infallible;
+enum Mode<'a> {
+    /// Counts the bytes.
+    Count(usize),
+    /// Appends to a buffer within the capacity it was given, never growing it.
+    Fill(&'a mut Vec<u8>),
+    /// Compares with a stream, storing nothing.
+    Compare {
+        expected: &'a [u8],
+        at: usize,
+        /// The first difference.
+        differs: Option<usize>,
+    },
+}
 
-    fn write(&mut self, bytes: &[u8]) -> Result<(), Infallible> {
-        self.0 = self.0.saturating_add(bytes.len());
-        Ok(())
+impl fmt::Debug for StateSink<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.0 {
+            Mode::Count(_) => "StateSink::Count",
+            Mode::Fill(_) => "StateSink::Fill",
+            Mode::Compare { .. } => "StateSink::Compare",
+        })
     }
 }
 
-/// Appends to a buffer within the capacity it was given, never growing it.
-struct Fixed<'a>(&'a mut Vec<u8>);
-
-impl Sink for Fixed<'_> {
+impl Sink for StateSink<'_> {
     type Error = &'static str;
 
     fn write(&mut self, bytes: &[u8]) -> Result<(), &'static str> {
-        let room = self.0.capacity().saturating_sub(self.0.len());
-        if bytes.len() > room {
-            return Err("the state grew between measuring and saving it");
-        }
-        self.0.extend_from_slice(bytes);
-        Ok(())
-    }
-}
-
-/// Compares what it is given with a stream, storing nothing.
-struct Compare<'a> {
-    expected: &'a [u8],
-    at: usize,
-    /// The first difference.
-    differs: Option<usize>,
-}
-
-impl Sink for Compare<'_> {
-    type Error = Infallible;
-
-    fn write(&mut self, bytes: &[u8]) -> Result<(), Infallible> {
-        if self.differs.is_none() {
-            let end = self.at.saturating_add(bytes.len());
-            let expected = self.expected.get(self.at..end.min(self.expected.len()));
-            match expected {
-                Some(e) if e == bytes => {}
-                Some(e) => {
-                    let first = e.iter().zip(bytes).position(|(a, b)| a != b);
-                    self.differs = Some(self.at.saturating_add(first.unwrap_or(e.len())));
+        match &mut self.0 {
+            Mode::Count(n) => *n = n.saturating_add(bytes.len()),
+            Mode::Fill(buf) => {
+                let room = buf.capacity().saturating_sub(buf.len());
+                if bytes.len() > room {
+                    return Err("the state grew between measuring and saving it");
                 }
-                None => self.differs = Some(self.expected.len()),
+                buf.extend_from_slice(bytes);
+            }
+            Mode::Compare {
+                expected,
+                at,
+                differs,
+            } => {
+                if differs.is_none() {
+                    let end = at.saturating_add(bytes.len());
+                    match expected.get(*at..end.min(expected.len())) {
+                        Some(e) if e == bytes => {}
+                        Some(e) => {
+                            let first = e.iter().zip(bytes).position(|(a, b)| a != b);
+                            *differs = Some(at.saturating_add(first.unwrap_or(e.len())));
+                        }
+                        None => *differs = Some(expected.len()),
+                    }
+                }
+                *at = at.saturating_add(bytes.len());
             }
         }
-        self.at = self.at.saturating_add(bytes.len());
         Ok(())
     }
 }
 
-/// The time since `start` (both from [`Services::now_ns`]).
-fn since<S: Services, H: xs_core::protocol::Host>(
-    stub: &mut Dispatcher<S, H>,
-    start: Option<u64>,
-) -> Option<u64> {
-    let now = stub.services_mut().now_ns()?;
+/// What the save needs of the program: its whole state written to a sink, its store (for
+/// the configuration a restore is given), its [`StubHost`] (the request flag, the heap) and
+/// a clock. Implemented for the stub's dispatcher; a trait object, so that the save is in
+/// the image once whatever serves the rings (the image's self-test serves them by hand).
+pub trait StubState {
+    /// Writes the whole state ([`Dispatcher::save_state`] with no connections of the
+    /// program's: the stub has no sockets).
+    fn save_state(
+        &mut self,
+        sink: &mut StateSink<'_>,
+    ) -> Result<SaveStats, SaveError<&'static str>>;
+
+    /// The store.
+    fn store(&self) -> &Store;
+
+    /// The host the protocol calls.
+    fn stub_host(&mut self) -> &mut StubHost;
+
+    /// Monotonic time in nanoseconds, if there is a clock.
+    fn now_ns(&mut self) -> Option<u64>;
+}
+
+impl<S: Services> StubState for Dispatcher<S, StubHost> {
+    fn save_state(
+        &mut self,
+        sink: &mut StateSink<'_>,
+    ) -> Result<SaveStats, SaveError<&'static str>> {
+        Dispatcher::save_state(self, Global::default(), &[], SaveOptions::default(), sink)
+    }
+
+    fn store(&self) -> &Store {
+        Dispatcher::store(self)
+    }
+
+    fn stub_host(&mut self) -> &mut StubHost {
+        self.host_mut()
+    }
+
+    fn now_ns(&mut self) -> Option<u64> {
+        self.services_mut().now_ns()
+    }
+}
+
+fn save_error(e: SaveError<&'static str>) -> Refused {
+    match e {
+        SaveError::TooLarge(what) | SaveError::Sink(what) => Refused::Failed(what),
+    }
+}
+
+/// The time since `start` (both from [`StubState::now_ns`]).
+fn since(stub: &mut dyn StubState, start: Option<u64>) -> Option<u64> {
+    let now = stub.now_ns()?;
     Some(now.saturating_sub(start?))
 }
 
 /// Saves the whole state into a heap buffer, verifies it (see the module docs), and returns
 /// the buffer with what was done.
-pub fn save_to_buffer<S: Services>(
-    stub: &mut Dispatcher<S, StubHost>,
-) -> Result<(Vec<u8>, Saved), Refused> {
-    let before = stub.host().heap();
-    let mut counter = Counter(0);
-    let measured = stub.save_state(Global::default(), &[], SaveOptions::default(), &mut counter);
-    let bytes = match measured {
-        Ok(_) => counter.0,
-        Err(state::SaveError::TooLarge(what)) => return Err(Refused::Failed(what)),
-        Err(state::SaveError::Sink(never)) => match never {},
+pub fn save_to_buffer(stub: &mut dyn StubState) -> Result<(Vec<u8>, Saved), Refused> {
+    let before = stub.stub_host().heap();
+    let mut counter = StateSink(Mode::Count(0));
+    stub.save_state(&mut counter).map_err(save_error)?;
+    let StateSink(Mode::Count(bytes)) = counter else {
+        return Err(Refused::Failed("the counter changed kind"));
     };
     if bytes > STATE_MAX {
         return Err(Refused::TooLarge { bytes });
@@ -264,19 +320,10 @@ pub fn save_to_buffer<S: Services>(
     if buf.try_reserve_exact(bytes).is_err() {
         return Err(Refused::NoMemory { bytes, free });
     }
-    let start = stub.services_mut().now_ns();
+    let start = stub.now_ns();
     let stats = stub
-        .save_state(
-            Global::default(),
-            &[],
-            SaveOptions::default(),
-            &mut Fixed(&mut buf),
-        )
-        .map_err(|e| match e {
-            state::SaveError::TooLarge(what) | state::SaveError::Sink(what) => {
-                Refused::Failed(what)
-            }
-        })?;
+        .save_state(&mut StateSink(Mode::Fill(&mut buf)))
+        .map_err(save_error)?;
     let save_ns = since(stub, start);
     let verified = verify(stub, &buf, before.in_use)?;
     let saved = Saved {
@@ -290,18 +337,14 @@ pub fn save_to_buffer<S: Services>(
 
 /// Restores `stream` into a scratch store and saves that again, comparing (see the module
 /// docs); skipped without room for a second store of about `in_use` bytes.
-fn verify<S: Services>(
-    stub: &mut Dispatcher<S, StubHost>,
-    stream: &[u8],
-    in_use: usize,
-) -> Result<Verified, Refused> {
-    let heap = stub.host().heap();
+fn verify(stub: &mut dyn StubState, stream: &[u8], in_use: usize) -> Result<Verified, Refused> {
+    let heap = stub.stub_host().heap();
     let free = heap.size.saturating_sub(heap.in_use);
     let need = in_use.saturating_mul(2).saturating_add(HEAP_MARGIN);
     if need > free {
         return Ok(Verified::Skipped { need, free });
     }
-    let start = stub.services_mut().now_ns();
+    let start = stub.now_ns();
     let config = stub.store().config().clone();
     let restored = state::restore(config, stream, |_, _| {
         (Access::default(), Limits::default())
@@ -318,33 +361,33 @@ fn verify<S: Services>(
             input: &c.input,
         })
         .collect();
-    let mut compare = Compare {
+    let mut compare = StateSink(Mode::Compare {
         expected: stream,
         at: 0,
         differs: None,
-    };
+    });
     let global = restored.global.unwrap_or_default();
-    let again = state::save(
+    state::save(
         &mut scratch,
         global,
         &conns,
         SaveOptions::default(),
         &mut compare,
-    );
-    if let Err(state::SaveError::TooLarge(what)) = again {
-        return Err(Refused::Failed(what));
-    }
-    let differs = match compare.differs {
-        Some(at) => Some(at),
-        None if compare.at != stream.len() => Some(compare.at.min(stream.len())),
-        None => None,
-    };
-    if let Some(at) = differs {
-        return Err(Refused::Differs {
-            at,
-            again: compare.at,
-            bytes: stream.len(),
-        });
+    )
+    .map_err(save_error)?;
+    if let StateSink(Mode::Compare { at, differs, .. }) = compare {
+        let differs = match differs {
+            Some(first) => Some(first),
+            None if at != stream.len() => Some(at.min(stream.len())),
+            None => None,
+        };
+        if let Some(first) = differs {
+            return Err(Refused::Differs {
+                at: first,
+                again: at,
+                bytes: stream.len(),
+            });
+        }
     }
     let (nodes, connections) = (scratch.node_count(), conns.len());
     drop(conns);
@@ -360,11 +403,11 @@ fn verify<S: Services>(
 /// If a `CONTROL save-state` asked for it ([`StubHost::take_save_request`]), saves the
 /// state, verifies it and frees it, writing the outcome to `log` as one line starting
 /// `xs: state: `; returns the outcome.
-pub fn run_requested<S: Services>(
-    stub: &mut Dispatcher<S, StubHost>,
+pub fn run_requested(
+    stub: &mut dyn StubState,
     log: &mut dyn fmt::Write,
 ) -> Option<Result<Saved, Refused>> {
-    if !stub.host_mut().take_save_request() {
+    if !stub.stub_host().take_save_request() {
         return None;
     }
     let outcome = save_to_buffer(stub).map(|(buf, saved)| {
@@ -383,15 +426,18 @@ mod tests {
     use super::*;
 
     fn compare(expected: &[u8], writes: &[&[u8]]) -> (Option<usize>, usize) {
-        let mut c = Compare {
+        let mut c = StateSink(Mode::Compare {
             expected,
             at: 0,
             differs: None,
-        };
+        });
         for w in writes {
-            let Ok(()) = c.write(w);
+            c.write(w).unwrap();
         }
-        (c.differs, c.at)
+        match c.0 {
+            Mode::Compare { at, differs, .. } => (differs, at),
+            _ => unreachable!(),
+        }
     }
 
     #[test]
@@ -407,7 +453,7 @@ mod tests {
     fn the_fixed_sink_never_grows() {
         let mut buf = Vec::with_capacity(4);
         let cap = buf.capacity();
-        let mut sink = Fixed(&mut buf);
+        let mut sink = StateSink(Mode::Fill(&mut buf));
         assert!(sink.write(b"ab").is_ok());
         assert!(sink.write(&[0; 64]).is_err());
         assert_eq!(buf.capacity(), cap);
