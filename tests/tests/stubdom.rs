@@ -59,6 +59,8 @@ fn the_self_test_passes_under_qemu() {
         "hostile/ring-index",
         "ring/reconnect",
         "txn/conflict",
+        "state/save",
+        "state/handover",
         "scale/populate",
     ] {
         assert!(
@@ -67,6 +69,29 @@ fn the_self_test_passes_under_qemu() {
             context(&run)
         );
     }
+    // `CONTROL save-state` from dom0's client, after it created nodes, a watch and a
+    // transaction: the stub's save logged its line (saved into the heap, restored into a
+    // scratch store and saved again to the same bytes), and dom0 was served on after it
+    // (check `state/save`) and by the store that took the saved state over
+    // (`state/handover`).
+    let state = run
+        .lines
+        .iter()
+        .find(|l| l.starts_with("xs: state: "))
+        .unwrap_or_else(|| panic!("no `xs: state: ` line; {}", context(&run)));
+    assert!(
+        state.starts_with("xs: state: saved ")
+            && state.contains(" records")
+            && state.contains("; verified: ")
+            && state.contains(" saved again to the same bytes"),
+        "{state}; {}",
+        context(&run)
+    );
+    assert!(
+        run.has_line_starting("state: handover: "),
+        "no handover line; {}",
+        context(&run)
+    );
     let heap = run
         .lines
         .iter()
@@ -74,7 +99,7 @@ fn the_self_test_passes_under_qemu() {
         .map_or("", String::as_str);
     note(&format!(
         "{passed} checks passed under QEMU/{}: `{READY}` {} after QEMU started, exited after \
-         {:.2} s; {heap}",
+         {:.2} s; {heap}; {state}",
         run.accel.name(),
         seconds(run.ready_after),
         run.elapsed.as_secs_f64(),

@@ -16,6 +16,9 @@
 //!
 //! # The loop ([`EventLoop::turn`])
 //!
+//! (A `CONTROL save-state` served in a turn is carried out at its end, before the loop
+//! sleeps: [`crate::state`].)
+//!
 //! No interrupt is used. Each turn clears `evtchn_upcall_pending`, then takes pending ports
 //! from the fair [`Scanner`] (each port's pending bit cleared before its service), at most
 //! [`EVENT_BUDGET`] per turn. Only when a turn found nothing and nothing is left over does it
@@ -50,6 +53,7 @@ use crate::rng::Rng;
 use crate::sched::{self, POLL_MAX_PORTS, ShutdownReason};
 use crate::services::XenServices;
 use crate::shared_info::SharedInfo;
+use crate::state;
 use crate::version;
 
 /// Ports served per turn before the loop looks at left-over work again.
@@ -240,7 +244,11 @@ impl EventLoop {
         if pending {
             stub.run_pending();
         }
+        // A `CONTROL save-state` of this turn: the state as the turn left it.
         flush_log(stub, log);
+        if state::run_requested(stub, log).is_some() {
+            flush_log(stub, log);
+        }
         if served > 0 {
             return Turn::Served(served);
         }

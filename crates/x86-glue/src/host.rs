@@ -1,13 +1,16 @@
 //! [`StubHost`]: what the protocol asks of the program (xs-core's [`Host`]) in a stub
 //! domain, which has a console and nothing else: `CONTROL memreport` goes to the log, with
-//! the heap's use (which only the image's allocator knows).
+//! the heap's use (which only the image's allocator knows); `CONTROL save-state` is taken
+//! on for the serving loop, which saves the state at the end of its turn
+//! ([`crate::state`]).
 
 use alloc::format;
 use alloc::string::String;
+use alloc::vec;
 use alloc::vec::Vec;
 
-use xs_core::XsResult;
 use xs_core::protocol::Host;
+use xs_core::{Store, XsResult};
 
 /// The image's heap: bytes in use (allocations, without the allocator's own overhead) and
 /// the heap's size.
@@ -26,20 +29,43 @@ pub struct StubHost {
     /// The last `CONTROL memreport` not yet logged: one at a time (a newer one replaces it),
     /// so that requests cannot grow it between two turns of the loop.
     report: Option<String>,
+    /// A `CONTROL save-state` is waiting for the loop (several before it runs make one).
+    save: bool,
+    /// The note on the last `CONTROL save-state`'s file argument not yet logged (one at a
+    /// time, as the report).
+    save_note: Option<String>,
 }
 
 impl StubHost {
     /// A host reporting the heap through `heap`.
     pub fn new(heap: fn() -> HeapUse) -> StubHost {
-        StubHost { heap, report: None }
+        StubHost {
+            heap,
+            report: None,
+            save: false,
+            save_note: None,
+        }
+    }
+
+    /// The heap's use now.
+    pub fn heap(&self) -> HeapUse {
+        (self.heap)()
+    }
+
+    /// Whether a `CONTROL save-state` asked for the state to be saved since the last call.
+    pub fn take_save_request(&mut self) -> bool {
+        core::mem::take(&mut self.save)
     }
 
     /// The lines to log since the last call.
     pub fn take_lines(&mut self) -> Vec<String> {
-        self.report
+        let mut lines: Vec<String> = self
+            .report
             .take()
             .map(|r| r.lines().map(String::from).collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        lines.extend(self.save_note.take());
+        lines
     }
 }
 
@@ -62,6 +88,24 @@ impl Host for StubHost {
         }
         self.report = Some(text);
         Ok(())
+    }
+
+    /// Taken on, answered `OK`: the serving loop saves the state at the end of its turn and
+    /// logs the outcome ([`crate::state`]). A stub domain has no files: a file argument is
+    /// named in the log and otherwise ignored, as for `memreport`.
+    fn save_state(&mut self, _store: &mut Store, file: &[u8]) -> XsResult<()> {
+        self.save = true;
+        if !file.is_empty() {
+            self.save_note = Some(format!(
+                "save-state: kept in memory (no file `{}` in a stub domain)",
+                String::from_utf8_lossy(file)
+            ));
+        }
+        Ok(())
+    }
+
+    fn control_commands(&self) -> Vec<(&'static str, &'static str)> {
+        vec![("save-state", "[<file>]")]
     }
 }
 
@@ -94,5 +138,24 @@ mod tests {
             ]
         );
         assert!(host.take_lines().is_empty());
+    }
+
+    #[test]
+    fn save_state_is_taken_on_for_the_loop() {
+        let mut host = StubHost::new(heap);
+        let mut store = Store::new(xs_core::StoreConfig::new([1, 2])).unwrap();
+        assert!(!host.take_save_request());
+        host.save_state(&mut store, b"").unwrap();
+        host.save_state(&mut store, b"").unwrap();
+        assert!(host.take_save_request(), "asked");
+        assert!(!host.take_save_request(), "once for both");
+        assert!(host.take_lines().is_empty());
+        host.save_state(&mut store, b"/var/lib/xs.state").unwrap();
+        assert!(host.take_save_request());
+        assert_eq!(
+            host.take_lines(),
+            ["save-state: kept in memory (no file `/var/lib/xs.state` in a stub domain)"]
+        );
+        assert_eq!(host.control_commands(), [("save-state", "[<file>]")]);
     }
 }

@@ -12,7 +12,8 @@
 //! * [`cpuid`]: finding Xen; [`shared_info`]: `shared_info` / `vcpu_info`; [`rng`]: RDRAND.
 //! * [`services`]: [`XenServices`], the serving layer's platform trait
 //!   ([`xs_serve::Services`]) on Xen; xs-serve's `Dispatcher` serves the rings over it.
-//! * [`boot`]: bring-up and the event loop on Xen, and [`run_stub_domain`].
+//! * [`boot`]: bring-up and the event loop on Xen, and [`run_stub_domain`]; [`state`]:
+//!   `CONTROL save-state`, the whole state saved into a heap buffer and verified.
 //!
 //! # The entry point
 //!
@@ -108,6 +109,7 @@ pub mod rng;
 pub mod sched;
 pub mod services;
 pub mod shared_info;
+pub mod state;
 #[cfg(test)]
 mod testutil;
 pub mod version;

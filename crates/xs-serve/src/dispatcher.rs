@@ -37,6 +37,24 @@
 //! are pumped until everything is quiet, for a bounded number of rounds; what remains is
 //! reported by [`Dispatcher::has_work`] and done by [`Dispatcher::run_pending`].
 //!
+//! # State
+//!
+//! [`Dispatcher::save_state`] writes everything as xs-core's state stream (Xen's migration
+//! format, [`xs_core::state`]): the store, the program's own connections (its sockets,
+//! which it describes), and one ring connection per served domain: the local port of its
+//! event channel, its protocol connection (the request partly read, the output not yet in
+//! the ring) and input it has not taken. The ring's own contents need no saving: requests
+//! the connection did not take stay in the ring, replies written stay there for the guest.
+//! The domain's introduction (ring frame, remote port) is in the store's domain records.
+//! [`Dispatcher::restore`] builds a dispatcher from the restored store: every ring mapped
+//! again (the old mapping died with the old program; the privileged domain's ring, which
+//! no introduction names, as the program gives it), its port taken as it is (the event
+//! channel outlived the program: it lives in the hypervisor, and across an exec in the
+//! inherited event-channel device), its connection installed, and every ring served once,
+//! so that what the guest did meanwhile is answered. A ring that cannot be mapped again is
+//! dropped with a warning; the others carry on. The program's sockets are given back to it.
+//! Xen's unique domain ids are not known to the dispatcher and not written.
+//!
 //! The privileged domain's ring and port may come from the domain builder rather than from
 //! `INTRODUCE` ([`Dispatcher::with_bootstrap`], [`Bootstrap`]): in Xen's stub-domain setup
 //! (`init-xenstore-domain`), dom0's kernel allocates an unbound port for the store and passes
@@ -58,7 +76,7 @@ use xs_ring::layout::Field;
 use xs_ring::{Page, Server, ServerFeatures};
 
 use crate::lines::BoundedLines;
-use crate::pump::pump;
+use crate::pump::pump_with_backlog;
 use crate::services::{DomainState, Services};
 
 /// Times one domain's ring is pumped and re-checked per event before the rest is left for
@@ -165,6 +183,9 @@ struct Served<R: Page> {
     server: Server<R>,
     conn: Connection,
     local_port: u32,
+    /// Input for `conn` to take before the ring's (a restored connection's: see
+    /// [`crate::pump::pump_with_backlog`]); empty but for that.
+    backlog: Vec<u8>,
 }
 
 /// What `INTRODUCE` / `RELEASE` did, carried out once the request is answered.
@@ -675,33 +696,12 @@ impl<S: Services, H: Host> Dispatcher<S, H> {
         // Guests choose the paths the watch index hashes: the key must be unpredictable.
         store_config.hash_key = [services.entropy(), services.entropy()];
         let store = Store::new(store_config)?;
-        Ok(Dispatcher {
-            store,
-            services,
-            served: BTreeMap::new(),
-            ports: BTreeMap::new(),
-            ring_conns: BTreeMap::new(),
-            local_notified: BTreeSet::new(),
-            host: Recorder {
-                changes: Vec::new(),
-                log: BoundedLines::default(),
-                program: host,
-            },
-            served_ids: BTreeSet::new(),
-            prepared: BTreeMap::new(),
-            failure: None,
-            pending: BTreeSet::new(),
-            limits: config.limits,
-        })
+        Ok(Dispatcher::bare(services, store, config.limits, host))
     }
 
-    /// Serves a store restored from its state stream (`xs_core::state::restore`), with the
-    /// program's own [`Host`] (see [`Dispatcher::with_host`]): the store's connections are
-    /// the program's, and no ring is served yet (a program that served rings before sets
-    /// them up again by its own means). Notifications the store carried over are reported
-    /// by [`Dispatcher::take_local_notifications`].
-    pub fn with_store(services: S, store: Store, limits: Limits, host: H) -> Dispatcher<S, H> {
-        let mut this = Dispatcher {
+    /// A dispatcher over `store`, serving nothing yet.
+    fn bare(services: S, store: Store, limits: Limits, host: H) -> Dispatcher<S, H> {
+        Dispatcher {
             store,
             services,
             served: BTreeMap::new(),
@@ -718,7 +718,16 @@ impl<S: Services, H: Host> Dispatcher<S, H> {
             failure: None,
             pending: BTreeSet::new(),
             limits,
-        };
+        }
+    }
+
+    /// Serves a store restored from its state stream (`xs_core::state::restore`), with the
+    /// program's own [`Host`] (see [`Dispatcher::with_host`]): the store's connections are
+    /// the program's, and no ring is served (a stream with ring connections is restored
+    /// with [`Dispatcher::restore`], which serves them again). Notifications the store
+    /// carried over are reported by [`Dispatcher::take_local_notifications`].
+    pub fn with_store(services: S, store: Store, limits: Limits, host: H) -> Dispatcher<S, H> {
+        let mut this = Dispatcher::bare(services, store, limits, host);
         this.settle();
         this
     }
@@ -952,13 +961,24 @@ impl<S: Services, H: Host> Dispatcher<S, H> {
         mem::take(&mut self.local_notified).into_iter().collect()
     }
 
-    /// Starts serving a domain.
+    /// Starts serving a domain, with a new protocol connection for its store connection.
     fn install(&mut self, domid: DomId, ring: S::Ring, conn_id: ConnId, local_port: u32) {
-        let features = ring_features(&self.store, domid);
-        let server = Server::new(ring, features);
         let conn = Connection::new(conn_id, Access::default(), self.limits);
+        let server = Server::new(ring, ring_features(&self.store, domid));
+        self.serve(domid, server, conn, local_port, Vec::new());
+    }
+
+    /// Starts serving a domain's ring through `conn`.
+    fn serve(
+        &mut self,
+        domid: DomId,
+        server: Server<S::Ring>,
+        conn: Connection,
+        local_port: u32,
+        backlog: Vec<u8>,
+    ) {
         self.ports.insert(local_port, domid);
-        self.ring_conns.insert(conn_id, domid);
+        self.ring_conns.insert(conn.id(), domid);
         self.served_ids.insert(domid);
         self.served.insert(
             domid,
@@ -966,6 +986,7 @@ impl<S: Services, H: Host> Dispatcher<S, H> {
                 server,
                 conn,
                 local_port,
+                backlog,
             },
         );
     }
@@ -985,7 +1006,13 @@ impl<S: Services, H: Host> Dispatcher<S, H> {
                 served: &self.served_ids,
                 failure: &mut self.failure,
             };
-            let done = pump(&mut s.server, &mut s.conn, &mut self.store, &mut hooks);
+            let done = pump_with_backlog(
+                &mut s.server,
+                &mut s.conn,
+                &mut s.backlog,
+                &mut self.store,
+                &mut hooks,
+            );
             if done.notify {
                 self.services.notify(s.local_port);
             }
@@ -1018,7 +1045,7 @@ impl<S: Services, H: Host> Dispatcher<S, H> {
             let changes = mem::take(&mut self.host.changes);
             for change in changes {
                 match change {
-                    Change::Introduced(domid) => self.attach(domid),
+                    Change::Introduced(domid) => self.attach(domid, true),
                     Change::Released(domid) => self.detach(domid),
                 }
             }
@@ -1056,8 +1083,9 @@ impl<S: Services, H: Host> Dispatcher<S, H> {
     }
 
     /// The store introduced `domid`: serve the ring set up for it (or switch to its rebound
-    /// channel). Nothing was set up when the platform serves no rings.
-    fn attach(&mut self, domid: DomId) {
+    /// channel), at once if `serve_now`, else at the next [`Dispatcher::run_pending`].
+    /// Nothing was set up when the platform serves no rings.
+    fn attach(&mut self, domid: DomId, serve_now: bool) {
         match self.prepared.remove(&domid) {
             None => {}
             Some(Prepared::Rebind { local_port: new }) => {
@@ -1072,7 +1100,7 @@ impl<S: Services, H: Host> Dispatcher<S, H> {
                 self.host
                     .log(format!("dom{domid}: event channel rebound to port {new}"));
                 self.services.notify(new);
-                self.service(domid);
+                self.serve_now_or_later(domid, serve_now);
             }
             Some(Prepared::Ring {
                 ring,
@@ -1086,8 +1114,16 @@ impl<S: Services, H: Host> Dispatcher<S, H> {
                 self.host
                     .log(format!("serving dom{domid} on port {local_port}"));
                 self.services.notify(local_port);
-                self.service(domid);
+                self.serve_now_or_later(domid, serve_now);
             }
+        }
+    }
+
+    fn serve_now_or_later(&mut self, domid: DomId, now: bool) {
+        if now {
+            self.service(domid);
+        } else {
+            self.pending.insert(domid);
         }
     }
 
@@ -1100,6 +1136,7 @@ impl<S: Services, H: Host> Dispatcher<S, H> {
             server,
             conn,
             local_port,
+            backlog: _,
         } = s;
         self.ports.remove(&local_port);
         self.ring_conns.remove(&conn.id());
@@ -1123,8 +1160,13 @@ fn quiesce<S: Services>(services: &mut S, s: &mut Served<S::Ring>, store: &Store
     // below raises a new event.
     services.rearm(s.local_port);
     let pending_output = !s.conn.output().is_empty();
-    s.conn.wants_input(store) && s.server.recheck(pending_output)
+    s.conn.wants_input(store)
+        && ((!s.backlog.is_empty() && s.server.fault().is_none())
+            || s.server.recheck(pending_output))
 }
 
+mod state;
 #[cfg(test)]
 mod tests;
+
+pub use state::map_again;

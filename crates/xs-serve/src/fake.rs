@@ -178,6 +178,41 @@ impl FakeServices {
         core::mem::take(&mut self.rearmed)
     }
 
+    /// The platform as the next program finds it after this one execs (live update) or
+    /// hands over to a new image: the same domains with the same pages and states, the same
+    /// bound event channels (they live in the hypervisor, or in an inherited device), the
+    /// same port numbering, but no ring mapped (the old address space is gone). Scripted
+    /// failures and the records (notifications, unbinds, unmaps, re-arms) start empty; the
+    /// clock is kept.
+    pub fn exec(&self) -> FakeServices {
+        FakeServices {
+            domains: self
+                .domains
+                .iter()
+                .map(|(&domid, d)| {
+                    (
+                        domid,
+                        FakeDomain {
+                            page: d.page.clone(),
+                            state: d.state,
+                            maps: 0,
+                        },
+                    )
+                })
+                .collect(),
+            bound: self.bound.clone(),
+            next_port: self.next_port,
+            notified: Vec::new(),
+            unbound: Vec::new(),
+            unmapped: Vec::new(),
+            fail_map: BTreeSet::new(),
+            fail_bind: BTreeSet::new(),
+            entropy: fastrand::Rng::with_seed(ENTROPY_SEED ^ u64::from(self.next_port)),
+            rearmed: Vec::new(),
+            now_ns: self.now_ns,
+        }
+    }
+
     /// Sets the time [`Services::now_ns`] reports (`None`, the default: no clock).
     pub fn set_now_ns(&mut self, now: Option<u64>) {
         self.now_ns = now;

@@ -44,7 +44,9 @@ pub mod pump;
 pub mod services;
 pub mod xenbus;
 
-pub use dispatcher::{BootPort, BootRing, Bootstrap, Dispatcher, Error, ServeConfig, WARNING};
+pub use dispatcher::{
+    BootPort, BootRing, Bootstrap, Dispatcher, Error, ServeConfig, WARNING, map_again,
+};
 pub use lines::BoundedLines;
 pub use services::{DomainState, Services};
 

@@ -5,6 +5,8 @@
 //! that does not read its replies finds its request ring full, and the store's memory does
 //! not grow); replies and events are written as far as the reply ring has room.
 
+use alloc::vec::Vec;
+
 use xs_core::Store;
 use xs_core::protocol::connection::Closed;
 use xs_core::protocol::{Connection, Host};
@@ -67,10 +69,27 @@ pub fn pump<P: Page>(
     store: &mut Store,
     host: &mut dyn Host,
 ) -> Pumped {
+    pump_with_backlog(ring, conn, &mut Vec::new(), store, host)
+}
+
+/// [`pump`] for a connection that has input to take before its ring's: `backlog`, bytes
+/// received for it earlier and not fed to it yet (a restored connection's
+/// [`xs_core::state::RestoredConnection::input`]: the requests C xenstored had read but
+/// not answered). Until the backlog is taken the ring's requests wait in the ring; bytes
+/// are drained from it as the connection takes them. A reconnection discards it with the
+/// rest of the connection's state.
+pub fn pump_with_backlog<P: Page>(
+    ring: &mut Server<P>,
+    conn: &mut Connection,
+    backlog: &mut Vec<u8>,
+    store: &mut Store,
+    host: &mut dyn Host,
+) -> Pumped {
     let mut done = Pumped::default();
     for _ in 0..PUMP_PASSES {
         if ring.reconnect_requested() {
             conn.reset(store);
+            backlog.clear();
             ring.reconnect();
             done.notify = true;
             done.fault = None;
@@ -82,12 +101,17 @@ pub fn pump<P: Page>(
         }
         let mut progress = false;
         let mut used = 0;
-        let input = match ring.peek_request() {
-            Ok(bytes) => bytes,
-            Err(fault) => {
-                done.fault = Some(fault);
-                done.notify = true;
-                return done;
+        let from_backlog = !backlog.is_empty();
+        let input = if from_backlog {
+            backlog.as_slice()
+        } else {
+            match ring.peek_request() {
+                Ok(bytes) => bytes,
+                Err(fault) => {
+                    done.fault = Some(fault);
+                    done.notify = true;
+                    return done;
+                }
             }
         };
         // A held request (waiting for a protected transaction) is tried again even when the
@@ -129,7 +153,11 @@ pub fn pump<P: Page>(
         // let the spinning guest take it back, and stored to it again (measured: about 5-15%
         // more round trips). Publishing `req_cons` late only delays the guest's reuse of
         // request space it is not waiting for; Xen's protocol puts no deadline on it.
-        ring.consume(used);
+        if from_backlog {
+            backlog.drain(..used.min(backlog.len()));
+        } else {
+            ring.consume(used);
+        }
         if !progress {
             return done;
         }

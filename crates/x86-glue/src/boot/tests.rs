@@ -34,7 +34,8 @@ fn info(event: Option<u32>) -> XenInfo {
     }
 }
 
-use xs_core::DomId;
+use xs_core::protocol::Host;
+use xs_core::{DomId, Store};
 
 /// The model of Xen, dom0's store port allocated, and the memory the image would give.
 struct Machine {
@@ -44,6 +45,8 @@ struct Machine {
     dom0_remote: u32,
     /// The TSC the store reads.
     tsc: fn() -> u64,
+    /// The image's heap.
+    heap: fn() -> HeapUse,
 }
 
 impl Machine {
@@ -57,6 +60,10 @@ impl Machine {
             xen: Some(xen),
             dom0_remote,
             tsc: || 0,
+            heap: || HeapUse {
+                in_use: 3 << 20,
+                size: 6 << 20,
+            },
         }
     }
 
@@ -75,10 +82,7 @@ impl Machine {
                 Platform {
                     rng: Rng::with_rdrand(false),
                     tsc: self.tsc,
-                    heap: || HeapUse {
-                        in_use: 3 << 20,
-                        size: 6 << 20,
-                    },
+                    heap: self.heap,
                 },
                 &mut log,
             )
@@ -334,5 +338,115 @@ fn memreport_goes_to_the_log_with_the_heap() {
     assert!(
         log.contains("xs: heap: 3072 KiB in use of 6144 KiB\n"),
         "{log}"
+    );
+}
+
+/// Turns until the loop sleeps, keeping the log.
+fn run_logged(lp: &mut EventLoop, stub: &mut XenStub<'_, FakeXen>) -> String {
+    let mut log = String::new();
+    for _ in 0..100 {
+        if lp.turn(stub, &mut log) == Turn::Slept {
+            return log;
+        }
+    }
+    panic!("the loop never went to sleep");
+}
+
+/// `CONTROL save-state` from dom0: answered at once, the state saved at the end of the turn
+/// into a heap buffer, verified and logged; serving goes on.
+#[test]
+fn save_state_is_saved_at_the_end_of_the_turn_and_verified() {
+    let mut m = Machine::new(4);
+    m.heap = || HeapUse {
+        in_use: 1 << 20,
+        size: 32 << 20,
+    };
+    let dom0_remote = m.dom0_remote;
+    let (mut stub, mut lp) = m.start(Some(dom0_remote)).unwrap();
+    let dom0_port = xen(&mut stub).local_port_for(0, dom0_remote).unwrap();
+    let mut dom0 = client_at(xen(&mut stub).mapping_of(0).unwrap());
+    run(&mut lp, &mut stub);
+    // A guest with a watch, dom0 with a transaction open.
+    xen(&mut stub).add_domain(5);
+    let remote5 = xen(&mut stub).alloc_remote(5);
+    dom0.send(MsgType::Introduce, format!("5\00\0{remote5}\0").as_bytes());
+    dom0.send(MsgType::TransactionStart, b"\0");
+    xen(&mut stub).raise(dom0_port);
+    run(&mut lp, &mut stub);
+    let replies = dom0.receive();
+    assert_eq!(replies[0].text(), "OK\0");
+    let port5 = stub.local_port(DomId(5)).unwrap();
+    let mut g5 = client_at(xen(&mut stub).mapping_of(5).unwrap());
+    g5.send(MsgType::Watch, b"data\0w\0");
+    g5.send(MsgType::Write, b"data/x\0hello");
+    xen(&mut stub).raise(port5);
+    run(&mut lp, &mut stub);
+    assert_eq!(g5.receive().len(), 4, "two replies, two events");
+
+    dom0.send(MsgType::Control, b"save-state\0");
+    xen(&mut stub).raise(dom0_port);
+    let log = run_logged(&mut lp, &mut stub);
+    assert_eq!(dom0.receive()[0].text(), "OK\0");
+    let line = log
+        .lines()
+        .find(|l| l.starts_with("xs: state: "))
+        .unwrap_or_else(|| panic!("no state line: {log}"));
+    assert!(line.starts_with("xs: state: saved "), "{line}");
+    assert!(
+        line.contains("; verified: ")
+            && line.contains(" 2 connections, saved again to the same bytes"),
+        "{line}"
+    );
+    // Once per request.
+    assert!(!run_logged(&mut lp, &mut stub).contains("xs: state: "));
+
+    // Serving goes on.
+    g5.send(MsgType::Read, b"data/x\0");
+    xen(&mut stub).raise(port5);
+    run(&mut lp, &mut stub);
+    assert_eq!(g5.receive()[0].payload, b"hello");
+}
+
+/// A heap without room for the buffer refuses the save; one without room for a second
+/// store saves without verifying; both say so.
+#[test]
+fn save_state_on_a_small_heap_refuses_or_skips_verification() {
+    let mut m = Machine::new(2);
+    m.heap = || HeapUse {
+        in_use: 6 << 20,
+        size: 6 << 20,
+    };
+    let dom0_remote = m.dom0_remote;
+    let (mut stub, _) = m.start(Some(dom0_remote)).unwrap();
+    stub.host_mut()
+        .save_state(
+            &mut Store::new(xs_core::StoreConfig::new([1, 2])).unwrap(),
+            b"",
+        )
+        .unwrap();
+    let mut log = String::new();
+    let outcome = state::run_requested(&mut stub, &mut log).unwrap();
+    assert!(
+        matches!(outcome, Err(state::Refused::NoMemory { free: 0, .. })),
+        "{outcome:?}"
+    );
+    assert!(
+        log.starts_with("xs: state: not saved: no heap for a buffer of "),
+        "{log}"
+    );
+    assert!(
+        state::run_requested(&mut stub, &mut log).is_none(),
+        "asked once"
+    );
+
+    let mut m = Machine::new(2);
+    let dom0_remote = m.dom0_remote;
+    let (mut stub, _) = m.start(Some(dom0_remote)).unwrap();
+    let (buf, saved) = state::save_to_buffer(&mut stub).unwrap();
+    assert_eq!(saved.bytes, buf.len());
+    assert!(matches!(saved.verified, state::Verified::Skipped { .. }));
+    assert!(
+        format!("{saved}").contains("; not verified: a second store needs about "),
+        "{saved}"
     );
 }

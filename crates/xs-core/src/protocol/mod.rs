@@ -121,8 +121,9 @@ pub trait Host {
         Err(XsError::Inval)
     }
 
-    /// `CONTROL save-state <file>`: write the store's state stream ([`crate::state`]) to
-    /// `file`. `EINVAL` where the program has no files.
+    /// `CONTROL save-state [<file>]`: write the store's state stream ([`crate::state`]) to
+    /// `file` (empty without one: the program decides where, or answers `EINVAL`).
+    /// `EINVAL` where the program cannot save its state.
     fn save_state(&mut self, _store: &mut Store, _file: &[u8]) -> XsResult<()> {
         Err(XsError::Inval)
     }

@@ -658,3 +658,5 @@ fn a_held_guest_request_is_answered_when_the_protected_transaction_ends() {
     let read = rig.ask(Who::Dom0, MsgType::Read, hot);
     assert_eq!(read.payload, b"y");
 }
+
+mod state;

@@ -2,8 +2,9 @@
 //! real ring pages in the image's memory, through the same pump and the same fences as
 //! production ([`rig`]), exercising reads, writes, directories, permissions, watches,
 //! transactions with a conflict, quotas, a hostile ring (bad indices, an overlong header),
-//! reconnection and release; then it populates 100 domains with 1000 nodes each to measure
-//! the heap the store needs.
+//! reconnection and release; `CONTROL save-state` and the saved state taken over by a new
+//! store ([`state`]); then it populates 100 domains with 1000 nodes each to measure the heap
+//! the store needs.
 //!
 //! Output, on the console: one line per check, `ok   <name>` or `FAIL <name>: <why>`; then
 //! `figure: ...` lines (sizes and times for the record); then, as the very last line,
@@ -17,6 +18,7 @@
 //! the last one faults while the panic is reported, and both reports must be there).
 
 mod rig;
+mod state;
 
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -126,6 +128,7 @@ pub(crate) fn run(info: &StartInfo) -> ! {
     };
     let mut figures = Vec::new();
     checks(&mut t, &mut rig);
+    state::checks(&mut t, &mut rig);
     let scale = Scale::run(&mut t, &mut rig);
 
     let (image_start, image_end) = heap::image();

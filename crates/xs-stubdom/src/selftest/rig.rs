@@ -19,13 +19,15 @@ use alloc::vec::Vec;
 use core::cell::UnsafeCell;
 use core::ptr::NonNull;
 
+use x86_glue::StubHost;
 use xs_core::protocol::{Access, Connection, Host, Limits};
 use xs_core::store::{ConnId, Introduced, Introduction};
 use xs_core::wire::{HEADER_LEN, Header, MsgType, push_message};
-use xs_core::{DomId, Store};
+use xs_core::{DomId, Store, XsResult};
 use xs_ring::{Guest, RING_SIZE, RawPage, Server};
 use xs_serve::pump::{Pumped, pump};
 
+use crate::heap;
 use crate::trace::{self, Event};
 
 /// Ring pages available: dom0's and one per introduced test domain.
@@ -58,12 +60,24 @@ fn raw_page(n: usize) -> RawPage {
 }
 
 /// What the protocol told the rig (the production host maps rings and binds channels here).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct TestHost {
     /// Domains introduced, with the store connection opened for each.
     pub(crate) introduced: Vec<(DomId, Introduction, ConnId)>,
     /// Domains released.
     pub(crate) released: Vec<DomId>,
+    /// The production host of the stub domain, for `CONTROL save-state`.
+    pub(crate) stub: StubHost,
+}
+
+impl Default for TestHost {
+    fn default() -> Self {
+        TestHost {
+            introduced: Vec::new(),
+            released: Vec::new(),
+            stub: StubHost::new(heap::usage),
+        }
+    }
 }
 
 impl Host for TestHost {
@@ -84,6 +98,10 @@ impl Host for TestHost {
     fn released(&mut self, _store: &mut Store, domid: DomId) {
         trace::record(Event::Released, u64::from(domid.0));
         self.released.push(domid);
+    }
+
+    fn save_state(&mut self, store: &mut Store, file: &[u8]) -> XsResult<()> {
+        self.stub.save_state(store, file)
     }
 }
 
@@ -137,6 +155,11 @@ impl Ring {
             next_req: 1,
             last: Pumped::default(),
         }
+    }
+
+    /// A `RawPage` over this ring's page, for a new server end.
+    pub(crate) fn server_page(&self) -> RawPage {
+        raw_page(self.number)
     }
 
     /// Forgets what the client had received (after a reconnection emptied the rings).
