@@ -820,16 +820,16 @@ impl Scale {
                 Span(self.ticks / nodes as u64)
             ),
             format!(
-                "heap for {} domains x {} nodes (the highest of {} rounds): {} bytes allocated ({:.1} MiB), {} of them for the domains ({} per node); {} bytes ({:.1} MiB) with allocator overhead, of a {} MiB heap",
+                "heap for {} domains x {} nodes (the highest of {} rounds): {} bytes allocated ({} MiB), {} of them for the domains ({} per node); {} bytes ({} MiB) with allocator overhead, of a {} MiB heap",
                 Self::DOMAINS,
                 Self::NODES,
                 self.rounds.len(),
                 peak.allocated_bytes,
-                mib(peak.allocated_bytes),
+                Mib(peak.allocated_bytes),
                 grew,
                 grew / nodes,
                 in_use,
-                mib(in_use),
+                Mib(in_use),
                 peak.claimed_bytes >> 20,
             ),
             format!(
@@ -853,6 +853,13 @@ impl Scale {
     }
 }
 
-fn mib(bytes: usize) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0)
+/// Bytes in MiB with one decimal, in integers: formatting an `f64` would bring core's
+/// float printing (some 12 KiB) into the image for two figures.
+struct Mib(usize);
+
+impl core::fmt::Display for Mib {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let tenths = self.0.saturating_mul(10).saturating_add(1 << 19) >> 20;
+        write!(f, "{}.{}", tenths / 10, tenths % 10)
+    }
 }
