@@ -33,7 +33,7 @@ GUEST8_TIMEOUT=480                      # s for eight concurrent ones
 mkdir -p "$LOGS"
 
 # The groups of scenarios, in the order they run; ONLY (from the host's --only) may pick
-# some of clients, test-xenstore, rtt, g1, g2, vbd, pv8, cycles, hostile (and pvh, only when named). The daemon's start, dom0's set-up
+# some of clients, test-xenstore, rtt, g1, g2, vbd, pv8, cycles, hostile, lu (and pvh, only when named). The daemon's start, dom0's set-up
 # and the final check always run.
 selected() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
 # A group that runs only when named (a diagnosis, not part of the default run).
@@ -58,6 +58,8 @@ selected vbd && GUEST_PLAN+=(vbd-create vbd-feature-poweroff vbd-console vbd-bac
 selected pv8 && GUEST_PLAN+=(pv8-create pv8-feature-poweroff pv8-console pv8-destroy)
 selected cycles && GUEST_PLAN+=(cycles-introduce cycles-release cycles-no-leak)
 selected hostile && GUEST_PLAN+=(hostile-ring hostile-introduce)
+# Live update (group `lu`): xs-host's; C xenstored 4.17's needs its binary uploaded (-b).
+selected lu && [ "$DAEMON" = xs-host ] && GUEST_PLAN+=(live-update-rings)
 named pvh && GUEST_PLAN+=(pvh-linux)
 PLAN+=("${DOM0_PLAN[@]}" "${GUEST_PLAN[@]}" xenstored-alive)
 echo "XEN-RIG-PLAN ${PLAN[*]}"
@@ -948,6 +950,111 @@ xenstored_alive() {
     fi
 }
 
+# Live update with Xen rings served (group `lu`, xs-host only): a PV guest up, watches held
+# over the socket and over dom0's kernel ring, then three `xenstore-control live-update -f
+# /usr/sbin/xenstored` (the same binary, as an update to it would run): the daemon keeps its
+# pid, the tree (`xenstore-ls -f -p`) is the same after each, every watch event arrives once,
+# dom0's kernel ring and the socket answer, and the guest's ring still works: `xl shutdown`
+# (its kernel's watch on control/shutdown, served through the restored ring) powers it off
+# and `@releaseDomain` lets xl see it gone. A fourth update whose new process refuses its
+# command line must fail, the old binary taking the same state (rings included) back.
+live_update_rings() {
+    local name=lu domid pid i rc w1 w2 out
+    guest_cfg $name
+    if ! t 120 xl create "/etc/xen/$name.cfg" >"$LOGS/$name.create.log" 2>&1; then
+        why="xl create: $(first_error "$LOGS/$name.create.log")"
+        return
+    fi
+    domid=$(t 10 xl domid $name 2>/dev/null)
+    if ! wait_until 60 xs_equals "/local/domain/$domid/control/feature-poweroff" 1; then
+        why="the guest did not come up (no control/feature-poweroff)"
+        t 60 xl destroy $name >/dev/null 2>&1
+        return
+    fi
+    pid=$(daemon_pid)
+    t 10 xenstore-write -s /xen-rig/lu/w start
+    # Each watcher exits after the initial event and the five writes below.
+    t 120 xenstore-watch -n 6 /xen-rig/lu/w >"$LOGS/lu-watch-socket.out" 2>&1 &
+    w1=$!
+    XENSTORED_PATH=$RING t 120 xenstore-watch -n 6 /xen-rig/lu/w >"$LOGS/lu-watch-ring.out" 2>&1 &
+    w2=$!
+    sleep 1
+    t 10 xenstore-write -s /xen-rig/lu/w 0
+    for i in 1 2 3; do
+        t 10 xenstore-ls -f -p >"$LOGS/lu-before.$i" 2>&1
+        local start
+        start=$(now_us)
+        t 120 xenstore-control live-update -f /usr/sbin/xenstored >"$LOGS/lu-control.$i" 2>&1
+        rc=$?
+        info "live update $i: xenstore-control exited $rc after $(ms_since "$start") ms: $(tr '\n' ' ' <"$LOGS/lu-control.$i")"
+        if [ $rc != 0 ]; then
+            why="xenstore-control live-update $i exited $rc: $(last_line "$LOGS/lu-control.$i")"
+            daemon_log live-update
+            break
+        fi
+        if [ "$(daemon_pid)" != "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
+            why="after live update $i the daemon's pid is '$(daemon_pid)', was $pid"
+            break
+        fi
+        t 10 xenstore-ls -f -p >"$LOGS/lu-after.$i" 2>&1
+        if ! cmp -s "$LOGS/lu-before.$i" "$LOGS/lu-after.$i"; then
+            why="the tree changed across live update $i"
+            diff "$LOGS/lu-before.$i" "$LOGS/lu-after.$i" | head -n 10 | sed 's/^/XEN-RIG-INFO diff: /'
+            break
+        fi
+        out=$(XENSTORED_PATH=$RING t 10 xenstore-read "/local/domain/$domid/name" 2>&1)
+        if [ "$out" != $name ]; then
+            why="after live update $i dom0's kernel ring read '$out'"
+            break
+        fi
+        t 10 xenstore-write -s /xen-rig/lu/w "$i"
+    done
+    # A new process that cannot take over (a command line it refuses) goes back to the old
+    # binary, which takes the same state, rings included: the update fails, nothing else.
+    if [ -z "$why" ]; then
+        t 10 xenstore-ls -f -p >"$LOGS/lu-before.bad" 2>&1
+        t 120 xenstore-control live-update -c "--no-such-option" -f /usr/sbin/xenstored \
+            >"$LOGS/lu-control.bad" 2>&1
+        rc=$?
+        info "live update refused by the new process: xenstore-control exited $rc: $(tr '\n' ' ' <"$LOGS/lu-control.bad")"
+        t 10 xenstore-ls -f -p >"$LOGS/lu-after.bad" 2>&1
+        if [ $rc = 0 ]; then
+            why="a live update whose new process refuses its command line succeeded"
+        elif [ "$(daemon_pid)" != "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
+            why="after the failed update the daemon's pid is '$(daemon_pid)', was $pid"
+        elif ! cmp -s "$LOGS/lu-before.bad" "$LOGS/lu-after.bad"; then
+            why="the tree changed across the failed update"
+        else
+            t 10 xenstore-write -s /xen-rig/lu/w 4
+        fi
+    fi
+    daemon_log "took over"
+    daemon_log "again on port"
+    if [ -z "$why" ]; then
+        wait $w1 || why="the socket's watcher did not see its 6 events: $(tr '\n' ' ' <"$LOGS/lu-watch-socket.out")"
+    fi
+    if [ -z "$why" ]; then
+        wait $w2 || why="the ring's watcher did not see its 6 events: $(tr '\n' ' ' <"$LOGS/lu-watch-ring.out")"
+    fi
+    if [ -z "$why" ]; then
+        for f in socket ring; do
+            out=$(wc -l <"$LOGS/lu-watch-$f.out")
+            [ "$out" = 6 ] || why="the $f watcher printed $out lines, not 6: $(tr '\n' ' ' <"$LOGS/lu-watch-$f.out")"
+        done
+    fi
+    kill $w1 $w2 2>/dev/null
+    if [ -z "$why" ]; then
+        if ! t 120 xl shutdown -w $name >"$LOGS/$name.shutdown.log" 2>&1; then
+            why="after the updates xl shutdown -w failed: $(last_line "$LOGS/$name.shutdown.log")"
+            show_console $name
+        elif ! wait_until 30 domain_gone $name "$domid"; then
+            why="after the updates the guest's nodes stayed after its shutdown"
+        fi
+    fi
+    t 60 xl destroy $name >/dev/null 2>&1
+    t 10 xenstore-rm -s /xen-rig/lu >/dev/null 2>&1
+}
+
 # The guests' Linux as a PVH guest (group `pvh`, only when named: under this QEMU/TCG set-up
 # it does not start, while our own PVH image does): it passes if the guest comes up as the
 # PV one does; either way, what Xen saw is logged: the domain kept after a crash
@@ -1027,6 +1134,7 @@ if [ $XL_UP = 1 ]; then
         scenario hostile-ring hostile_ring
         scenario hostile-introduce hostile_introduce
     fi
+    selected lu && [ "$DAEMON" = xs-host ] && scenario live-update-rings live_update_rings
     named pvh && scenario pvh-linux pvh_linux
 else
     not_run "xl cannot reach the store" "${GUEST_PLAN[@]}"

@@ -22,7 +22,8 @@
 //!    events, backlog, watches, open transactions; `xs_core::state::save`) are written to a
 //!    sealed memfd, and the daemon's own part (its listeners, each client's socket and kind,
 //!    trace numbering, transaction ages, the old command line: [`Record`]) to a second one;
-//!    `CLOEXEC` is cleared on those, the listening sockets and every client socket, and the
+//!    `CLOEXEC` is cleared on those, the listening sockets, every client socket and (on
+//!    Xen) the event-channel device, and the
 //!    daemon execs `FILE` in place (same pid) with `--live-update-state=STATE,RECORD` and
 //!    `--live-update-fallback=EXE`, an open descriptor of the running binary.
 //! 5. The new process reads both back (`xs_core::state::restore`), adopts the sockets and
@@ -41,8 +42,10 @@
 //!   Only a new binary that passes the probe and then dies otherwise (a signal, a process
 //!   that exits without running xs-host's start-up) loses the state.
 //!
-//! The old process's `GLOBAL_DATA` names its main listener; ring connections are not
-//! carried: live update is refused while xs-host serves Xen rings (see the README).
+//! The old process's `GLOBAL_DATA` names its main listener and, on Xen, `/dev/xen/evtchn`,
+//! which is inherited like the sockets: the rings' event-channel bindings belong to the
+//! open device, so they survive the exec; the new process maps every ring again and serves
+//! it on its bound port (`xs_serve::Dispatcher::restore`; see the README).
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -59,7 +62,7 @@ use std::time::{Duration, Instant};
 
 use xs_core::protocol::LiveUpdate;
 use xs_core::protocol::live_update::STATE_VERSION;
-use xs_core::state::{self, Global, SaveError, SaveOptions, SaveStats, SavedConnection, Sink};
+use xs_core::state::{self, Global, SaveError, SaveOptions, SaveStats, Sink};
 use xs_core::wire::{Header, MsgType};
 use xs_core::{ConnId, DomId, Store};
 
@@ -182,6 +185,16 @@ pub(crate) struct Record {
     pub(crate) answer: Option<RawFd>,
     /// The old process's arguments (for the fallback).
     pub(crate) args: Vec<OsString>,
+    /// On Xen: the event-channel device left open across the exec, with every ring's
+    /// binding on it, and the local port of `VIRQ_DOM_EXC` bound there.
+    pub(crate) evtchn: Option<EventChannelRecord>,
+}
+
+/// The event-channel device in the record.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct EventChannelRecord {
+    pub(crate) fd: RawFd,
+    pub(crate) virq: u32,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -219,6 +232,9 @@ impl Record {
         }
         if let Some(fd) = self.answer {
             let _ = writeln!(s, "answer {fd}");
+        }
+        if let Some(e) = self.evtchn {
+            let _ = writeln!(s, "evtchn {} {}", e.fd, e.virq);
         }
         for a in &self.args {
             let _ = writeln!(s, "arg {}", hex(a.as_bytes()));
@@ -259,6 +275,12 @@ impl Record {
                     r.trace = Some(PathBuf::from(OsString::from_vec(unhex(p).ok_or_else(bad)?)));
                 }
                 ["answer", fd] => r.answer = Some(fd_arg(fd).map_err(|_| bad())?),
+                ["evtchn", fd, virq] => {
+                    r.evtchn = Some(EventChannelRecord {
+                        fd: fd_arg(fd).map_err(|_| bad())?,
+                        virq: virq.parse().map_err(|_| bad())?,
+                    });
+                }
                 ["arg", a] => r.args.push(OsString::from_vec(unhex(a).ok_or_else(bad)?)),
                 ["listener", fd, kind, path] => r.listeners.push(RecordListener {
                     fd: fd_arg(fd).map_err(|_| bad())?,
@@ -422,17 +444,17 @@ pub(crate) fn save_file(store: &mut Store, path: &Path) -> io::Result<SaveStats>
     }
 }
 
-/// Writes the state stream of `store` with `conns` into a sealed memfd.
+/// The sink [`save_memfd`] gives.
+pub(crate) type MemfdSink<'a> = WriteSink<io::BufWriter<&'a mut File>>;
+
+/// Writes a state stream (what `save` writes to the sink it is given) into a sealed memfd.
 pub(crate) fn save_memfd(
-    store: &mut Store,
-    global: Global,
-    conns: &[SavedConnection<'_>],
+    save: impl FnOnce(&mut MemfdSink<'_>) -> Result<SaveStats, SaveError<io::Error>>,
 ) -> io::Result<(OwnedFd, SaveStats)> {
     let mut stats = SaveStats::default();
     let fd = sealed_memfd("xs-host-state", |file| {
         let mut sink = WriteSink(io::BufWriter::with_capacity(1 << 20, file));
-        stats = state::save(store, global, conns, SaveOptions::default(), &mut sink)
-            .map_err(save_error)?;
+        stats = save(&mut sink).map_err(save_error)?;
         sink.0.flush()
     })?;
     Ok((fd, stats))
@@ -529,8 +551,6 @@ pub(crate) struct Due {
 /// open transactions.
 #[derive(Debug, Default)]
 pub(crate) struct Control {
-    /// Why live update is not possible here (serving rings), if it is not.
-    pub(crate) unsupported: Option<String>,
     session: Option<Session>,
     /// Answers decided for held `-s` requests.
     answers: HashMap<ConnId, Vec<u8>>,
@@ -546,9 +566,6 @@ pub(crate) struct Control {
 impl Control {
     /// `-f FILE`.
     pub(crate) fn binary(&mut self, conn: ConnId, file: &[u8]) -> Vec<u8> {
-        if let Some(why) = &self.unsupported {
-            return why.clone().into_bytes();
-        }
         if self.session.is_some() {
             return b"live-update session already active.".to_vec();
         }
@@ -848,6 +865,7 @@ mod tests {
             trace: Some("/tmp/trace".into()),
             answer: Some(12),
             args: vec!["-N".into(), "".into()],
+            evtchn: Some(EventChannelRecord { fd: 6, virq: 3 }),
         };
         let text = r.encode();
         assert_eq!(Record::decode(&text).unwrap(), r);

@@ -542,11 +542,6 @@ fn take_over(
     };
     let stream: &[u8] = mapped.as_deref().unwrap_or(&copied);
     let loaded = started.elapsed();
-    if xen::is_dom0() {
-        return Err(io::Error::other(
-            "cannot take over on a Xen dom0: ring connections are not carried over",
-        ));
-    }
     let kinds: std::collections::HashMap<i32, &live_update::RecordClient> =
         record.clients.iter().map(|c| (c.fd, c)).collect();
     let config = store_config(options)?;
@@ -557,23 +552,7 @@ fn take_over(
     })
     .map_err(|e| io::Error::other(e.to_string()))?;
     let read = started.elapsed();
-    let mut store = restored.store;
-    let mut adopted = Vec::new();
-    for c in restored.connections {
-        match c.transport {
-            Transport::Socket { fd } => match kinds.get(&fd) {
-                Some(&&r) => adopted.push(Adopted {
-                    record: r,
-                    conn: c.connection,
-                    input: c.input,
-                }),
-                None => store.disconnect(c.id),
-            },
-            Transport::Ring { .. } => {
-                return Err(io::Error::other("the state has ring connections"));
-            }
-        }
-    }
+    let services = adopted_services(options, &record, &restored)?;
     let trace_path = options.trace_file.clone().or_else(|| record.trace.clone());
     let trace = match &trace_path {
         Some(p) => TraceFile::open(p)
@@ -583,7 +562,34 @@ fn take_over(
     };
     let mut host = HostCtx::new(trace);
     host.set_io(record.io);
-    let xs = Dispatcher::with_store(HostServices::sockets_only(), store, Limits::default(), host);
+    // Every ring is mapped again (the old mappings died with the old address space) and
+    // served on its port, still bound: dom0's own ring (the one served without an
+    // introduction) from the kernel, the guests' by grant or frame.
+    let (mut xs, connections) = Dispatcher::restore(
+        services,
+        restored,
+        Limits::default(),
+        host,
+        |services, domid, intro| match intro {
+            None => HostServices::kernel_ring().map(|k| k.ring),
+            Some(_) => xs_serve::map_again(services, domid, intro),
+        },
+    );
+    let mut adopted = Vec::new();
+    for c in connections {
+        match c.transport {
+            Transport::Socket { fd } => match kinds.get(&fd) {
+                Some(&&r) => adopted.push(Adopted {
+                    record: r,
+                    conn: c.connection,
+                    input: c.input,
+                }),
+                None => xs.disconnect(c.id),
+            },
+            // `Dispatcher::restore` serves (or drops) every ring connection.
+            Transport::Ring { .. } => xs.disconnect(c.id),
+        }
+    }
     let sockets = Sockets {
         main: socket.path,
         // The listeners come from the record.
@@ -605,6 +611,13 @@ fn take_over(
         daemon: options.fork,
     });
     server.set_cloexec();
+    if let Some(e) = record.evtchn {
+        // Taken over: the inherited event-channel descriptor (kept for the fallback) goes;
+        // the services hold their duplicate, and with it every binding.
+        // SAFETY: the descriptor the old process left for this one, used only through the
+        // duplicate `adopted_services` made; closed once, here.
+        drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(e.fd) });
+    }
     match &hidden.failed {
         None => log::info!(
             "live-update: took over {} clients, state of {} bytes read in {:.1} ms ({} in {:.1} ms), serving after {:.1} ms",
@@ -620,6 +633,43 @@ fn take_over(
         }
     }
     Ok(server)
+}
+
+/// The platform services of the new process of a live update: on a Xen dom0, Xen's devices
+/// with the event-channel device the old process left open (a duplicate of it: the
+/// inherited descriptor itself stays open, unchanged, for the fallback to the old binary
+/// until this process has taken over), else sockets only.
+fn adopted_services(
+    options: &Options,
+    record: &Record,
+    restored: &state::Restored,
+) -> io::Result<HostServices> {
+    match (record.evtchn, xen::is_dom0()) {
+        (Some(e), true) => {
+            let ports = restored
+                .connections
+                .iter()
+                .filter_map(|c| match c.transport {
+                    Transport::Ring { port, .. } => Some(port),
+                    Transport::Socket { .. } => None,
+                });
+            // SAFETY: the descriptor the old process left open for this one, as its record
+            // says; open for this process's life (closed only once it has taken over).
+            let inherited = unsafe { std::os::fd::BorrowedFd::borrow_raw(e.fd) };
+            let evtchn = fs::File::from(inherited.try_clone_to_owned()?);
+            let master = options.master_domid.unwrap_or(DomId::DOM0);
+            HostServices::adopt_xen(master, evtchn, e.virq, ports)
+                .map_err(|e| io::Error::new(e.kind(), format!("Xen's devices: {e}")))
+        }
+        (None, false) => Ok(HostServices::sockets_only()),
+        (None, true) => Err(io::Error::other(
+            "the old process left no event-channel device: it served no Xen rings, and this \
+             one would not find their bindings",
+        )),
+        (Some(_), false) => Err(io::Error::other(
+            "the old process served Xen rings, but this is no Xen control domain",
+        )),
+    }
 }
 
 /// `path` as a shell word.

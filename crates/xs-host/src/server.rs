@@ -61,14 +61,13 @@ use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use xs_core::protocol::connection::Closed;
 use xs_core::protocol::{Access, Connection, Limits};
-use xs_core::state::{Global, SavedConnection, Transport};
+use xs_core::state::{Global, SaveOptions, SavedConnection, Transport};
 use xs_core::{ConnId, DomId};
 use xs_serve::{Dispatcher, WARNING};
 
 use crate::host::{Action, HostCtx};
 use crate::live_update::{self, Due, Record, RecordClient, RecordListener, SocketKind};
 use crate::xen::HostServices;
-use xs_serve::Services as _;
 
 /// The store, serving rings (on Xen) and the program's sockets.
 pub(crate) type Xs = Dispatcher<HostServices, HostCtx>;
@@ -452,7 +451,7 @@ impl Server {
                 .register(&mut SourceFd(&fd), EVTCHN, Interest::READABLE)?;
             virq = Some(port);
         }
-        let mut server = Server {
+        let server = Server {
             poll,
             xs,
             virq,
@@ -482,14 +481,6 @@ impl Server {
             restart: Restart::default(),
             last_lu_check: Instant::now(),
         };
-        if let Some(why) = server
-            .xs
-            .services()
-            .serves_rings()
-            .then(|| "live update is not supported while xs-host serves Xen rings".to_owned())
-        {
-            server.xs.host_mut().lu.unsupported = Some(why);
-        }
         Ok(server)
     }
 
@@ -1429,12 +1420,20 @@ impl Server {
                 _ => None,
             })
             .collect();
+        // On Xen the event-channel device goes over too: the rings' bindings belong to it.
+        let evtchn = self.xs.services().event_source();
+        if let Some((fd, virq)) = evtchn {
+            fds.push(fd);
+            record.evtchn = Some(live_update::EventChannelRecord { fd, virq });
+        }
         let global = Global {
             socket_fd: main_fd,
-            evtchn_fd: -1,
+            evtchn_fd: evtchn.map_or(-1, |(fd, _)| fd),
         };
         let xs = &mut self.xs;
-        let saved_state = xs.external(|store, _| live_update::save_memfd(store, global, &saved));
+        let saved_state = live_update::save_memfd(|sink| {
+            xs.save_state(global, &saved, SaveOptions::default(), sink)
+        });
         drop(saved);
         let (state, stats) = match saved_state {
             Ok(s) => s,

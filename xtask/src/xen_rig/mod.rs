@@ -95,6 +95,7 @@ const GROUPS: &[&str] = &[
     "pv8",
     "cycles",
     "hostile",
+    "lu",
     "pvh",
 ];
 
@@ -130,7 +131,8 @@ pub(crate) const USAGE: &str = "  \
         --stubdom) is the stub-domain image, started through init-xenstore-domain; both:
         cxenstored and xs-host; ours: xs-host and xs-stubdom; all: the three. Downloads are cached
         in target/xen-rig/cache. --only: these groups (clients, test-xenstore, rtt, g1,
-        g2, vbd, pv8, cycles, hostile, and pvh, which runs only when named; the daemon's
+        g2, vbd, pv8, cycles, hostile, lu (live update with guests served; xs-host only),
+        and pvh, which runs only when named; the daemon's
         start and dom0's set-up always run); --keep: keep the staging trees and images;
         --timeout: per boot (900); --memory: QEMU's, at most 3584 (3072); --iterations:
         test-xenstore -i (20); --rtt-ops: requests per round-trip measurement (1000);

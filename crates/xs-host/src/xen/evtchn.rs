@@ -70,6 +70,25 @@ impl EventChannels {
     }
 
     /// The fd to poll for pending ports.
+    /// The device a previous process opened and bound ports on (live update: the
+    /// descriptor survives the exec, and with it every binding, which belongs to the open
+    /// file). Each of `ports` is re-enabled: the old process may have taken an event on one
+    /// and not re-armed it before the exec, and this process has no record of that.
+    pub(crate) fn adopt(
+        file: File,
+        ports: impl IntoIterator<Item = u32>,
+    ) -> io::Result<EventChannels> {
+        let mut this = EventChannels {
+            file,
+            masked: BTreeSet::new(),
+        };
+        for port in ports {
+            this.masked.insert(port);
+            this.unmask(port)?;
+        }
+        Ok(this)
+    }
+
     pub(crate) fn raw_fd(&self) -> RawFd {
         self.file.as_raw_fd()
     }

@@ -154,9 +154,33 @@ impl HostServices {
     /// found; `master` is the domain whose state is asked to find it (dom0).
     pub(crate) fn xen(master: DomId) -> io::Result<HostServices> {
         let mut evtchn = EventChannels::open()?;
+        let virq = evtchn.bind_virq(VIRQ_DOM_EXC)?;
+        HostServices::with_event_channels(master, evtchn, virq)
+    }
+
+    /// [`HostServices::xen`] for the new process of a live update: the event-channel
+    /// device is the old process's (`evtchn`, a duplicate of the descriptor it left open
+    /// across the exec, so that the bindings survive whatever happens to this one), with
+    /// `VIRQ_DOM_EXC` bound at `virq` and the rings' ports in `ports` (re-enabled); grant
+    /// and foreign mappings died with the old address space: the rings are mapped again.
+    pub(crate) fn adopt_xen(
+        master: DomId,
+        evtchn: File,
+        virq: u32,
+        ports: impl IntoIterator<Item = u32>,
+    ) -> io::Result<HostServices> {
+        let evtchn = EventChannels::adopt(evtchn, core::iter::once(virq).chain(ports))
+            .map_err(|e| io::Error::new(e.kind(), format!("/dev/xen/evtchn (inherited): {e}")))?;
+        HostServices::with_event_channels(master, evtchn, virq)
+    }
+
+    fn with_event_channels(
+        master: DomId,
+        evtchn: EventChannels,
+        virq: u32,
+    ) -> io::Result<HostServices> {
         let gntdev = GrantDevice::open()?;
         let mut privcmd = Privcmd::open()?;
-        let virq = evtchn.bind_virq(VIRQ_DOM_EXC)?;
         let state = domctl::probe_state_query(&mut privcmd, master.0);
         match state {
             StateQuery::Supported => log::info!("domain states: XEN_DOMCTL_get_domain_state"),
