@@ -286,6 +286,9 @@ pub struct Daemon {
     child: Option<Child>,
     anchors: Option<PathBuf>,
     stopped: bool,
+    /// The xs-host child exited and `pid` (not our child) serves in its place
+    /// ([`Daemon::replaced_by`]).
+    replaced: bool,
 }
 
 impl Daemon {
@@ -370,6 +373,7 @@ impl Daemon {
             child: Some(child),
             anchors: None,
             stopped: false,
+            replaced: false,
         };
         d.wait_ready();
         d
@@ -423,6 +427,7 @@ impl Daemon {
             child: None,
             anchors: Some(anchors),
             stopped: false,
+            replaced: false,
         };
         d.wait_ready();
         Ok(d)
@@ -503,6 +508,16 @@ impl Daemon {
     /// The temp directory the daemon's socket lives in (tests may put files there).
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The xs-host child has exited and `pid`, not our child (a live update's guardian
+    /// started it), serves in its place: reaps the child and returns how it ended; from now
+    /// on `pid` is the daemon, stopped (or killed, if the test fails) in its turn.
+    pub fn replaced_by(&mut self, pid: u32) -> Option<ExitStatus> {
+        let status = self.child.take().and_then(|mut c| c.wait().ok());
+        self.pid = pid;
+        self.replaced = true;
+        status
     }
 
     /// Whether the process is still alive (not a zombie).
@@ -643,6 +658,20 @@ impl Daemon {
                     );
                 }
             }
+        } else if self.replaced {
+            signal(self.pid, sig);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while pid_alive(self.pid) {
+                if Instant::now() > deadline {
+                    signal(self.pid, SIGKILL);
+                    panic!(
+                        "xs-host (pid {}) did not exit within 10 s of signal {sig}; log:\n{}",
+                        self.pid,
+                        self.log()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
         } else if let Some(anchors) = &self.anchors {
             let mut c = Command::new(anchors.join("stop-anchor.sh"));
             c.arg(&self.socket);
@@ -661,6 +690,8 @@ impl Drop for Daemon {
             if let Some(mut c) = self.child.take() {
                 let _ = c.kill();
                 let _ = c.wait();
+            } else if self.replaced {
+                signal(self.pid, SIGKILL);
             } else if let Some(anchors) = &self.anchors {
                 let _ = Command::new(anchors.join("stop-anchor.sh"))
                     .arg(&self.socket)

@@ -3,7 +3,9 @@
 //! watches, transactions and queued events across ten updates to the same binary while
 //! `test-xenstore` and a writer run; the refusals (an open
 //! transaction without `-F`, a missing, non-executable or foreign binary, a new process
-//! that cannot start) leave the old process serving; `CONTROL save-state` and `--restore`.
+//! that cannot start) leave the old process serving; a new process that dies before it
+//! takes over is replaced by the old binary (the guardian); `CONTROL save-state` and
+//! `--restore`.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -290,6 +292,88 @@ fn refusals_leave_the_old_process_serving() {
     assert_eq!(w.read("/keep/a").unwrap(), b"1");
     live_update(&d, &control, &[&bin]).ok();
     assert_eq!(w.read("/keep/a").unwrap(), b"1");
+    d.stop();
+}
+
+/// A new binary that passes the probe and then dies (of a signal, before any of its code can
+/// go back to the old binary): the guardian the old process left brings the old binary back
+/// with the same state, under its own pid; every client keeps its connection, its watch and
+/// its open transaction, and `xenstore-control` is told why the update failed.
+#[test]
+fn a_new_process_that_dies_is_replaced_by_the_old_binary() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::ExitStatusExt;
+    if !xs_host_only() {
+        return;
+    }
+    let [control, ls] = require!(tools(["xenstore-control", "xenstore-ls"]));
+    let dir = TempDir::new();
+    let pid_file = dir.path().join("xs-host.pid");
+    let mut d = require!(Daemon::start_with(&["-F", pid_file.to_str().unwrap()]));
+    let old_pid = d.pid();
+    let dying = dir.path().join("dies-after-probe");
+    std::fs::write(
+        &dying,
+        format!(
+            "#!/bin/sh\ncase \"$1\" in --live-update-probe) exec '{}' \"$1\" ;; esac\nkill -SEGV $$\n",
+            bin()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&dying, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let mut w = d.connect();
+    w.write("/keep/a", b"1").unwrap();
+    let mut watcher = d.connect();
+    watcher.watch("/keep", "tok").unwrap();
+    assert_eq!(watcher.next_event().0, "/keep");
+    let mut t = d.connect();
+    let tx = t.transaction_start().unwrap();
+    t.request_tx(ty::WRITE, tx, b"/keep/tx\0in-tx").unwrap();
+    let tree = dump(&d, &ls);
+
+    let out = live_update(&d, &control, &["-t", "1", "-F", dying.to_str().unwrap()]);
+    assert_eq!(out.code(), Some(3), "{out:?}\n{}", d.log());
+    assert!(
+        out.stderr
+            .contains("Error activating new binary: the new process died before it took over"),
+        "{out:?}"
+    );
+    // The old binary serves again, started by the guardian: the pid file names it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let new_pid = loop {
+        let pid: Option<u32> = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse().ok());
+        match pid {
+            Some(p) if p != old_pid => break p,
+            _ => {
+                assert!(Instant::now() < deadline, "pid file: {:?}", pid);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    let status = d.replaced_by(new_pid);
+    assert_eq!(status.and_then(|s| s.signal()), Some(11), "{status:?}");
+
+    // Every client carried on: the tree, the watch, the transaction.
+    assert_eq!(dump(&d, &ls), tree);
+    w.write("/keep/b", b"2").unwrap();
+    assert_eq!(
+        watcher.next_event(),
+        ("/keep/b".to_owned(), "tok".to_owned())
+    );
+    t.request_tx(ty::TRANSACTION_END, tx, b"T\0").unwrap();
+    assert_eq!(w.read("/keep/tx").unwrap(), b"in-tx");
+    assert!(
+        d.log().contains("the new process died before it took over"),
+        "{}",
+        d.log()
+    );
+    // And it updates again, to a binary that works.
+    let out = live_update(&d, &control, &[&bin()]);
+    out.ok();
+    assert_eq!(w.read("/keep/b").unwrap(), b"2");
     d.stop();
 }
 

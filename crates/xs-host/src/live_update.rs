@@ -39,13 +39,16 @@
 //! * The new binary cannot restore (a stream it rejects, a socket it cannot adopt) or panics
 //!   before it serves: it execs the fallback, the old binary, with the same (sealed) state
 //!   and `--live-update-failed=WHY`; that restores and answers the `-s` with the reason.
-//!   Only a new binary that passes the probe and then dies otherwise (a signal, a process
-//!   that exits without running xs-host's start-up) loses the state.
+//! * The new process dies before it has taken over (a signal, an exit before xs-host's
+//!   code runs): the guardian the old process started just before its exec ([`guardian`])
+//!   execs the old binary with the same state, which answers the `-s` with the reason.
 //!
 //! The old process's `GLOBAL_DATA` names its main listener and, on Xen, `/dev/xen/evtchn`,
 //! which is inherited like the sockets: the rings' event-channel bindings belong to the
 //! open device, so they survive the exec; the new process maps every ring again and serves
 //! it on its bound port (`xs_serve::Dispatcher::restore`; see the README).
+
+pub(crate) mod guardian;
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -89,6 +92,10 @@ pub(crate) struct Hidden {
     pub(crate) failed: Option<String>,
     /// `--live-update-probe`: print [`PROBE_ANSWER`] and exit.
     pub(crate) probe: bool,
+    /// `--live-update-guardian=R,STATE,RECORD,EXE`: be the guardian of an update.
+    pub(crate) guardian: Option<guardian::GuardianArgs>,
+    /// `--live-update-guardian-pipe=W,PID`: the guardian to tell once taken over.
+    pub(crate) guardian_pipe: Option<guardian::GuardianPipe>,
 }
 
 fn fd_arg(text: &str) -> Result<RawFd, String> {
@@ -115,6 +122,25 @@ pub(crate) fn take_hidden(args: Vec<OsString>) -> Result<(Vec<OsString>, Hidden)
             hidden.failed = Some(v.to_owned());
         } else if text == "--live-update-probe" {
             hidden.probe = true;
+        } else if let Some(v) = text.strip_prefix("--live-update-guardian=") {
+            let bad = || format!("--live-update-guardian: {v:?}");
+            let fds = v.split(',').map(fd_arg).collect::<Result<Vec<_>, _>>()?;
+            let [read, state, record, exe] = fds.as_slice() else {
+                return Err(bad());
+            };
+            hidden.guardian = Some(guardian::GuardianArgs {
+                read: *read,
+                state: *state,
+                record: *record,
+                exe: *exe,
+            });
+        } else if let Some(v) = text.strip_prefix("--live-update-guardian-pipe=") {
+            let bad = || format!("--live-update-guardian-pipe: {v:?}");
+            let (w, pid) = v.split_once(',').ok_or_else(bad)?;
+            hidden.guardian_pipe = Some(guardian::GuardianPipe {
+                write: fd_arg(w)?,
+                pid: pid.parse().map_err(|_| bad())?,
+            });
         } else {
             rest.push(arg);
         }
@@ -837,6 +863,28 @@ mod tests {
         assert!(!h.probe);
         assert!(take_hidden(vec!["--live-update-state=5".into()]).is_err());
         assert!(take_hidden(vec!["--live-update-fallback=-1".into()]).is_err());
+        let (rest, h) = take_hidden(vec![
+            "--live-update-guardian=3,4,5,6".into(),
+            "--live-update-guardian-pipe=8,1234".into(),
+            "-N".into(),
+        ])
+        .unwrap();
+        assert_eq!(rest, ["-N"]);
+        let g = h.guardian.unwrap();
+        assert_eq!((g.read, g.state, g.record, g.exe), (3, 4, 5, 6));
+        assert_eq!(
+            h.guardian_pipe,
+            Some(guardian::GuardianPipe {
+                write: 8,
+                pid: 1234
+            })
+        );
+        assert_eq!(
+            h.guardian_pipe.unwrap().option(),
+            OsString::from("--live-update-guardian-pipe=8,1234")
+        );
+        assert!(take_hidden(vec!["--live-update-guardian=3,4,5".into()]).is_err());
+        assert!(take_hidden(vec!["--live-update-guardian-pipe=8".into()]).is_err());
     }
 
     #[test]

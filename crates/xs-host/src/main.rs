@@ -45,6 +45,9 @@ fn main() -> ExitCode {
         println!("{}", live_update::PROBE_ANSWER);
         return ExitCode::SUCCESS;
     }
+    if hidden.guardian.is_some() {
+        return live_update::guardian::watch(&hidden, args);
+    }
     let mut options = match cli::parse(args.clone()) {
         Ok(Command::Run(o)) => o,
         Ok(Command::Help) => {
@@ -62,7 +65,13 @@ fn main() -> ExitCode {
                     .ok()
                     .and_then(|t| Record::decode(&String::from_utf8_lossy(&t)).ok())
                     .map_or(args, |r| r.args);
-                let e = go_back(exe, state_fd, record_fd, old_args, &format!("usage: {e}"));
+                let e = go_back(
+                    exe,
+                    (state_fd, record_fd),
+                    hidden.guardian_pipe,
+                    old_args,
+                    &format!("usage: {e}"),
+                );
                 eprintln!("xs-host: live-update: cannot go back to the old binary: {e}");
             }
             return ExitCode::from(2);
@@ -428,13 +437,14 @@ fn restarted(mut options: Box<Options>, args: Vec<OsString>, hidden: Hidden) -> 
     // The fallback is the old binary; the fallback itself has none.
     let fallback = hidden.fallback.filter(|_| hidden.failed.is_none());
     let old_args = std::sync::Arc::new(std::sync::Mutex::new(args.clone()));
+    let guardian = hidden.guardian_pipe;
     if let Some(exe) = fallback {
         let old_args = old_args.clone();
         std::panic::set_hook(Box::new(move |info| {
             let why = format!("the new binary panicked: {info}");
             log::error!("live-update: {why}");
             let args = old_args.lock().map(|a| a.clone()).unwrap_or_default();
-            let e = go_back(exe, state_fd, record_fd, args, &why);
+            let e = go_back(exe, (state_fd, record_fd), guardian, args, &why);
             log::error!("live-update: cannot go back to the old binary: {e}");
         }));
     }
@@ -469,7 +479,7 @@ fn restarted(mut options: Box<Options>, args: Vec<OsString>, hidden: Hidden) -> 
             log::error!("live-update: cannot take over: {e}");
             if let Some(exe) = fallback {
                 let args = old_args.lock().map(|a| a.clone()).unwrap_or(args);
-                let e = go_back(exe, state_fd, record_fd, args, &e.to_string());
+                let e = go_back(exe, (state_fd, record_fd), guardian, args, &e.to_string());
                 log::error!("live-update: cannot go back to the old binary: {e}");
             }
             ExitCode::FAILURE
@@ -481,12 +491,16 @@ fn restarted(mut options: Box<Options>, args: Vec<OsString>, hidden: Hidden) -> 
 /// on failure.
 fn go_back(
     exe: i32,
-    state_fd: i32,
-    record_fd: i32,
+    (state_fd, record_fd): (i32, i32),
+    guardian: Option<live_update::guardian::GuardianPipe>,
     mut args: Vec<OsString>,
     why: &str,
 ) -> io::Error {
     args.push(format!("--live-update-state={state_fd},{record_fd}").into());
+    // The guardian stays on watch: the old binary tells it once it has taken over.
+    if let Some(g) = guardian {
+        args.push(g.option());
+    }
     // One line: the option's value is the answer the client gets.
     let why: String = why
         .chars()
@@ -617,6 +631,9 @@ fn take_over(
         // SAFETY: the descriptor the old process left for this one, used only through the
         // duplicate `adopted_services` made; closed once, here.
         drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(e.fd) });
+    }
+    if let Some(g) = hidden.guardian_pipe {
+        live_update::guardian::taken(g.write, g.pid);
     }
     match &hidden.failed {
         None => log::info!(

@@ -1493,7 +1493,36 @@ impl Server {
         if let Some(cwd) = &self.restart.cwd {
             let _ = std::env::set_current_dir(cwd);
         }
+        // The guardian holds a copy of every descriptor now inheritable, in case the new
+        // process dies before it takes over (`live_update::guardian`).
+        let guardian = match live_update::guardian::start(
+            exe.as_raw_fd(),
+            (state.as_raw_fd(), record_fd.as_raw_fd()),
+            &self.restart.args,
+        ) {
+            Ok(g) => match live_update::set_cloexec(std::os::fd::AsFd::as_fd(&g.write), false) {
+                Ok(()) => {
+                    args.push(g.option());
+                    Some(g)
+                }
+                Err(e) => {
+                    log::warn!("live-update: the guardian's pipe: {e}");
+                    g.dismiss();
+                    None
+                }
+            },
+            Err(e) => {
+                log::warn!(
+                    "live-update: no guardian ({e}): a new process that dies before it takes \
+                     over loses the state"
+                );
+                None
+            }
+        };
         let e = live_update::exec(due.binary.as_os_str(), &args);
+        if let Some(g) = guardian {
+            g.dismiss();
+        }
         // Still here: nothing changed but the descriptors' flags and the directory.
         if self.restart.daemon {
             let _ = std::env::set_current_dir("/");
