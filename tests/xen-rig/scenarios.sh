@@ -957,7 +957,9 @@ xenstored_alive() {
 # dom0's kernel ring and the socket answer, and the guest's ring still works: `xl shutdown`
 # (its kernel's watch on control/shutdown, served through the restored ring) powers it off
 # and `@releaseDomain` lets xl see it gone. A fourth update whose new process refuses its
-# command line must fail, the old binary taking the same state (rings included) back.
+# command line must fail, the old binary taking the same state (rings included) back; a
+# fifth, to a binary that passes the probe and then dies of a signal, too: the guardian
+# starts the old binary with the state (under a new pid).
 live_update_rings() {
     local name=lu domid pid i rc w1 w2 out
     guest_cfg $name
@@ -973,10 +975,10 @@ live_update_rings() {
     fi
     pid=$(daemon_pid)
     t 10 xenstore-write -s /xen-rig/lu/w start
-    # Each watcher exits after the initial event and the five writes below.
-    t 120 xenstore-watch -n 6 /xen-rig/lu/w >"$LOGS/lu-watch-socket.out" 2>&1 &
+    # Each watcher exits after the initial event and the six writes below.
+    t 120 xenstore-watch -n 7 /xen-rig/lu/w >"$LOGS/lu-watch-socket.out" 2>&1 &
     w1=$!
-    XENSTORED_PATH=$RING t 120 xenstore-watch -n 6 /xen-rig/lu/w >"$LOGS/lu-watch-ring.out" 2>&1 &
+    XENSTORED_PATH=$RING t 120 xenstore-watch -n 7 /xen-rig/lu/w >"$LOGS/lu-watch-ring.out" 2>&1 &
     w2=$!
     sleep 1
     t 10 xenstore-write -s /xen-rig/lu/w 0
@@ -1028,18 +1030,41 @@ live_update_rings() {
             t 10 xenstore-write -s /xen-rig/lu/w 4
         fi
     fi
+    # A new binary that passes the probe and then dies of a signal: the guardian the old
+    # process left starts the old binary with the same state (a new pid), which answers.
+    if [ -z "$why" ]; then
+        printf '#!/bin/sh\ncase "$1" in --live-update-probe) exec /usr/sbin/xenstored "$1" ;; esac\nkill -SEGV $$\n' \
+            >/tmp/xenstored-dies
+        chmod 755 /tmp/xenstored-dies
+        t 10 xenstore-ls -f -p >"$LOGS/lu-before.dies" 2>&1
+        t 120 xenstore-control live-update -f /tmp/xenstored-dies >"$LOGS/lu-control.dies" 2>&1
+        rc=$?
+        info "live update to a binary that dies: xenstore-control exited $rc: $(tr '\n' ' ' <"$LOGS/lu-control.dies")"
+        wait_until 10 eval '[ "$(daemon_pid)" != "$pid" ] && kill -0 "$(daemon_pid)" 2>/dev/null'
+        info "the daemon's pid was $pid, is $(daemon_pid)"
+        t 10 xenstore-ls -f -p >"$LOGS/lu-after.dies" 2>&1
+        if [ $rc = 0 ] || ! grep -q "died before it took over" "$LOGS/lu-control.dies"; then
+            why="an update to a binary that dies exited $rc: $(last_line "$LOGS/lu-control.dies")"
+        elif [ "$(daemon_pid)" = "$pid" ] || ! kill -0 "$(daemon_pid)" 2>/dev/null; then
+            why="after the update to a binary that dies, no daemon in its place (pid '$(daemon_pid)')"
+        elif ! cmp -s "$LOGS/lu-before.dies" "$LOGS/lu-after.dies"; then
+            why="the tree changed across the update to a binary that dies"
+        else
+            t 10 xenstore-write -s /xen-rig/lu/w 5
+        fi
+    fi
     daemon_log "took over"
     daemon_log "again on port"
     if [ -z "$why" ]; then
-        wait $w1 || why="the socket's watcher did not see its 6 events: $(tr '\n' ' ' <"$LOGS/lu-watch-socket.out")"
+        wait $w1 || why="the socket's watcher did not see its 7 events: $(tr '\n' ' ' <"$LOGS/lu-watch-socket.out")"
     fi
     if [ -z "$why" ]; then
-        wait $w2 || why="the ring's watcher did not see its 6 events: $(tr '\n' ' ' <"$LOGS/lu-watch-ring.out")"
+        wait $w2 || why="the ring's watcher did not see its 7 events: $(tr '\n' ' ' <"$LOGS/lu-watch-ring.out")"
     fi
     if [ -z "$why" ]; then
         for f in socket ring; do
             out=$(wc -l <"$LOGS/lu-watch-$f.out")
-            [ "$out" = 6 ] || why="the $f watcher printed $out lines, not 6: $(tr '\n' ' ' <"$LOGS/lu-watch-$f.out")"
+            [ "$out" = 7 ] || why="the $f watcher printed $out lines, not 7: $(tr '\n' ' ' <"$LOGS/lu-watch-$f.out")"
         done
     fi
     kill $w1 $w2 2>/dev/null
