@@ -1164,7 +1164,7 @@ pub fn state_stream(data: &[u8]) {
 fn state_stream_once(stream: &[u8]) {
     use xs_core::StoreConfig;
     use xs_core::protocol::{Access, Limits};
-    use xs_core::state::{self, Global, SaveOptions, SavedConnection, Transport};
+    use xs_core::state::{self, Global, RestoredConnection, SaveOptions, SavedConnection, Transport};
     let settings = |_: &Transport, _| (Access::default(), Limits::default());
     let Ok(restored) = state::restore(StoreConfig::new([5, 6]), stream, settings) else {
         return;
@@ -1174,12 +1174,7 @@ fn state_stream_once(stream: &[u8]) {
     let saved: Vec<SavedConnection<'_>> = restored
         .connections
         .iter()
-        .map(|c| SavedConnection {
-            id: c.id,
-            transport: c.transport,
-            protocol: Some(&c.connection),
-            input: &c.input,
-        })
+        .map(RestoredConnection::as_saved)
         .collect();
     let mut again = Vec::new();
     state::save(

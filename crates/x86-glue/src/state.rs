@@ -47,7 +47,8 @@ use core::fmt;
 use xs_core::Store;
 use xs_core::protocol::{Access, Limits};
 use xs_core::state::{
-    self, Global, SaveError, SaveOptions, SaveStats, SavedConnection, Sink, StateError,
+    self, Global, RestoredConnection, SaveError, SaveOptions, SaveStats, SavedConnection, Sink,
+    StateError,
 };
 use xs_serve::{Dispatcher, Services};
 
@@ -354,12 +355,7 @@ fn verify(stub: &mut dyn StubState, stream: &[u8], in_use: usize) -> Result<Veri
     let conns: Vec<SavedConnection<'_>> = restored
         .connections
         .iter()
-        .map(|c| SavedConnection {
-            id: c.id,
-            transport: c.transport,
-            protocol: Some(&c.connection),
-            input: &c.input,
-        })
+        .map(RestoredConnection::as_saved)
         .collect();
     let mut compare = StateSink(Mode::Compare {
         expected: stream,

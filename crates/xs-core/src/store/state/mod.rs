@@ -318,3 +318,16 @@ pub struct RestoredConnection {
     /// the connection ([`SavedConnection::input`]).
     pub input: Vec<u8>,
 }
+
+impl RestoredConnection {
+    /// The connection as [`save`] takes it: to save a restored store again (a check that
+    /// the stream round-trips, or a program that saves before serving).
+    pub fn as_saved(&self) -> SavedConnection<'_> {
+        SavedConnection {
+            id: self.id,
+            transport: self.transport,
+            protocol: Some(&self.connection),
+            input: &self.input,
+        }
+    }
+}
