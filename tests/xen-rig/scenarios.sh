@@ -959,7 +959,11 @@ xenstored_alive() {
 # and `@releaseDomain` lets xl see it gone. A fourth update whose new process refuses its
 # command line must fail, the old binary taking the same state (rings included) back; a
 # fifth, to a binary that passes the probe and then dies of a signal, too: the guardian
-# starts the old binary with the state (under a new pid).
+# starts the old binary with the state (under a new pid). test-xenstore runs in a loop over
+# dom0's kernel ring across the first three updates, and must pass every run.
+# The tree as xenstore-ls -f -p shows it, but test-xenstore's nodes (dom0's xenstore-test,
+# which it adds and removes meanwhile: xenstore-ls shows those it misses half, or not).
+lu_tree() { t 10 xenstore-ls -f -p 2>/dev/null | grep '^/' | grep -v '^/local/domain/0/xenstore-test'; }
 live_update_rings() {
     local name=lu domid pid i rc w1 w2 out
     guest_cfg $name
@@ -982,8 +986,23 @@ live_update_rings() {
     w2=$!
     sleep 1
     t 10 xenstore-write -s /xen-rig/lu/w 0
+    # Xen's test-xenstore over dom0's kernel ring all through the three updates: its requests
+    # and transactions cross them (its nodes, under dom0's xenstore-test, are left out of the
+    # tree compared).
+    rm -f "$LOGS/lu-tx.stop" "$LOGS/lu-tx.fail" "$LOGS/lu-tx.runs"
+    (
+        n=0
+        while [ ! -e "$LOGS/lu-tx.stop" ]; do
+            XENSTORED_PATH=$RING t 60 test-xenstore -i 2 >"$LOGS/lu-tx.log" 2>&1 ||
+                echo "run $n exited $?: $(tail -n 2 "$LOGS/lu-tx.log" | tr '\n' ' ')" >>"$LOGS/lu-tx.fail"
+            n=$((n + 1))
+            echo $n >"$LOGS/lu-tx.runs"
+        done
+    ) &
+    local txloop=$!
+    sleep 1
     for i in 1 2 3; do
-        t 10 xenstore-ls -f -p >"$LOGS/lu-before.$i" 2>&1
+        lu_tree >"$LOGS/lu-before.$i"
         local start
         start=$(now_us)
         t 120 xenstore-control live-update -f /usr/sbin/xenstored >"$LOGS/lu-control.$i" 2>&1
@@ -998,7 +1017,7 @@ live_update_rings() {
             why="after live update $i the daemon's pid is '$(daemon_pid)', was $pid"
             break
         fi
-        t 10 xenstore-ls -f -p >"$LOGS/lu-after.$i" 2>&1
+        lu_tree >"$LOGS/lu-after.$i"
         if ! cmp -s "$LOGS/lu-before.$i" "$LOGS/lu-after.$i"; then
             why="the tree changed across live update $i"
             diff "$LOGS/lu-before.$i" "$LOGS/lu-after.$i" | head -n 10 | sed 's/^/XEN-RIG-INFO diff: /'
@@ -1011,6 +1030,14 @@ live_update_rings() {
         fi
         t 10 xenstore-write -s /xen-rig/lu/w "$i"
     done
+    touch "$LOGS/lu-tx.stop"
+    wait $txloop
+    info "test-xenstore over the kernel ring across the updates: $(cat "$LOGS/lu-tx.runs" 2>/dev/null) runs"
+    if [ -z "$why" ] && [ -s "$LOGS/lu-tx.fail" ]; then
+        why="test-xenstore over the kernel ring failed across the updates: $(head -n 1 "$LOGS/lu-tx.fail")"
+    elif [ -z "$why" ] && [ "$(cat "$LOGS/lu-tx.runs" 2>/dev/null || echo 0)" -lt 2 ]; then
+        why="test-xenstore over the kernel ring ran $(cat "$LOGS/lu-tx.runs" 2>/dev/null) times across the updates"
+    fi
     # A new process that cannot take over (a command line it refuses) goes back to the old
     # binary, which takes the same state, rings included: the update fails, nothing else.
     if [ -z "$why" ]; then
