@@ -655,7 +655,7 @@ fn take_over(
 /// The platform services of the new process of a live update: on a Xen dom0, Xen's devices
 /// with the event-channel device the old process left open (a duplicate of it: the
 /// inherited descriptor itself stays open, unchanged, for the fallback to the old binary
-/// until this process has taken over), else sockets only.
+/// until this process has taken over); sockets only where the old process served no rings.
 fn adopted_services(
     options: &Options,
     record: &Record,
@@ -678,11 +678,9 @@ fn adopted_services(
             HostServices::adopt_xen(master, evtchn, e.virq, ports)
                 .map_err(|e| io::Error::new(e.kind(), format!("Xen's devices: {e}")))
         }
-        (None, false) => Ok(HostServices::sockets_only()),
-        (None, true) => Err(io::Error::other(
-            "the old process left no event-channel device: it served no Xen rings, and this \
-             one would not find their bindings",
-        )),
+        // The old process served sockets only (here, or on a dom0 whose Xen devices it did
+        // not find when it started): so does this one.
+        (None, _) => Ok(HostServices::sockets_only()),
         (Some(_), false) => Err(io::Error::other(
             "the old process served Xen rings, but this is no Xen control domain",
         )),
