@@ -45,7 +45,7 @@ if [ $STUB = 0 ]; then
     selected test-xenstore && DOM0_PLAN+=(test-xenstore-socket)
     selected rtt && DOM0_PLAN+=(rtt-socket)
 fi
-[ $STUB = 1 ] && DOM0_PLAN+=(stub-param stub-memory)
+[ $STUB = 1 ] && DOM0_PLAN+=(stub-param stub-memory stub-save-state)
 selected clients && DOM0_PLAN+=(xenstore-ring)
 selected test-xenstore && DOM0_PLAN+=(test-xenstore-ring)
 selected rtt && DOM0_PLAN+=(rtt-ring)
@@ -929,6 +929,29 @@ stub_memory() {
     fi
 }
 
+# The stub domain's state (issue 18): `xenstore-control save-state` over dom0's ring; the stub
+# saves its whole state (rings included) into a heap buffer, verifies it by restoring it into
+# a scratch store and saving that again, and says so on its console; then it serves on.
+stub_save_state() {
+    local before out
+    before=$(daemon_messages | grep -c "xs: state: ")
+    if ! out=$(XENSTORED_PATH=$RING t 30 xenstore-control save-state 2>&1); then
+        why="xenstore-control save-state: $out"
+        return
+    fi
+    if ! wait_until 10 eval '[ "$(daemon_messages | grep -c "xs: state: ")" -gt '"$before"' ]'; then
+        why="no 'xs: state:' line on the stub domain's console within 10 s"
+        return
+    fi
+    out=$(daemon_messages | grep "xs: state: " | tail -n 1)
+    info "stub domain: ${out#*xs: }"
+    if [[ "$out" != *"verified"*"saved again to the same bytes"* ]]; then
+        why="the stub's save was not verified: ${out#*xs: }"
+    elif ! stub_answers; then
+        why="the stub domain does not answer after its save"
+    fi
+}
+
 xenstored_alive() {
     local pid
     pid=$(daemon_pid)
@@ -1157,6 +1180,7 @@ if [ $STORE_UP = 1 ]; then
     if [ $STUB = 1 ]; then
         scenario stub-param stub_param
         scenario stub-memory stub_memory
+        scenario stub-save-state stub_save_state
     fi
     if selected clients; then
         [ $STUB = 1 ] || scenario xenstore-socket client_suite socket
