@@ -4,7 +4,8 @@
 //! `test-xenstore` and a writer run; the refusals (an open
 //! transaction without `-F`, a missing, non-executable or foreign binary, a new process
 //! that cannot start) leave the old process serving; a new process that dies before it
-//! takes over is replaced by the old binary (the guardian); `CONTROL save-state` and
+//! takes over, or hangs past `--live-update-timeout`, is replaced by the old binary (the
+//! guardian); `CONTROL save-state` and
 //! `--restore`.
 
 use std::collections::BTreeMap;
@@ -297,30 +298,76 @@ fn refusals_leave_the_old_process_serving() {
 
 /// A new binary that passes the probe and then dies (of a signal, before any of its code can
 /// go back to the old binary): the guardian the old process left brings the old binary back
-/// with the same state, under its own pid; every client keeps its connection, its watch and
-/// its open transaction, and `xenstore-control` is told why the update failed.
+/// with the same state, under its own pid.
 #[test]
 fn a_new_process_that_dies_is_replaced_by_the_old_binary() {
-    use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::ExitStatusExt;
-    if !xs_host_only() {
-        return;
+    if let Some(status) = replaced_by_the_old_binary(
+        "kill -SEGV $$",
+        &[],
+        "the new process died before it took over",
+    ) {
+        assert_eq!(status.signal(), Some(11), "{status:?}");
     }
-    let [control, ls] = require!(tools(["xenstore-control", "xenstore-ls"]));
+}
+
+/// A new binary that passes the probe and then hangs: past `--live-update-timeout` the
+/// guardian kills it and brings the old binary back.
+#[test]
+fn a_new_process_that_hangs_is_replaced_by_the_old_binary() {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(status) = replaced_by_the_old_binary(
+        "exec sleep 60",
+        &["--live-update-timeout", "1"],
+        "the new process did not take over within 1 s (killed)",
+    ) {
+        assert_eq!(status.signal(), Some(9), "{status:?}");
+    }
+}
+
+/// Updates a daemon started with `extra` options to a script that passes the probe (it is
+/// xs-host for that) and then runs `then`; the update must fail with `why`, the old binary
+/// serving in its place under the guardian's pid, every client carrying on (the tree, a
+/// watch, an open transaction), and the daemon must update again afterwards. Returns how
+/// how the first process ended (`None`: skipped, xenstore-control missing or not xs-host).
+fn replaced_by_the_old_binary(
+    then: &str,
+    extra: &[&str],
+    why: &str,
+) -> Option<std::process::ExitStatus> {
+    use std::os::unix::fs::PermissionsExt;
+    if !xs_host_only() {
+        return None;
+    }
+    let [control, ls] = match tools(["xenstore-control", "xenstore-ls"]) {
+        Ok(t) => t,
+        Err(skip) => {
+            xs_e2e::skip::report(&skip);
+            return None;
+        }
+    };
     let dir = TempDir::new();
     let pid_file = dir.path().join("xs-host.pid");
-    let mut d = require!(Daemon::start_with(&["-F", pid_file.to_str().unwrap()]));
+    let mut args = vec!["-F", pid_file.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let mut d = match Daemon::start_with(&args) {
+        Ok(d) => d,
+        Err(skip) => {
+            xs_e2e::skip::report(&skip);
+            return None;
+        }
+    };
     let old_pid = d.pid();
-    let dying = dir.path().join("dies-after-probe");
+    let script = dir.path().join("new-binary");
     std::fs::write(
-        &dying,
+        &script,
         format!(
-            "#!/bin/sh\ncase \"$1\" in --live-update-probe) exec '{}' \"$1\" ;; esac\nkill -SEGV $$\n",
+            "#!/bin/sh\ncase \"$1\" in --live-update-probe) exec '{}' \"$1\" ;; esac\n{then}\n",
             bin()
         ),
     )
     .unwrap();
-    std::fs::set_permissions(&dying, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
 
     let mut w = d.connect();
     w.write("/keep/a", b"1").unwrap();
@@ -332,11 +379,11 @@ fn a_new_process_that_dies_is_replaced_by_the_old_binary() {
     t.request_tx(ty::WRITE, tx, b"/keep/tx\0in-tx").unwrap();
     let tree = dump(&d, &ls);
 
-    let out = live_update(&d, &control, &["-t", "1", "-F", dying.to_str().unwrap()]);
+    let out = live_update(&d, &control, &["-t", "1", "-F", script.to_str().unwrap()]);
     assert_eq!(out.code(), Some(3), "{out:?}\n{}", d.log());
     assert!(
         out.stderr
-            .contains("Error activating new binary: the new process died before it took over"),
+            .contains(&format!("Error activating new binary: {why}")),
         "{out:?}"
     );
     // The old binary serves again, started by the guardian: the pid file names it.
@@ -348,13 +395,12 @@ fn a_new_process_that_dies_is_replaced_by_the_old_binary() {
         match pid {
             Some(p) if p != old_pid => break p,
             _ => {
-                assert!(Instant::now() < deadline, "pid file: {:?}", pid);
+                assert!(Instant::now() < deadline, "pid file: {pid:?}");
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
     };
-    let status = d.replaced_by(new_pid);
-    assert_eq!(status.and_then(|s| s.signal()), Some(11), "{status:?}");
+    let status = d.replaced_by(new_pid).expect("the first process, reaped");
 
     // Every client carried on: the tree, the watch, the transaction.
     assert_eq!(dump(&d, &ls), tree);
@@ -365,16 +411,12 @@ fn a_new_process_that_dies_is_replaced_by_the_old_binary() {
     );
     t.request_tx(ty::TRANSACTION_END, tx, b"T\0").unwrap();
     assert_eq!(w.read("/keep/tx").unwrap(), b"in-tx");
-    assert!(
-        d.log().contains("the new process died before it took over"),
-        "{}",
-        d.log()
-    );
+    assert!(d.log().contains(why), "{}", d.log());
     // And it updates again, to a binary that works.
-    let out = live_update(&d, &control, &[&bin()]);
-    out.ok();
+    live_update(&d, &control, &[&bin()]).ok();
     assert_eq!(w.read("/keep/b").unwrap(), b"2");
     d.stop();
+    Some(status)
 }
 
 #[test]

@@ -50,6 +50,9 @@ Process:
       --restore FILE         start from a state file (CONTROL save-state FILE wrote it, or C
                              xenstored's live update): the tree, permissions, quotas, domains;
                              its connections are gone, with their watches and transactions
+      --live-update-timeout SECS  how long a live update's new process may take to take over
+                             before it is killed and the old binary takes the state back
+                             (default 60; 0: no limit)
   -H, -h, --help             print this help
 
 Live update (xenstore-control live-update [-c CMDLINE] [-t SECS] [-F] FILE) replaces the
@@ -98,6 +101,9 @@ $XDG_RUNTIME_DIR/xs-host/socket, else /tmp/xs-host-<uid>/socket.
 /// replies and events are bounded per domain by its quotas).
 pub(crate) const DEFAULT_DOMAIN_CONNECTIONS: u32 = 64;
 
+/// Seconds a live update's new process may take to take over (`--live-update-timeout`).
+pub(crate) const DEFAULT_LIVE_UPDATE_TIMEOUT: u32 = 60;
+
 /// Where the read-only socket goes.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub(crate) enum RoSocket {
@@ -118,6 +124,9 @@ pub(crate) struct Options {
     pub(crate) domain_sockets: Option<PathBuf>,
     /// `--domain-connections`: connections per domain through its socket (0: unlimited).
     pub(crate) domain_connections: u32,
+    /// `--live-update-timeout`: seconds a live update's new process may take to take over
+    /// before the guardian kills it and brings the old binary back (0: no limit).
+    pub(crate) live_update_timeout: u32,
     /// `--domain-nodes`: create a domain's default nodes on INTRODUCE.
     pub(crate) domain_nodes: bool,
     /// `-K`: a gone domain's nodes are kept (given to the privileged domain).
@@ -155,6 +164,7 @@ impl Default for Options {
             socket_ro: RoSocket::Default,
             domain_sockets: None,
             domain_connections: DEFAULT_DOMAIN_CONNECTIONS,
+            live_update_timeout: DEFAULT_LIVE_UPDATE_TIMEOUT,
             domain_nodes: false,
             keep_orphans: false,
             privileged: Vec::new(),
@@ -244,6 +254,7 @@ pub(crate) const LONG_OPTIONS: &[&str] = &[
     "domain-connections",
     "no-domain-nodes",
     "restore",
+    "live-update-timeout",
     // C xenstored's.
     "no-domain-init",
     "entry-nb",
@@ -412,6 +423,9 @@ where
             "domain-connections" => o.domain_connections = number(&shown, &p.value()?)?,
             "no-domain-nodes" => o.domain_nodes = false,
             "restore" => o.restore = Some(p.value()?.into()),
+            "live-update-timeout" => {
+                o.live_update_timeout = number(&shown, &p.value()?)?;
+            }
             "priv-domid" => {
                 let d = domid("--priv-domid", &p.value()?, false)?;
                 if !o.privileged.contains(&d) {

@@ -92,7 +92,7 @@ pub(crate) struct Hidden {
     pub(crate) failed: Option<String>,
     /// `--live-update-probe`: print [`PROBE_ANSWER`] and exit.
     pub(crate) probe: bool,
-    /// `--live-update-guardian=R,STATE,RECORD,EXE`: be the guardian of an update.
+    /// `--live-update-guardian=R,STATE,RECORD,EXE,TIMEOUT`: be the guardian of an update.
     pub(crate) guardian: Option<guardian::GuardianArgs>,
     /// `--live-update-guardian-pipe=W,PID`: the guardian to tell once taken over.
     pub(crate) guardian_pipe: Option<guardian::GuardianPipe>,
@@ -124,7 +124,8 @@ pub(crate) fn take_hidden(args: Vec<OsString>) -> Result<(Vec<OsString>, Hidden)
             hidden.probe = true;
         } else if let Some(v) = text.strip_prefix("--live-update-guardian=") {
             let bad = || format!("--live-update-guardian: {v:?}");
-            let fds = v.split(',').map(fd_arg).collect::<Result<Vec<_>, _>>()?;
+            let (fds, timeout) = v.rsplit_once(',').ok_or_else(bad)?;
+            let fds = fds.split(',').map(fd_arg).collect::<Result<Vec<_>, _>>()?;
             let [read, state, record, exe] = fds.as_slice() else {
                 return Err(bad());
             };
@@ -133,6 +134,7 @@ pub(crate) fn take_hidden(args: Vec<OsString>) -> Result<(Vec<OsString>, Hidden)
                 state: *state,
                 record: *record,
                 exe: *exe,
+                timeout_s: timeout.parse().map_err(|_| bad())?,
             });
         } else if let Some(v) = text.strip_prefix("--live-update-guardian-pipe=") {
             let bad = || format!("--live-update-guardian-pipe: {v:?}");
@@ -864,14 +866,17 @@ mod tests {
         assert!(take_hidden(vec!["--live-update-state=5".into()]).is_err());
         assert!(take_hidden(vec!["--live-update-fallback=-1".into()]).is_err());
         let (rest, h) = take_hidden(vec![
-            "--live-update-guardian=3,4,5,6".into(),
+            "--live-update-guardian=3,4,5,6,60".into(),
             "--live-update-guardian-pipe=8,1234".into(),
             "-N".into(),
         ])
         .unwrap();
         assert_eq!(rest, ["-N"]);
         let g = h.guardian.unwrap();
-        assert_eq!((g.read, g.state, g.record, g.exe), (3, 4, 5, 6));
+        assert_eq!(
+            (g.read, g.state, g.record, g.exe, g.timeout_s),
+            (3, 4, 5, 6, 60)
+        );
         assert_eq!(
             h.guardian_pipe,
             Some(guardian::GuardianPipe {
@@ -883,7 +888,8 @@ mod tests {
             h.guardian_pipe.unwrap().option(),
             OsString::from("--live-update-guardian-pipe=8,1234")
         );
-        assert!(take_hidden(vec!["--live-update-guardian=3,4,5".into()]).is_err());
+        assert!(take_hidden(vec!["--live-update-guardian=3,4,5,6".into()]).is_err());
+        assert!(take_hidden(vec!["--live-update-guardian=3,4,5,6,x".into()]).is_err());
         assert!(take_hidden(vec!["--live-update-guardian-pipe=8".into()]).is_err());
     }
 

@@ -109,6 +109,7 @@ fn main() -> ExitCode {
         args,
         cwd,
         daemon: options.fork,
+        takeover_timeout: options.live_update_timeout,
     };
     match run(&options, socket, &mut startup, restart) {
         Ok(()) => ExitCode::SUCCESS,
@@ -623,6 +624,7 @@ fn take_over(
         args: args.to_vec(),
         cwd,
         daemon: options.fork,
+        takeover_timeout: options.live_update_timeout,
     });
     server.set_cloexec();
     if let Some(e) = record.evtchn {

@@ -359,6 +359,8 @@ pub(crate) struct Restart {
     pub(crate) cwd: Option<PathBuf>,
     /// The daemon moved to `/` (forked).
     pub(crate) daemon: bool,
+    /// `--live-update-timeout`: seconds the guardian gives a new process (0: no limit).
+    pub(crate) takeover_timeout: u32,
 }
 
 /// Whether something answers on the socket at `path`: refuses to start if a daemon does,
@@ -1499,6 +1501,7 @@ impl Server {
             exe.as_raw_fd(),
             (state.as_raw_fd(), record_fd.as_raw_fd()),
             &self.restart.args,
+            self.restart.takeover_timeout,
         ) {
             Ok(g) => match live_update::set_cloexec(std::os::fd::AsFd::as_fd(&g.write), false) {
                 Ok(()) => {

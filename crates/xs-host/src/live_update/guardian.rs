@@ -20,6 +20,10 @@
 //! reason. The daemon's pid is then the guardian's: the pid file is written again, as after
 //! any start.
 //!
+//! A new process that hangs instead (it neither takes over nor dies) is killed once
+//! `--live-update-timeout` has passed (the guardian kills only its own parent, which the new
+//! process is until it dies), and the same happens.
+//!
 //! The guardian reads nothing but its pipe and holds no other resource than the
 //! descriptors; it lives for the few milliseconds of the take-over.
 
@@ -28,6 +32,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
 
 use super::{Hidden, fd_path, set_cloexec};
 
@@ -66,14 +71,19 @@ impl Started {
 /// gets). Every descriptor the update hands over must be inheritable already; the pipe's
 /// write end is left close-on-exec for the caller to make inheritable after this returns
 /// (the guardian must not hold it).
-pub(crate) fn start(exe: RawFd, state: (RawFd, RawFd), args: &[OsString]) -> io::Result<Started> {
+pub(crate) fn start(
+    exe: RawFd,
+    state: (RawFd, RawFd),
+    args: &[OsString],
+    timeout_s: u32,
+) -> io::Result<Started> {
     // Both ends close-on-exec (std's pipe).
     let (read, write) = io::pipe()?;
     let (read, write) = (OwnedFd::from(read), OwnedFd::from(write));
     set_cloexec(read.as_fd(), false)?;
     let child = Command::new(fd_path(exe))
         .arg(format!(
-            "--live-update-guardian={},{},{},{exe}",
+            "--live-update-guardian={},{},{},{exe},{timeout_s}",
             read.as_raw_fd(),
             state.0,
             state.1
@@ -108,16 +118,52 @@ pub(crate) fn taken(write: RawFd, pid: u32) {
     }
 }
 
-/// `--live-update-guardian=R,STATE,RECORD,EXE`: the guardian's whole life. `args` is the old
-/// process's command line.
+/// `--live-update-guardian=R,STATE,RECORD,EXE,TIMEOUT`: the guardian's whole life. `args` is
+/// the old process's command line.
 pub(crate) fn watch(hidden: &Hidden, args: Vec<OsString>) -> ExitCode {
     let Some(g) = hidden.guardian else {
         return ExitCode::FAILURE;
     };
+    // The daemon: the old process started this one, and the new process has its pid.
+    let daemon = rustix::process::getppid();
     // SAFETY: the pipe's read end the old process handed this one; owned here alone.
     let mut pipe = File::from(unsafe { OwnedFd::from_raw_fd(g.read) });
+    let deadline =
+        (g.timeout_s > 0).then(|| Instant::now() + Duration::from_secs(u64::from(g.timeout_s)));
+    let mut why = DIED.to_owned();
+    let mut killed = false;
     let mut byte = [0u8; 1];
     loop {
+        if let Some(deadline) = deadline.filter(|_| !killed) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let timeout = rustix::event::Timespec::try_from(left).unwrap_or_default();
+            let mut fds = [rustix::event::PollFd::new(
+                &pipe,
+                rustix::event::PollFlags::IN,
+            )];
+            match rustix::event::poll(&mut fds, Some(&timeout)) {
+                Ok(0) => {
+                    // Still nobody took over: the new process hangs. It is killed (only if it
+                    // is still this process's parent: never anyone else), which closes the
+                    // pipe.
+                    if let Some(pid) = daemon.filter(|&p| rustix::process::getppid() == Some(p)) {
+                        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                    }
+                    why = format!(
+                        "the new process did not take over within {} s (killed)",
+                        g.timeout_s
+                    );
+                    killed = true;
+                    continue;
+                }
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => {
+                    eprintln!("xs-host: live-update guardian: waiting on its pipe: {e}");
+                    break;
+                }
+            }
+        }
         match pipe.read(&mut byte) {
             Ok(0) => break,
             Ok(_) if byte[0] == TAKEN => return ExitCode::SUCCESS,
@@ -129,10 +175,10 @@ pub(crate) fn watch(hidden: &Hidden, args: Vec<OsString>) -> ExitCode {
             }
         }
     }
-    eprintln!("xs-host: live-update: {DIED}: the old binary takes the state back");
+    eprintln!("xs-host: live-update: {why}: the old binary takes the state back");
     let mut args = args;
     args.push(format!("--live-update-state={},{}", g.state, g.record).into());
-    args.push(format!("--live-update-failed={DIED}").into());
+    args.push(format!("--live-update-failed={why}").into());
     let e = super::exec(fd_path(g.exe).as_os_str(), &args);
     eprintln!("xs-host: live-update guardian: cannot start the old binary: {e}");
     ExitCode::FAILURE
@@ -145,6 +191,8 @@ pub(crate) struct GuardianArgs {
     pub(crate) state: RawFd,
     pub(crate) record: RawFd,
     pub(crate) exe: RawFd,
+    /// Seconds the new process may take to take over (0: no limit).
+    pub(crate) timeout_s: u32,
 }
 
 /// The new process's hidden option: the pipe's write end and the guardian's pid.
