@@ -5,8 +5,7 @@
 //! transaction without `-F`, a missing, non-executable or foreign binary, a new process
 //! that cannot start) leave the old process serving; a new process that dies before it
 //! takes over, or hangs past `--live-update-timeout`, is replaced by the old binary (the
-//! guardian); `CONTROL save-state` and
-//! `--restore`.
+//! guardian); `CONTROL save-state` and `--restore`; `--state-file` across a restart.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -417,6 +416,84 @@ fn replaced_by_the_old_binary(
     assert_eq!(w.read("/keep/b").unwrap(), b"2");
     d.stop();
     Some(status)
+}
+
+/// `--state-file`: a daemon stopped with SIGTERM leaves its state, the next start restores
+/// it (the tree, the guests' sockets) and removes the file; a file from before this boot is
+/// not restored; a file that cannot be read stops the start and is moved aside.
+#[test]
+fn state_file_keeps_the_store_across_a_restart() {
+    if !xs_host_only() {
+        return;
+    }
+    let [ls] = require!(tools(["xenstore-ls"]));
+    let dir = TempDir::new();
+    let state = dir.path().join("state");
+    let state_arg = state.to_str().unwrap().to_owned();
+    let tree;
+    {
+        let d = require!(Daemon::start_with(&[
+            "--domain-nodes",
+            "--state-file",
+            &state_arg
+        ]));
+        let mut w = d.connect();
+        for i in 0..100 {
+            w.write(&format!("/kept/n{i}"), format!("{i}").as_bytes())
+                .unwrap();
+        }
+        w.set_perms("/kept/n3", &["n0", "r2"]).unwrap();
+        let mut g = require!(d.guest(5));
+        g.write("data/name", b"guest").unwrap();
+        tree = dump(&d, &ls);
+        assert!(!state.exists());
+        d.stop();
+    }
+    assert!(state.exists(), "no state file after SIGTERM");
+    let saved = std::fs::read(&state).unwrap();
+
+    // The next start: the same tree, the guest's socket back, the file gone.
+    {
+        let d = require!(Daemon::start_with(&[
+            "--domain-nodes",
+            "--state-file",
+            &state_arg
+        ]));
+        assert_eq!(dump(&d, &ls), tree);
+        assert!(!state.exists(), "the state file stays after its restore");
+        let mut g = Wire::connect(&d.domain_socket(5).unwrap()).unwrap();
+        assert_eq!(g.read("data/name").unwrap(), b"guest");
+        assert!(d.log().contains("restored from"), "{}", d.log());
+        d.stop();
+    }
+
+    // A state file from before this boot: not restored, removed.
+    std::fs::write(&state, &saved).unwrap();
+    let mut touch = Command::new("touch");
+    touch.args(["-d", "@0"]).arg(&state);
+    run_with_timeout(touch, Duration::from_secs(10)).ok();
+    {
+        let d = require!(Daemon::start_with(&["--state-file", &state_arg]));
+        assert!(dump(&d, &ls).lines().all(|l| !l.starts_with("/kept")));
+        assert!(d.log().contains("written before this boot"), "{}", d.log());
+        d.stop();
+    }
+
+    // One that cannot be read: the daemon does not start; the file is moved aside, so the
+    // next start begins afresh.
+    std::fs::write(&state, &saved[..saved.len() / 2]).unwrap();
+    let socket = dir.path().join("refused.sock");
+    let mut c = Command::new(xs_host_bin());
+    c.arg("-N")
+        .arg("-s")
+        .arg(&socket)
+        .arg("--state-file")
+        .arg(&state);
+    let out = run_with_timeout(c, Duration::from_secs(20));
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("offset"), "{out:?}");
+    assert!(!state.exists());
+    assert!(dir.path().join("state.rejected").exists());
 }
 
 #[test]

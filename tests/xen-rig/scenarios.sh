@@ -983,10 +983,49 @@ xenstored_alive() {
 # command line must fail, the old binary taking the same state (rings included) back; a
 # fifth, to a binary that passes the probe and then dies of a signal, too: the guardian
 # starts the old binary with the state (under a new pid). test-xenstore runs in a loop over
-# dom0's kernel ring across the first three updates, and must pass every run.
+# dom0's kernel ring across the first three updates, and must pass every run. Last, a restart
+# with --state-file (lu_restart), after which the guest is shut down through its ring (and
+# destroyed by hand: xl's monitor, a socket client, went with the restart).
 # The tree as xenstore-ls -f -p shows it, but test-xenstore's nodes (dom0's xenstore-test,
 # which it adds and removes meanwhile: xenstore-ls shows those it misses half, or not).
 lu_tree() { t 10 xenstore-ls -f -p 2>/dev/null | grep '^/' | grep -v '^/local/domain/0/xenstore-test'; }
+lu_restart() {
+    local pid args state=/run/xenstored-state
+    pid=$(daemon_pid)
+    # Its command line without the program and the hidden options of an earlier update.
+    args=$(tr '\0' '\n' <"/proc/$pid/cmdline" | tail -n +2 | grep -v '^--live-update-' | tr '\n' ' ')
+    if ! t 120 xenstore-control live-update -c "$args --state-file $state" -f /usr/sbin/xenstored \
+        >"$LOGS/lu-control.state" 2>&1; then
+        why="live update adding --state-file: $(last_line "$LOGS/lu-control.state")"
+        return
+    fi
+    lu_tree >"$LOGS/lu-before.restart"
+    kill -TERM "$pid"
+    if ! wait_until 10 eval '! kill -0 '"$pid"' 2>/dev/null'; then
+        why="the daemon did not stop within 10 s of SIGTERM"
+        return
+    fi
+    info "stopped with SIGTERM: $(wc -c <"$state" 2>/dev/null || echo no) bytes of state in $state"
+    if [ ! -s "$state" ]; then
+        why="no state in $state after SIGTERM"
+        return
+    fi
+    # shellcheck disable=SC2086 # the daemon's own arguments, word by word
+    if ! t 30 /usr/sbin/xenstored $args --state-file "$state" >"$LOGS/lu-restart.log" 2>&1; then
+        why="the daemon did not start again: $(last_line "$LOGS/lu-restart.log")"
+        return
+    fi
+    daemon_log "restored from"
+    if ! wait_until 10 xs_read /local/domain/0/name; then
+        why="the restarted daemon does not answer"
+    elif [ -e "$state" ]; then
+        why="$state is still there after the restart"
+    elif ! lu_tree | cmp -s "$LOGS/lu-before.restart" -; then
+        why="the tree changed across the restart"
+    elif [ "$(XENSTORED_PATH=$RING t 10 xenstore-read "/local/domain/$domid/name" 2>&1)" != lu ]; then
+        why="after the restart dom0's kernel ring does not answer"
+    fi
+}
 live_update_rings() {
     local name=lu domid pid i rc w1 w2 out
     guest_cfg $name
@@ -1118,12 +1157,21 @@ live_update_rings() {
         done
     fi
     kill $w1 $w2 2>/dev/null
+    # A restart that keeps the store: a live update adds --state-file to the command line,
+    # then SIGTERM; the daemon writes its state, rings included, and exits (the rings' event
+    # channels close, leaving the guest's and the kernel's ports unbound); started again as
+    # launch-xenstore starts it, it restores the file and binds every ring again.
+    [ -z "$why" ] && lu_restart
     if [ -z "$why" ]; then
         if ! t 120 xl shutdown -w $name >"$LOGS/$name.shutdown.log" 2>&1; then
-            why="after the updates xl shutdown -w failed: $(last_line "$LOGS/$name.shutdown.log")"
+            why="after the updates and the restart xl shutdown -w failed: $(last_line "$LOGS/$name.shutdown.log")"
             show_console $name
-        elif ! wait_until 30 domain_gone $name "$domid"; then
-            why="after the updates the guest's nodes stayed after its shutdown"
+        else
+            # The restart dropped the socket clients, xl's monitor of the guest among them
+            # (it would have destroyed the domain on its @releaseDomain): destroyed here.
+            t 60 xl destroy $name >/dev/null 2>&1
+            wait_until 30 domain_gone $name "$domid" ||
+                why="after the updates and the restart the guest's nodes stayed after its destruction"
         fi
     fi
     t 60 xl destroy $name >/dev/null 2>&1

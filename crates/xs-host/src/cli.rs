@@ -50,6 +50,11 @@ Process:
       --restore FILE         start from a state file (CONTROL save-state FILE wrote it, or C
                              xenstored's live update): the tree, permissions, quotas, domains;
                              its connections are gone, with their watches and transactions
+      --state-file FILE      keep the store across a restart: on SIGTERM or SIGINT the daemon
+                             writes its state there before it exits (the tree, domains, quotas,
+                             and on Xen the guests' and dom0's rings with what they had in
+                             flight); started with it, it restores FILE if FILE exists and is
+                             newer than the last boot (the rings bound again), then removes it
       --live-update-timeout SECS  how long a live update's new process may take to take over
                              before it is killed and the old binary takes the state back
                              (default 60; 0: no limit)
@@ -153,6 +158,8 @@ pub(crate) struct Options {
     pub(crate) event: Option<u32>,
     /// `--restore FILE`: start from this state stream.
     pub(crate) restore: Option<PathBuf>,
+    /// `--state-file FILE`: written on a clean stop, restored (and removed) on start.
+    pub(crate) state_file: Option<PathBuf>,
     /// C options accepted but not supported, as the warning names them (each once).
     pub(crate) ignored: Vec<String>,
 }
@@ -179,6 +186,7 @@ impl Default for Options {
             master_domid: None,
             event: None,
             restore: None,
+            state_file: None,
             ignored: Vec::new(),
         }
     }
@@ -206,6 +214,7 @@ impl Options {
             self.pid_file.as_mut(),
             self.trace_file.as_mut(),
             self.restore.as_mut(),
+            self.state_file.as_mut(),
         ]
         .into_iter()
         .flatten()
@@ -254,6 +263,7 @@ pub(crate) const LONG_OPTIONS: &[&str] = &[
     "domain-connections",
     "no-domain-nodes",
     "restore",
+    "state-file",
     "live-update-timeout",
     // C xenstored's.
     "no-domain-init",
@@ -423,6 +433,7 @@ where
             "domain-connections" => o.domain_connections = number(&shown, &p.value()?)?,
             "no-domain-nodes" => o.domain_nodes = false,
             "restore" => o.restore = Some(p.value()?.into()),
+            "state-file" => o.state_file = Some(p.value()?.into()),
             "live-update-timeout" => {
                 o.live_update_timeout = number(&shown, &p.value()?)?;
             }

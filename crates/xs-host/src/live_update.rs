@@ -439,20 +439,26 @@ fn save_error(e: SaveError<io::Error>) -> io::Error {
 /// Writes `store`'s state stream (without its connections' descriptors: none would mean
 /// anything to another process) to `path`, through a temporary file renamed over it.
 pub(crate) fn save_file(store: &mut Store, path: &Path) -> io::Result<SaveStats> {
+    write_state_file(path, |sink| {
+        state::save(store, Global::default(), &[], SaveOptions::default(), sink)
+    })
+}
+
+/// The sink [`write_state_file`] gives.
+pub(crate) type FileSink = WriteSink<io::BufWriter<File>>;
+
+/// Writes a state stream (what `save` writes to the sink it is given) to `path`, through a
+/// temporary file synced and renamed over it: `path` holds a whole stream or what it held.
+pub(crate) fn write_state_file(
+    path: &Path,
+    save: impl FnOnce(&mut FileSink) -> Result<SaveStats, SaveError<io::Error>>,
+) -> io::Result<SaveStats> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     let file = File::create(&tmp)?;
     let mut sink = WriteSink(io::BufWriter::with_capacity(1 << 20, file));
-    let saved = state::save(
-        store,
-        Global::default(),
-        &[],
-        SaveOptions::default(),
-        &mut sink,
-    )
-    .map_err(save_error)
-    .and_then(|stats| {
+    let saved = save(&mut sink).map_err(save_error).and_then(|stats| {
         let file = sink
             .0
             .into_inner()

@@ -330,7 +330,25 @@ fn run(
         logger::stderr_off();
         s.ready();
     }
-    server.run()
+    server.run()?;
+    save_for_next_start(options, &mut server);
+    Ok(())
+}
+
+/// `--state-file`: a daemon that stops cleanly leaves its state for the next start.
+fn save_for_next_start(options: &Options, server: &mut Server) {
+    let Some(path) = &options.state_file else {
+        return;
+    };
+    match server.save_state_file(path) {
+        Ok(stats) => log::info!(
+            "state saved to {} for the next start ({} records, {} bytes)",
+            path.display(),
+            stats.records,
+            stats.bytes
+        ),
+        Err(e) => log::error!("--state-file {}: {e}", path.display()),
+    }
 }
 
 /// Says where the daemon listens: on stderr in the foreground, with the line to paste into a
@@ -407,6 +425,17 @@ fn start_store(options: &Options, host: HostCtx) -> io::Result<Xs> {
         );
         return Ok(Dispatcher::with_store(services, store, config.limits, host));
     }
+    if let Some(path) = options.state_file.as_ref().filter(|p| p.exists()) {
+        if written_since_boot(path) {
+            return restore_state_file(path, options, services, config, host);
+        }
+        // The guests it describes died with the previous boot.
+        log::warn!(
+            "--state-file {}: written before this boot: not restored (removed)",
+            path.display()
+        );
+        let _ = fs::remove_file(path);
+    }
     let mut xs = Dispatcher::with_host(services, config, host)
         .map_err(|e| io::Error::other(format!("cannot create the store: {e}")))?;
     if xs.services().serves_rings() {
@@ -422,6 +451,113 @@ fn start_store(options: &Options, host: HostCtx) -> io::Result<Xs> {
         })
         .map_err(|e| io::Error::other(format!("serving dom0's ring (port {port}): {e}")))?;
     }
+    Ok(xs)
+}
+
+/// Whether `path` was written since the machine booted (`btime` of `/proc/stat`); true
+/// when that cannot be told.
+fn written_since_boot(path: &Path) -> bool {
+    let boot = fs::read_to_string("/proc/stat").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|t| t.trim().parse::<i64>().ok())
+    });
+    match (boot, fs::metadata(path)) {
+        (Some(boot), Ok(meta)) => meta.mtime() >= boot,
+        _ => true,
+    }
+}
+
+/// `--state-file`: the state the last clean stop left. The store, and on Xen every ring it
+/// served, bound again: the old process's event channels closed with it, which left each
+/// guest's port (and dom0's kernel port) unbound, waiting for a binding, as at
+/// `INTRODUCE`. The rings are mapped again and served with what they had in flight. Socket
+/// clients went with the old process: their connections are dropped. The file is removed
+/// once restored; one that cannot be read is renamed `FILE.rejected` and the daemon does not
+/// start (the next start begins afresh).
+fn restore_state_file(
+    path: &Path,
+    options: &Options,
+    mut services: HostServices,
+    config: ServeConfig,
+    host: HostCtx,
+) -> io::Result<Xs> {
+    let bytes =
+        fs::read(path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    let mut restored = match state::restore(config.store, &bytes, |_, _| {
+        (Access::default(), Limits::default())
+    }) {
+        Ok(r) => r,
+        Err(e) => {
+            let mut aside = path.as_os_str().to_owned();
+            aside.push(".rejected");
+            let _ = fs::rename(path, &aside);
+            return Err(io::Error::other(format!(
+                "--state-file {}: {e} (moved to {})",
+                path.display(),
+                PathBuf::from(aside).display()
+            )));
+        }
+    };
+    let master = options.master_domid.unwrap_or(DomId::DOM0);
+    let kernel_port = match options.event {
+        Some(p) => Some(p),
+        None if services.serves_rings() => Some(HostServices::kernel_port()?),
+        None => None,
+    };
+    let mut rings = Vec::new();
+    for mut c in std::mem::take(&mut restored.connections) {
+        let remote = match c.transport {
+            Transport::Ring { .. } if services.serves_rings() => {
+                match restored.store.introduction(c.domid) {
+                    Some(i) => Some(i.evtchn),
+                    None if c.domid == master => kernel_port,
+                    None => None,
+                }
+            }
+            _ => None,
+        };
+        let bound = remote.map(|r| (r, services.bind_interdomain(c.domid, r)));
+        match (&mut c.transport, bound) {
+            (Transport::Ring { port, .. }, Some((_, Ok(local)))) => {
+                *port = local;
+                rings.push(c);
+            }
+            (_, Some((r, Err(e)))) => {
+                log::warn!(
+                    "dom{}: binding its port {r} again failed ({e}): its ring is not served",
+                    c.domid
+                );
+                restored.store.disconnect(c.id);
+            }
+            // Sockets (their clients are gone), rings without Xen.
+            _ => restored.store.disconnect(c.id),
+        }
+    }
+    restored.connections = rings;
+    let (xs, _) = Dispatcher::restore(
+        services,
+        restored,
+        config.limits,
+        host,
+        |services, domid, intro| match intro {
+            None => HostServices::kernel_ring().map(|k| k.ring),
+            Some(_) => xs_serve::map_again(services, domid, intro),
+        },
+    );
+    if let Err(e) = fs::remove_file(path) {
+        log::warn!(
+            "--state-file {}: restored, but not removed: {e}",
+            path.display()
+        );
+    }
+    log::info!(
+        "restored from {} (left by the last stop): {} nodes, {} domains, {} rings served again",
+        path.display(),
+        xs.store().node_count(),
+        xs.store().known_domains().count(),
+        xs.served().count()
+    );
     Ok(xs)
 }
 
@@ -469,7 +605,10 @@ fn restarted(mut options: Box<Options>, args: Vec<OsString>, hidden: Hidden) -> 
                     .map(|()| PidFile(p.clone()))
             });
             match server.run() {
-                Ok(()) => ExitCode::SUCCESS,
+                Ok(()) => {
+                    save_for_next_start(&options, &mut server);
+                    ExitCode::SUCCESS
+                }
                 Err(e) => {
                     log::error!("{e}");
                     ExitCode::FAILURE

@@ -61,7 +61,7 @@ use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use xs_core::protocol::connection::Closed;
 use xs_core::protocol::{Access, Connection, Limits};
-use xs_core::state::{Global, SaveOptions, SavedConnection, Transport};
+use xs_core::state::{Global, SaveOptions, SaveStats, SavedConnection, Transport};
 use xs_core::{ConnId, DomId};
 use xs_serve::{Dispatcher, WARNING};
 
@@ -1707,6 +1707,16 @@ impl Server {
         self.slots.iter().find_map(|s| match s {
             Slot::Client(c) if c.stream.as_raw_fd() == fd => Some(c.conn.id()),
             _ => None,
+        })
+    }
+
+    /// `--state-file`: the whole state, rings included, to `path` (the sockets' clients go
+    /// with this process: their connections are written without a descriptor, and the next
+    /// start drops them).
+    pub(crate) fn save_state_file(&mut self, path: &Path) -> io::Result<SaveStats> {
+        let xs = &mut self.xs;
+        live_update::write_state_file(path, |sink| {
+            xs.save_state(Global::default(), &[], SaveOptions::default(), sink)
         })
     }
 

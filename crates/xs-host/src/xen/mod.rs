@@ -203,13 +203,19 @@ impl HostServices {
         })
     }
 
-    /// Dom0's own ring (`/proc/xen/xsd_kva`) and its store port (`/proc/xen/xsd_port`).
-    pub(crate) fn kernel_ring() -> io::Result<KernelRing> {
+    /// The port dom0's kernel allocated for the store (`/proc/xen/xsd_port`).
+    pub(crate) fn kernel_port() -> io::Result<u32> {
         let port_text = fs::read_to_string("/proc/xen/xsd_port")
             .map_err(|e| io::Error::new(e.kind(), format!("/proc/xen/xsd_port: {e}")))?;
-        let port = port_text.trim().parse::<u32>().map_err(|_| {
-            io::Error::other(format!("/proc/xen/xsd_port: not a port: {port_text:?}"))
-        })?;
+        port_text
+            .trim()
+            .parse::<u32>()
+            .map_err(|_| io::Error::other(format!("/proc/xen/xsd_port: not a port: {port_text:?}")))
+    }
+
+    /// Dom0's own ring (`/proc/xen/xsd_kva`) and its store port (`/proc/xen/xsd_port`).
+    pub(crate) fn kernel_ring() -> io::Result<KernelRing> {
+        let port = HostServices::kernel_port()?;
         let kva = if Path::new("/dev/xen/xsd_kva").exists() {
             "/dev/xen/xsd_kva"
         } else {
