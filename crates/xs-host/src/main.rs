@@ -540,10 +540,7 @@ fn restore_state_file(
         restored,
         config.limits,
         host,
-        |services, domid, intro| match intro {
-            None => HostServices::kernel_ring().map(|k| k.ring),
-            Some(_) => xs_serve::map_again(services, domid, intro),
-        },
+        HostServices::map_again,
     );
     if let Err(e) = fs::remove_file(path) {
         log::warn!(
@@ -717,17 +714,13 @@ fn take_over(
     let mut host = HostCtx::new(trace);
     host.set_io(record.io);
     // Every ring is mapped again (the old mappings died with the old address space) and
-    // served on its port, still bound: dom0's own ring (the one served without an
-    // introduction) from the kernel, the guests' by grant or frame.
+    // served on its port, still bound.
     let (mut xs, connections) = Dispatcher::restore(
         services,
         restored,
         Limits::default(),
         host,
-        |services, domid, intro| match intro {
-            None => HostServices::kernel_ring().map(|k| k.ring),
-            Some(_) => xs_serve::map_again(services, domid, intro),
-        },
+        HostServices::map_again,
     );
     let mut adopted = Vec::new();
     for c in connections {

@@ -42,6 +42,7 @@ use rustix::mm::{MapFlags, ProtFlags, mmap};
 use x86_glue::Errno;
 use x86_glue::domctl::{self, StateQuery};
 use xs_core::DomId;
+use xs_core::store::Introduction;
 use xs_ring::RawPage;
 use xs_serve::{DomainState, Services};
 
@@ -246,6 +247,20 @@ impl HostServices {
             ring: HostRing::new(addr, Mapping::Kernel),
             port,
         })
+    }
+
+    /// A served ring mapped again after a live update or a restart (the `ring` argument of
+    /// `xs_serve::Dispatcher::restore`): dom0's own (the ring served without an
+    /// introduction) from the kernel, a guest's by grant or frame, as at its introduction.
+    pub(crate) fn map_again(
+        services: &mut HostServices,
+        domid: DomId,
+        intro: Option<Introduction>,
+    ) -> io::Result<HostRing> {
+        match intro {
+            None => HostServices::kernel_ring().map(|k| k.ring),
+            Some(_) => xs_serve::map_again(services, domid, intro),
+        }
     }
 
     /// The event-channel fd to poll, and the `VIRQ_DOM_EXC` port, on Xen.
