@@ -1125,6 +1125,10 @@ pub fn sample_state_stream() -> Vec<u8> {
     let _ = store.watch(dom0, b"/a", b"t", None);
     let _ = store.watch(guest, b"/a", b"u", Some(1));
     let _ = store.write(dom0, 0, b"/a/c", b"w");
+    // Names longer than the 8 bytes a child link keeps, sharing those 8 bytes.
+    let _ = store.write(dom0, 0, b"/a/longer-name-1", b"1");
+    let _ = store.write(dom0, 0, b"/a/longer-name-2/e", b"2");
+    let _ = store.write(dom0, 0, b"/z", b"");
     if let Ok(tx) = store.transaction_start(dom0) {
         let _ = store.write(dom0, tx, b"/a/d", b"x");
         let mut out = Vec::new();
@@ -1143,11 +1147,13 @@ pub fn sample_state_stream() -> Vec<u8> {
 }
 
 /// The state stream reader (`xs_core::state::restore`) on hostile input: the input itself,
-/// and the sample stream with the input's bytes written over it at the offset its first two
-/// bytes give. Every stream is either rejected or restored into a store that passes its
+/// the sample stream's records reordered, repeated and dropped as the input says
+/// ([`reordered_sample`]), and the sample stream with the input's bytes written over it at
+/// the offset its first two bytes give. Every stream is either rejected or restored into a store that passes its
 /// check, saves again, and reads back from that.
 pub fn state_stream(data: &[u8]) {
     state_stream_once(data);
+    state_stream_once(&reordered_sample(data));
     let mut sample = sample_state_stream();
     if let [hi, lo, rest @ ..] = data {
         let at = usize::from(u16::from_be_bytes([*hi, *lo])) % sample.len().max(1);
@@ -1161,10 +1167,60 @@ pub fn state_stream(data: &[u8]) {
     state_stream_once(&sample);
 }
 
+/// The sample stream with its records (after the header, `END` kept last) moved about as
+/// `ops` says, two bytes per operation (what, which record): repeated at the end, swapped
+/// with the next, dropped, or moved first. The orders and repetitions a hostile stream can
+/// have: nodes before their parents, children out of name order, duplicate nodes apart from
+/// each other, watches before their connections.
+pub fn reordered_sample(ops: &[u8]) -> Vec<u8> {
+    let sample = sample_state_stream();
+    let Some((head, mut rest)) = sample.split_at_checked(16) else {
+        return sample;
+    };
+    let mut records: Vec<&[u8]> = Vec::new();
+    while let Some(len) = rest.get(4..8) {
+        let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let end = len
+            .div_ceil(8)
+            .saturating_mul(8)
+            .saturating_add(8)
+            .min(rest.len());
+        let (record, tail) = rest.split_at(end);
+        records.push(record);
+        rest = tail;
+    }
+    let end = records.pop();
+    for op in ops.chunks_exact(2) {
+        if records.is_empty() {
+            break;
+        }
+        let i = usize::from(op[1]) % records.len();
+        match op[0] % 4 {
+            0 => records.push(records[i]),
+            1 if i + 1 < records.len() => records.swap(i, i + 1),
+            1 => {}
+            2 => {
+                records.remove(i);
+            }
+            _ => {
+                let r = records.remove(i);
+                records.insert(0, r);
+            }
+        }
+    }
+    let mut out = head.to_vec();
+    for r in records.into_iter().chain(end) {
+        out.extend_from_slice(r);
+    }
+    out
+}
+
 fn state_stream_once(stream: &[u8]) {
     use xs_core::StoreConfig;
     use xs_core::protocol::{Access, Limits};
-    use xs_core::state::{self, Global, RestoredConnection, SaveOptions, SavedConnection, Transport};
+    use xs_core::state::{
+        self, Global, RestoredConnection, SaveOptions, SavedConnection, Transport,
+    };
     let settings = |_: &Transport, _| (Access::default(), Limits::default());
     let Ok(restored) = state::restore(StoreConfig::new([5, 6]), stream, settings) else {
         return;
