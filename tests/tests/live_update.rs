@@ -35,6 +35,23 @@ fn bin() -> String {
     xs_host_bin().to_string_lossy().into_owned()
 }
 
+/// The processes whose parent is `pid`, with their state letter (`Z` for a zombie).
+fn children_of(pid: u32) -> Vec<(u32, char)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let child: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+        // `pid (comm) state ppid ...`: comm may hold spaces, so read after its `)`.
+        let mut rest = stat.get(stat.rfind(')')? + 2..)?.split(' ');
+        let state = rest.next()?.chars().next()?;
+        let ppid: u32 = rest.next()?.parse().ok()?;
+        (ppid == pid).then_some((child, state))
+    })
+    .collect()
+}
+
 fn took_over(d: &Daemon) -> usize {
     d.log().matches("live-update: took over").count()
 }
@@ -203,6 +220,16 @@ fn ten_updates_keep_every_client() {
     held.request_tx(ty::TRANSACTION_END, tx, b"T\0").unwrap();
     assert_eq!(held.read("/tx/value").unwrap(), b"inside");
     assert_eq!(d.pid(), pid);
+    // The guardians of the ten updates exited and were reaped: the daemon has no child left.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !children_of(pid).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon still has children (zombie guardians?): {:?}",
+            children_of(pid)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     // The pyxs client: each of its events once, and its transaction commits.
     writeln!(pyxs.stdin.take().expect("pyxs stdin"), "GO 10").expect("tell pyxs");

@@ -767,7 +767,8 @@ fn take_over(
         drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(e.fd) });
     }
     if let Some(g) = hidden.guardian_pipe {
-        live_update::guardian::taken(g.write, g.pid);
+        live_update::guardian::taken(g.write);
+        server.reap(g.pid);
     }
     match &hidden.failed {
         None => log::info!(

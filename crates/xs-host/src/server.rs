@@ -82,6 +82,9 @@ const SIGNAL: Token = Token(usize::MAX - 1);
 const EVTCHN: Token = Token(usize::MAX - 2);
 /// How long to wait before accepting again after running out of file descriptors.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// How often an exited child is looked for while one is to be reaped ([`Server::reap`]).
+const REAP_EVERY: Duration = Duration::from_millis(10);
 /// Bytes the clients of one domain's socket may hold read but not yet taken, together (a
 /// dom0 client may hold one read of its own).
 const DOMAIN_STASH: usize = READ_CHUNK;
@@ -348,6 +351,9 @@ pub(crate) struct Server {
     restart: Restart,
     /// When a held live update was last looked at.
     last_lu_check: Instant,
+    /// Children to reap once they have exited: live updates' guardians, which exit once
+    /// told (see `live_update::guardian`).
+    children: Vec<rustix::process::Pid>,
 }
 
 /// What live update needs to start the next process as this one was started.
@@ -482,6 +488,7 @@ impl Server {
             stop: false,
             restart: Restart::default(),
             last_lu_check: Instant::now(),
+            children: Vec::new(),
         };
         Ok(server)
     }
@@ -545,6 +552,8 @@ impl Server {
                 Some(ACCEPT_RETRY)
             } else if self.xs.host().lu.busy() {
                 Some(live_update::RECHECK)
+            } else if !self.children.is_empty() {
+                Some(REAP_EVERY)
             } else {
                 None
             };
@@ -601,6 +610,7 @@ impl Server {
                 }
             }
             self.iterate();
+            self.try_reap();
             self.live_update_step();
         }
         log::info!("shutting down");
@@ -1524,7 +1534,8 @@ impl Server {
         };
         let e = live_update::exec(due.binary.as_os_str(), &args);
         if let Some(g) = guardian {
-            g.dismiss();
+            let pid = g.dismiss();
+            self.reap(pid);
         }
         // Still here: nothing changed but the descriptors' flags and the directory.
         if self.restart.daemon {
@@ -1718,6 +1729,25 @@ impl Server {
         live_update::write_state_file(path, |sink| {
             xs.save_state(Global::default(), &[], SaveOptions::default(), sink)
         })
+    }
+
+    /// Reaps child `pid` once it has exited (checked at each turn of the loop, every
+    /// [`REAP_EVERY`] at least, until then).
+    pub(crate) fn reap(&mut self, pid: u32) {
+        if let Some(pid) = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap_or(0)) {
+            self.children.push(pid);
+        }
+        self.try_reap();
+    }
+
+    fn try_reap(&mut self) {
+        // Kept while it runs; gone once reaped, or if it is not ours to wait for.
+        self.children.retain(|&pid| {
+            matches!(
+                rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG),
+                Ok(None)
+            )
+        });
     }
 
     /// The daemon's host.

@@ -60,9 +60,11 @@ impl Started {
         .option()
     }
 
-    /// The exec failed and the old process serves on: the guardian leaves.
-    pub(crate) fn dismiss(self) {
-        taken(self.write.into_raw_fd(), self.pid);
+    /// The exec failed and the old process serves on: the guardian leaves. Returns its pid,
+    /// to reap.
+    pub(crate) fn dismiss(self) -> u32 {
+        taken(self.write.into_raw_fd());
+        self.pid
     }
 }
 
@@ -98,23 +100,15 @@ pub(crate) fn start(
     })
 }
 
-/// The new process (or its fallback) has taken over: tells the guardian on `write`, closes
-/// the pipe and reaps the guardian `pid` in the background.
-pub(crate) fn taken(write: RawFd, pid: u32) {
+/// The new process (or its fallback) has taken over: tells the guardian on `write` and
+/// closes the pipe. The guardian exits at once; it is this process's child (the old process,
+/// which started it, had this pid): the server reaps it ([`crate::server::Server::reap`]).
+pub(crate) fn taken(write: RawFd) {
     // SAFETY: the pipe's write end this process was handed (`--live-update-guardian-pipe`)
     // and uses only here; closed once, now.
     let mut pipe = File::from(unsafe { OwnedFd::from_raw_fd(write) });
     if let Err(e) = pipe.write_all(&[TAKEN]) {
         log::warn!("live-update: telling the guardian: {e}");
-    }
-    drop(pipe);
-    let pid = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap_or(0));
-    if let Some(pid) = pid {
-        // The guardian exits at once; it is this process's child (the old process, which
-        // started it, had this pid), so this process reaps it.
-        std::thread::spawn(move || {
-            let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
-        });
     }
 }
 
