@@ -361,7 +361,6 @@ fn replaced_by_the_old_binary(
     extra: &[&str],
     why: &str,
 ) -> Option<std::process::ExitStatus> {
-    use std::os::unix::fs::PermissionsExt;
     if !xs_host_only() {
         return None;
     }
@@ -384,16 +383,7 @@ fn replaced_by_the_old_binary(
         }
     };
     let old_pid = d.pid();
-    let script = dir.path().join("new-binary");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\ncase \"$1\" in --live-update-probe) exec '{}' \"$1\" ;; esac\n{then}\n",
-            bin()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let script = binary_that(dir.path(), then);
 
     let mut w = d.connect();
     w.write("/keep/a", b"1").unwrap();
@@ -521,6 +511,108 @@ fn state_file_keeps_the_store_across_a_restart() {
     assert!(out.stderr.contains("offset"), "{out:?}");
     assert!(!state.exists());
     assert!(dir.path().join("state.rejected").exists());
+}
+
+/// A script in `dir` that passes the live-update probe (it is xs-host for that) and then
+/// runs `then`.
+fn binary_that(dir: &Path, then: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let script = dir.join("new-binary");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncase \"$1\" in --live-update-probe) exec '{}' \"$1\" ;; esac\n{then}\n",
+            bin()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+/// Under systemd (`$NOTIFY_SOCKET`, here a datagram socket of the test's), the guardian is
+/// announced as the main process for the time of an update and the daemon's pid given back
+/// after it (so that the death of a new process does not end the service); when a new
+/// process dies, the guardian, announced already, serves on as the main process.
+#[test]
+fn systemd_hears_of_the_main_pid_across_updates() {
+    if !xs_host_only() {
+        return;
+    }
+    let [control] = require!(tools(["xenstore-control"]));
+    let dir = TempDir::new();
+    let notify = dir.path().join("notify");
+    let systemd = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    systemd
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let heard = || {
+        let mut buf = [0u8; 256];
+        let n = systemd.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let main_pid = |text: String| -> u32 {
+        text.strip_prefix("MAINPID=")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("not a MAINPID: {text:?}"))
+    };
+    let socket = dir.path().join("sock");
+    let pid_file = dir.path().join("pid");
+    let log = std::fs::File::create(dir.path().join("log")).unwrap();
+    let mut daemon = Command::new(xs_host_bin())
+        .arg("-N")
+        .arg("-s")
+        .arg(&socket)
+        .arg("-F")
+        .arg(&pid_file)
+        .env("NOTIFY_SOCKET", &notify)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let pid = daemon.id();
+    assert_eq!(heard(), "READY=1");
+    let update = |binary: &str| {
+        let mut c = Command::new(&control);
+        c.env("XENSTORED_PATH", &socket)
+            .args(["live-update", binary]);
+        run_with_timeout(c, Duration::from_secs(30))
+    };
+
+    // A good update: the guardian announced, then the daemon's pid back.
+    update(&bin()).ok();
+    let guardian = main_pid(heard());
+    assert_ne!(guardian, pid);
+    assert_eq!(main_pid(heard()), pid);
+
+    // A new process that dies: the guardian, announced, is the main process and serves.
+    let dying = binary_that(dir.path(), "kill -SEGV $$");
+    let out = update(dying.to_str().unwrap());
+    assert_eq!(out.code(), Some(3), "{out:?}");
+    let guardian = main_pid(heard());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        != Some(guardian)
+    {
+        assert!(Instant::now() < deadline, "the guardian does not serve");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Stopped at the end, killed if the test fails.
+    let serving = xs_e2e::daemon::Detached::from_pid_file(&pid_file);
+    assert_eq!(serving.pid(), guardian);
+    systemd
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert!(systemd.recv(&mut buf).is_err(), "no other main pid");
+    let mut w = Wire::connect(&socket).unwrap();
+    w.write("/after", b"1").unwrap();
+    let status = daemon.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(11));
+    serving.stop();
 }
 
 #[test]

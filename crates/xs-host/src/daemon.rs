@@ -160,11 +160,13 @@ pub(crate) fn notify(socket: &OsStr, state: &str) -> io::Result<()> {
 /// Tells systemd (`Type=notify` in Xen's `xenstored.service`) that the store is ready, if it
 /// asked (`$NOTIFY_SOCKET`), as C's `late_init()` does with `sd_notify(1, "READY=1")`; with
 /// the daemon's pid when it forked, since the unit's main process (`launch-xenstore`) exits.
-/// Then unsets the variable, as `sd_notify`'s first argument asks.
+/// Then unsets the variable, as `sd_notify`'s first argument asks, keeping the socket for
+/// live update ([`notify_socket`]).
 pub(crate) fn notify_ready(forked: bool) {
     let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
     };
+    let _ = NOTIFY_SOCKET.set(socket.clone());
     let state = if forked {
         format!("READY=1\nMAINPID={}", std::process::id())
     } else {
@@ -176,6 +178,30 @@ pub(crate) fn notify_ready(forked: bool) {
     // SAFETY: the environment may only be changed while no other thread can read it; xs-host
     // never starts a second thread (its event loop runs on the main thread, see server.rs).
     unsafe { std::env::remove_var("NOTIFY_SOCKET") };
+}
+
+/// systemd's notification socket, once `notify_ready` took it from the environment (or a
+/// live update's record handed it over).
+static NOTIFY_SOCKET: std::sync::OnceLock<std::ffi::OsString> = std::sync::OnceLock::new();
+
+/// The notification socket systemd gave the daemon, if any: a live update tells systemd the
+/// daemon's main pid through it as the guardian comes and goes (`live_update::guardian`).
+pub(crate) fn notify_socket() -> Option<&'static OsStr> {
+    NOTIFY_SOCKET.get().map(std::ffi::OsString::as_os_str)
+}
+
+/// The new process of a live update: the socket the old one had.
+pub(crate) fn set_notify_socket(socket: std::ffi::OsString) {
+    let _ = NOTIFY_SOCKET.set(socket);
+}
+
+/// Tells systemd, if it supervises the daemon, that its main process is now `pid`.
+pub(crate) fn notify_main_pid(pid: u32) {
+    if let Some(socket) = notify_socket()
+        && let Err(e) = notify(socket, &format!("MAINPID={pid}"))
+    {
+        log::warn!("cannot notify systemd at {}: {e}", socket.to_string_lossy());
+    }
 }
 
 #[cfg(test)]

@@ -216,6 +216,8 @@ pub(crate) struct Record {
     /// On Xen: the event-channel device left open across the exec, with every ring's
     /// binding on it, and the local port of `VIRQ_DOM_EXC` bound there.
     pub(crate) evtchn: Option<EventChannelRecord>,
+    /// systemd's notification socket, if it supervises the daemon.
+    pub(crate) notify: Option<OsString>,
 }
 
 /// The event-channel device in the record.
@@ -264,6 +266,9 @@ impl Record {
         if let Some(e) = self.evtchn {
             let _ = writeln!(s, "evtchn {} {}", e.fd, e.virq);
         }
+        if let Some(n) = &self.notify {
+            let _ = writeln!(s, "notify {}", hex(n.as_bytes()));
+        }
         for a in &self.args {
             let _ = writeln!(s, "arg {}", hex(a.as_bytes()));
         }
@@ -303,6 +308,9 @@ impl Record {
                     r.trace = Some(PathBuf::from(OsString::from_vec(unhex(p).ok_or_else(bad)?)));
                 }
                 ["answer", fd] => r.answer = Some(fd_arg(fd).map_err(|_| bad())?),
+                ["notify", n] => {
+                    r.notify = Some(OsString::from_vec(unhex(n).ok_or_else(bad)?));
+                }
                 ["evtchn", fd, virq] => {
                     r.evtchn = Some(EventChannelRecord {
                         fd: fd_arg(fd).map_err(|_| bad())?,
@@ -926,6 +934,7 @@ mod tests {
             answer: Some(12),
             args: vec!["-N".into(), "".into()],
             evtchn: Some(EventChannelRecord { fd: 6, virq: 3 }),
+            notify: Some("@/org/freedesktop/systemd1/notify/1".into()),
         };
         let text = r.encode();
         assert_eq!(Record::decode(&text).unwrap(), r);

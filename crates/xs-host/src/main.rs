@@ -683,6 +683,9 @@ fn take_over(
     if let Ok(mut a) = old_args.lock() {
         *a = record.args.clone();
     }
+    if let Some(n) = &record.notify {
+        daemon::set_notify_socket(n.clone());
+    }
     // SAFETY: `state_fd` was passed to this process for live update and stays open for
     // the whole restore.
     let state = unsafe { std::os::fd::BorrowedFd::borrow_raw(state_fd) };

@@ -1379,6 +1379,7 @@ impl Server {
             io: self.xs.host().io(),
             trace: self.xs.host().trace_path().map(Path::to_owned),
             args: self.restart.args.clone(),
+            notify: crate::daemon::notify_socket().map(ToOwned::to_owned),
             ..Record::default()
         };
         let mut main_fd = -1;
@@ -1516,6 +1517,9 @@ impl Server {
             Ok(g) => match live_update::set_cloexec(std::os::fd::AsFd::as_fd(&g.write), false) {
                 Ok(()) => {
                     args.push(g.option());
+                    // Under systemd the guardian is the main process until someone took
+                    // over: the new process may die, the guardian not.
+                    crate::daemon::notify_main_pid(g.pid);
                     Some(g)
                 }
                 Err(e) => {

@@ -20,6 +20,11 @@
 //! reason. The daemon's pid is then the guardian's: the pid file is written again, as after
 //! any start.
 //!
+//! Under systemd, which ends a service whose main process dies, the old process announces
+//! the guardian as the main process (`MAINPID=`) just before its exec, and the guardian
+//! announces its parent (the daemon's pid) again before it leaves; so the death of a new
+//! process is not the service's, and a guardian that takes over is the main process.
+//!
 //! A new process that hangs instead (it neither takes over nor dies) is killed once
 //! `--live-update-timeout` has passed (the guardian kills only its own parent, which the new
 //! process is until it dies), and the same happens.
@@ -83,7 +88,13 @@ pub(crate) fn start(
     let (read, write) = io::pipe()?;
     let (read, write) = (OwnedFd::from(read), OwnedFd::from(write));
     set_cloexec(read.as_fd(), false)?;
-    let child = Command::new(fd_path(exe))
+    let mut command = Command::new(fd_path(exe));
+    // systemd's socket, if it supervises the daemon: the guardian hands the main pid back.
+    match crate::daemon::notify_socket() {
+        Some(socket) => command.env("NOTIFY_SOCKET", socket),
+        None => command.env_remove("NOTIFY_SOCKET"),
+    };
+    let child = command
         .arg(format!(
             "--live-update-guardian={},{},{},{exe},{timeout_s}",
             read.as_raw_fd(),
@@ -160,7 +171,18 @@ pub(crate) fn watch(hidden: &Hidden, args: Vec<OsString>) -> ExitCode {
         }
         match pipe.read(&mut byte) {
             Ok(0) => break,
-            Ok(_) if byte[0] == TAKEN => return ExitCode::SUCCESS,
+            Ok(_) if byte[0] == TAKEN => {
+                // The main process is the daemon's again (systemd heard it was this one's).
+                if let Some(socket) = std::env::var_os("NOTIFY_SOCKET")
+                    && let Some(parent) = rustix::process::getppid()
+                {
+                    let _ = crate::daemon::notify(
+                        &socket,
+                        &format!("MAINPID={}", parent.as_raw_nonzero()),
+                    );
+                }
+                return ExitCode::SUCCESS;
+            }
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
@@ -170,6 +192,10 @@ pub(crate) fn watch(hidden: &Hidden, args: Vec<OsString>) -> ExitCode {
         }
     }
     eprintln!("xs-host: live-update: {why}: the old binary takes the state back");
+    // It runs in this process, which systemd already knows as the main one; the socket
+    // reaches it through the record.
+    // SAFETY: the guardian never starts a thread: nothing reads the environment meanwhile.
+    unsafe { std::env::remove_var("NOTIFY_SOCKET") };
     let mut args = args;
     args.push(format!("--live-update-state={},{}", g.state, g.record).into());
     args.push(format!("--live-update-failed={why}").into());
