@@ -153,6 +153,11 @@ pub unsafe fn start<'s, H: Hypercalls>(
         config.store.memory_soft = soft;
         let _ = writeln!(log, "xs: soft memory quota from the command line: {soft}");
     }
+    // As C xenstored, the store leaves a domain's home to the toolstack, unless asked.
+    config.store.domain_nodes = xen.boot.domain_nodes;
+    if xen.boot.domain_nodes {
+        let _ = writeln!(log, "xs: --domain-nodes: a domain's home made on INTRODUCE");
+    }
     if xen.boot.keep_orphans {
         // C's `-K` gives them to its privileged domain.
         config.store.orphans_to = Some(priv_domid);

@@ -40,6 +40,11 @@ pub struct BootArgs {
     /// `-K`/`--keep-orphans`: a gone domain's nodes are given to [`BootArgs::priv_domid`]
     /// instead of removed.
     pub keep_orphans: bool,
+    /// `--domain-nodes` (xs-host's option of the same name): create `/local/domain/<N>` and
+    /// the nodes libxl makes in it on `INTRODUCE`. Off by default: C xenstored creates none
+    /// (the toolstack does, before it introduces the domain); `--no-domain-nodes` turns it
+    /// off again.
+    pub domain_nodes: bool,
     /// `-V`/`--verbose` was given.
     pub verbose: bool,
     /// What was not applied, one line each: options without effect here, unknown words, bad
@@ -56,6 +61,7 @@ impl Default for BootArgs {
             quotas: Vec::new(),
             memory_soft: None,
             keep_orphans: false,
+            domain_nodes: false,
             verbose: false,
             notes: Vec::new(),
         }
@@ -82,6 +88,7 @@ enum Action {
     NamedQuota,
     SoftQuota,
     KeepOrphans,
+    DomainNodes(bool),
     Verbose,
     /// Accepted, no effect in a stub domain; the text says why.
     NoEffect(&'static str),
@@ -209,6 +216,14 @@ const OPTIONS: &[Opt] = &[
         Action::NoEffect(NO_FILES),
     ),
     opt("keep-orphans", Some(b'K'), Value::None, Action::KeepOrphans),
+    // xs-host's own.
+    opt("domain-nodes", None, Value::None, Action::DomainNodes(true)),
+    opt(
+        "no-domain-nodes",
+        None,
+        Value::None,
+        Action::DomainNodes(false),
+    ),
     opt(
         "live-update",
         Some(b'U'),
@@ -414,6 +429,7 @@ impl BootArgs {
                 }
             }
             Action::KeepOrphans => self.keep_orphans = true,
+            Action::DomainNodes(on) => self.domain_nodes = on,
             Action::Verbose => self.verbose = true,
             Action::NoEffect(why) => self.note(format!("{shown_as}: {why}")),
         }
@@ -474,6 +490,14 @@ mod tests {
                 "stray word \"8\": ignored"
             ]
         );
+    }
+
+    #[test]
+    fn domain_nodes_are_off_unless_asked() {
+        assert!(!BootArgs::parse(b"--event 5").domain_nodes);
+        let a = BootArgs::parse(b"--domain-nodes --event 5");
+        assert!(a.domain_nodes && a.notes.is_empty(), "{:?}", a.notes);
+        assert!(!BootArgs::parse(b"--domain-nodes --no-domain-nodes").domain_nodes);
     }
 
     #[test]

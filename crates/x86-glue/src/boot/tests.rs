@@ -151,8 +151,15 @@ fn store_domain_on_a_model_of_xen() {
     assert_eq!(dom0.receive().len(), 2);
     assert!(xen(&mut stub).take_sent().contains(&dom0_port));
 
-    // A guest is created and introduced.
+    // A guest is created, its home made by the toolstack (the store makes none, as C's
+    // does not: `BootArgs::domain_nodes`), and introduced.
     xen(&mut stub).add_domain(5);
+    dom0.send(MsgType::Mkdir, b"/local/domain/5\0");
+    dom0.send(MsgType::SetPerms, b"/local/domain/5\0n5\0");
+    xen(&mut stub).raise(dom0_port);
+    run(&mut lp, &mut stub);
+    let made = dom0.receive();
+    assert!(made.iter().all(|r| r.text() == "OK\0"), "{made:?}");
     let remote5 = xen(&mut stub).alloc_remote(5);
     dom0.send(
         MsgType::Introduce,
@@ -225,10 +232,13 @@ fn store_domain_on_a_model_of_xen() {
     };
     xen(&mut stub).add_domain(5);
     let remote5 = xen(&mut stub).alloc_remote(5);
+    dom0.send(MsgType::Mkdir, b"/local/domain/5\0");
+    dom0.send(MsgType::SetPerms, b"/local/domain/5\0n5\0");
     dom0.send(MsgType::Introduce, format!("5\00\0{remote5}\0").as_bytes());
     xen(&mut stub).raise(dom0_port);
     run(&mut lp, &mut stub);
-    assert_eq!(dom0.receive()[0].text(), "OK\0");
+    let made = dom0.receive();
+    assert!(made.iter().all(|r| r.text() == "OK\0"), "{made:?}");
     let ring5b = xen(&mut stub).mapping_of(5).unwrap();
     assert_eq!(ring5b, ring5);
     let mut g5 = client_at(ring5b);
@@ -366,9 +376,14 @@ fn save_state_is_saved_at_the_end_of_the_turn_and_verified() {
     let dom0_port = xen(&mut stub).local_port_for(0, dom0_remote).unwrap();
     let mut dom0 = client_at(xen(&mut stub).mapping_of(0).unwrap());
     run(&mut lp, &mut stub);
-    // A guest with a watch, dom0 with a transaction open.
+    // A guest with a watch (its home made by the toolstack), dom0 with a transaction open.
     xen(&mut stub).add_domain(5);
     let remote5 = xen(&mut stub).alloc_remote(5);
+    dom0.send(MsgType::Mkdir, b"/local/domain/5\0");
+    dom0.send(MsgType::SetPerms, b"/local/domain/5\0n5\0");
+    xen(&mut stub).raise(dom0_port);
+    run(&mut lp, &mut stub);
+    assert_eq!(dom0.receive().len(), 2);
     dom0.send(MsgType::Introduce, format!("5\00\0{remote5}\0").as_bytes());
     dom0.send(MsgType::TransactionStart, b"\0");
     xen(&mut stub).raise(dom0_port);
