@@ -195,6 +195,107 @@ enum Change {
     Released(DomId),
 }
 
+/// Implements the listed [`Host`] hooks by passing each call on to the field `$to` (itself a
+/// `Host`) unchanged: each hook's signature is written once, here, for the two hosts the
+/// dispatcher puts between the protocol and the program ([`Recorder`], [`Hooks`]).
+macro_rules! forward_host {
+    ($to:ident: $($hook:ident),+ $(,)?) => {
+        $(forward_host!(@hook $to $hook);)+
+    };
+    (@hook $to:ident introduced) => {
+        fn introduced(
+            &mut self,
+            store: &mut Store,
+            domid: DomId,
+            intro: Introduction,
+            kind: Introduced,
+        ) {
+            self.$to.introduced(store, domid, intro, kind);
+        }
+    };
+    (@hook $to:ident released) => {
+        fn released(&mut self, store: &mut Store, domid: DomId) {
+            self.$to.released(store, domid);
+        }
+    };
+    (@hook $to:ident print) => {
+        fn print(&mut self, text: &[u8]) {
+            self.$to.print(text);
+        }
+    };
+    (@hook $to:ident soft_quota_reached) => {
+        fn soft_quota_reached(&mut self, domid: DomId) {
+            self.$to.soft_quota_reached(domid);
+        }
+    };
+    (@hook $to:ident log_switches) => {
+        fn log_switches(&self) -> Vec<(&'static str, bool)> {
+            self.$to.log_switches()
+        }
+    };
+    (@hook $to:ident set_log) => {
+        fn set_log(&mut self, arg: &[u8]) -> XsResult<()> {
+            self.$to.set_log(arg)
+        }
+    };
+    (@hook $to:ident set_logfile) => {
+        fn set_logfile(&mut self, file: &[u8]) -> XsResult<()> {
+            self.$to.set_logfile(file)
+        }
+    };
+    (@hook $to:ident memreport) => {
+        fn memreport(&mut self, report: &str, file: Option<&[u8]>) -> XsResult<()> {
+            self.$to.memreport(report, file)
+        }
+    };
+    (@hook $to:ident trace) => {
+        fn trace(&mut self, conn: ConnId, incoming: bool, header: &Header, payload: &[u8]) {
+            self.$to.trace(conn, incoming, header, payload);
+        }
+    };
+    (@hook $to:ident tracing) => {
+        fn tracing(&self) -> bool {
+            self.$to.tracing()
+        }
+    };
+    (@hook $to:ident hold_request) => {
+        fn hold_request(
+            &mut self,
+            store: &Store,
+            conn: ConnId,
+            header: &Header,
+            payload: &[u8],
+        ) -> bool {
+            self.$to.hold_request(store, conn, header, payload)
+        }
+    };
+    (@hook $to:ident transaction_started) => {
+        fn transaction_started(&mut self, conn: ConnId, first: bool) {
+            self.$to.transaction_started(conn, first);
+        }
+    };
+    (@hook $to:ident live_update) => {
+        fn live_update(
+            &mut self,
+            store: &mut Store,
+            conn: ConnId,
+            command: LiveUpdate<'_>,
+        ) -> XsResult<Vec<u8>> {
+            self.$to.live_update(store, conn, command)
+        }
+    };
+    (@hook $to:ident save_state) => {
+        fn save_state(&mut self, store: &mut Store, file: &[u8]) -> XsResult<()> {
+            self.$to.save_state(store, file)
+        }
+    };
+    (@hook $to:ident control_commands) => {
+        fn control_commands(&self) -> Vec<(&'static str, &'static str)> {
+            self.$to.control_commands()
+        }
+    };
+}
+
 /// The [`Host`] the protocol calls: records domain changes and log text for the dispatcher,
 /// and passes every call on to the program's own host `H`.
 #[derive(Debug)]
@@ -244,60 +345,9 @@ impl<H: Host> Host for Recorder<H> {
         self.program.soft_quota_reached(domid);
     }
 
-    fn log_switches(&self) -> Vec<(&'static str, bool)> {
-        self.program.log_switches()
-    }
-
-    fn set_log(&mut self, arg: &[u8]) -> XsResult<()> {
-        self.program.set_log(arg)
-    }
-
-    fn set_logfile(&mut self, file: &[u8]) -> XsResult<()> {
-        self.program.set_logfile(file)
-    }
-
-    fn memreport(&mut self, report: &str, file: Option<&[u8]>) -> XsResult<()> {
-        self.program.memreport(report, file)
-    }
-
-    fn trace(&mut self, conn: ConnId, incoming: bool, header: &Header, payload: &[u8]) {
-        self.program.trace(conn, incoming, header, payload);
-    }
-
-    fn tracing(&self) -> bool {
-        self.program.tracing()
-    }
-
-    fn hold_request(
-        &mut self,
-        store: &Store,
-        conn: ConnId,
-        header: &Header,
-        payload: &[u8],
-    ) -> bool {
-        self.program.hold_request(store, conn, header, payload)
-    }
-
-    fn transaction_started(&mut self, conn: ConnId, first: bool) {
-        self.program.transaction_started(conn, first);
-    }
-
-    fn live_update(
-        &mut self,
-        store: &mut Store,
-        conn: ConnId,
-        command: LiveUpdate<'_>,
-    ) -> XsResult<Vec<u8>> {
-        self.program.live_update(store, conn, command)
-    }
-
-    fn save_state(&mut self, store: &mut Store, file: &[u8]) -> XsResult<()> {
-        self.program.save_state(store, file)
-    }
-
-    fn control_commands(&self) -> Vec<(&'static str, &'static str)> {
-        self.program.control_commands()
-    }
+    forward_host!(program:
+        log_switches, set_log, set_logfile, memreport, trace, tracing, hold_request,
+        transaction_started, live_update, save_state, control_commands);
 }
 
 /// A domain's ring set up by [`Hooks::introducing`], installed once the store introduced it.
@@ -437,82 +487,10 @@ impl<S: Services, H: Host> Host for Hooks<'_, S, H> {
         Ok(())
     }
 
-    fn introduced(
-        &mut self,
-        store: &mut Store,
-        domid: DomId,
-        intro: Introduction,
-        kind: Introduced,
-    ) {
-        self.rec.introduced(store, domid, intro, kind);
-    }
-
-    fn released(&mut self, store: &mut Store, domid: DomId) {
-        self.rec.released(store, domid);
-    }
-
-    fn print(&mut self, text: &[u8]) {
-        self.rec.print(text);
-    }
-
-    fn soft_quota_reached(&mut self, domid: DomId) {
-        self.rec.soft_quota_reached(domid);
-    }
-
-    fn log_switches(&self) -> Vec<(&'static str, bool)> {
-        self.rec.log_switches()
-    }
-
-    fn set_log(&mut self, arg: &[u8]) -> XsResult<()> {
-        self.rec.set_log(arg)
-    }
-
-    fn set_logfile(&mut self, file: &[u8]) -> XsResult<()> {
-        self.rec.set_logfile(file)
-    }
-
-    fn memreport(&mut self, report: &str, file: Option<&[u8]>) -> XsResult<()> {
-        self.rec.memreport(report, file)
-    }
-
-    fn trace(&mut self, conn: ConnId, incoming: bool, header: &Header, payload: &[u8]) {
-        self.rec.trace(conn, incoming, header, payload);
-    }
-
-    fn tracing(&self) -> bool {
-        self.rec.tracing()
-    }
-
-    fn hold_request(
-        &mut self,
-        store: &Store,
-        conn: ConnId,
-        header: &Header,
-        payload: &[u8],
-    ) -> bool {
-        self.rec.hold_request(store, conn, header, payload)
-    }
-
-    fn transaction_started(&mut self, conn: ConnId, first: bool) {
-        self.rec.transaction_started(conn, first);
-    }
-
-    fn live_update(
-        &mut self,
-        store: &mut Store,
-        conn: ConnId,
-        command: LiveUpdate<'_>,
-    ) -> XsResult<Vec<u8>> {
-        self.rec.live_update(store, conn, command)
-    }
-
-    fn save_state(&mut self, store: &mut Store, file: &[u8]) -> XsResult<()> {
-        self.rec.save_state(store, file)
-    }
-
-    fn control_commands(&self) -> Vec<(&'static str, &'static str)> {
-        self.rec.control_commands()
-    }
+    forward_host!(rec:
+        introduced, released, print, soft_quota_reached, log_switches, set_log, set_logfile,
+        memreport, trace, tracing, hold_request, transaction_started, live_update, save_state,
+        control_commands);
 }
 
 /// The store serving domains' rings: see the module documentation.
