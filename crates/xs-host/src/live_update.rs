@@ -554,6 +554,29 @@ pub(crate) fn exec(binary: &OsStr, args: &[OsString]) -> io::Error {
     Command::new(binary).args(args).exec()
 }
 
+/// Execs the old binary (open on `exe`) with the same state (`state` and `record`), telling
+/// it why, and with the guardian's pipe if one watches; returns only on failure.
+pub(crate) fn go_back(
+    exe: RawFd,
+    (state, record): (RawFd, RawFd),
+    guardian: Option<guardian::GuardianPipe>,
+    mut args: Vec<OsString>,
+    why: &str,
+) -> io::Error {
+    args.push(format!("--live-update-state={state},{record}").into());
+    // The guardian stays on watch: the old binary tells it once it has taken over.
+    if let Some(g) = guardian {
+        args.push(g.option());
+    }
+    // One line: the option's value is the answer the client gets.
+    let why: String = why
+        .chars()
+        .map(|c| if c == '\n' { ' ' } else { c })
+        .collect();
+    args.push(format!("--live-update-failed={why}").into());
+    exec(fd_path(exe).as_os_str(), &args)
+}
+
 /// The running binary, open for the fallback (`/proc/self/exe` names it even if the file
 /// was replaced since).
 pub(crate) fn open_self() -> io::Result<File> {

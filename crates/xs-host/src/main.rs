@@ -65,7 +65,7 @@ fn main() -> ExitCode {
                     .ok()
                     .and_then(|t| Record::decode(&String::from_utf8_lossy(&t)).ok())
                     .map_or(args, |r| r.args);
-                let e = go_back(
+                let e = live_update::go_back(
                     exe,
                     (state_fd, record_fd),
                     hidden.guardian_pipe,
@@ -578,7 +578,7 @@ fn restarted(mut options: Box<Options>, args: Vec<OsString>, hidden: Hidden) -> 
             let why = format!("the new binary panicked: {info}");
             log::error!("live-update: {why}");
             let args = old_args.lock().map(|a| a.clone()).unwrap_or_default();
-            let e = go_back(exe, (state_fd, record_fd), guardian, args, &why);
+            let e = live_update::go_back(exe, (state_fd, record_fd), guardian, args, &why);
             log::error!("live-update: cannot go back to the old binary: {e}");
         }));
     }
@@ -616,35 +616,18 @@ fn restarted(mut options: Box<Options>, args: Vec<OsString>, hidden: Hidden) -> 
             log::error!("live-update: cannot take over: {e}");
             if let Some(exe) = fallback {
                 let args = old_args.lock().map(|a| a.clone()).unwrap_or(args);
-                let e = go_back(exe, (state_fd, record_fd), guardian, args, &e.to_string());
+                let e = live_update::go_back(
+                    exe,
+                    (state_fd, record_fd),
+                    guardian,
+                    args,
+                    &e.to_string(),
+                );
                 log::error!("live-update: cannot go back to the old binary: {e}");
             }
             ExitCode::FAILURE
         }
     }
-}
-
-/// Execs the old binary (open on `exe`) with the same state, telling it why; returns only
-/// on failure.
-fn go_back(
-    exe: i32,
-    (state_fd, record_fd): (i32, i32),
-    guardian: Option<live_update::guardian::GuardianPipe>,
-    mut args: Vec<OsString>,
-    why: &str,
-) -> io::Error {
-    args.push(format!("--live-update-state={state_fd},{record_fd}").into());
-    // The guardian stays on watch: the old binary tells it once it has taken over.
-    if let Some(g) = guardian {
-        args.push(g.option());
-    }
-    // One line: the option's value is the answer the client gets.
-    let why: String = why
-        .chars()
-        .map(|c| if c == '\n' { ' ' } else { c })
-        .collect();
-    args.push(format!("--live-update-failed={why}").into());
-    live_update::exec(live_update::fd_path(exe).as_os_str(), &args)
 }
 
 /// Reads `fd` from its start without closing it (the fallback may need it again).

@@ -196,10 +196,7 @@ pub(crate) fn watch(hidden: &Hidden, args: Vec<OsString>) -> ExitCode {
     // reaches it through the record.
     // SAFETY: the guardian never starts a thread: nothing reads the environment meanwhile.
     unsafe { std::env::remove_var("NOTIFY_SOCKET") };
-    let mut args = args;
-    args.push(format!("--live-update-state={},{}", g.state, g.record).into());
-    args.push(format!("--live-update-failed={why}").into());
-    let e = super::exec(fd_path(g.exe).as_os_str(), &args);
+    let e = super::go_back(g.exe, (g.state, g.record), None, args, &why);
     eprintln!("xs-host: live-update guardian: cannot start the old binary: {e}");
     ExitCode::FAILURE
 }

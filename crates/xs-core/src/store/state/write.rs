@@ -527,8 +527,6 @@ fn tx_node_record<E>(
     }
 }
 
-/// The live tree, parents before children: a depth-first walk in name order with an
-/// explicit stack (no recursion: trees can be deep), building each path from its parent's.
 /// Children whose nodes [`warm`] loads at once.
 const WARM_AHEAD: usize = 32;
 
@@ -547,6 +545,8 @@ fn warm(tree: &Tree, children: &[ChildRef]) {
     core::hint::black_box(sum);
 }
 
+/// The live tree, parents before children: a depth-first walk in name order with an
+/// explicit stack (no recursion: trees can be deep), building each path from its parent's.
 fn write_tree<S: Sink>(store: &Store, out: &mut Out<'_, S>) -> Result<(), SaveError<S::Error>> {
     let tree = &store.tree;
     let mut node_path: Vec<u8> = alloc::vec![b'/'];
