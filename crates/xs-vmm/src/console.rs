@@ -19,6 +19,10 @@ const OUT_SIZE: u32 = 2048;
 /// `out_cons`, followed by `out_prod`.
 const OUT_CONS: u64 = 3080;
 
+/// The longest line kept of a guest's output (the console's, the debug port's): the rest of a
+/// longer one is dropped.
+pub(crate) const LINE_MAX: usize = 4096;
+
 /// What the frontend's state asks of the backend: its next state, and the frontend's
 /// `ring-ref` and `port` when that is Connected.
 pub type Step = (XenbusState, Option<(String, String)>);
@@ -157,7 +161,11 @@ impl ConsoleBackend {
         for i in 0..n {
             let at = u64::from(cons.wrapping_add(i) % OUT_SIZE);
             let mut b = [0u8];
-            if ram.read(base + OUT + at, &mut b).is_ok() {
+            // A line is kept up to 4 KiB (as the debug port's): a guest that never writes a
+            // newline cannot grow it without bound.
+            if ram.read(base + OUT + at, &mut b).is_ok()
+                && (b[0] == b'\n' || self.partial.len() < LINE_MAX)
+            {
                 self.partial.push(b[0]);
             }
         }

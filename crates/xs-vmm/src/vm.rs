@@ -494,7 +494,7 @@ impl Machine {
                         let line = String::from_utf8_lossy(&self.debug_line).into_owned();
                         self.debug_line.clear();
                         (self.out)(&line);
-                    } else if self.debug_line.len() < 4096 {
+                    } else if self.debug_line.len() < crate::console::LINE_MAX {
                         self.debug_line.push(b);
                     }
                 }
@@ -582,7 +582,7 @@ impl Machine {
             // The interrupt frame on the kernel stack (an error code first for some vectors).
             let ram = &self.xs.services().ram;
             let frame: Vec<String> = (0..6)
-                .filter_map(|i| ram.read_u64(regs.rsp + i * 8).ok())
+                .filter_map(|i| ram.read_u64(regs.rsp.checked_add(i * 8)?).ok())
                 .map(|v| format!("{v:#x}"))
                 .collect();
             s.push_str(&format!("\nframe at rsp: {}", frame.join(" ")));

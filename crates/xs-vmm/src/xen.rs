@@ -1114,7 +1114,8 @@ impl Xen {
                 } else {
                     for i in 0..nr_frames {
                         let gfn = self.grant_frames[i as usize].unwrap_or(u64::MAX);
-                        mem.write(list + u64::from(i) * 8, &gfn.to_le_bytes())?;
+                        let at = list.checked_add(u64::from(i) * 8).ok_or(Errno::EFAULT)?;
+                        mem.write(at, &gfn.to_le_bytes())?;
                     }
                     0
                 };
@@ -1161,7 +1162,8 @@ impl Xen {
                     return Err(Errno::EINVAL);
                 }
                 for i in 0..u64::from(nr_ports) {
-                    let port = u32::from_le_bytes(mem.get::<4>(ports + i * 4)?);
+                    let at = ports.checked_add(i * 4).ok_or(Errno::EFAULT)?;
+                    let port = u32::from_le_bytes(mem.get::<4>(at)?);
                     if self.guest.get(port).is_none() {
                         return Err(Errno::EINVAL);
                     }
