@@ -386,6 +386,7 @@ fn verify(stub: &mut dyn StubState, stream: &[u8], in_use: usize) -> Result<Veri
         }
     }
     let (nodes, connections) = (scratch.node_count(), conns.len());
+    // The scratch store is freed before the time is taken, as part of the verification.
     drop(conns);
     drop(restored.connections);
     drop(scratch);
@@ -406,10 +407,8 @@ pub fn run_requested(
     if !stub.stub_host().take_save_request() {
         return None;
     }
-    let outcome = save_to_buffer(stub).map(|(buf, saved)| {
-        drop(buf);
-        saved
-    });
+    // The buffer is freed here: the guests keep the whole heap.
+    let outcome = save_to_buffer(stub).map(|(_buf, saved)| saved);
     let _ = match &outcome {
         Ok(saved) => writeln!(log, "xs: state: {saved}"),
         Err(refused) => writeln!(log, "xs: state: {refused}"),

@@ -1017,20 +1017,25 @@ impl<S: Services, H: Host> Dispatcher<S, H> {
         }
     }
 
+    /// Carries out the introductions and releases the store made (a new ring is served at
+    /// once if `serve_now`), and gives back the set-ups whose introduction the store then
+    /// refused.
+    fn carry_out_changes(&mut self, serve_now: bool) {
+        for change in mem::take(&mut self.host.changes) {
+            match change {
+                Change::Introduced(domid) => self.attach(domid, serve_now),
+                Change::Released(domid) => self.detach(domid),
+            }
+        }
+        for (domid, p) in mem::take(&mut self.prepared) {
+            undo(&mut self.services, &mut self.store, domid, p);
+        }
+    }
+
     /// Applies recorded domain changes and delivers watch events until quiet.
     fn settle(&mut self) {
         for _ in 0..SETTLE_ROUNDS {
-            let changes = mem::take(&mut self.host.changes);
-            for change in changes {
-                match change {
-                    Change::Introduced(domid) => self.attach(domid, true),
-                    Change::Released(domid) => self.detach(domid),
-                }
-            }
-            // Set-ups whose introduction the store then refused go back.
-            for (domid, p) in mem::take(&mut self.prepared) {
-                undo(&mut self.services, &mut self.store, domid, p);
-            }
+            self.carry_out_changes(true);
             for domid in self.store.take_warnings() {
                 self.host.soft_quota_reached(domid);
             }

@@ -14,6 +14,7 @@
 
 use super::rng::Rng;
 use super::script::{Action, Layout, Sequence, Step, Tx};
+use crate::wire::strings as nul_joined;
 
 /// Domains named by INTRODUCE, RELEASE and the like that no connection plays, so that
 /// releasing one never cuts a guest's connection.
@@ -51,15 +52,6 @@ struct Gen {
     open: Vec<(usize, u32)>,
     /// Watches set: (connection, path, token).
     watches: Vec<(usize, Vec<u8>, Vec<u8>)>,
-}
-
-fn nul_joined(parts: &[&[u8]]) -> Vec<u8> {
-    let mut v = Vec::new();
-    for p in parts {
-        v.extend_from_slice(p);
-        v.push(0);
-    }
-    v
 }
 
 impl Gen {
@@ -394,7 +386,7 @@ impl Gen {
                 let t = *self.rng.pick(&[1, 2]);
                 self.push(conn, t, tx, nul_joined(&[&p]));
             }
-            935..=989 => self.malformed(conn, tx, privileged),
+            935..=989 => self.malformed(conn, tx),
             _ => {
                 if privileged && self.rng.chance(1, 2) {
                     let ty = *self.rng.pick(&[2, 11, 99]);
@@ -405,14 +397,14 @@ impl Gen {
                         label: None,
                     });
                 } else {
-                    self.malformed(conn, tx, privileged);
+                    self.malformed(conn, tx);
                 }
             }
         }
     }
 
     /// A request that is wrong in its type or its payload's shape.
-    fn malformed(&mut self, conn: usize, tx: Tx, _privileged: bool) {
+    fn malformed(&mut self, conn: usize, tx: Tx) {
         let p = self.sandbox_path();
         match self.rng.below(8) {
             0 => {

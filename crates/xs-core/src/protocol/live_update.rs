@@ -22,9 +22,6 @@ use crate::wire::{Args, Header, MsgType, u32_arg};
 /// The command name.
 pub const COMMAND: &[u8] = b"live-update";
 
-/// `-t`'s default (C's and `xenstore-control`'s).
-pub const DEFAULT_TIMEOUT: u32 = 60;
-
 /// The migration stream version `-v` defaults to (and the only one written here).
 pub const STATE_VERSION: u32 = 2;
 

@@ -3,7 +3,6 @@
 
 use alloc::format;
 use alloc::vec::Vec;
-use core::mem;
 
 use xs_core::DomId;
 use xs_core::protocol::{Host, Limits};
@@ -12,10 +11,10 @@ use xs_core::state::{
     Sink, Transport,
 };
 use xs_core::store::Introduction;
-use xs_ring::layout::{ERROR_NONE, Field};
+use xs_ring::layout::Field;
 use xs_ring::{Page, RingFault, Server, ServerFeatures};
 
-use super::{Change, Dispatcher, ring_features, undo};
+use super::{Dispatcher, ring_features};
 use crate::services::{DomainState, Services};
 
 /// Maps a restored domain's ring as its introduction did: [`Services::map_ring`] with the
@@ -77,15 +76,7 @@ impl<S: Services, H: Host> Dispatcher<S, H> {
     /// Carries out the introductions and releases the store made (without pumping the new
     /// rings: they are served after the restore), and undoes set-ups it did not take.
     fn settle_for_save(&mut self) {
-        for change in mem::take(&mut self.host.changes) {
-            match change {
-                Change::Introduced(domid) => self.attach(domid, false),
-                Change::Released(domid) => self.detach(domid),
-            }
-        }
-        for (domid, p) in mem::take(&mut self.prepared) {
-            undo(&mut self.services, &mut self.store, domid, p);
-        }
+        self.carry_out_changes(false);
     }
 
     /// Serves a store restored from a state stream ([`xs_core::state::restore`]), every
@@ -202,10 +193,8 @@ impl<S: Services, H: Host> Dispatcher<S, H> {
         if features.contains(ServerFeatures::ERROR) {
             // ORDERING: relaxed; the field was written by the previous server (whose
             // writes this process follows), and it is only a diagnostic the guest reads.
-            let code = server.page().load(Field::Error);
-            if code != ERROR_NONE
-                && let Some(fault) = RingFault::from_code(code)
-            {
+            // (`ERROR_NONE` names no fault.)
+            if let Some(fault) = RingFault::from_code(server.page().load(Field::Error)) {
                 server.fail(fault);
             }
         }
